@@ -1,0 +1,165 @@
+// Package config loads Keyward's configuration: one YAML file, each value overridable by a
+// KEYWARD_<SECTION>_<KEY> environment variable, secrets also readable from files (*_file keys).
+// Unknown keys and bad values are errors that name the key and, for the file, the line.
+package config
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// DefaultPath is the file read when no --config is given and it exists.
+const DefaultPath = "keyward.yaml"
+
+// DefaultMasterKeyEnv is the environment variable read for the key-encryption key with source env.
+const DefaultMasterKeyEnv = "KEYWARD_MASTER_KEY"
+
+// Config is the whole configuration, loaded once and passed explicitly.
+type Config struct {
+	Server Server `yaml:"server"`
+	Log    Log    `yaml:"log"`
+	Vault  Vault  `yaml:"vault"`
+	AWS    AWS    `yaml:"aws"`
+}
+
+// Server configures the HTTP listener.
+type Server struct {
+	Listen          string   `yaml:"listen"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Vault configures the credential vault: its database and its key-encryption key.
+type Vault struct {
+	Driver    string       `yaml:"driver"`
+	DSN       secret.Value `yaml:"dsn"`
+	DSNFile   string       `yaml:"dsn_file"`
+	MasterKey MasterKey    `yaml:"master_key"`
+}
+
+// Key sources for the vault's key-encryption key.
+const (
+	KeySourceFile   = "file"
+	KeySourceEnv    = "env"
+	KeySourceAWSKMS = "aws-kms"
+)
+
+// MasterKey configures where the key-encryption key (KEK) that wraps every data key comes from.
+type MasterKey struct {
+	Source   string `yaml:"source"`
+	File     string `yaml:"file"`
+	Env      string `yaml:"env"`
+	KMSKeyID string `yaml:"kms_key_id"`
+
+	// EnvValue is the content of the variable named by Env, read at load time for source env.
+	EnvValue secret.Value `yaml:"-"`
+}
+
+// AWS configures the AWS SDK used for KMS (and, later, IAM).
+type AWS struct {
+	Region      string `yaml:"region"`
+	EndpointURL string `yaml:"endpoint_url"`
+}
+
+// Default returns the configuration used where neither the file nor the environment says otherwise.
+func Default() Config {
+	return Config{
+		Server: Server{Listen: "127.0.0.1:8080", ShutdownTimeout: Duration(30 * time.Second)},
+		Log:    Log{Level: "info", Format: "json"},
+		Vault: Vault{
+			Driver:    "sqlite",
+			DSN:       secret.New("./keyward.db"),
+			MasterKey: MasterKey{Source: KeySourceFile, File: "./keyward.key", Env: DefaultMasterKeyEnv},
+		},
+	}
+}
+
+// validate checks values and their combinations; it reports every problem it finds.
+func (c *Config) validate(report func(key, format string, args ...any)) {
+	if _, port, err := net.SplitHostPort(c.Server.Listen); err != nil || port == "" {
+		report("server.listen", "want host:port, such as 127.0.0.1:8080 (got %q)", c.Server.Listen)
+	}
+	if c.Server.ShutdownTimeout <= 0 {
+		report("server.shutdown_timeout", "must be positive")
+	}
+	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf(report, "log.format", c.Log.Format, "json", "text")
+
+	if oneOf(report, "vault.driver", c.Vault.Driver, "sqlite", "postgres") {
+		switch {
+		case c.Vault.DSN.IsZero():
+			report("vault.dsn", "must not be empty")
+		case c.Vault.Driver == "postgres":
+			if _, err := pgconn.ParseConfig(c.Vault.DSN.Reveal()); err != nil {
+				// pgconn's parse errors redact the password of the string they quote.
+				report("vault.dsn", "not a valid PostgreSQL connection string: %v", err)
+			}
+		}
+	}
+
+	mk := c.Vault.MasterKey
+	if oneOf(report, "vault.master_key.source", mk.Source, KeySourceFile, KeySourceEnv, KeySourceAWSKMS) {
+		switch mk.Source {
+		case KeySourceFile:
+			if mk.File == "" {
+				report("vault.master_key.file", "must be set when vault.master_key.source is file")
+			}
+		case KeySourceEnv:
+			if mk.Env == "" {
+				report("vault.master_key.env", "must name an environment variable when vault.master_key.source is env")
+			} else if err := checkKeyMaterial(mk.EnvValue); err != nil {
+				report("vault.master_key.env", "environment variable %s: %v", mk.Env, err)
+			}
+		case KeySourceAWSKMS:
+			if mk.KMSKeyID == "" {
+				report("vault.master_key.kms_key_id", "must be set when vault.master_key.source is aws-kms")
+			}
+			if c.AWS.Region == "" {
+				report("aws.region", "must be set when vault.master_key.source is aws-kms")
+			}
+		}
+	}
+
+	if c.AWS.EndpointURL != "" {
+		if u, err := url.Parse(c.AWS.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			report("aws.endpoint_url", "want an http:// or https:// URL (got %q)", c.AWS.EndpointURL)
+		}
+	}
+}
+
+// checkKeyMaterial checks that v is the base64 of 32 bytes, without saying anything about its content.
+func checkKeyMaterial(v secret.Value) error {
+	if v.IsZero() {
+		return fmt.Errorf("is not set or empty")
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v.Reveal()))
+	if err != nil {
+		return fmt.Errorf("is not valid base64")
+	}
+	if len(raw) != 32 {
+		return fmt.Errorf("must hold 32 bytes (base64 of 32 random bytes), holds %d", len(raw))
+	}
+	return nil
+}
+
+func oneOf(report func(key, format string, args ...any), key, got string, allowed ...string) bool {
+	if slices.Contains(allowed, got) {
+		return true
+	}
+	report(key, "must be one of %s (got %q)", strings.Join(allowed, ", "), got)
+	return false
+}

@@ -1,0 +1,303 @@
+package config_test
+
+import (
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/config"
+)
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestParseDuration(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{in: "90d", want: 90 * 24 * time.Hour},
+		{in: "1d12h", want: 36 * time.Hour},
+		{in: "10m", want: 10 * time.Minute},
+		{in: "1.5h", want: 90 * time.Minute},
+		{in: "0s", want: 0},
+		{in: " 2d ", want: 48 * time.Hour},
+		{in: "", err: "empty duration"},
+		{in: "90", err: "use units"},
+		{in: "-1d", err: "negative"},
+		{in: "-5m", err: "negative"},
+		{in: "1.5d", err: "whole number"},
+		{in: "d", err: "whole number"},
+		{in: "99999999d", err: "too long"},
+		{in: "1dxyz", err: "use units"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := config.ParseDuration(tt.in)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("ParseDuration(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseDuration(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+			if back, err := config.ParseDuration(config.Duration(got).String()); err != nil || back != got {
+				t.Fatalf("String() of %v does not parse back: %q, %v", got, config.Duration(got).String(), err)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := config.Load(config.Source{Path: filepath.Join(t.TempDir(), "absent.yaml")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.Listen != "127.0.0.1:8080" || cfg.Vault.Driver != "sqlite" || cfg.Vault.DSN.Reveal() != "./keyward.db" ||
+		cfg.Vault.MasterKey.Source != "file" || cfg.Server.ShutdownTimeout.Std() != 30*time.Second {
+		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+}
+
+func TestExplicitMissingFile(t *testing.T) {
+	_, err := config.Load(config.Source{Path: filepath.Join(t.TempDir(), "absent.yaml"), Explicit: true})
+	if err == nil || config.IsInvalid(err) || !strings.Contains(err.Error(), "absent.yaml") {
+		t.Fatalf("want a read error naming the file, got %v", err)
+	}
+}
+
+func TestFileAndEnvironment(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	path := writeFile(t, "keyward.yaml", `
+server:
+  listen: 0.0.0.0:9000
+  shutdown_timeout: 1d
+vault:
+  driver: postgres
+  dsn: postgres://keyward@db.example:5432/keyward?sslmode=verify-full
+  master_key:
+    source: env
+log:
+  format: text
+`)
+	cfg, err := config.Load(config.Source{Path: path, Environ: []string{
+		"KEYWARD_SERVER_LISTEN=127.0.0.1:7000",
+		"KEYWARD_LOG_LEVEL=debug",
+		"KEYWARD_MASTER_KEY=" + key,
+		"KEYWARD_TEST_SOMETHING=ignored", // not a section: left alone
+		"UNRELATED=1",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.Listen != "127.0.0.1:7000" {
+		t.Errorf("environment did not override server.listen: %q", cfg.Server.Listen)
+	}
+	if cfg.Server.ShutdownTimeout.Std() != 24*time.Hour || cfg.Log.Level != "debug" || cfg.Log.Format != "text" {
+		t.Errorf("file values lost: %+v", cfg)
+	}
+	if cfg.Vault.MasterKey.EnvValue.Reveal() != key {
+		t.Errorf("master key not read from KEYWARD_MASTER_KEY")
+	}
+}
+
+func TestEnvironmentDuration(t *testing.T) {
+	cfg, err := config.Load(config.Source{Environ: []string{"KEYWARD_SERVER_SHUTDOWN_TIMEOUT=2m"}})
+	if err != nil || cfg.Server.ShutdownTimeout.Std() != 2*time.Minute {
+		t.Fatalf("got %v, %v", cfg, err)
+	}
+}
+
+func TestSecretFile(t *testing.T) {
+	dsnFile := writeFile(t, "dsn", "postgres://keyward:hunter2@localhost/keyward\n")
+	cfg, err := config.Load(config.Source{Environ: []string{
+		"KEYWARD_VAULT_DRIVER=postgres", "KEYWARD_VAULT_DSN_FILE=" + dsnFile,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Vault.DSN.Reveal(); got != "postgres://keyward:hunter2@localhost/keyward" {
+		t.Fatalf("dsn from file = %q", got)
+	}
+}
+
+// TestProblems checks that each kind of mistake is reported with the key, the place and a reason,
+// and that secret values never appear in the message.
+func TestProblems(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		environ []string
+		want    []string // substrings of the error, in any order
+		notWant string
+	}{
+		{
+			name: "unknown key with line and suggestion",
+			yaml: "vault:\n  driver: sqlite\n  dns: x.db\n",
+			want: []string{"keyward.yaml:3: vault.dns: unknown key (did you mean \"dsn\"?)"},
+		},
+		{
+			name: "unknown section",
+			yaml: "server:\n  listen: 127.0.0.1:1\nrotaton:\n  interval: 1m\n",
+			want: []string{"keyward.yaml:3: rotaton: unknown key"},
+		},
+		{
+			name: "bad enum",
+			yaml: "vault:\n  driver: mysql\n",
+			want: []string{`keyward.yaml:2: vault.driver: must be one of sqlite, postgres (got "mysql")`},
+		},
+		{
+			name: "bad duration",
+			yaml: "server:\n  shutdown_timeout: soon\n",
+			want: []string{`keyward.yaml:2: server.shutdown_timeout: invalid duration "soon"`},
+		},
+		{
+			name: "wrong kind",
+			yaml: "server:\n  listen: [a, b]\n",
+			want: []string{"keyward.yaml:2: server.listen: want a string"},
+		},
+		{
+			name: "mapping expected",
+			yaml: "vault: sqlite\n",
+			want: []string{"keyward.yaml:1: vault: want a mapping"},
+		},
+		{
+			name: "invalid yaml",
+			yaml: "server:\n  listen: [\n",
+			want: []string{"keyward.yaml: not valid YAML"},
+		},
+		{
+			name: "several problems at once",
+			yaml: "log:\n  level: loud\n  format: xml\n",
+			want: []string{"keyward.yaml:2: log.level", "keyward.yaml:3: log.format"},
+		},
+		{
+			name:    "environment typo",
+			environ: []string{"KEYWARD_VAULT_DNS=x"},
+			want:    []string{"environment KEYWARD_VAULT_DNS: names no configuration key"},
+		},
+		{
+			name:    "environment bad value",
+			environ: []string{"KEYWARD_SERVER_SHUTDOWN_TIMEOUT=-3s"},
+			want:    []string{"environment KEYWARD_SERVER_SHUTDOWN_TIMEOUT: server.shutdown_timeout: invalid duration"},
+		},
+		{
+			name:    "bad listen address",
+			environ: []string{"KEYWARD_SERVER_LISTEN=8080"},
+			want:    []string{"environment KEYWARD_SERVER_LISTEN: server.listen: want host:port"},
+		},
+		{
+			name:    "missing master key variable",
+			yaml:    "vault:\n  master_key:\n    source: env\n    env: MY_KEK\n",
+			want:    []string{"vault.master_key.env: environment variable MY_KEK: is not set"},
+			environ: []string{},
+		},
+		{
+			name:    "short master key, value not echoed",
+			environ: []string{"KEYWARD_VAULT_MASTER_KEY_SOURCE=env", "KEYWARD_MASTER_KEY=" + base64.StdEncoding.EncodeToString([]byte("sixteen-byte-key"))},
+			want:    []string{"must hold 32 bytes", "holds 16"},
+			notWant: base64.StdEncoding.EncodeToString([]byte("sixteen-byte-key")),
+		},
+		{
+			name:    "bad postgres dsn, password not echoed",
+			environ: []string{"KEYWARD_VAULT_DRIVER=postgres", "KEYWARD_VAULT_DSN=postgres://u:topsecretpw@host:notaport/db"},
+			want:    []string{"environment KEYWARD_VAULT_DSN: vault.dsn: not a valid PostgreSQL connection string"},
+			notWant: "topsecretpw",
+		},
+		{
+			name: "kms needs key id and region",
+			yaml: "vault:\n  master_key:\n    source: aws-kms\n",
+			want: []string{"vault.master_key.kms_key_id: must be set", "aws.region: must be set"},
+		},
+		{
+			name:    "dsn and dsn_file",
+			yaml:    "vault:\n  dsn: a.db\n  dsn_file: /nonexistent\n",
+			want:    []string{"keyward.yaml:3: vault.dsn_file: set vault.dsn or vault.dsn_file, not both"},
+			environ: nil,
+		},
+		{
+			name: "unreadable dsn_file",
+			yaml: "vault:\n  dsn_file: /nonexistent/dsn\n",
+			want: []string{"keyward.yaml:2: vault.dsn_file: cannot read secret file"},
+		},
+		{
+			name: "bad endpoint",
+			yaml: "aws:\n  endpoint_url: localhost:5000\n",
+			want: []string{"keyward.yaml:2: aws.endpoint_url: want an http:// or https:// URL"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := config.Source{Environ: tt.environ}
+			if tt.yaml != "" {
+				dir := t.TempDir()
+				src.Path = filepath.Join(dir, "keyward.yaml")
+				if err := os.WriteFile(src.Path, []byte(tt.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := config.Load(src)
+			if err == nil {
+				t.Fatal("Load accepted an invalid configuration")
+			}
+			if !config.IsInvalid(err) {
+				t.Fatalf("error is not a configuration error: %v", err)
+			}
+			msg := strings.ReplaceAll(err.Error(), filepath.Dir(src.Path)+"/", "")
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error does not contain %q:\n%s", w, msg)
+				}
+			}
+			if tt.notWant != "" && strings.Contains(msg, tt.notWant) {
+				t.Errorf("error leaks %q:\n%s", tt.notWant, msg)
+			}
+		})
+	}
+}
+
+// TestExampleIsValid keeps examples/keyward.yaml complete and accepted.
+func TestExampleIsValid(t *testing.T) {
+	path := filepath.Join("..", "..", "examples", "keyward.yaml")
+	if _, err := config.Load(config.Source{Path: path, Explicit: true}); err != nil {
+		t.Fatalf("examples/keyward.yaml: %v", err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range config.Keys() {
+		last := key[strings.LastIndex(key, ".")+1:]
+		if !strings.Contains(string(data), last+":") {
+			t.Errorf("examples/keyward.yaml does not show %s", key)
+		}
+	}
+}
+
+// TestEveryKeyDocumented keeps docs/CONFIG.md in step with the Config struct.
+func TestEveryKeyDocumented(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "docs", "CONFIG.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range config.Keys() {
+		if !strings.Contains(string(data), "`"+key+"`") {
+			t.Errorf("docs/CONFIG.md does not document %s", key)
+		}
+		if !strings.Contains(string(data), config.EnvName(key)) {
+			t.Errorf("docs/CONFIG.md does not name %s", config.EnvName(key))
+		}
+	}
+}

@@ -1,0 +1,169 @@
+// Package store keeps Keyward's records in SQL: embedded SQLite (modernc.org/sqlite, no cgo) by
+// default, PostgreSQL (pgx) in production. Every query is written once, in the SQL both accept; the
+// few words that differ ({{id}}, {{blob}}) are filled in by the dialect when migrations run.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Drivers.
+const (
+	SQLite   = "sqlite"
+	Postgres = "postgres"
+)
+
+// DB is an open database with its dialect.
+type DB struct {
+	sql    *sql.DB
+	driver string
+}
+
+// Open connects to the database. For SQLite, dsn is a file path (created 0600 when missing) or a
+// file: URI; the connection is set up for WAL and durable commits. For PostgreSQL, dsn is a pgx
+// connection string (URL or key=value), TLS settings included.
+func Open(ctx context.Context, driver, dsn string) (*DB, error) {
+	var (
+		db  *sql.DB
+		err error
+	)
+	switch driver {
+	case SQLite:
+		var conn string
+		conn, err = sqliteDSN(dsn)
+		if err != nil {
+			return nil, err
+		}
+		db, err = sql.Open("sqlite", conn)
+	case Postgres:
+		db, err = sql.Open("pgx", dsn)
+	default:
+		return nil, fmt.Errorf("unknown database driver %q (want sqlite or postgres)", driver)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s database: %w", driver, err)
+	}
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	if driver == SQLite {
+		// One writer at a time is all SQLite allows; readers share the WAL.
+		db.SetMaxOpenConns(8)
+		db.SetMaxIdleConns(8)
+	}
+	s := &DB{sql: db, driver: driver}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to %s database: %w", driver, err)
+	}
+	return s, nil
+}
+
+// sqliteDSN turns a path into a modernc.org/sqlite connection string: WAL journal, synchronous=FULL
+// (every commit is fsynced: a stored secret survives a power cut), a busy timeout instead of
+// immediate SQLITE_BUSY, foreign keys, secure_delete (shredded secrets are overwritten, not left in
+// free pages), and BEGIN IMMEDIATE so that write transactions queue rather than deadlock.
+func sqliteDSN(dsn string) (string, error) {
+	path, query, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
+	if path == "" {
+		return "", errors.New("sqlite: empty database path")
+	}
+	if path != ":memory:" && !strings.HasPrefix(dsn, "file:") {
+		// Create the file ourselves so that it is private from the start; SQLite would use the umask.
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return "", fmt.Errorf("sqlite: %w", err)
+		}
+		f.Close()
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return "", fmt.Errorf("sqlite: bad options in %q: %w", dsn, err)
+	}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(15000)", "foreign_keys(ON)", "secure_delete(ON)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	return "file:" + path + "?" + q.Encode(), nil
+}
+
+// Driver returns "sqlite" or "postgres".
+func (db *DB) Driver() string { return db.driver }
+
+// Close closes the database.
+func (db *DB) Close() error { return db.sql.Close() }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error { return db.sql.PingContext(ctx) }
+
+// inTx runs fn in one transaction, committed when fn returns nil.
+func (db *DB) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// Kinds of constraint violation, recognised by driver error code.
+type violation int
+
+const (
+	noViolation violation = iota
+	primaryKeyViolation
+	uniqueViolation
+)
+
+// constraintViolation classifies err, with the constraint's name where the driver tells it.
+func constraintViolation(err error) (violation, string) {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return primaryKeyViolation, ""
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return uniqueViolation, ""
+		}
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" {
+		if strings.HasSuffix(pe.ConstraintName, "_pkey") {
+			return primaryKeyViolation, pe.ConstraintName
+		}
+		return uniqueViolation, pe.ConstraintName
+	}
+	return noViolation, ""
+}
+
+func micros(t time.Time) int64 { return t.UnixMicro() }
+
+func fromMicros(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return time.UnixMicro(v.Int64).UTC()
+}
+
+func nullMicros(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixMicro(), Valid: true}
+}

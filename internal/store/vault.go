@@ -1,0 +1,305 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Vault is the vault's Store over SQL.
+type Vault struct{ db *DB }
+
+// Vault returns the vault's Store on db.
+func (db *DB) Vault() *Vault { return &Vault{db: db} }
+
+var _ vault.Store = (*Vault)(nil)
+
+const versionColumns = `i.cloud, i.account_id, i.user_name, v.version, v.access_key_id, v.state, v.origin,
+	v.created_at, v.current_at, v.previous_at, v.inactive_at, v.destroyed_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanVersion(row scanner, extra ...any) (vault.Version, error) {
+	var v vault.Version
+	var created int64
+	var current, previous, inactive, destroyed sql.NullInt64
+	dest := append([]any{&v.Identity.Cloud, &v.Identity.AccountID, &v.Identity.UserName, &v.Number, &v.AccessKeyID,
+		&v.State, &v.Origin, &created, &current, &previous, &inactive, &destroyed}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return v, err
+	}
+	v.CreatedAt = time.UnixMicro(created).UTC()
+	v.CurrentAt, v.PreviousAt = fromMicros(current), fromMicros(previous)
+	v.InactiveAt, v.DestroyedAt = fromMicros(inactive), fromMicros(destroyed)
+	return v, nil
+}
+
+func scanRecord(row scanner) (vault.Record, error) {
+	var kekID sql.NullString
+	var rec vault.Record
+	v, err := scanVersion(row, &kekID, &rec.Sealed.WrappedKey, &rec.Sealed.Ciphertext)
+	if err != nil {
+		return rec, err
+	}
+	rec.Version = v
+	rec.Sealed.KEKID = kekID.String
+	rec.HasSecret = rec.Sealed.Ciphertext != nil
+	return rec, nil
+}
+
+const selectRecord = `SELECT ` + versionColumns + `, v.kek_id, v.wrapped_key, v.ciphertext
+	FROM credential_versions v JOIN identities i ON i.id = v.identity_id`
+
+// NextVersion implements vault.Store.
+func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, error) {
+	var n sql.NullInt64
+	err := s.db.sql.QueryRowContext(ctx, `SELECT MAX(v.version) FROM credential_versions v
+		JOIN identities i ON i.id = v.identity_id
+		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3`,
+		id.Cloud, id.AccountID, id.UserName).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("next version of %s: %w", id, err)
+	}
+	return n.Int64 + 1, nil
+}
+
+// identityID returns the row id of an identity, creating the row when create is set.
+func identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
+	if create {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (cloud, account_id, user_name) DO NOTHING`,
+			id.Cloud, id.AccountID, id.UserName, micros(at)); err != nil {
+			return 0, fmt.Errorf("create identity %s: %w", id, err)
+		}
+	}
+	var rowID int64
+	err := tx.QueryRowContext(ctx, `SELECT id FROM identities WHERE cloud = $1 AND account_id = $2 AND user_name = $3`,
+		id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)
+	}
+	return rowID, err
+}
+
+// demoteCurrent makes the identity's current version previous.
+func demoteCurrent(ctx context.Context, tx *sql.Tx, identity int64, at time.Time) error {
+	_, err := tx.ExecContext(ctx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
+		WHERE identity_id = $2 AND state = 'current'`, micros(at), identity)
+	return err
+}
+
+// CreateVersion implements vault.Store.
+func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
+	return s.db.inTx(ctx, func(tx *sql.Tx) error {
+		identity, err := identityID(ctx, tx, rec.Identity, true, rec.CreatedAt)
+		if err != nil {
+			return err
+		}
+		if rec.State == vault.StateCurrent {
+			if err := demoteCurrent(ctx, tx, identity, rec.CreatedAt); err != nil {
+				return fmt.Errorf("demote current version of %s: %w", rec.Identity, err)
+			}
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
+			origin, kek_id, wrapped_key, ciphertext, created_at, current_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			identity, rec.Number, rec.AccessKeyID, rec.State, rec.Origin, rec.Sealed.KEKID,
+			rec.Sealed.WrappedKey, rec.Sealed.Ciphertext, micros(rec.CreatedAt), nullMicros(rec.CurrentAt))
+		switch kind, constraint := constraintViolation(err); {
+		case kind == primaryKeyViolation:
+			return fmt.Errorf("version %d of %s: %w", rec.Number, rec.Identity, vault.ErrConflict)
+		case kind == uniqueViolation && constraint == "credential_versions_one_current":
+			return fmt.Errorf("current version of %s: %w", rec.Identity, vault.ErrConflict)
+		case kind == uniqueViolation:
+			return fmt.Errorf("%s: %w", rec.AccessKeyID, vault.ErrDuplicate)
+		case err != nil:
+			return fmt.Errorf("insert version %d of %s: %w", rec.Number, rec.Identity, err)
+		}
+		return nil
+	})
+}
+
+// CurrentVersion implements vault.Store.
+func (s *Vault) CurrentVersion(ctx context.Context, id vault.Identity) (vault.Record, error) {
+	rec, err := scanRecord(s.db.sql.QueryRowContext(ctx, selectRecord+`
+		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3 AND v.state = 'current'`,
+		id.Cloud, id.AccountID, id.UserName))
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, fmt.Errorf("no current version: %w", vault.ErrNotFound)
+	}
+	return rec, err
+}
+
+// Version implements vault.Store.
+func (s *Vault) Version(ctx context.Context, id vault.Identity, number int64) (vault.Record, error) {
+	rec, err := scanRecord(s.db.sql.QueryRowContext(ctx, selectRecord+`
+		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3 AND v.version = $4`,
+		id.Cloud, id.AccountID, id.UserName, number))
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, vault.ErrNotFound
+	}
+	return rec, err
+}
+
+// Identities implements vault.Store.
+func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]vault.Identity, error) {
+	rows, err := s.db.sql.QueryContext(ctx, `SELECT cloud, account_id, user_name FROM identities
+		WHERE ($1 = '' OR user_name = $1) AND ($2 = '' OR account_id = $2)
+		ORDER BY cloud, account_id, user_name`, userName, accountID)
+	if err != nil {
+		return nil, fmt.Errorf("list identities: %w", err)
+	}
+	defer rows.Close()
+	var ids []vault.Identity
+	for rows.Next() {
+		var id vault.Identity
+		if err := rows.Scan(&id.Cloud, &id.AccountID, &id.UserName); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// Versions implements vault.Store.
+func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
+	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
+		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
+		ORDER BY i.cloud, i.account_id, i.user_name, v.version`)
+	if err != nil {
+		return nil, fmt.Errorf("list versions: %w", err)
+	}
+	defer rows.Close()
+	var out []vault.Version
+	for rows.Next() {
+		var hasSecret bool
+		v, err := scanVersion(rows, &hasSecret)
+		if err != nil {
+			return nil, err
+		}
+		v.HasSecret = hasSecret
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// Transition implements vault.Store.
+func (s *Vault) Transition(ctx context.Context, id vault.Identity, number int64, from, to vault.State, at time.Time) error {
+	if err := s.transition(ctx, id, number, from, to, at); err != nil {
+		return err
+	}
+	if to == vault.StateDestroyed && s.db.driver == SQLite {
+		// secure_delete zeroed the sealed material in the database pages; the WAL still holds the
+		// old page images until a checkpoint copies the new ones back and truncates it.
+		_, _ = s.db.sql.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	}
+	return nil
+}
+
+func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64, from, to vault.State, at time.Time) error {
+	column := map[vault.State]string{
+		vault.StateCurrent: "current_at", vault.StatePrevious: "previous_at",
+		vault.StateInactive: "inactive_at", vault.StateDestroyed: "destroyed_at",
+	}[to]
+	if column == "" {
+		return fmt.Errorf("%w: to %s", vault.ErrInvalidTransition, to)
+	}
+	return s.db.inTx(ctx, func(tx *sql.Tx) error {
+		identity, err := identityID(ctx, tx, id, false, at)
+		if err != nil {
+			return err
+		}
+		if to == vault.StateCurrent {
+			if err := demoteCurrent(ctx, tx, identity, at); err != nil {
+				return err
+			}
+		}
+		shred := ""
+		if to == vault.StateDestroyed {
+			shred = ", kek_id = NULL, wrapped_key = NULL, ciphertext = NULL"
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE credential_versions SET state = $1, `+column+` = $2`+shred+`
+			WHERE identity_id = $3 AND version = $4 AND state = $5`, to, micros(at), identity, number, from)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			var state string
+			err := tx.QueryRowContext(ctx, `SELECT state FROM credential_versions WHERE identity_id = $1 AND version = $2`,
+				identity, number).Scan(&state)
+			if errors.Is(err, sql.ErrNoRows) {
+				return vault.ErrNotFound
+			}
+			return fmt.Errorf("%w: it is %s, not %s", vault.ErrConflict, state, from)
+		}
+		return nil
+	})
+}
+
+// KEKIDs implements vault.Store.
+func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
+	rows, err := s.db.sql.QueryContext(ctx, `SELECT DISTINCT kek_id FROM credential_versions WHERE kek_id IS NOT NULL ORDER BY kek_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list key-encryption keys in use: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// Rewrap implements vault.Store.
+func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error), progress func(done, total int)) (int, error) {
+	n := 0
+	err := s.db.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, selectRecord+` WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
+		if err != nil {
+			return err
+		}
+		// Read everything first: one connection cannot interleave a result set with updates.
+		var recs []vault.Record
+		for rows.Next() {
+			rec, err := scanRecord(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			recs = append(recs, rec)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for i, rec := range recs {
+			kekID, wrapped, err := fn(rec)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2
+				WHERE access_key_id = $3`, kekID, wrapped, rec.AccessKeyID); err != nil {
+				return err
+			}
+			n = i + 1
+			if progress != nil {
+				progress(n, len(recs))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}

@@ -1,0 +1,97 @@
+// Package testenv gives tests the real services they run against: a PostgreSQL server and
+// moto_server, found through KEYWARD_TEST_POSTGRES_DSN and KEYWARD_TEST_MOTO_URL (scripts/testenv.sh
+// starts both). Without them a test skips with a message saying how to run it, unless
+// KEYWARD_TEST_REQUIRE_SERVICES=1 (as in .ci/run), where a missing service fails the test.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func need(t testing.TB, variable, what string) string {
+	t.Helper()
+	v := os.Getenv(variable)
+	if v != "" {
+		return v
+	}
+	msg := what + " not available: set " + variable + " (eval \"$(scripts/testenv.sh start)\" starts one)"
+	if os.Getenv("KEYWARD_TEST_REQUIRE_SERVICES") == "1" {
+		t.Fatal(msg + "; KEYWARD_TEST_REQUIRE_SERVICES=1 forbids skipping")
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// MotoURL returns the address of the test moto_server.
+func MotoURL(t testing.TB) string {
+	t.Helper()
+	return need(t, "KEYWARD_TEST_MOTO_URL", "moto_server")
+}
+
+// PostgresDSN returns a DSN for a new, empty schema of its own on the test PostgreSQL server,
+// dropped when the test ends.
+func PostgresDSN(t testing.TB) string {
+	t.Helper()
+	admin := need(t, "KEYWARD_TEST_POSTGRES_DSN", "PostgreSQL")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("connect to test PostgreSQL: %v", err)
+	}
+	defer conn.Close(ctx)
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	schema := "t_" + hex.EncodeToString(b)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("KEYWARD_TEST_POSTGRES_DSN must be a URL: %v", err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Database is one driver and a DSN for an empty database of it.
+type Database struct {
+	Driver string
+	DSN    string
+}
+
+// ForEachDatabase runs fn once on a fresh SQLite file and once on a fresh PostgreSQL schema: the
+// contract every store test holds to on both drivers.
+func ForEachDatabase(t *testing.T, fn func(t *testing.T, db Database)) {
+	t.Helper()
+	t.Run("sqlite", func(t *testing.T) {
+		fn(t, Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "keyward.db")})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		fn(t, Database{Driver: "postgres", DSN: PostgresDSN(t)})
+	})
+}

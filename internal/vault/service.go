@@ -1,0 +1,264 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// sealedFormat is the first byte of every ciphertext, so the format can change later.
+const sealedFormat = 1
+
+// Vault stores and reveals credentials. It is safe for concurrent use.
+type Vault struct {
+	store Store
+	kek   KEK
+	now   func() time.Time
+}
+
+// Option configures a Vault.
+type Option func(*Vault)
+
+// WithClock makes the vault read the time from now (tests move time).
+func WithClock(now func() time.Time) Option { return func(v *Vault) { v.now = now } }
+
+// New returns a vault over st whose data keys are wrapped by kek. It fails with ErrKEKMismatch when
+// the store holds data keys wrapped by any other KEK: a wrong key must not be discovered one failed
+// decryption at a time, nor new secrets be sealed under it beside the old ones.
+func New(ctx context.Context, st Store, kek KEK, opts ...Option) (*Vault, error) {
+	ids, err := st.KEKIDs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("check key-encryption key: %w", err)
+	}
+	for _, id := range ids {
+		if id != kek.ID() {
+			return nil, fmt.Errorf("%w: the vault's data keys are wrapped by %s, the configured key is %s", ErrKEKMismatch, id, kek.ID())
+		}
+	}
+	v := &Vault{store: st, kek: kek, now: time.Now}
+	for _, o := range opts {
+		o(v)
+	}
+	return v, nil
+}
+
+// KEKID returns the id of the vault's key-encryption key.
+func (v *Vault) KEKID() string { return v.kek.ID() }
+
+// Import stores a key whose secret an operator already has, as the identity's current version; the
+// version that was current becomes previous.
+func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
+	return v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
+}
+
+// AddPending stores a key Keyward has just created, before anything else is done with it.
+func (v *Vault) AddPending(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
+	return v.put(ctx, id, accessKeyID, s, StatePending, OriginCreated)
+}
+
+func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secret.Value, state State, origin Origin) (Version, error) {
+	if err := id.Validate(); err != nil {
+		return Version{}, err
+	}
+	if err := ValidateAccessKeyID(accessKeyID); err != nil {
+		return Version{}, err
+	}
+	if err := ValidateSecret(s); err != nil {
+		return Version{}, err
+	}
+	// Two writers may race for a version number; the loser seals again under its new number,
+	// because the number is bound into the ciphertext.
+	for attempt := 0; ; attempt++ {
+		number, err := v.store.NextVersion(ctx, id)
+		if err != nil {
+			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+		}
+		sealed, err := v.seal(ctx, id, number, accessKeyID, s)
+		if err != nil {
+			return Version{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+		}
+		now := v.now().UTC()
+		rec := Record{
+			Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: state,
+				Origin: origin, HasSecret: true, CreatedAt: now},
+			Sealed: sealed,
+		}
+		if state == StateCurrent {
+			rec.CurrentAt = now
+		}
+		err = v.store.CreateVersion(ctx, rec)
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+		}
+		return rec.Version, nil
+	}
+}
+
+// Current returns the identity's current credential with its secret. Errors: ErrNotFound when there
+// is none, ErrNoSecret when the key's secret is not held.
+func (v *Vault) Current(ctx context.Context, id Identity) (Credential, error) {
+	rec, err := v.store.CurrentVersion(ctx, id)
+	if err != nil {
+		return Credential{}, fmt.Errorf("current credential of %s: %w", id, err)
+	}
+	return v.reveal(ctx, rec)
+}
+
+// Reveal returns one version with its secret.
+func (v *Vault) Reveal(ctx context.Context, id Identity, number int64) (Credential, error) {
+	rec, err := v.store.Version(ctx, id, number)
+	if err != nil {
+		return Credential{}, fmt.Errorf("version %d of %s: %w", number, id, err)
+	}
+	return v.reveal(ctx, rec)
+}
+
+func (v *Vault) reveal(ctx context.Context, rec Record) (Credential, error) {
+	if !rec.HasSecret {
+		return Credential{}, fmt.Errorf("%s of %s (%s): %w", rec.AccessKeyID, rec.Identity, rec.State, ErrNoSecret)
+	}
+	plain, err := v.open(ctx, rec)
+	if err != nil {
+		return Credential{}, fmt.Errorf("decrypt %s of %s: %w", rec.AccessKeyID, rec.Identity, err)
+	}
+	return Credential{Version: rec.Version, SecretAccessKey: secret.New(string(plain))}, nil
+}
+
+// Promote makes a pending version current; the version that was current becomes previous.
+func (v *Vault) Promote(ctx context.Context, id Identity, number int64) error {
+	return v.transition(ctx, id, number, StatePending, StateCurrent)
+}
+
+// Deactivate records that a previous version was deactivated in the cloud.
+func (v *Vault) Deactivate(ctx context.Context, id Identity, number int64) error {
+	return v.transition(ctx, id, number, StatePrevious, StateInactive)
+}
+
+// Destroy records that a version's key is gone from the cloud and erases its secret for good
+// (crypto-shredding): the wrapped data key and the ciphertext are deleted, the metadata is kept. A
+// current version cannot be destroyed: something must replace it first.
+func (v *Vault) Destroy(ctx context.Context, id Identity, number int64) error {
+	rec, err := v.store.Version(ctx, id, number)
+	if err != nil {
+		return fmt.Errorf("destroy version %d of %s: %w", number, id, err)
+	}
+	if !slices.Contains([]State{StatePending, StatePrevious, StateInactive}, rec.State) {
+		return fmt.Errorf("destroy version %d of %s: %w from %s", number, id, ErrInvalidTransition, rec.State)
+	}
+	return v.transition(ctx, id, number, rec.State, StateDestroyed)
+}
+
+func (v *Vault) transition(ctx context.Context, id Identity, number int64, from, to State) error {
+	if err := v.store.Transition(ctx, id, number, from, to, v.now().UTC()); err != nil {
+		return fmt.Errorf("move version %d of %s from %s to %s: %w", number, id, from, to, err)
+	}
+	return nil
+}
+
+// Lookup finds the one identity with a user name, in the given account or, when accountID is "", in
+// any. Errors: ErrNotFound, ErrAmbiguous (the message lists the accounts).
+func (v *Vault) Lookup(ctx context.Context, userName, accountID string) (Identity, error) {
+	ids, err := v.store.Identities(ctx, userName, accountID)
+	if err != nil {
+		return Identity{}, err
+	}
+	switch len(ids) {
+	case 0:
+		if accountID != "" {
+			return Identity{}, fmt.Errorf("no identity %q in account %s: %w", userName, accountID, ErrNotFound)
+		}
+		return Identity{}, fmt.Errorf("no identity %q: %w", userName, ErrNotFound)
+	case 1:
+		return ids[0], nil
+	}
+	accounts := make([]string, len(ids))
+	for i, id := range ids {
+		accounts[i] = id.AccountID
+	}
+	return Identity{}, fmt.Errorf("user %q exists in accounts %v: give the account: %w", userName, accounts, ErrAmbiguous)
+}
+
+// List returns every version's metadata, never a secret.
+func (v *Vault) List(ctx context.Context) ([]Version, error) { return v.store.Versions(ctx) }
+
+// Rewrap re-wraps every data key under next, in one transaction, without touching the secrets'
+// ciphertexts. Afterwards the vault must be opened with next. progress may be nil.
+func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total int)) (int, error) {
+	if next.ID() == v.kek.ID() {
+		return 0, fmt.Errorf("rewrap: the new key-encryption key is the one in use (%s)", next.ID())
+	}
+	n, err := v.store.Rewrap(ctx, func(rec Record) (string, []byte, error) {
+		if rec.Sealed.KEKID != v.kek.ID() {
+			return "", nil, fmt.Errorf("version %d of %s: %w (%s)", rec.Number, rec.Identity, ErrKEKMismatch, rec.Sealed.KEKID)
+		}
+		ad := aad(rec.Identity, rec.Number, rec.AccessKeyID)
+		dek, err := v.kek.Unwrap(ctx, rec.Sealed.WrappedKey, ad)
+		if err != nil {
+			return "", nil, fmt.Errorf("unwrap data key of version %d of %s: %w", rec.Number, rec.Identity, err)
+		}
+		defer clear(dek)
+		wrapped, err := next.Wrap(ctx, dek, ad)
+		if err != nil {
+			return "", nil, fmt.Errorf("wrap data key of version %d of %s: %w", rec.Number, rec.Identity, err)
+		}
+		return next.ID(), wrapped, nil
+	}, progress)
+	if err != nil {
+		return n, fmt.Errorf("rewrap: %w", err)
+	}
+	v.kek = next
+	return n, nil
+}
+
+func (v *Vault) seal(ctx context.Context, id Identity, number int64, accessKeyID string, s secret.Value) (Sealed, error) {
+	ad := aad(id, number, accessKeyID)
+	var dek, wrapped []byte
+	var err error
+	if gen, ok := v.kek.(DataKeyGenerator); ok {
+		dek, wrapped, err = gen.GenerateDataKey(ctx, ad)
+	} else {
+		dek = randomBytes(32)
+		wrapped, err = v.kek.Wrap(ctx, dek, ad)
+	}
+	if err != nil {
+		return Sealed{}, fmt.Errorf("data key: %w", err)
+	}
+	defer clear(dek)
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return Sealed{}, err
+	}
+	ct, err := sealAEAD(aead, []byte(s.Reveal()), ad)
+	if err != nil {
+		return Sealed{}, err
+	}
+	return Sealed{KEKID: v.kek.ID(), WrappedKey: wrapped, Ciphertext: append([]byte{sealedFormat}, ct...)}, nil
+}
+
+func (v *Vault) open(ctx context.Context, rec Record) ([]byte, error) {
+	if rec.Sealed.KEKID != v.kek.ID() {
+		return nil, fmt.Errorf("%w (%s, configured %s)", ErrKEKMismatch, rec.Sealed.KEKID, v.kek.ID())
+	}
+	ct := rec.Sealed.Ciphertext
+	if len(ct) == 0 || ct[0] != sealedFormat {
+		return nil, errors.New("unknown ciphertext format")
+	}
+	ad := aad(rec.Identity, rec.Number, rec.AccessKeyID)
+	dek, err := v.kek.Unwrap(ctx, rec.Sealed.WrappedKey, ad)
+	if err != nil {
+		return nil, fmt.Errorf("unwrap data key: %w", err)
+	}
+	defer clear(dek)
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	return openAEAD(aead, ct[1:], ad)
+}
