@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -94,4 +97,32 @@ func ForEachDatabase(t *testing.T, fn func(t *testing.T, db Database)) {
 	t.Run("postgres", func(t *testing.T) {
 		fn(t, Database{Driver: "postgres", DSN: PostgresDSN(t)})
 	})
+}
+
+// Exec runs one SQL statement on the PostgreSQL database a DSN names.
+func Exec(t testing.TB, ctx context.Context, dsn, statement string) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, statement); err != nil {
+		t.Fatalf("%s: %v", statement, err)
+	}
+}
+
+// CreateKMSKey makes a symmetric key in the test moto_server and returns its id.
+func CreateKMSKey(t testing.TB, motoURL string) string {
+	t.Helper()
+	cfg := aws.Config{
+		Region:       "us-east-1",
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", ""),
+		BaseEndpoint: aws.String(motoURL),
+	}
+	out, err := kms.NewFromConfig(cfg).CreateKey(context.Background(), &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatalf("create KMS key in moto: %v", err)
+	}
+	return aws.ToString(out.KeyMetadata.KeyId)
 }

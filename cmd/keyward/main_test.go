@@ -1,0 +1,473 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/testenv"
+)
+
+// binary is the keyward binary built once for these tests: they drive it as an operator would.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keyward-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "keyward")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build keyward:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is an environment for one keyward process: a working directory and variables. Nothing of the
+// test process's own environment leaks in except PATH and HOME.
+type env struct {
+	dir  string
+	vars []string
+}
+
+func newEnv(t *testing.T, db testenv.Database) *env {
+	t.Helper()
+	return &env{dir: t.TempDir(), vars: append(baseVars(),
+		"KEYWARD_VAULT_DRIVER="+db.Driver, "KEYWARD_VAULT_DSN="+db.DSN)}
+}
+
+// baseVars: the race-detecting binary must not sleep a second at exit (its default), and a race it
+// finds must fail the command.
+func baseVars() []string {
+	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "GORACE=atexit_sleep_ms=0 halt_on_error=1"}
+}
+
+func (e *env) with(vars ...string) *env {
+	return &env{dir: e.dir, vars: append(append([]string{}, e.vars...), vars...)}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (e *env) run(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir, cmd.Env = e.dir, e.vars
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run keyward %v: %v", args, err)
+	}
+	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// must runs keyward and fails the test unless it exits with want.
+func (e *env) must(t *testing.T, want int, stdin string, args ...string) result {
+	t.Helper()
+	r := e.run(t, stdin, args...)
+	if r.code != want {
+		t.Fatalf("keyward %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, want, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func TestVersion(t *testing.T) {
+	e := &env{dir: t.TempDir(), vars: baseVars()}
+	if r := e.must(t, 0, "", "version"); !strings.HasPrefix(r.stdout, "keyward dev") {
+		t.Fatalf("version: %q", r.stdout)
+	}
+	var v map[string]string
+	r := e.must(t, 0, "", "version", "--output", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v["version"] != "dev" || v["go"] == "" {
+		t.Fatalf("version --output json: %q (%v)", r.stdout, err)
+	}
+	e.must(t, 2, "", "version", "--output", "xml")
+}
+
+func TestConfigCheck(t *testing.T) {
+	e := &env{dir: t.TempDir(), vars: baseVars()}
+	example, err := filepath.Abs("../../examples/keyward.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.must(t, 0, "", "config", "check", "--config", example); !strings.Contains(r.stdout, "configuration OK") {
+		t.Fatalf("config check of the example: %q", r.stdout)
+	}
+	e.must(t, 0, "", "config", "check") // defaults only
+
+	bad := filepath.Join(e.dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("server:\n  listen: 127.0.0.1:8080\nvault:\n  driver: sqlite\n  master_key:\n    sorce: file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := e.must(t, 2, "", "config", "check", "--config", bad)
+	if !strings.Contains(r.stderr, "bad.yaml:6: vault.master_key.sorce: unknown key (did you mean \"source\"?)") {
+		t.Fatalf("config check does not name the key and line: %q", r.stderr)
+	}
+	r = e.with("KEYWARD_SERVER_SHUTDOWN_TIMEOUT=forever").must(t, 2, "", "config", "check")
+	if !strings.Contains(r.stderr, "environment KEYWARD_SERVER_SHUTDOWN_TIMEOUT: server.shutdown_timeout") {
+		t.Fatalf("config check does not name the variable: %q", r.stderr)
+	}
+	// ./keyward.yaml is read when present.
+	if err := os.WriteFile(filepath.Join(e.dir, "keyward.yaml"), []byte("log:\n  level: chatty\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.must(t, 2, "", "config", "check"); !strings.Contains(r.stderr, "keyward.yaml:2: log.level") {
+		t.Fatalf("./keyward.yaml not read: %q", r.stderr)
+	}
+	e.must(t, 2, "", "config", "check", "--config", filepath.Join(e.dir, "missing.yaml"))
+}
+
+const (
+	secretA = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+	secretB = "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY"
+	keyA    = "AKIAIOSFODNN7EXAMPLE"
+	keyB    = "AKIAI44QH8DHBEXAMPLE"
+)
+
+// TestVaultCommands drives import, get and list on both drivers, including the bad-input cases.
+func TestVaultCommands(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
+		e := newEnv(t, db)
+		var logs strings.Builder
+		run := func(want int, stdin string, args ...string) result {
+			t.Helper()
+			r := e.must(t, want, stdin, args...)
+			logs.WriteString(r.stderr)
+			return r
+		}
+
+		r := run(0, secretA+"\n", "vault", "import", "--user", "alice", "--account", "123456789012", "--access-key-id", keyA, "--secret-stdin")
+		if !strings.Contains(r.stdout, "stored "+keyA+" as version 1 (current) of aws:123456789012:alice") {
+			t.Fatalf("import output: %q", r.stdout)
+		}
+		if db.Driver == "sqlite" {
+			info, err := os.Stat(filepath.Join(e.dir, "keyward.key"))
+			if err != nil || info.Mode().Perm() != 0o600 {
+				t.Fatalf("key file not created 0600: %v %v", info, err)
+			}
+			if !strings.Contains(r.stderr, "created a new key-encryption key file") {
+				t.Fatalf("no warning about the new key file: %q", r.stderr)
+			}
+		}
+
+		var cred map[string]any
+		r = run(0, "", "vault", "get", "alice")
+		if err := json.Unmarshal([]byte(r.stdout), &cred); err != nil || cred["AccessKeyId"] != keyA || cred["SecretAccessKey"] != secretA || len(cred) != 2 {
+			t.Fatalf("get json: %q", r.stdout)
+		}
+		r = run(0, "", "vault", "get", "alice", "--output", "credential-process")
+		if err := json.Unmarshal([]byte(r.stdout), &cred); err != nil || cred["Version"] != float64(1) || cred["AccessKeyId"] != keyA || cred["SecretAccessKey"] != secretA {
+			t.Fatalf("get credential-process: %q", r.stdout)
+		}
+		if r = run(0, "", "vault", "get", "alice", "-o", "env"); r.stdout != "export AWS_ACCESS_KEY_ID="+keyA+"\nexport AWS_SECRET_ACCESS_KEY="+secretA+"\n" {
+			t.Fatalf("get env: %q", r.stdout)
+		}
+		if r = run(0, "", "vault", "get", "alice", "-o", "ini"); r.stdout != "[alice]\naws_access_key_id = "+keyA+"\naws_secret_access_key = "+secretA+"\n" {
+			t.Fatalf("get ini: %q", r.stdout)
+		}
+
+		// A second key for alice: the account can be left out now that the vault knows her.
+		run(0, secretB, "vault", "import", "--user", "alice", "--access-key-id", keyB, "--secret-stdin")
+		if r = run(0, "", "vault", "get", "alice"); !strings.Contains(r.stdout, keyB) {
+			t.Fatalf("get after second import: %q", r.stdout)
+		}
+		r = run(0, "", "vault", "list", "--output", "json")
+		var list struct {
+			Identities []struct {
+				AccountID string `json:"account_id"`
+				UserName  string `json:"user_name"`
+				Versions  []struct {
+					AccessKeyID string `json:"access_key_id"`
+					State       string `json:"state"`
+				} `json:"versions"`
+			} `json:"identities"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Identities) != 1 ||
+			len(list.Identities[0].Versions) != 2 || list.Identities[0].Versions[0].State != "previous" ||
+			list.Identities[0].Versions[1].State != "current" {
+			t.Fatalf("list json: %q", r.stdout)
+		}
+		if r = run(0, "", "vault", "list"); !strings.Contains(r.stdout, "123456789012  alice  2        "+keyB+"  current") {
+			t.Fatalf("list text:\n%s", r.stdout)
+		}
+
+		// Bad input: exit 2, a message naming what is wrong, nothing written.
+		bad := []struct {
+			stdin string
+			args  []string
+			want  string
+		}{
+			{secretA, []string{"vault", "import", "--user", "bob", "--access-key-id", "AKIAIOSFODNN7EXAMPL3", "--secret-stdin"}, `--account is required: the vault has no identity "bob"`},
+			{secretA, []string{"vault", "import", "--user", "bob", "--account", "123", "--access-key-id", "AKIAIOSFODNN7EXAMPL3", "--secret-stdin"}, `--account: account id "123"`},
+			{secretA, []string{"vault", "import", "--user", "bob/x", "--account", "123456789012", "--access-key-id", "AKIAIOSFODNN7EXAMPL3", "--secret-stdin"}, `--user: user name "bob/x"`},
+			{secretA, []string{"vault", "import", "--user", "bob", "--account", "123456789012", "--access-key-id", "nope", "--secret-stdin"}, `--access-key-id: access key id "nope"`},
+			{secretA, []string{"vault", "import", "--user", "bob", "--account", "123456789012", "--access-key-id", "AKIAIOSFODNN7EXAMPL3"}, "--secret-stdin is required"},
+			{"", []string{"vault", "import", "--user", "bob", "--account", "123456789012", "--access-key-id", "AKIAIOSFODNN7EXAMPL3", "--secret-stdin"}, "secret access key is empty"},
+			{secretA, []string{"vault", "import", "--user", "alice", "--access-key-id", keyA, "--secret-stdin"}, "already in the vault"},
+			{"", []string{"vault", "get", "alice", "--output", "yaml"}, "--output must be json, env, ini or credential-process"},
+			{"", []string{"vault", "get"}, "accepts 1 arg"},
+			{"", []string{"vault", "list", "--bogus"}, "unknown flag: --bogus"},
+			{"", []string{"vault", "rewrap", "--to-source", "floppy"}, "--to-source must be file, env or aws-kms"},
+			{"", []string{"vault", "rewrap", "--to-source", "file"}, "--to-file is required"},
+		}
+		for _, b := range bad {
+			r := run(2, b.stdin, b.args...)
+			if !strings.Contains(r.stderr, b.want) {
+				t.Errorf("keyward %v: stderr does not say %q:\n%s", b.args, b.want, r.stderr)
+			}
+		}
+		if r = run(0, "", "vault", "list", "-o", "json"); strings.Count(r.stdout, "access_key_id") != 2 {
+			t.Fatalf("bad input wrote something: %s", r.stdout)
+		}
+
+		// No credential: exit 1 with a clear message.
+		if r = run(1, "", "vault", "get", "nobody"); !strings.Contains(r.stderr, `no identity "nobody"`) {
+			t.Fatalf("get of an unknown user: %q", r.stderr)
+		}
+		// The same user in two accounts must be told apart.
+		run(0, secretA, "vault", "import", "--user", "alice", "--account", "210987654321", "--access-key-id", "AKIAIOSFODNN7EXAMPL4", "--secret-stdin")
+		if r = run(2, "", "vault", "get", "alice"); !strings.Contains(r.stderr, "give the account") {
+			t.Fatalf("ambiguous get: %q", r.stderr)
+		}
+		if r = run(0, "", "vault", "get", "alice", "--account", "210987654321"); !strings.Contains(r.stdout, "AKIAIOSFODNN7EXAMPL4") {
+			t.Fatalf("get with --account: %q", r.stdout)
+		}
+
+		for _, s := range []string{secretA, secretB} {
+			if strings.Contains(logs.String(), s) {
+				t.Fatalf("a secret reached the logs or an error message:\n%s", logs.String())
+			}
+		}
+	})
+}
+
+// TestRewrapCommand moves the vault from its key file to a key in an environment variable.
+func TestRewrapCommand(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
+		e := newEnv(t, db)
+		e.must(t, 0, secretA, "vault", "import", "--user", "alice", "--account", "123456789012", "--access-key-id", keyA, "--secret-stdin")
+		newKey := "9Iv1x8sHQn2aV0qY7oB3cJ5dL6eK4fM1gN2hP8iR0tU="
+		r := e.with("NEW_KEK="+newKey).must(t, 0, "", "vault", "rewrap", "--to-source", "env", "--to-env", "NEW_KEK", "-o", "json")
+		var out map[string]any
+		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out["rewrapped"] != float64(1) {
+			t.Fatalf("rewrap output: %q", r.stdout)
+		}
+		if strings.Contains(r.stderr, newKey) || strings.Contains(r.stdout, newKey) {
+			t.Fatal("rewrap printed the new key")
+		}
+		// The old key file no longer opens the vault, and says why.
+		if r := e.must(t, 1, "", "vault", "get", "alice"); !strings.Contains(r.stderr, "wrapped by another key-encryption key") {
+			t.Fatalf("get with the old KEK: %q", r.stderr)
+		}
+		moved := e.with("KEYWARD_VAULT_MASTER_KEY_SOURCE=env", "KEYWARD_MASTER_KEY="+newKey)
+		if r := moved.must(t, 0, "", "vault", "get", "alice"); !strings.Contains(r.stdout, secretA) {
+			t.Fatalf("get with the new KEK: %q", r.stdout)
+		}
+		// And back to a new key file, created by the rewrap.
+		moved.must(t, 0, "", "vault", "rewrap", "--to-source", "file", "--to-file", "next.key")
+		info, err := os.Stat(filepath.Join(e.dir, "next.key"))
+		if err != nil || info.Mode().Perm() != 0o600 {
+			t.Fatalf("rewrap did not create next.key 0600: %v", err)
+		}
+		e.with("KEYWARD_VAULT_MASTER_KEY_FILE=next.key").must(t, 0, "", "vault", "get", "alice")
+	})
+}
+
+func TestKMSKeyEncryptionKey(t *testing.T) {
+	moto := testenv.MotoURL(t)
+	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}).with(
+		"AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY="+secretA,
+		"KEYWARD_AWS_REGION=us-east-1", "KEYWARD_AWS_ENDPOINT_URL="+moto)
+	keyID := createKMSKey(t, moto)
+	kms := e.with("KEYWARD_VAULT_MASTER_KEY_SOURCE=aws-kms", "KEYWARD_VAULT_MASTER_KEY_KMS_KEY_ID="+keyID)
+	kms.must(t, 0, secretB, "vault", "import", "--user", "alice", "--account", "123456789012", "--access-key-id", keyB, "--secret-stdin")
+	if r := kms.must(t, 0, "", "vault", "get", "alice"); !strings.Contains(r.stdout, secretB) {
+		t.Fatalf("get through KMS: %q", r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "keyward.key")); !os.IsNotExist(err) {
+		t.Fatal("a key file was created although the KEK is in KMS")
+	}
+	kms.with("KEYWARD_VAULT_MASTER_KEY_KMS_KEY_ID=alias/missing").must(t, 1, "", "vault", "get", "alice")
+}
+
+// createKMSKey makes a KMS key in moto through keyward's own dependency, the AWS SDK.
+func createKMSKey(t *testing.T, moto string) string {
+	t.Helper()
+	return testenv.CreateKMSKey(t, moto)
+}
+
+// TestConcurrentMigrateProcesses starts two keyward migrate processes at once on an empty database.
+func TestConcurrentMigrateProcesses(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
+		e := newEnv(t, db)
+		var wg sync.WaitGroup
+		results := make([]result, 3)
+		for i := range results {
+			wg.Go(func() { results[i] = e.run(t, "", "migrate", "--output", "json") })
+		}
+		wg.Wait()
+		applied := 0
+		for _, r := range results {
+			if r.code != 0 {
+				t.Fatalf("concurrent migrate failed: %s", r.stderr)
+			}
+			var out struct {
+				Applied []string `json:"applied"`
+				Version int      `json:"schema_version"`
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Version < 1 {
+				t.Fatalf("migrate output %q: %v", r.stdout, err)
+			}
+			applied += len(out.Applied)
+		}
+		r := e.must(t, 0, "", "migrate")
+		if !strings.Contains(r.stdout, "database schema at version") || strings.Contains(r.stdout, "applied") {
+			t.Fatalf("migrate on a migrated database: %q", r.stdout)
+		}
+		if want := strings.Count(r.stdout, "\n"); applied == 0 || want != 1 {
+			t.Fatalf("migrations applied %d times in all", applied)
+		}
+	})
+}
+
+// serveProcess is a running keyward serve.
+type serveProcess struct {
+	cmd  *exec.Cmd
+	addr string
+	logs *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func startServe(t *testing.T, e *env) *serveProcess {
+	t.Helper()
+	cmd := exec.Command(binary, "serve")
+	cmd.Dir, cmd.Env = e.dir, append(e.vars, "KEYWARD_SERVER_LISTEN=127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &serveProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.logs.Write([]byte(line + "\n"))
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "listening" {
+				addr <- rec["addr"].(string)
+			}
+		}
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	select {
+	case p.addr = <-addr:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("serve did not start listening:\n%s", p.logs.String())
+	}
+	return p
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestServe starts the service, probes it, and stops it with SIGTERM.
+func TestServe(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
+		e := newEnv(t, db)
+		p := startServe(t, e)
+		if code, _ := httpGet(t, "http://"+p.addr+"/healthz"); code != http.StatusOK {
+			t.Fatalf("/healthz = %d", code)
+		}
+		if code, body := httpGet(t, "http://"+p.addr+"/readyz"); code != http.StatusOK {
+			t.Fatalf("/readyz = %d %s", code, body)
+		}
+		if db.Driver == "postgres" {
+			// Take the schema away under the running service: it must say it is not ready.
+			dropTables(t, db.DSN)
+			code, body := httpGet(t, "http://"+p.addr+"/readyz")
+			if code != http.StatusServiceUnavailable || !strings.Contains(body, "not migrated") {
+				t.Fatalf("/readyz without a schema = %d %s", code, body)
+			}
+			if code, _ := httpGet(t, "http://"+p.addr+"/healthz"); code != http.StatusOK {
+				t.Fatalf("/healthz must stay 200 while the process runs, got %d", code)
+			}
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-p.done:
+			if err != nil {
+				t.Fatalf("serve exited with %v after SIGTERM:\n%s", err, p.logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("serve did not stop after SIGTERM:\n%s", p.logs.String())
+		}
+		if !strings.Contains(p.logs.String(), `"msg":"stopped"`) {
+			t.Fatalf("serve did not shut down gracefully:\n%s", p.logs.String())
+		}
+	})
+}
+
+func dropTables(t *testing.T, dsn string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	testenv.Exec(t, ctx, dsn, "DROP TABLE credential_versions, identities, schema_migrations")
+}
+
+func TestServeBadListenAddress(t *testing.T) {
+	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")})
+	r := e.with("KEYWARD_SERVER_LISTEN=256.0.0.1:80").must(t, 1, "", "serve")
+	if !strings.Contains(r.stderr, "server.listen") {
+		t.Fatalf("serve with an unusable address: %q", r.stderr)
+	}
+	e.with("KEYWARD_SERVER_LISTEN=nonsense").must(t, 2, "", "serve")
+}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+// Stamped by the build: go build -ldflags "-X main.version=v0.1.0 -X main.commit=$(git rev-parse HEAD)".
+var (
+	version = "dev"
+	commit  = ""
+)
+
+func (a *app) versionCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print Keyward's version",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			info := map[string]string{"version": version, "commit": commit, "go": runtime.Version()}
+			if info["commit"] == "" {
+				if bi, ok := debug.ReadBuildInfo(); ok {
+					for _, s := range bi.Settings {
+						if s.Key == "vcs.revision" {
+							info["commit"] = s.Value
+						}
+					}
+				}
+			}
+			switch output {
+			case "json":
+				return json.NewEncoder(a.stdout).Encode(info)
+			case "text":
+				_, err := fmt.Fprintf(a.stdout, "keyward %s (commit %s, %s)\n", info["version"], orNone(info["commit"]), info["go"])
+				return err
+			}
+			return usageErr("--output must be text or json (got %q)", output)
+		}),
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
