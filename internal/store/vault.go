@@ -51,15 +51,18 @@ func scanRecord(row scanner) (vault.Record, error) {
 	return rec, nil
 }
 
+// identityByName finds an identity's row id from $1 cloud, $2 account, $3 user name. Reads use it as a
+// scalar subquery, so that the version is found through its index whatever the planner's statistics
+// say (on a fresh PostgreSQL table a join was planned as a scan of every current version).
+const identityByName = `SELECT id FROM identities WHERE cloud = $1 AND account_id = $2 AND user_name = $3`
+
 const selectRecord = `SELECT ` + versionColumns + `, v.kek_id, v.wrapped_key, v.ciphertext
 	FROM credential_versions v JOIN identities i ON i.id = v.identity_id`
 
 // NextVersion implements vault.Store.
 func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, error) {
 	var n sql.NullInt64
-	err := s.db.sql.QueryRowContext(ctx, `SELECT MAX(v.version) FROM credential_versions v
-		JOIN identities i ON i.id = v.identity_id
-		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3`,
+	err := s.db.queryRow(ctx, `SELECT MAX(version) FROM credential_versions WHERE identity_id = (`+identityByName+`)`,
 		id.Cloud, id.AccountID, id.UserName).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("next version of %s: %w", id, err)
@@ -68,17 +71,18 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 }
 
 // identityID returns the row id of an identity, creating the row when create is set.
-func identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
-	if create {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
+func (s *Vault) identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
+	var rowID int64
+	err := s.db.txQueryRow(ctx, tx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+	if errors.Is(err, sql.ErrNoRows) && create {
+		// Another writer may be creating the same identity: let its row win and read it back.
+		if _, err := s.db.txExec(ctx, tx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
 			VALUES ($1, $2, $3, $4) ON CONFLICT (cloud, account_id, user_name) DO NOTHING`,
 			id.Cloud, id.AccountID, id.UserName, micros(at)); err != nil {
 			return 0, fmt.Errorf("create identity %s: %w", id, err)
 		}
+		err = s.db.txQueryRow(ctx, tx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	}
-	var rowID int64
-	err := tx.QueryRowContext(ctx, `SELECT id FROM identities WHERE cloud = $1 AND account_id = $2 AND user_name = $3`,
-		id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)
 	}
@@ -86,8 +90,8 @@ func identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, create bool,
 }
 
 // demoteCurrent makes the identity's current version previous.
-func demoteCurrent(ctx context.Context, tx *sql.Tx, identity int64, at time.Time) error {
-	_, err := tx.ExecContext(ctx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
+func (s *Vault) demoteCurrent(ctx context.Context, tx *sql.Tx, identity int64, at time.Time) error {
+	_, err := s.db.txExec(ctx, tx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
 		WHERE identity_id = $2 AND state = 'current'`, micros(at), identity)
 	return err
 }
@@ -95,16 +99,16 @@ func demoteCurrent(ctx context.Context, tx *sql.Tx, identity int64, at time.Time
 // CreateVersion implements vault.Store.
 func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 	return s.db.inTx(ctx, func(tx *sql.Tx) error {
-		identity, err := identityID(ctx, tx, rec.Identity, true, rec.CreatedAt)
+		identity, err := s.identityID(ctx, tx, rec.Identity, true, rec.CreatedAt)
 		if err != nil {
 			return err
 		}
 		if rec.State == vault.StateCurrent {
-			if err := demoteCurrent(ctx, tx, identity, rec.CreatedAt); err != nil {
+			if err := s.demoteCurrent(ctx, tx, identity, rec.CreatedAt); err != nil {
 				return fmt.Errorf("demote current version of %s: %w", rec.Identity, err)
 			}
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
+		_, err = s.db.txExec(ctx, tx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
 			origin, kek_id, wrapped_key, ciphertext, created_at, current_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			identity, rec.Number, rec.AccessKeyID, rec.State, rec.Origin, rec.Sealed.KEKID,
@@ -125,8 +129,8 @@ func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 
 // CurrentVersion implements vault.Store.
 func (s *Vault) CurrentVersion(ctx context.Context, id vault.Identity) (vault.Record, error) {
-	rec, err := scanRecord(s.db.sql.QueryRowContext(ctx, selectRecord+`
-		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3 AND v.state = 'current'`,
+	rec, err := scanRecord(s.db.queryRow(ctx, selectRecord+`
+		WHERE v.identity_id = (`+identityByName+`) AND v.state = 'current'`,
 		id.Cloud, id.AccountID, id.UserName))
 	if errors.Is(err, sql.ErrNoRows) {
 		return rec, fmt.Errorf("no current version: %w", vault.ErrNotFound)
@@ -136,8 +140,8 @@ func (s *Vault) CurrentVersion(ctx context.Context, id vault.Identity) (vault.Re
 
 // Version implements vault.Store.
 func (s *Vault) Version(ctx context.Context, id vault.Identity, number int64) (vault.Record, error) {
-	rec, err := scanRecord(s.db.sql.QueryRowContext(ctx, selectRecord+`
-		WHERE i.cloud = $1 AND i.account_id = $2 AND i.user_name = $3 AND v.version = $4`,
+	rec, err := scanRecord(s.db.queryRow(ctx, selectRecord+`
+		WHERE v.identity_id = (`+identityByName+`) AND v.version = $4`,
 		id.Cloud, id.AccountID, id.UserName, number))
 	if errors.Is(err, sql.ErrNoRows) {
 		return rec, vault.ErrNotFound
@@ -209,12 +213,12 @@ func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64,
 		return fmt.Errorf("%w: to %s", vault.ErrInvalidTransition, to)
 	}
 	return s.db.inTx(ctx, func(tx *sql.Tx) error {
-		identity, err := identityID(ctx, tx, id, false, at)
+		identity, err := s.identityID(ctx, tx, id, false, at)
 		if err != nil {
 			return err
 		}
 		if to == vault.StateCurrent {
-			if err := demoteCurrent(ctx, tx, identity, at); err != nil {
+			if err := s.demoteCurrent(ctx, tx, identity, at); err != nil {
 				return err
 			}
 		}

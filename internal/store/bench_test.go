@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// The vault's two hot paths on both drivers, and the cost of one fsync on the disk the SQLite file
+// lives on, measured in the same run so that durable Put can be compared with it. docs/BENCHMARKS.md
+// has the figures and the command.
+
+const benchUsers = 100
+
+// forEachBenchDatabase runs fn on a fresh database of each driver, made anew for every run.
+func forEachBenchDatabase(b *testing.B, fn func(b *testing.B, db *DB)) {
+	for _, driver := range []string{SQLite, Postgres} {
+		b.Run(driver, func(b *testing.B) {
+			d := testenv.Database{Driver: SQLite, DSN: filepath.Join(b.TempDir(), "bench.db")}
+			if driver == Postgres {
+				d = testenv.Database{Driver: Postgres, DSN: testenv.PostgresDSN(b)}
+			}
+			fn(b, mustOpen(b, d))
+		})
+	}
+}
+
+func benchIdentity(i int) vault.Identity {
+	return vault.Identity{Cloud: "aws", AccountID: "123456789012", UserName: fmt.Sprintf("user-%03d", i%benchUsers)}
+}
+
+// BenchmarkFsync writes one 4 KiB page and fsyncs it, next to where the SQLite database lives.
+func BenchmarkFsync(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "fsync.bin"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := f.WriteAt(page, int64(i%256)*4096); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkVaultPut stores a new current version (seal + one durable transaction) per iteration.
+func BenchmarkVaultPut(b *testing.B) {
+	forEachBenchDatabase(b, func(b *testing.B, db *DB) {
+		ctx := context.Background()
+		v := mustVault(b, db, mustKEK(b), nil)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			id, s := keyPair(i)
+			if _, err := v.Import(ctx, benchIdentity(i), id, s); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkVaultGet reads and decrypts a current credential per iteration.
+func BenchmarkVaultGet(b *testing.B) {
+	forEachBenchDatabase(b, func(b *testing.B, db *DB) {
+		ctx := context.Background()
+		v := mustVault(b, db, mustKEK(b), nil)
+		for i := range benchUsers {
+			id, s := keyPair(i)
+			if _, err := v.Import(ctx, benchIdentity(i), id, s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := v.Current(ctx, benchIdentity(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and .ci/run run it: starts a throwaway PostgreSQL and
+# moto_server (scripts/testenv.sh), checks formatting, runs go vet and go test -race, and stops what it
+# started. Where PostgreSQL or moto cannot be started, their tests skip with a message — unless
+# KEYWARD_TEST_REQUIRE_SERVICES=1 (as in CI), where that is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+require=${KEYWARD_TEST_REQUIRE_SERVICES:-0}
+envfile=$(mktemp)
+cleanup() {
+  if [ -n "${KEYWARD_TESTENV_DIR:-}" ]; then scripts/testenv.sh stop "$KEYWARD_TESTENV_DIR"; fi
+  rm -f "$envfile"
+}
+trap cleanup EXIT
+
+if [ -z "${KEYWARD_TEST_POSTGRES_DSN:-}" ] || [ -z "${KEYWARD_TEST_MOTO_URL:-}" ]; then
+  echo "== starting PostgreSQL and moto_server"
+  if scripts/testenv.sh start >"$envfile"; then
+    # shellcheck disable=SC1090
+    source "$envfile"
+  elif [ "$require" = 1 ]; then
+    echo "could not start the test services, and KEYWARD_TEST_REQUIRE_SERVICES=1" >&2
+    exit 1
+  else
+    echo "warning: could not start the test services: their tests will skip" >&2
+  fi
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m "$@" ./...
