@@ -101,7 +101,7 @@ func (db *DB) Migrate(ctx context.Context) ([]Migration, error) {
 			continue
 		}
 		did := false
-		err := db.inTx(ctx, func(tx *sql.Tx) error {
+		err := db.inTx(ctx, func(tx *Tx) error {
 			if db.driver == Postgres {
 				if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
 					return fmt.Errorf("take migration lock: %w", err)

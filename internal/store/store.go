@@ -137,30 +137,56 @@ func (db *DB) queryRow(ctx context.Context, query string, args ...any) *sql.Row 
 	return st.QueryRowContext(ctx, args...)
 }
 
-// txExec runs a statement inside tx through a kept statement.
-func (db *DB) txExec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
-	st, err := db.stmt(ctx, query)
-	if err != nil {
-		return nil, err
+// A transaction must never wait for a second connection: with SQLite, the other pooled connections
+// may all be waiting for the write lock the transaction holds. So inside a transaction a statement
+// is used only if it is already prepared; otherwise it runs unprepared on the transaction's own
+// connection, and inTx prepares it once the transaction is over.
+
+// txStmt returns the kept statement for query bound to tx, or nil (and notes the query) when the
+// statement is not prepared yet.
+func (db *DB) txStmt(ctx context.Context, tx *sql.Tx, query string, missed *[]string) *sql.Stmt {
+	if st, ok := db.stmts.Load(query); ok {
+		return tx.StmtContext(ctx, st.(*sql.Stmt))
 	}
-	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	*missed = append(*missed, query)
+	return nil
 }
 
-// txQueryRow runs a one-row read inside tx through a kept statement.
-func (db *DB) txQueryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) *sql.Row {
-	st, err := db.stmt(ctx, query)
-	if err != nil {
-		return tx.QueryRowContext(ctx, query, args...)
+// Tx is a transaction that runs its statements through kept statements.
+type Tx struct {
+	*sql.Tx
+	db     *DB
+	missed []string
+}
+
+// exec runs a statement in the transaction.
+func (tx *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+		return st.ExecContext(ctx, args...)
 	}
-	return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	return tx.ExecContext(ctx, query, args...)
+}
+
+// queryRow runs a one-row read in the transaction.
+func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return tx.QueryRowContext(ctx, query, args...)
 }
 
 // inTx runs fn in one transaction, committed when fn returns nil.
-func (db *DB) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := db.sql.BeginTx(ctx, nil)
+func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
+	sqlTx, err := db.sql.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
+	tx := &Tx{Tx: sqlTx, db: db}
+	defer func() {
+		for _, q := range tx.missed {
+			_, _ = db.stmt(ctx, q) // a failure here only means the next call parses again
+		}
+	}()
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
 		return err

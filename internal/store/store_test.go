@@ -427,7 +427,8 @@ func TestConcurrentImports(t *testing.T) {
 		ctx := context.Background()
 		db := mustOpen(t, d)
 		v := mustVault(t, db, mustKEK(t), nil)
-		const writers = 8
+		// Twice the SQLite pool: a transaction must never wait for a connection the others hold.
+		const writers = 16
 		var wg sync.WaitGroup
 		errs := make(chan error, writers)
 		for i := range writers {

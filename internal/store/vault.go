@@ -18,18 +18,30 @@ func (db *DB) Vault() *Vault { return &Vault{db: db} }
 
 var _ vault.Store = (*Vault)(nil)
 
-const versionColumns = `i.cloud, i.account_id, i.user_name, v.version, v.access_key_id, v.state, v.origin,
+// Columns of a version, and of its identity where the caller does not know it already.
+const (
+	identityColumns = `i.cloud, i.account_id, i.user_name`
+	versionColumns  = `v.version, v.access_key_id, v.state, v.origin,
 	v.created_at, v.current_at, v.previous_at, v.inactive_at, v.destroyed_at`
+	sealedColumns = `v.kek_id, v.wrapped_key, v.ciphertext`
+)
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanVersion(row scanner, extra ...any) (vault.Version, error) {
+// scanVersion reads versionColumns (then extra) into a Version of identity id; with id nil it reads
+// identityColumns first.
+func scanVersion(row scanner, id *vault.Identity, extra ...any) (vault.Version, error) {
 	var v vault.Version
 	var created int64
 	var current, previous, inactive, destroyed sql.NullInt64
-	dest := append([]any{&v.Identity.Cloud, &v.Identity.AccountID, &v.Identity.UserName, &v.Number, &v.AccessKeyID,
-		&v.State, &v.Origin, &created, &current, &previous, &inactive, &destroyed}, extra...)
-	if err := row.Scan(dest...); err != nil {
+	dest := make([]any, 0, 12+len(extra))
+	if id == nil {
+		dest = append(dest, &v.Identity.Cloud, &v.Identity.AccountID, &v.Identity.UserName)
+	} else {
+		v.Identity = *id
+	}
+	dest = append(dest, &v.Number, &v.AccessKeyID, &v.State, &v.Origin, &created, &current, &previous, &inactive, &destroyed)
+	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return v, err
 	}
 	v.CreatedAt = time.UnixMicro(created).UTC()
@@ -38,10 +50,11 @@ func scanVersion(row scanner, extra ...any) (vault.Version, error) {
 	return v, nil
 }
 
-func scanRecord(row scanner) (vault.Record, error) {
+// scanRecord reads a version and sealedColumns.
+func scanRecord(row scanner, id *vault.Identity) (vault.Record, error) {
 	var kekID sql.NullString
 	var rec vault.Record
-	v, err := scanVersion(row, &kekID, &rec.Sealed.WrappedKey, &rec.Sealed.Ciphertext)
+	v, err := scanVersion(row, id, &kekID, &rec.Sealed.WrappedKey, &rec.Sealed.Ciphertext)
 	if err != nil {
 		return rec, err
 	}
@@ -56,8 +69,9 @@ func scanRecord(row scanner) (vault.Record, error) {
 // say (on a fresh PostgreSQL table a join was planned as a scan of every current version).
 const identityByName = `SELECT id FROM identities WHERE cloud = $1 AND account_id = $2 AND user_name = $3`
 
-const selectRecord = `SELECT ` + versionColumns + `, v.kek_id, v.wrapped_key, v.ciphertext
-	FROM credential_versions v JOIN identities i ON i.id = v.identity_id`
+// selectRecordOf reads records of the identity named by $1, $2, $3; the caller adds conditions.
+const selectRecordOf = `SELECT ` + versionColumns + `, ` + sealedColumns + `
+	FROM credential_versions v WHERE v.identity_id = (` + identityByName + `)`
 
 // NextVersion implements vault.Store.
 func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, error) {
@@ -71,17 +85,17 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 }
 
 // identityID returns the row id of an identity, creating the row when create is set.
-func (s *Vault) identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
+func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
 	var rowID int64
-	err := s.db.txQueryRow(ctx, tx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+	err := tx.queryRow(ctx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	if errors.Is(err, sql.ErrNoRows) && create {
 		// Another writer may be creating the same identity: let its row win and read it back.
-		if _, err := s.db.txExec(ctx, tx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
+		if _, err := tx.exec(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
 			VALUES ($1, $2, $3, $4) ON CONFLICT (cloud, account_id, user_name) DO NOTHING`,
 			id.Cloud, id.AccountID, id.UserName, micros(at)); err != nil {
 			return 0, fmt.Errorf("create identity %s: %w", id, err)
 		}
-		err = s.db.txQueryRow(ctx, tx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+		err = tx.queryRow(ctx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)
@@ -90,15 +104,15 @@ func (s *Vault) identityID(ctx context.Context, tx *sql.Tx, id vault.Identity, c
 }
 
 // demoteCurrent makes the identity's current version previous.
-func (s *Vault) demoteCurrent(ctx context.Context, tx *sql.Tx, identity int64, at time.Time) error {
-	_, err := s.db.txExec(ctx, tx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
+func (s *Vault) demoteCurrent(ctx context.Context, tx *Tx, identity int64, at time.Time) error {
+	_, err := tx.exec(ctx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
 		WHERE identity_id = $2 AND state = 'current'`, micros(at), identity)
 	return err
 }
 
 // CreateVersion implements vault.Store.
 func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
-	return s.db.inTx(ctx, func(tx *sql.Tx) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
 		identity, err := s.identityID(ctx, tx, rec.Identity, true, rec.CreatedAt)
 		if err != nil {
 			return err
@@ -108,7 +122,7 @@ func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 				return fmt.Errorf("demote current version of %s: %w", rec.Identity, err)
 			}
 		}
-		_, err = s.db.txExec(ctx, tx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
+		_, err = tx.exec(ctx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
 			origin, kek_id, wrapped_key, ciphertext, created_at, current_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			identity, rec.Number, rec.AccessKeyID, rec.State, rec.Origin, rec.Sealed.KEKID,
@@ -129,9 +143,8 @@ func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 
 // CurrentVersion implements vault.Store.
 func (s *Vault) CurrentVersion(ctx context.Context, id vault.Identity) (vault.Record, error) {
-	rec, err := scanRecord(s.db.queryRow(ctx, selectRecord+`
-		WHERE v.identity_id = (`+identityByName+`) AND v.state = 'current'`,
-		id.Cloud, id.AccountID, id.UserName))
+	rec, err := scanRecord(s.db.queryRow(ctx, selectRecordOf+` AND v.state = 'current'`,
+		id.Cloud, id.AccountID, id.UserName), &id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return rec, fmt.Errorf("no current version: %w", vault.ErrNotFound)
 	}
@@ -140,9 +153,8 @@ func (s *Vault) CurrentVersion(ctx context.Context, id vault.Identity) (vault.Re
 
 // Version implements vault.Store.
 func (s *Vault) Version(ctx context.Context, id vault.Identity, number int64) (vault.Record, error) {
-	rec, err := scanRecord(s.db.queryRow(ctx, selectRecord+`
-		WHERE v.identity_id = (`+identityByName+`) AND v.version = $4`,
-		id.Cloud, id.AccountID, id.UserName, number))
+	rec, err := scanRecord(s.db.queryRow(ctx, selectRecordOf+` AND v.version = $4`,
+		id.Cloud, id.AccountID, id.UserName, number), &id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return rec, vault.ErrNotFound
 	}
@@ -171,7 +183,7 @@ func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]v
 
 // Versions implements vault.Store.
 func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
-	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
+	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
 		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 		ORDER BY i.cloud, i.account_id, i.user_name, v.version`)
 	if err != nil {
@@ -181,7 +193,7 @@ func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
 	var out []vault.Version
 	for rows.Next() {
 		var hasSecret bool
-		v, err := scanVersion(rows, &hasSecret)
+		v, err := scanVersion(rows, nil, &hasSecret)
 		if err != nil {
 			return nil, err
 		}
@@ -212,7 +224,7 @@ func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64,
 	if column == "" {
 		return fmt.Errorf("%w: to %s", vault.ErrInvalidTransition, to)
 	}
-	return s.db.inTx(ctx, func(tx *sql.Tx) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
 		identity, err := s.identityID(ctx, tx, id, false, at)
 		if err != nil {
 			return err
@@ -267,15 +279,17 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 // Rewrap implements vault.Store.
 func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error), progress func(done, total int)) (int, error) {
 	n := 0
-	err := s.db.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, selectRecord+` WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
+	err := s.db.inTx(ctx, func(tx *Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
+			FROM credential_versions v JOIN identities i ON i.id = v.identity_id
+			WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
 		if err != nil {
 			return err
 		}
 		// Read everything first: one connection cannot interleave a result set with updates.
 		var recs []vault.Record
 		for rows.Next() {
-			rec, err := scanRecord(rows)
+			rec, err := scanRecord(rows, nil)
 			if err != nil {
 				rows.Close()
 				return err
