@@ -123,6 +123,14 @@ func runE(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command,
 	}
 }
 
+// textOrJSON checks an --output flag of the commands that print either.
+func textOrJSON(output string) error {
+	if output != "text" && output != "json" {
+		return usageErr("--output must be text or json (got %q)", output)
+	}
+	return nil
+}
+
 // loadConfig reads the configuration and sets up logging; an invalid configuration is bad input.
 func (a *app) loadConfig() error {
 	src := config.Source{Path: a.configPath, Environ: a.environ, Explicit: a.configPath != ""}

@@ -300,11 +300,12 @@ func TestRewrapCommand(t *testing.T) {
 }
 
 func TestKMSKeyEncryptionKey(t *testing.T) {
-	moto := testenv.MotoURL(t)
+	cfg := testenv.MotoAWSConfig(t, "us-east-1")
+	moto := *cfg.BaseEndpoint
 	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}).with(
 		"AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY="+secretA,
 		"KEYWARD_AWS_REGION=us-east-1", "KEYWARD_AWS_ENDPOINT_URL="+moto)
-	keyID := createKMSKey(t, moto)
+	keyID := testenv.CreateKMSKey(t, cfg)
 	kms := e.with("KEYWARD_VAULT_MASTER_KEY_SOURCE=aws-kms", "KEYWARD_VAULT_MASTER_KEY_KMS_KEY_ID="+keyID)
 	kms.must(t, 0, secretB, "vault", "import", "--user", "alice", "--account", "123456789012", "--access-key-id", keyB, "--secret-stdin")
 	if r := kms.must(t, 0, "", "vault", "get", "alice"); !strings.Contains(r.stdout, secretB) {
@@ -314,12 +315,6 @@ func TestKMSKeyEncryptionKey(t *testing.T) {
 		t.Fatal("a key file was created although the KEK is in KMS")
 	}
 	kms.with("KEYWARD_VAULT_MASTER_KEY_KMS_KEY_ID=alias/missing").must(t, 1, "", "vault", "get", "alice")
-}
-
-// createKMSKey makes a KMS key in moto through keyward's own dependency, the AWS SDK.
-func createKMSKey(t *testing.T, moto string) string {
-	t.Helper()
-	return testenv.CreateKMSKey(t, moto)
 }
 
 // TestConcurrentMigrateProcesses starts two keyward migrate processes at once on an empty database.

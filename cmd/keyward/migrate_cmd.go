@@ -16,8 +16,8 @@ func (a *app) migrateCommand() *cobra.Command {
 		Short: "Apply the database migrations this Keyward needs (safe to run from several processes at once)",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageErr("--output must be text or json (got %q)", output)
+			if err := textOrJSON(output); err != nil {
+				return err
 			}
 			if err := a.loadConfig(); err != nil {
 				return err

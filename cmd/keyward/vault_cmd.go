@@ -44,8 +44,9 @@ func (a *app) vaultImportCommand() *cobra.Command {
 				return usageErr("--access-key-id is required")
 			case !fromStdin:
 				return usageErr("--secret-stdin is required: Keyward never takes a secret on the command line, where other users and shell history can see it")
-			case output != "text" && output != "json":
-				return usageErr("--output must be text or json (got %q)", output)
+			}
+			if err := textOrJSON(output); err != nil {
+				return err
 			}
 			if err := vault.ValidateUserName(user); err != nil {
 				return usageErr("--user: %v", err)
@@ -70,11 +71,8 @@ func (a *app) vaultImportCommand() *cobra.Command {
 				return usageErr("secret on standard input: %v", err)
 			}
 
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			v, db, err := a.openVault(ctx, false)
+			v, db, err := a.loadAndOpenVault(ctx)
 			if err != nil {
 				return err
 			}
@@ -167,11 +165,8 @@ func (a *app) vaultGetCommand() *cobra.Command {
 			if err := vault.ValidateUserName(args[0]); err != nil {
 				return usageErr("%v", err)
 			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			v, db, err := a.openVault(ctx, false)
+			v, db, err := a.loadAndOpenVault(ctx)
 			if err != nil {
 				return err
 			}
@@ -212,8 +207,8 @@ func (a *app) vaultListCommand() *cobra.Command {
 		Short: "List identities and their key versions (never a secret)",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageErr("--output must be text or json (got %q)", output)
+			if err := textOrJSON(output); err != nil {
+				return err
 			}
 			if err := a.loadConfig(); err != nil {
 				return err
@@ -277,8 +272,8 @@ exist is created, 0600). All data keys are rewrapped in one transaction: all or 
 point vault.master_key at the new KEK; the old one can then be retired.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageErr("--output must be text or json (got %q)", output)
+			if err := textOrJSON(output); err != nil {
+				return err
 			}
 			switch to.Source {
 			case config.KeySourceFile:

@@ -32,14 +32,14 @@ func (a *app) versionCommand() *cobra.Command {
 					}
 				}
 			}
-			switch output {
-			case "json":
-				return json.NewEncoder(a.stdout).Encode(info)
-			case "text":
-				_, err := fmt.Fprintf(a.stdout, "keyward %s (commit %s, %s)\n", info["version"], orNone(info["commit"]), info["go"])
+			if err := textOrJSON(output); err != nil {
 				return err
 			}
-			return usageErr("--output must be text or json (got %q)", output)
+			if output == "json" {
+				return json.NewEncoder(a.stdout).Encode(info)
+			}
+			_, err := fmt.Fprintf(a.stdout, "keyward %s (commit %s, %s)\n", info["version"], orNone(info["commit"]), info["go"])
+			return err
 		}),
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")

@@ -68,6 +68,14 @@ func (a *app) openVault(ctx context.Context, migrate bool) (*vault.Vault, *store
 	return v, db, nil
 }
 
+// loadAndOpenVault loads the configuration and opens the vault, for the commands that only use it.
+func (a *app) loadAndOpenVault(ctx context.Context) (*vault.Vault, *store.DB, error) {
+	if err := a.loadConfig(); err != nil {
+		return nil, nil, err
+	}
+	return a.openVault(ctx, false)
+}
+
 // openKEK returns the key-encryption key a master_key configuration names. A missing key file is
 // created (0600, with a warning) only while the vault holds no data key.
 func (a *app) openKEK(ctx context.Context, mk config.MasterKey, st vault.Store) (vault.KEK, error) {

@@ -112,15 +112,20 @@ func Exec(t testing.TB, ctx context.Context, dsn, statement string) {
 	}
 }
 
-// CreateKMSKey makes a symmetric key in the test moto_server and returns its id.
-func CreateKMSKey(t testing.TB, motoURL string) string {
+// MotoAWSConfig is an AWS SDK configuration that sends every call to the test moto_server.
+func MotoAWSConfig(t testing.TB, region string) aws.Config {
 	t.Helper()
-	cfg := aws.Config{
-		Region:       "us-east-1",
+	return aws.Config{
+		Region:       region,
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", ""),
-		BaseEndpoint: aws.String(motoURL),
+		BaseEndpoint: aws.String(MotoURL(t)),
 	}
-	out, err := kms.NewFromConfig(cfg).CreateKey(context.Background(), &kms.CreateKeyInput{})
+}
+
+// CreateKMSKey makes a symmetric key in moto and returns its id.
+func CreateKMSKey(t testing.TB, cfg aws.Config) string {
+	t.Helper()
+	out, err := kms.NewFromConfig(cfg).CreateKey(context.Background(), &kms.CreateKeyInput{Description: aws.String("keyward test")})
 	if err != nil {
 		t.Fatalf("create KMS key in moto: %v", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/keyward/keyward/internal/secret"
@@ -17,24 +16,6 @@ import (
 	"github.com/keyward/keyward/internal/vault"
 	"github.com/keyward/keyward/internal/vault/awskms"
 )
-
-func motoConfig(t *testing.T) aws.Config {
-	t.Helper()
-	return aws.Config{
-		Region:       "eu-west-1",
-		Credentials:  credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", ""),
-		BaseEndpoint: aws.String(testenv.MotoURL(t)),
-	}
-}
-
-func createKey(t *testing.T, cfg aws.Config) string {
-	t.Helper()
-	out, err := kms.NewFromConfig(cfg).CreateKey(context.Background(), &kms.CreateKeyInput{Description: aws.String("keyward test")})
-	if err != nil {
-		t.Fatalf("create KMS key in moto: %v", err)
-	}
-	return aws.ToString(out.KeyMetadata.KeyId)
-}
 
 func openVault(t *testing.T, kek vault.KEK) (*vault.Vault, *store.DB) {
 	t.Helper()
@@ -58,8 +39,8 @@ var alice = vault.Identity{Cloud: "aws", AccountID: "123456789012", UserName: "a
 
 func TestKMSRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	cfg := motoConfig(t)
-	keyID := createKey(t, cfg)
+	cfg := testenv.MotoAWSConfig(t, "eu-west-1")
+	keyID := testenv.CreateKMSKey(t, cfg)
 	kek, err := awskms.New(ctx, cfg, keyID)
 	if err != nil {
 		t.Fatal(err)
@@ -81,8 +62,8 @@ func TestKMSRoundTrip(t *testing.T) {
 // TestKMSContextIsBound checks that KMS refuses to unwrap a data key under other associated data.
 func TestKMSContextIsBound(t *testing.T) {
 	ctx := context.Background()
-	cfg := motoConfig(t)
-	kek, err := awskms.New(ctx, cfg, createKey(t, cfg))
+	cfg := testenv.MotoAWSConfig(t, "eu-west-1")
+	kek, err := awskms.New(ctx, cfg, testenv.CreateKMSKey(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,8 +82,8 @@ func TestKMSContextIsBound(t *testing.T) {
 
 func TestKMSRejectsDisabledKey(t *testing.T) {
 	ctx := context.Background()
-	cfg := motoConfig(t)
-	keyID := createKey(t, cfg)
+	cfg := testenv.MotoAWSConfig(t, "eu-west-1")
+	keyID := testenv.CreateKMSKey(t, cfg)
 	if _, err := kms.NewFromConfig(cfg).DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(keyID)}); err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +98,7 @@ func TestKMSRejectsDisabledKey(t *testing.T) {
 // TestRewrapBetweenLocalAndKMS moves a vault from a local KEK to KMS and on to another KMS key.
 func TestRewrapBetweenLocalAndKMS(t *testing.T) {
 	ctx := context.Background()
-	cfg := motoConfig(t)
+	cfg := testenv.MotoAWSConfig(t, "eu-west-1")
 	local, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
 	if err != nil {
 		t.Fatal(err)
@@ -127,14 +108,14 @@ func TestRewrapBetweenLocalAndKMS(t *testing.T) {
 	if _, err := v.Import(ctx, alice, "AKIAAAAAAAAAAAAAAAA2", s); err != nil {
 		t.Fatal(err)
 	}
-	first, err := awskms.New(ctx, cfg, createKey(t, cfg))
+	first, err := awskms.New(ctx, cfg, testenv.CreateKMSKey(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n, err := v.Rewrap(ctx, first, nil); err != nil || n != 1 {
 		t.Fatalf("rewrap local → KMS: %d, %v", n, err)
 	}
-	second, err := awskms.New(ctx, cfg, createKey(t, cfg))
+	second, err := awskms.New(ctx, cfg, testenv.CreateKMSKey(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
