@@ -2,7 +2,8 @@
 # Starts the real services the test suite needs — a throwaway PostgreSQL 15 and moto_server — on free
 # loopback ports, and prints the environment variables that point the tests at them.
 #
-#   eval "$(scripts/testenv.sh start)"   # exports KEYWARD_TEST_POSTGRES_DSN, KEYWARD_TEST_MOTO_URL, KEYWARD_TESTENV_DIR
+#   eval "$(scripts/testenv.sh start)"   # exports KEYWARD_TEST_POSTGRES_DSN (and _CA, the CA of its TLS
+#                                        # certificate), KEYWARD_TEST_MOTO_URL, KEYWARD_TESTENV_DIR
 #   scripts/testenv.sh stop "$KEYWARD_TESTENV_DIR"
 #
 # initdb refuses to run as root, so when run as root the server runs as the postgres user.
@@ -34,8 +35,17 @@ start() {
   pgport=$(free_port)
   "${as_pg[@]}" "$pgbin/initdb" -D "$dir/pg/data" -U keyward --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
+  # A test CA and a server certificate for localhost, so that sslmode=verify-full can be tested.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=keyward test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$dir/pg/server.key" -out "$dir/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+    -extfile "$dir/san.ext" -out "$dir/pg/server.crt" >/dev/null 2>&1
+  chmod 600 "$dir/pg/server.key" "$dir/ca.key"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir/pg/server.key" "$dir/pg/server.crt"
   "${as_pg[@]}" "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 \
-    -o "-p $pgport -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >&2 \
+    -o "-p $pgport -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on -c ssl=on -c ssl_cert_file=$dir/pg/server.crt -c ssl_key_file=$dir/pg/server.key" start >&2 \
     || { cat "$dir/pg/server.log" >&2; exit 1; }
 
   motoport=$(free_port)
@@ -53,6 +63,7 @@ start() {
   echo "export KEYWARD_TESTENV_DIR=$dir"
   echo "export KEYWARD_TEST_POSTGRES_DSN='postgres://keyward@127.0.0.1:$pgport/postgres?sslmode=disable'"
   echo "export KEYWARD_TEST_MOTO_URL=http://127.0.0.1:$motoport"
+  echo "export KEYWARD_TEST_POSTGRES_CA=$dir/ca.pem"
 }
 
 stop() {

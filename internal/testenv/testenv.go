@@ -131,3 +131,23 @@ func CreateKMSKey(t testing.TB, cfg aws.Config) string {
 	}
 	return aws.ToString(out.KeyMetadata.KeyId)
 }
+
+// PostgresTLSDSN returns a DSN that reaches the test PostgreSQL over TLS with sslmode=verify-full,
+// trusting the CA in caFile ("" for the test server's own CA).
+func PostgresTLSDSN(t testing.TB, caFile string) string {
+	t.Helper()
+	admin := need(t, "KEYWARD_TEST_POSTGRES_DSN", "PostgreSQL")
+	if caFile == "" {
+		caFile = need(t, "KEYWARD_TEST_POSTGRES_CA", "the test PostgreSQL's TLS CA")
+	}
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = "localhost:" + u.Port()
+	q := u.Query()
+	q.Set("sslmode", "verify-full")
+	q.Set("sslrootcert", caFile)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
