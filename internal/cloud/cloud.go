@@ -1,0 +1,93 @@
+// Package cloud declares what the rotation engine needs of a cloud: its accounts, their users, and
+// the users' access keys. Implementations: awsiam (AWS SDK v2, IAM and STS) and sim (in memory, for
+// the demo and unit tests). The engine talks to clouds only through Provider.
+package cloud
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// Errors a Provider returns, wrapped with what was being done. Implementations translate their
+// cloud's error codes into these.
+var (
+	// ErrNoSuchEntity: the user or key does not exist.
+	ErrNoSuchEntity = errors.New("no such entity")
+	// ErrLimitExceeded: the user already holds as many keys as the cloud allows (two in IAM).
+	ErrLimitExceeded = errors.New("access key limit exceeded")
+	// ErrThrottled: the cloud asked us to slow down and retries ran out. Never fatal: try later.
+	ErrThrottled = errors.New("throttled")
+	// ErrKeyRefused: the cloud refused a request signed with the key being verified.
+	ErrKeyRefused = errors.New("key refused by the cloud")
+)
+
+// Account is one cloud account Keyward manages.
+type Account struct {
+	ID   string
+	Name string
+}
+
+// User is an IAM user.
+type User struct {
+	AccountID string
+	Name      string
+	Path      string
+	ARN       string
+	Tags      map[string]string
+}
+
+// KeyStatus is an access key's status in the cloud.
+type KeyStatus string
+
+// Key statuses, spelt as IAM spells them.
+const (
+	KeyActive   KeyStatus = "Active"
+	KeyInactive KeyStatus = "Inactive"
+)
+
+// AccessKey is an access key's metadata.
+type AccessKey struct {
+	ID        string
+	Status    KeyStatus
+	CreatedAt time.Time
+}
+
+// NewAccessKey is a key just created, with the only copy of its secret the cloud will ever give.
+type NewAccessKey struct {
+	AccessKey
+	Secret secret.Value
+}
+
+// LastUsed says when a key last signed a request; At is zero when it never has.
+type LastUsed struct {
+	At      time.Time
+	Service string
+	Region  string
+}
+
+// Provider is the cloud as the rotation engine sees it. Methods return the errors above, wrapped.
+type Provider interface {
+	// Accounts lists the accounts to manage.
+	Accounts(ctx context.Context) ([]Account, error)
+	// ListUsers calls fn for every user of an account, following the cloud's paging; an error from
+	// fn stops the listing and is returned.
+	ListUsers(ctx context.Context, accountID string, fn func(User) error) error
+	// UserGroups lists the names of the groups a user belongs to.
+	UserGroups(ctx context.Context, accountID, userName string) ([]string, error)
+	// ListAccessKeys lists a user's keys, active and inactive.
+	ListAccessKeys(ctx context.Context, accountID, userName string) ([]AccessKey, error)
+	// CreateAccessKey creates an active key. ErrLimitExceeded when the user holds two.
+	CreateAccessKey(ctx context.Context, accountID, userName string) (NewAccessKey, error)
+	// SetAccessKeyStatus activates or deactivates a key.
+	SetAccessKeyStatus(ctx context.Context, accountID, userName, keyID string, status KeyStatus) error
+	// DeleteAccessKey deletes a key. ErrNoSuchEntity when it is already gone.
+	DeleteAccessKey(ctx context.Context, accountID, userName, keyID string) error
+	// AccessKeyLastUsed says when a key last signed a request.
+	AccessKeyLastUsed(ctx context.Context, accountID, keyID string) (LastUsed, error)
+	// Verify signs a request with the key itself and returns the ARN the cloud says it belongs to.
+	// ErrKeyRefused when the cloud does not accept the key (yet: new IAM keys take seconds to work).
+	Verify(ctx context.Context, accountID, keyID string, s secret.Value) (arn string, err error)
+}

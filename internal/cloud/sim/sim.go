@@ -1,0 +1,397 @@
+// Package sim is an in-memory cloud that enforces the IAM rules the rotation engine depends on: at
+// most two keys per user (inactive ones count), NoSuchEntity for what does not exist, a delay before
+// a new key works (IAM is eventually consistent), and paged listings. Throttling and failures can be
+// injected. It serves the demo and unit tests; AWS behaviour itself is tested against moto.
+package sim
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// MaxKeysPerUser is IAM's limit.
+const MaxKeysPerUser = 2
+
+// PageSize is how many users one ListUsers page holds, as IAM's default MaxItems.
+const PageSize = 100
+
+// Fault decides whether a call fails: return nil to let it run. op is the Provider method's name.
+type Fault func(op, accountID, userName string) error
+
+// Cloud is the simulated cloud. It is safe for concurrent use.
+type Cloud struct {
+	mu       sync.Mutex
+	now      func() time.Time
+	delay    time.Duration
+	fault    Fault
+	accounts map[string]*account
+	keys     map[string]*key // by key id, across accounts
+	calls    map[string]int
+	pages    int
+}
+
+type account struct {
+	id    string
+	users map[string]*user
+}
+
+type user struct {
+	cloud.User
+	groups []string
+	keys   []*key
+}
+
+type key struct {
+	cloud.AccessKey
+	secret   secret.Value
+	owner    *user
+	lastUsed cloud.LastUsed
+}
+
+var _ cloud.Provider = (*Cloud)(nil)
+
+// Option configures a Cloud.
+type Option func(*Cloud)
+
+// WithClock makes the cloud read time from now.
+func WithClock(now func() time.Time) Option { return func(c *Cloud) { c.now = now } }
+
+// WithKeyDelay makes new keys work only after d, as IAM's take 5-20 s to work everywhere.
+func WithKeyDelay(d time.Duration) Option { return func(c *Cloud) { c.delay = d } }
+
+// WithFault injects failures.
+func WithFault(f Fault) Option { return func(c *Cloud) { c.fault = f } }
+
+// New returns an empty cloud.
+func New(opts ...Option) *Cloud {
+	c := &Cloud{now: time.Now, accounts: map[string]*account{}, keys: map[string]*key{}, calls: map[string]int{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// AddUser creates a user (and its account on first use).
+func (c *Cloud) AddUser(accountID, name, path string, tags map[string]string, groups ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.accounts[accountID]
+	if a == nil {
+		a = &account{id: accountID, users: map[string]*user{}}
+		c.accounts[accountID] = a
+	}
+	if path == "" {
+		path = "/"
+	}
+	a.users[name] = &user{User: cloud.User{AccountID: accountID, Name: name, Path: path,
+		ARN: "arn:aws:iam::" + accountID + ":user" + path + name, Tags: maps.Clone(tags)}, groups: groups}
+}
+
+// AddKey gives a user a key created at a given time (a key that existed before Keyward), ignoring
+// the key delay. It panics on a missing user or a third key: set-up code is wrong then.
+func (c *Cloud) AddKey(accountID, userName string, createdAt time.Time, status cloud.KeyStatus) cloud.NewAccessKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		panic(err)
+	}
+	k, err := c.newKey(u, createdAt.Add(-c.delay))
+	if err != nil {
+		panic(err)
+	}
+	k.CreatedAt, k.Status = createdAt, status
+	return cloud.NewAccessKey{AccessKey: k.AccessKey, Secret: k.secret}
+}
+
+// UseKey records that a key signed a request at t (a consumer still using it).
+func (c *Cloud) UseKey(keyID string, t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := c.keys[keyID]; k != nil {
+		k.lastUsed = cloud.LastUsed{At: t, Service: "s3", Region: "us-east-1"}
+	}
+}
+
+// Keys returns a user's keys with their secrets: what the cloud holds, for tests to compare.
+func (c *Cloud) Keys(accountID, userName string) []cloud.NewAccessKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return nil
+	}
+	out := make([]cloud.NewAccessKey, len(u.keys))
+	for i, k := range u.keys {
+		out[i] = cloud.NewAccessKey{AccessKey: k.AccessKey, Secret: k.secret}
+	}
+	return out
+}
+
+// Calls returns how many times each operation was called.
+func (c *Cloud) Calls() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.calls)
+}
+
+// Pages returns how many ListUsers pages were served.
+func (c *Cloud) Pages() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pages
+}
+
+// enter counts a call and applies the injected fault. Callers hold c.mu.
+func (c *Cloud) enter(op, accountID, userName string) error {
+	c.calls[op]++
+	if c.fault != nil {
+		if err := c.fault(op, accountID, userName); err != nil {
+			return fmt.Errorf("%s %s/%s: %w", op, accountID, userName, err)
+		}
+	}
+	return nil
+}
+
+func (c *Cloud) user(accountID, name string) (*user, error) {
+	a := c.accounts[accountID]
+	if a == nil {
+		return nil, fmt.Errorf("account %s: %w", accountID, cloud.ErrNoSuchEntity)
+	}
+	u := a.users[name]
+	if u == nil {
+		return nil, fmt.Errorf("user %s in %s: %w", name, accountID, cloud.ErrNoSuchEntity)
+	}
+	return u, nil
+}
+
+const keyAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+const secretAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+func randomString(alphabet string, n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+func (c *Cloud) newKey(u *user, created time.Time) (*key, error) {
+	if len(u.keys) >= MaxKeysPerUser {
+		return nil, fmt.Errorf("user %s holds %d keys: %w", u.Name, len(u.keys), cloud.ErrLimitExceeded)
+	}
+	k := &key{AccessKey: cloud.AccessKey{ID: "AKIA" + randomString(keyAlphabet, 16), Status: cloud.KeyActive, CreatedAt: created},
+		secret: secret.New(randomString(secretAlphabet, 40)), owner: u}
+	u.keys = append(u.keys, k)
+	c.keys[k.ID] = k
+	return k, nil
+}
+
+// Accounts implements cloud.Provider.
+func (c *Cloud) Accounts(context.Context) ([]cloud.Account, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("Accounts", "", ""); err != nil {
+		return nil, err
+	}
+	ids := slices.Sorted(maps.Keys(c.accounts))
+	out := make([]cloud.Account, len(ids))
+	for i, id := range ids {
+		out[i] = cloud.Account{ID: id}
+	}
+	return out, nil
+}
+
+// ListUsers implements cloud.Provider, a page of PageSize users at a time, as IAM pages.
+func (c *Cloud) ListUsers(ctx context.Context, accountID string, fn func(cloud.User) error) error {
+	marker := ""
+	for {
+		page, next, err := c.listUsersPage(accountID, marker)
+		if err != nil {
+			return err
+		}
+		for _, u := range page {
+			if err := fn(u); err != nil {
+				return err
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		marker = next
+	}
+}
+
+// listUsersPage returns the users after marker, in name order, and the marker of the next page.
+func (c *Cloud) listUsersPage(accountID, marker string) ([]cloud.User, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("ListUsers", accountID, ""); err != nil {
+		return nil, "", err
+	}
+	a := c.accounts[accountID]
+	if a == nil {
+		return nil, "", fmt.Errorf("account %s: %w", accountID, cloud.ErrNoSuchEntity)
+	}
+	c.pages++
+	names := slices.Sorted(maps.Keys(a.users))
+	start := sort.SearchStrings(names, marker)
+	if marker != "" && start < len(names) && names[start] == marker {
+		start++
+	}
+	end := min(start+PageSize, len(names))
+	page := make([]cloud.User, 0, end-start)
+	for _, n := range names[start:end] {
+		u := a.users[n].User
+		u.Tags = maps.Clone(u.Tags)
+		page = append(page, u)
+	}
+	next := ""
+	if end < len(names) {
+		next = names[end-1]
+	}
+	return page, next, nil
+}
+
+// UserGroups implements cloud.Provider.
+func (c *Cloud) UserGroups(_ context.Context, accountID, userName string) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("UserGroups", accountID, userName); err != nil {
+		return nil, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(u.groups), nil
+}
+
+// ListAccessKeys implements cloud.Provider.
+func (c *Cloud) ListAccessKeys(_ context.Context, accountID, userName string) ([]cloud.AccessKey, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("ListAccessKeys", accountID, userName); err != nil {
+		return nil, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cloud.AccessKey, len(u.keys))
+	for i, k := range u.keys {
+		out[i] = k.AccessKey
+	}
+	return out, nil
+}
+
+// CreateAccessKey implements cloud.Provider.
+func (c *Cloud) CreateAccessKey(_ context.Context, accountID, userName string) (cloud.NewAccessKey, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("CreateAccessKey", accountID, userName); err != nil {
+		return cloud.NewAccessKey{}, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return cloud.NewAccessKey{}, err
+	}
+	k, err := c.newKey(u, c.now().UTC())
+	if err != nil {
+		return cloud.NewAccessKey{}, err
+	}
+	return cloud.NewAccessKey{AccessKey: k.AccessKey, Secret: k.secret}, nil
+}
+
+func (c *Cloud) ownedKey(accountID, userName, keyID string) (*key, error) {
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return nil, err
+	}
+	k := c.keys[keyID]
+	if k == nil || k.owner != u {
+		return nil, fmt.Errorf("key %s of %s: %w", keyID, userName, cloud.ErrNoSuchEntity)
+	}
+	return k, nil
+}
+
+// SetAccessKeyStatus implements cloud.Provider.
+func (c *Cloud) SetAccessKeyStatus(_ context.Context, accountID, userName, keyID string, status cloud.KeyStatus) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("SetAccessKeyStatus", accountID, userName); err != nil {
+		return err
+	}
+	if status != cloud.KeyActive && status != cloud.KeyInactive {
+		return fmt.Errorf("status %q: want Active or Inactive", status)
+	}
+	k, err := c.ownedKey(accountID, userName, keyID)
+	if err != nil {
+		return err
+	}
+	k.Status = status
+	return nil
+}
+
+// DeleteAccessKey implements cloud.Provider.
+func (c *Cloud) DeleteAccessKey(_ context.Context, accountID, userName, keyID string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("DeleteAccessKey", accountID, userName); err != nil {
+		return err
+	}
+	k, err := c.ownedKey(accountID, userName, keyID)
+	if err != nil {
+		return err
+	}
+	k.owner.keys = slices.DeleteFunc(k.owner.keys, func(o *key) bool { return o == k })
+	delete(c.keys, keyID)
+	return nil
+}
+
+// AccessKeyLastUsed implements cloud.Provider.
+func (c *Cloud) AccessKeyLastUsed(_ context.Context, accountID, keyID string) (cloud.LastUsed, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("AccessKeyLastUsed", accountID, ""); err != nil {
+		return cloud.LastUsed{}, err
+	}
+	k := c.keys[keyID]
+	if k == nil || k.owner.AccountID != accountID {
+		return cloud.LastUsed{}, fmt.Errorf("key %s: %w", keyID, cloud.ErrNoSuchEntity)
+	}
+	return k.lastUsed, nil
+}
+
+// Verify implements cloud.Provider as STS GetCallerIdentity would: the key must exist, be active,
+// have worked for the key delay, and the secret must match. A verification counts as a use.
+func (c *Cloud) Verify(_ context.Context, accountID, keyID string, s secret.Value) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("Verify", accountID, ""); err != nil {
+		return "", err
+	}
+	k := c.keys[keyID]
+	now := c.now()
+	switch {
+	case k == nil, !k.secret.Equal(s), k.Status != cloud.KeyActive:
+		return "", fmt.Errorf("verify %s: %w", keyID, cloud.ErrKeyRefused)
+	case now.Before(k.CreatedAt.Add(c.delay)):
+		return "", fmt.Errorf("verify %s: not yet usable: %w", keyID, cloud.ErrKeyRefused)
+	}
+	k.lastUsed = cloud.LastUsed{At: now.UTC(), Service: "sts", Region: "us-east-1"}
+	return k.owner.ARN, nil
+}
