@@ -5,12 +5,17 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -150,4 +155,45 @@ func PostgresTLSDSN(t testing.TB, caFile string) string {
 	q.Set("sslrootcert", caFile)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// StartMoto starts a moto_server of the test's own, on a free loopback port, stopped when the test
+// ends. After noAuthActions unauthenticated calls (set-up), it enforces request signing: a request
+// signed with a wrong, or deleted, key is refused with HTTP 403. A test's own server also means state
+// of its own.
+func StartMoto(t testing.TB, noAuthActions int) string {
+	t.Helper()
+	need(t, "KEYWARD_TEST_MOTO_URL", "moto_server") // the same prerequisite: moto is installed
+	bin, err := exec.LookPath("moto_server")
+	if err != nil {
+		t.Fatalf("moto_server: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "-H", "127.0.0.1", "-p", strconv.Itoa(port))
+	cmd.Env = append(os.Environ(), "INITIAL_NO_AUTH_ACTION_COUNT="+strconv.Itoa(noAuthActions))
+	cmd.Dir = t.TempDir()
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start moto_server: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	url := "http://127.0.0.1:" + strconv.Itoa(port)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url + "/moto-api/")
+		if err == nil {
+			resp.Body.Close()
+			return url
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moto_server did not start: %v\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -1,0 +1,228 @@
+package awsiam_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
+	"github.com/aws/aws-sdk-go-v2/service/organizations"
+	orgtypes "github.com/aws/aws-sdk-go-v2/service/organizations/types"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/cloud/awsiam"
+	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/testenv"
+)
+
+const (
+	mainAccount  = "123456789012" // moto's default account
+	otherAccount = "111111111111"
+	roleName     = "keyward"
+	allowAll     = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`
+	trustMain    = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}`
+)
+
+// setupActions is how many unauthenticated calls bootstrap makes before moto enforces signing.
+const setupActions = 6
+
+func awsConfig(endpoint, keyID, secretKey, token string) aws.Config {
+	return aws.Config{
+		Region:       "us-east-1",
+		Credentials:  credentials.NewStaticCredentialsProvider(keyID, secretKey, token),
+		BaseEndpoint: aws.String(endpoint),
+	}
+}
+
+// bootstrap starts a moto of the test's own and, in its last unauthenticated calls, creates an admin
+// user with a key in the main account and, in the other account, a role the main account may assume.
+// It returns the admin's configuration; from then on moto refuses requests that are not properly
+// signed by a key it knows.
+func bootstrap(t *testing.T) aws.Config {
+	t.Helper()
+	ctx := context.Background()
+	url := testenv.StartMoto(t, setupActions)
+	anon := awsConfig(url, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")
+	adminIAM := iam.NewFromConfig(anon)
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("bootstrap: %v", err)
+		}
+	}
+	must(adminIAM.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("keyward-admin")}))
+	must(adminIAM.PutUserPolicy(ctx, &iam.PutUserPolicyInput{UserName: aws.String("keyward-admin"), PolicyName: aws.String("all"), PolicyDocument: aws.String(allowAll)}))
+	key, err := adminIAM.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String("keyward-admin")})
+	must(key, err)
+	role, err := sts.NewFromConfig(anon).AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::" + otherAccount + ":role/" + roleName), RoleSessionName: aws.String("setup")})
+	must(role, err)
+	c := role.Credentials
+	otherIAM := iam.NewFromConfig(awsConfig(url, aws.ToString(c.AccessKeyId), aws.ToString(c.SecretAccessKey), aws.ToString(c.SessionToken)))
+	must(otherIAM.CreateRole(ctx, &iam.CreateRoleInput{RoleName: aws.String(roleName), AssumeRolePolicyDocument: aws.String(trustMain)}))
+	must(otherIAM.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String(roleName), PolicyName: aws.String("all"), PolicyDocument: aws.String(allowAll)}))
+	return awsConfig(url, aws.ToString(key.AccessKey.AccessKeyId), aws.ToString(key.AccessKey.SecretAccessKey), "")
+}
+
+func TestProviderAgainstMoto(t *testing.T) {
+	ctx := context.Background()
+	cfg := bootstrap(t)
+	admin := iam.NewFromConfig(cfg)
+	if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("alice"), Path: aws.String("/ci/"),
+		Tags: []iamtypes.Tag{{Key: aws.String("keyward:rotate-after"), Value: aws.String("30d")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateGroup(ctx, &iam.CreateGroupInput{GroupName: aws.String("ops")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AddUserToGroup(ctx, &iam.AddUserToGroupInput{GroupName: aws.String("ops"), UserName: aws.String("alice")}); err != nil {
+		t.Fatal(err)
+	}
+
+	p := awsiam.New(cfg, awsiam.Options{MaxRPS: 50})
+	accounts, err := p.Accounts(ctx)
+	if err != nil || len(accounts) != 1 || accounts[0].ID != mainAccount {
+		t.Fatalf("Accounts = %v, %v", accounts, err)
+	}
+	var users []cloud.User
+	if err := p.ListUsers(ctx, mainAccount, func(u cloud.User) error { users = append(users, u); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(users, func(u cloud.User) bool { return u.Name == "alice" })
+	if i < 0 || users[i].Path != "/ci/" || users[i].Tags["keyward:rotate-after"] != "30d" || users[i].ARN != "arn:aws:iam::123456789012:user/ci/alice" {
+		t.Fatalf("ListUsers = %+v", users)
+	}
+	if g, err := p.UserGroups(ctx, mainAccount, "alice"); err != nil || !slices.Equal(g, []string{"ops"}) {
+		t.Fatalf("UserGroups = %v, %v", g, err)
+	}
+
+	k1, err := p.CreateAccessKey(ctx, mainAccount, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if arn, err := p.Verify(ctx, mainAccount, k1.ID, k1.Secret); err != nil || arn != users[i].ARN {
+		t.Fatalf("Verify new key = %q, %v", arn, err)
+	}
+	if _, err := p.Verify(ctx, mainAccount, k1.ID, secret.New("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("Verify with a wrong secret: %v", err)
+	}
+	if _, err := p.Verify(ctx, otherAccount, k1.ID, k1.Secret); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("Verify in the wrong account: %v", err)
+	}
+	if lu, err := p.AccessKeyLastUsed(ctx, mainAccount, k1.ID); err != nil || lu.At.IsZero() {
+		t.Fatalf("last use after a verification: %+v, %v", lu, err)
+	}
+
+	k2, err := p.CreateAccessKey(ctx, mainAccount, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.CreateAccessKey(ctx, mainAccount, "alice"); !errors.Is(err, cloud.ErrLimitExceeded) {
+		t.Fatalf("third key: %v", err)
+	}
+	if err := p.SetAccessKeyStatus(ctx, mainAccount, "alice", k1.ID, cloud.KeyInactive); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := p.ListAccessKeys(ctx, mainAccount, "alice")
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("ListAccessKeys = %v, %v", keys, err)
+	}
+	for _, k := range keys {
+		want := map[string]cloud.KeyStatus{k1.ID: cloud.KeyInactive, k2.ID: cloud.KeyActive}[k.ID]
+		if k.Status != want || k.CreatedAt.IsZero() {
+			t.Errorf("key %s: %+v, want status %s", k.ID, k, want)
+		}
+	}
+	if err := p.DeleteAccessKey(ctx, mainAccount, "alice", k1.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A deleted key is refused (HTTP 403 from moto, as from AWS).
+	if _, err := p.Verify(ctx, mainAccount, k1.ID, k1.Secret); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("Verify a deleted key: %v", err)
+	}
+	if err := p.DeleteAccessKey(ctx, mainAccount, "alice", k1.ID); !errors.Is(err, cloud.ErrNoSuchEntity) {
+		t.Fatalf("delete twice: %v", err)
+	}
+	if _, err := p.ListAccessKeys(ctx, mainAccount, "nobody"); !errors.Is(err, cloud.ErrNoSuchEntity) {
+		t.Fatalf("keys of a missing user: %v", err)
+	}
+}
+
+// TestAssumedRoleInOtherAccount manages a user in a member account through the role configured for it.
+func TestAssumedRoleInOtherAccount(t *testing.T) {
+	ctx := context.Background()
+	cfg := bootstrap(t)
+	p := awsiam.New(cfg, awsiam.Options{Accounts: []awsiam.AccountConfig{
+		{ID: otherAccount, RoleARN: "arn:aws:iam::" + otherAccount + ":role/" + roleName, ExternalID: "keyward-test"},
+	}})
+	accounts, err := p.Accounts(ctx)
+	if err != nil || len(accounts) != 1 || accounts[0].ID != otherAccount {
+		t.Fatalf("Accounts = %v, %v", accounts, err)
+	}
+	// Create the user through the same assumed role, then manage it through the provider.
+	role, err := sts.NewFromConfig(cfg).AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::" + otherAccount + ":role/" + roleName), RoleSessionName: aws.String("test")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := role.Credentials
+	memberIAM := iam.NewFromConfig(awsConfig(*cfg.BaseEndpoint, aws.ToString(c.AccessKeyId), aws.ToString(c.SecretAccessKey), aws.ToString(c.SessionToken)))
+	if _, err := memberIAM.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("bob")}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	if err := p.ListUsers(ctx, otherAccount, func(u cloud.User) error { names = append(names, u.Name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"bob"}) {
+		t.Fatalf("users of the member account: %v (the main account's leaked in, or bob is missing)", names)
+	}
+	k, err := p.CreateAccessKey(ctx, otherAccount, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if arn, err := p.Verify(ctx, otherAccount, k.ID, k.Secret); err != nil || arn != "arn:aws:iam::111111111111:user/bob" {
+		t.Fatalf("Verify in the member account = %q, %v", arn, err)
+	}
+}
+
+// TestUnsignedRequestsRefused makes sure the emulator really checks signatures in these tests.
+func TestUnsignedRequestsRefused(t *testing.T) {
+	cfg := bootstrap(t)
+	bogus := awsConfig(*cfg.BaseEndpoint, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")
+	p := awsiam.New(bogus, awsiam.Options{})
+	err := p.ListUsers(context.Background(), mainAccount, func(cloud.User) error { return nil })
+	if err == nil {
+		t.Fatal("moto accepted a request signed with a key it does not know: the tests would prove nothing")
+	}
+}
+
+// TestOrganizationDiscovery finds the organization's active accounts.
+func TestOrganizationDiscovery(t *testing.T) {
+	ctx := context.Background()
+	cfg := bootstrap(t)
+	org := organizations.NewFromConfig(cfg)
+	if _, err := org.CreateOrganization(ctx, &organizations.CreateOrganizationInput{FeatureSet: orgtypes.OrganizationFeatureSetAll}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := org.CreateAccount(ctx, &organizations.CreateAccountInput{AccountName: aws.String("payments"), Email: aws.String("payments@example.com")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newID := aws.ToString(created.CreateAccountStatus.AccountId)
+	p := awsiam.New(cfg, awsiam.Options{OrganizationRoleName: roleName})
+	accounts, err := p.Accounts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	for _, a := range accounts {
+		ids[a.ID] = a.Name
+	}
+	if _, ok := ids[mainAccount]; !ok || ids[newID] != "payments" || len(ids) != 2 {
+		t.Fatalf("discovered %v, want the management account and %s (payments)", ids, newID)
+	}
+}
