@@ -524,3 +524,43 @@ func TestValidation(t *testing.T) {
 		}
 	})
 }
+
+// TestAdopt records a key that predates Keyward: current, no secret, replaced like any other.
+func TestAdopt(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		db := mustOpen(t, d)
+		v := mustVault(t, db, mustKEK(t), nil)
+		created := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+		id1, _ := keyPair(90)
+		adopted, err := v.Adopt(ctx, alice, id1, created)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if adopted.State != vault.StateCurrent || adopted.HasSecret || adopted.Origin != vault.OriginAdopted || !adopted.CreatedAt.Equal(created) {
+			t.Fatalf("adopted version: %+v", adopted)
+		}
+		if _, err := v.Current(ctx, alice); !errors.Is(err, vault.ErrNoSecret) {
+			t.Fatalf("Current of an adopted key: %v, want ErrNoSecret", err)
+		}
+		id2, s2 := keyPair(91)
+		p, err := v.AddPending(ctx, alice, id2, s2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Promote(ctx, alice, p.Number); err != nil {
+			t.Fatal(err)
+		}
+		versions, err := v.VersionsOf(ctx, alice)
+		if err != nil || len(versions) != 2 || versions[0].State != vault.StatePrevious || versions[1].State != vault.StateCurrent || !versions[1].HasSecret {
+			t.Fatalf("VersionsOf after replacing an adopted key: %+v, %v", versions, err)
+		}
+		if none, err := v.VersionsOf(ctx, bob); err != nil || len(none) != 0 {
+			t.Fatalf("VersionsOf an unknown identity: %v, %v", none, err)
+		}
+		// Only an adopted version may lack its secret.
+		if _, err := db.sql.Exec(`UPDATE credential_versions SET wrapped_key = NULL, ciphertext = NULL WHERE access_key_id = $1`, id2); err == nil {
+			t.Fatal("the schema let a created version lose its secret without being destroyed")
+		}
+	})
+}

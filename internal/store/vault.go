@@ -203,6 +203,28 @@ func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
 	return out, rows.Err()
 }
 
+// VersionsOf implements vault.Store.
+func (s *Vault) VersionsOf(ctx context.Context, id vault.Identity) ([]vault.Version, error) {
+	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
+		FROM credential_versions v WHERE v.identity_id = (`+identityByName+`) ORDER BY v.version`,
+		id.Cloud, id.AccountID, id.UserName)
+	if err != nil {
+		return nil, fmt.Errorf("versions of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []vault.Version
+	for rows.Next() {
+		var hasSecret bool
+		v, err := scanVersion(rows, &id, &hasSecret)
+		if err != nil {
+			return nil, err
+		}
+		v.HasSecret = hasSecret
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // Transition implements vault.Store.
 func (s *Vault) Transition(ctx context.Context, id vault.Identity, number int64, from, to vault.State, at time.Time) error {
 	if err := s.transition(ctx, id, number, from, to, at); err != nil {

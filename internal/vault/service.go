@@ -101,6 +101,40 @@ func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secr
 	}
 }
 
+// Adopt records a key that existed in the cloud before Keyward managed the identity, without its
+// secret, as the identity's current version, so that its replacement and retirement are tracked like
+// any other. createdAt is the key's creation time in the cloud.
+func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, createdAt time.Time) (Version, error) {
+	if err := id.Validate(); err != nil {
+		return Version{}, err
+	}
+	if err := ValidateAccessKeyID(accessKeyID); err != nil {
+		return Version{}, err
+	}
+	for attempt := 0; ; attempt++ {
+		number, err := v.store.NextVersion(ctx, id)
+		if err != nil {
+			return Version{}, fmt.Errorf("adopt %s for %s: %w", accessKeyID, id, err)
+		}
+		now := v.now().UTC()
+		rec := Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
+			Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: now}}
+		err = v.store.CreateVersion(ctx, rec)
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return Version{}, fmt.Errorf("adopt %s for %s: %w", accessKeyID, id, err)
+		}
+		return rec.Version, nil
+	}
+}
+
+// VersionsOf returns one identity's versions, oldest first, without secrets.
+func (v *Vault) VersionsOf(ctx context.Context, id Identity) ([]Version, error) {
+	return v.store.VersionsOf(ctx, id)
+}
+
 // Current returns the identity's current credential with its secret. Errors: ErrNotFound when there
 // is none, ErrNoSecret when the key's secret is not held.
 func (v *Vault) Current(ctx context.Context, id Identity) (Credential, error) {

@@ -113,6 +113,7 @@ type Origin string
 const (
 	OriginImported Origin = "imported" // an operator gave Keyward a key and its secret
 	OriginCreated  Origin = "created"  // Keyward created the key in the cloud
+	OriginAdopted  Origin = "adopted"  // the key existed before Keyward; its secret is unknown
 )
 
 // Version is one access key of an identity, without its secret.
@@ -188,6 +189,8 @@ type Store interface {
 	Identities(ctx context.Context, userName, accountID string) ([]Identity, error)
 	// Versions lists every version's metadata (no sealed material), ordered by identity and number.
 	Versions(ctx context.Context) ([]Version, error)
+	// VersionsOf lists one identity's versions' metadata, ordered by number (none: empty, no error).
+	VersionsOf(ctx context.Context, id Identity) ([]Version, error)
 	// Transition moves a version from one state to another at a time. Moving to current demotes the
 	// identity's current version to previous in the same transaction. Moving to destroyed erases the
 	// sealed material. Errors: ErrConflict when the version is not in state from, ErrNotFound.

@@ -19,7 +19,7 @@ CREATE TABLE credential_versions (
     version        BIGINT NOT NULL,
     access_key_id  TEXT NOT NULL UNIQUE,
     state          TEXT NOT NULL CHECK (state IN ('pending', 'current', 'previous', 'inactive', 'destroyed')),
-    origin         TEXT NOT NULL CHECK (origin IN ('imported', 'created')),
+    origin         TEXT NOT NULL CHECK (origin IN ('imported', 'created', 'adopted')),
     kek_id         TEXT,
     wrapped_key    {{blob}},
     ciphertext     {{blob}},
@@ -30,6 +30,7 @@ CREATE TABLE credential_versions (
     destroyed_at   BIGINT,
     PRIMARY KEY (identity_id, version),
     CHECK ((wrapped_key IS NULL) = (ciphertext IS NULL)),
+    CHECK (origin = 'adopted' OR state = 'destroyed' OR ciphertext IS NOT NULL),
     CHECK (state <> 'destroyed' OR ciphertext IS NULL)
 ){{without_rowid}};
 
