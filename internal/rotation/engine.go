@@ -1,0 +1,623 @@
+// Package rotation is the rotation engine: policy, the persisted state machine of one rotation, and
+// the lifecycle of the keys it replaces.
+//
+// The order of cloud calls, and why it is safe:
+//
+//  1. Plan: list the user's keys. Room for a new key is made only by deleting an inactive key that
+//     Keyward itself retired (or a foreign inactive one under an explicit rule); an active key is never
+//     deleted to make room. Two active keys: the user is blocked.
+//  2. Create: the rotation record is written (create/started) before CreateAccessKey, and the new
+//     secret is sealed into the vault as a pending version before anything else. A crash between the
+//     two leaves a key that only the open record can account for: on resume, a key of this user that
+//     is in the cloud, not in the vault, and no older than the record is deleted, and creation retried.
+//  3. Verify: STS GetCallerIdentity signed with the new key must succeed three times in a row before
+//     the verify timeout. On failure the new key is deleted and its version destroyed; the old key was
+//     never touched.
+//  4. Promote: new → current, old → previous, in one vault transaction. Only now do consumers get the
+//     new key; the old one stays active.
+//  5. Deactivate the previous key once DeactivateAfter has passed — unless it was used after the new
+//     key became current and has not been quiet for QuietPeriod: then it is held.
+//  6. Delete it once DeleteAfter has passed since deactivation, and shred its secret in the vault.
+//
+// Every step is recorded before and after it runs; a restart resumes from the record. Steps 5 and 6
+// are idempotent by construction: the vault's version state and the cloud's key state are reconciled
+// at the start of every visit, so a crash between a cloud call and its vault record is repaired.
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Outcome of one visit of one user.
+type Outcome string
+
+// Outcomes, as the rotate command's summary counts them.
+const (
+	Rotated     Outcome = "rotated"
+	Deactivated Outcome = "deactivated"
+	Deleted     Outcome = "deleted"
+	Held        Outcome = "held"
+	Blocked     Outcome = "blocked"
+	Failed      Outcome = "failed"
+	Skipped     Outcome = "skipped" // nothing due, in progress elsewhere, or backing off after failures
+	Exempt      Outcome = "exempt"
+)
+
+// Action is one thing done to one key.
+type Action struct {
+	Kind  string `json:"action"` // adopted, created, verified, promoted, deactivated, deleted, deleted_orphan, rolled_back
+	KeyID string `json:"access_key_id"`
+}
+
+// Result is what a visit of one user did.
+type Result struct {
+	Identity vault.Identity `json:"identity"`
+	Outcome  Outcome        `json:"outcome"`
+	Reason   string         `json:"reason,omitempty"`
+	Actions  []Action       `json:"actions,omitempty"`
+}
+
+func (r *Result) did(kind, keyID string) { r.Actions = append(r.Actions, Action{Kind: kind, KeyID: keyID}) }
+
+// Hook is called at named points of the protocol; tests use it to crash the engine there. A non-nil
+// error stops the visit at once, doing nothing more, as a killed process would.
+type Hook func(point string) error
+
+// Engine runs the protocol. Make one with New; it is safe for concurrent use on different users.
+type Engine struct {
+	Cloud  cloud.Provider
+	Vault  *vault.Vault
+	Store  Store
+	Policy Policy
+	Owner  string // this process, for rotation leases
+	Log    *slog.Logger
+	Now    func() time.Time
+	Sleep  func(ctx context.Context, d time.Duration) error
+	Hook   Hook
+
+	// LeaseTTL is how long a rotation stays claimed without a write (default 5 minutes).
+	LeaseTTL time.Duration
+	// VerifyInterval is the pause between verification calls, doubled after each refusal (default 1 s).
+	VerifyInterval time.Duration
+	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
+	RetryBackoff time.Duration
+}
+
+// New returns an engine with defaults filled in for the fields left zero.
+func New(e Engine) *Engine {
+	if e.Log == nil {
+		e.Log = slog.New(slog.DiscardHandler)
+	}
+	if e.Now == nil {
+		e.Now = time.Now
+	}
+	if e.Sleep == nil {
+		e.Sleep = func(ctx context.Context, d time.Duration) error {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+				return nil
+			}
+		}
+	}
+	if e.LeaseTTL == 0 {
+		e.LeaseTTL = 5 * time.Minute
+	}
+	if e.VerifyInterval == 0 {
+		e.VerifyInterval = time.Second
+	}
+	if e.RetryBackoff == 0 {
+		e.RetryBackoff = 10 * time.Minute
+	}
+	return &e
+}
+
+func (e *Engine) now() time.Time { return e.Now().UTC() }
+
+func (e *Engine) hook(point string) error {
+	if e.Hook == nil {
+		return nil
+	}
+	return e.Hook(point)
+}
+
+func (e *Engine) lease() time.Time { return e.now().Add(e.LeaseTTL) }
+
+// ErrCrashed wraps a Hook's error so callers can tell a simulated crash from a failure.
+var ErrCrashed = errors.New("stopped by hook")
+
+// Visit brings one user up to date: reconcile cloud and vault, resume an open rotation, retire old
+// keys that are due, and rotate when the key is due (or force). It returns an error only when the
+// visit was cut short (a hook, a cancelled context); a failed rotation is a Result, not an error.
+func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, error) {
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
+	res := Result{Identity: id, Outcome: Skipped}
+	fail := func(format string, args ...any) (Result, error) {
+		res.Outcome, res.Reason = Failed, fmt.Sprintf(format, args...)
+		return res, nil
+	}
+	var groups []string
+	if e.Policy.ExemptGroup != "" {
+		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
+		if err != nil {
+			return fail("list groups: %v", err)
+		}
+		groups = g
+	}
+	pol, exempt, err := e.Policy.For(u, groups)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if exempt {
+		res.Outcome = Exempt
+		return res, nil
+	}
+
+	// An open rotation — interrupted here or running elsewhere — comes first.
+	if rec, open, err := e.Store.Open(ctx, id); err != nil {
+		return fail("%v", err)
+	} else if open {
+		if err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease()); errors.Is(err, ErrBusy) {
+			res.Reason = "rotation in progress elsewhere"
+			return res, nil
+		} else if err != nil {
+			return fail("%v", err)
+		}
+		return e.run(ctx, pol, rec, res)
+	}
+
+	keys, versions, err := e.reconcile(ctx, id, &res)
+	if err != nil {
+		return e.cut(res, err)
+	}
+	if r, done, err := e.retire(ctx, pol, id, keys, versions, &res); err != nil || done {
+		return r, err
+	}
+	current := currentVersion(versions)
+	if current == nil {
+		active := 0
+		for _, k := range keys {
+			if k.Status == cloud.KeyActive {
+				active++
+			}
+		}
+		if active > 1 {
+			res.Outcome, res.Reason = Blocked, "the user holds two active keys that Keyward does not know: import the one in use"
+		} else {
+			res.Reason = "the user has no active key"
+		}
+		return res, nil
+	}
+	age := e.now().Sub(current.CreatedAt)
+	if !force && age < pol.RotateAfter {
+		return res, nil
+	}
+	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
+		return fail("%v", err)
+	} else if ok && last.Outcome == OutcomeFailed && !force {
+		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); e.now().Before(wait) {
+			res.Reason = fmt.Sprintf("backing off after %d failed attempts until %s", last.Attempt, wait.Format(time.RFC3339))
+			return res, nil
+		}
+	}
+	return e.rotate(ctx, pol, id, current, keys, versions, res)
+}
+
+// cut turns an error that stops a visit into its result: a hook's crash is returned as an error,
+// anything else is a failure of this user only.
+func (e *Engine) cut(res Result, err error) (Result, error) {
+	if errors.Is(err, ErrCrashed) || errors.Is(err, context.Canceled) {
+		return res, err
+	}
+	res.Outcome, res.Reason = Failed, err.Error()
+	return res, nil
+}
+
+func (e *Engine) backoff(attempt int) time.Duration {
+	d := e.RetryBackoff
+	for i := 1; i < attempt && d < 24*time.Hour; i++ {
+		d *= 2
+	}
+	return min(d, 24*time.Hour)
+}
+
+func stateOf(versions []vault.Version, number int64) vault.State {
+	for _, v := range versions {
+		if v.Number == number {
+			return v.State
+		}
+	}
+	return ""
+}
+
+func currentVersion(versions []vault.Version) *vault.Version {
+	for i := range versions {
+		if versions[i].State == vault.StateCurrent {
+			return &versions[i]
+		}
+	}
+	return nil
+}
+
+// reconcile makes the vault agree with the cloud before anything is decided: versions whose key is
+// gone are destroyed, previous versions whose key is inactive are marked inactive, and a user the
+// vault does not know yet has its one active key adopted.
+func (e *Engine) reconcile(ctx context.Context, id vault.Identity, res *Result) ([]cloud.AccessKey, []vault.Version, error) {
+	keys, err := e.Cloud.ListAccessKeys(ctx, id.AccountID, id.UserName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list keys: %w", err)
+	}
+	versions, err := e.Vault.VersionsOf(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	inCloud := map[string]cloud.AccessKey{}
+	for _, k := range keys {
+		inCloud[k.ID] = k
+	}
+	for _, v := range versions {
+		k, exists := inCloud[v.AccessKeyID]
+		switch {
+		case v.State == vault.StateDestroyed:
+		case !exists && v.State != vault.StateCurrent:
+			// Deleted (by us before a crash, or by someone else): its secret must go too.
+			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
+				return nil, nil, err
+			}
+		case exists && v.State == vault.StatePrevious && k.Status == cloud.KeyInactive:
+			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if currentVersion(versions) == nil {
+		var active []cloud.AccessKey
+		for _, k := range keys {
+			if k.Status == cloud.KeyActive {
+				active = append(active, k)
+			}
+		}
+		if len(active) == 1 {
+			if _, err := e.Vault.Adopt(ctx, id, active[0].ID, active[0].CreatedAt); err != nil && !errors.Is(err, vault.ErrDuplicate) {
+				return nil, nil, err
+			}
+			res.did("adopted", active[0].ID)
+		}
+	}
+	versions, err = e.Vault.VersionsOf(ctx, id)
+	return keys, versions, err
+}
+
+// retire deactivates and deletes the old keys that are due. done is true when the visit ends here.
+func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, keys []cloud.AccessKey, versions []vault.Version, res *Result) (Result, bool, error) {
+	current := currentVersion(versions)
+	now := e.now()
+	for _, v := range versions {
+		switch {
+		case v.State == vault.StatePrevious && current != nil && !now.Before(current.CurrentAt.Add(pol.DeactivateAfter)):
+			lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, v.AccessKeyID)
+			if err != nil {
+				r, err := e.cut(*res, fmt.Errorf("last use of %s: %w", v.AccessKeyID, err))
+				return r, true, err
+			}
+			if lu.At.After(current.CurrentAt) && now.Sub(lu.At) < pol.QuietPeriod && !pol.ForceDeactivate {
+				res.Outcome = Held
+				res.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+				continue
+			}
+			if err := e.hook("deactivate"); err != nil {
+				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			}
+			if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, v.AccessKeyID, cloud.KeyInactive); err != nil {
+				r, err := e.cut(*res, fmt.Errorf("deactivate %s: %w", v.AccessKeyID, err))
+				return r, true, err
+			}
+			if err := e.hook("deactivated"); err != nil {
+				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			}
+			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
+				r, err := e.cut(*res, err)
+				return r, true, err
+			}
+			res.did("deactivated", v.AccessKeyID)
+			if res.Outcome == Skipped {
+				res.Outcome = Deactivated
+			}
+		case v.State == vault.StateInactive && !now.Before(v.InactiveAt.Add(pol.DeleteAfter)):
+			if err := e.hook("delete"); err != nil {
+				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			}
+			if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, v.AccessKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+				r, err := e.cut(*res, fmt.Errorf("delete %s: %w", v.AccessKeyID, err))
+				return r, true, err
+			}
+			if err := e.hook("deleted"); err != nil {
+				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			}
+			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
+				r, err := e.cut(*res, err)
+				return r, true, err
+			}
+			res.did("deleted", v.AccessKeyID)
+			if res.Outcome == Skipped || res.Outcome == Deactivated {
+				res.Outcome = Deleted
+			}
+		}
+	}
+	return *res, false, nil
+}
+
+// rotate plans room for a new key and starts a rotation.
+func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
+	if len(keys) >= 2 {
+		state := map[string]vault.State{}
+		for _, v := range versions {
+			state[v.AccessKeyID] = v.State
+		}
+		var room *cloud.AccessKey
+		for i, k := range keys {
+			if k.Status != cloud.KeyInactive {
+				continue
+			}
+			retiredByUs := state[k.ID] == vault.StateInactive
+			foreignAllowed := pol.DeleteForeignInactiveAfter > 0 && e.now().Sub(k.CreatedAt) >= pol.DeleteForeignInactiveAfter
+			if _, known := state[k.ID]; (known && retiredByUs) || (!known && foreignAllowed) {
+				room = &keys[i]
+				break
+			}
+		}
+		if room == nil {
+			res.Outcome = Blocked
+			res.Reason = "the user holds two keys and neither is an inactive key Keyward may delete"
+			if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
+				res.Reason = "the user holds two active keys: Keyward never deletes an active key to make room"
+			}
+			return res, nil
+		}
+		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+			return e.cut(res, fmt.Errorf("delete %s to make room: %w", room.ID, err))
+		}
+		for _, v := range versions {
+			if v.AccessKeyID == room.ID {
+				if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
+					return e.cut(res, err)
+				}
+			}
+		}
+		res.did("deleted", room.ID)
+	}
+	attempt := 1
+	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
+		return e.cut(res, err)
+	} else if ok && last.Outcome == OutcomeFailed {
+		attempt = last.Attempt + 1
+	}
+	now := e.now()
+	rec, err := e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
+		Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
+	if errors.Is(err, ErrBusy) {
+		res.Reason = "rotation in progress elsewhere"
+		return res, nil
+	}
+	if err != nil {
+		return e.cut(res, err)
+	}
+	return e.run(ctx, pol, rec, res)
+}
+
+// save records the rotation's progress durably.
+func (e *Engine) save(ctx context.Context, rec *Record, step Step, phase Phase) error {
+	rec.Step, rec.Phase, rec.StepAt = step, phase, e.now()
+	return e.Store.Save(ctx, *rec, e.Owner, e.lease())
+}
+
+// run drives an open rotation from its recorded step to the end.
+func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (Result, error) {
+	id := rec.Identity
+	crash := func(point string) error {
+		if err := e.hook(point); err != nil {
+			return fmt.Errorf("%w: %v", ErrCrashed, err)
+		}
+		return nil
+	}
+	for {
+		switch {
+		case rec.Step == StepCreate && rec.Phase == PhaseStarted:
+			if err := e.resumeCreate(ctx, &rec, &res); err != nil {
+				return e.cut(res, err)
+			}
+			if rec.NewKeyID != "" { // the key was created and stored before an interruption
+				if err := e.save(ctx, &rec, StepCreate, PhaseDone); err != nil {
+					return e.cut(res, err)
+				}
+				continue
+			}
+			if err := crash("create"); err != nil {
+				return res, err
+			}
+			nk, err := e.Cloud.CreateAccessKey(ctx, id.AccountID, id.UserName)
+			if err != nil {
+				return e.finishFailed(ctx, &rec, res, fmt.Sprintf("create access key: %v", err))
+			}
+			if err := crash("created"); err != nil {
+				return res, err
+			}
+			// Rule 1: the secret goes into the vault before anything else happens.
+			ver, err := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret)
+			if err != nil {
+				return e.cut(res, fmt.Errorf("store new key %s: %w", nk.ID, err))
+			}
+			res.did("created", nk.ID)
+			if err := crash("stored"); err != nil {
+				return res, err
+			}
+			rec.NewKeyID, rec.Version = nk.ID, ver.Number
+			if err := e.save(ctx, &rec, StepCreate, PhaseDone); err != nil {
+				return e.cut(res, err)
+			}
+		case rec.Step == StepCreate, rec.Step == StepVerify && rec.Phase == PhaseStarted:
+			if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
+				return e.cut(res, err)
+			}
+			if err := crash("verify"); err != nil {
+				return res, err
+			}
+			if err := e.verify(ctx, pol, rec); err != nil {
+				return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
+			}
+			res.did("verified", rec.NewKeyID)
+			if err := e.save(ctx, &rec, StepVerify, PhaseDone); err != nil {
+				return e.cut(res, err)
+			}
+		case rec.Step == StepVerify, rec.Step == StepPromote:
+			if err := e.save(ctx, &rec, StepPromote, PhaseStarted); err != nil {
+				return e.cut(res, err)
+			}
+			if err := crash("promote"); err != nil {
+				return res, err
+			}
+			versions, err := e.Vault.VersionsOf(ctx, id)
+			if err != nil {
+				return e.cut(res, err)
+			}
+			if stateOf(versions, rec.Version) == vault.StatePending { // not promoted before an interruption
+				if err := e.Vault.Promote(ctx, id, rec.Version); err != nil {
+					return e.cut(res, err)
+				}
+			}
+			res.did("promoted", rec.NewKeyID)
+			if err := crash("promoted"); err != nil {
+				return res, err
+			}
+			rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()
+			if err := e.save(ctx, &rec, StepFinished, PhaseDone); err != nil {
+				return e.cut(res, err)
+			}
+			res.Outcome = Rotated
+			e.Log.Info("key rotated", "identity", id.String(), "old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID)
+			return res, nil
+		default:
+			return e.cut(res, fmt.Errorf("rotation %d in unknown state %s/%s", rec.ID, rec.Step, rec.Phase))
+		}
+	}
+}
+
+// resumeCreate settles a create step that was interrupted: a key stored as pending since the rotation
+// began is taken up; a key in the cloud that the vault does not hold, created since the rotation
+// began, is the orphan of a crash between CreateAccessKey and the vault, and is deleted.
+func (e *Engine) resumeCreate(ctx context.Context, rec *Record, res *Result) error {
+	id := rec.Identity
+	versions, err := e.Vault.VersionsOf(ctx, id)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, v := range versions {
+		known[v.AccessKeyID] = true
+		if v.State == vault.StatePending && !v.CreatedAt.Before(rec.StartedAt) {
+			rec.NewKeyID, rec.Version = v.AccessKeyID, v.Number
+		}
+	}
+	if rec.NewKeyID != "" {
+		return nil
+	}
+	keys, err := e.Cloud.ListAccessKeys(ctx, id.AccountID, id.UserName)
+	if err != nil {
+		return fmt.Errorf("list keys: %w", err)
+	}
+	// Cloud and Keyward clocks may differ a little: allow a minute before the record began.
+	since := rec.StartedAt.Add(-time.Minute)
+	for _, k := range keys {
+		if known[k.ID] || k.ID == rec.OldKeyID || k.CreatedAt.Before(since) {
+			continue
+		}
+		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, k.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+			return fmt.Errorf("delete orphaned key %s: %w", k.ID, err)
+		}
+		res.did("deleted_orphan", k.ID)
+		e.Log.Warn("deleted a key whose secret never reached the vault", "identity", id.String(), "access_key_id", k.ID, "rotation", rec.ID)
+	}
+	return nil
+}
+
+// verify signs with the new key until the cloud accepts it three times in a row.
+func (e *Engine) verify(ctx context.Context, pol Policy, rec Record) error {
+	cred, err := e.Vault.Reveal(ctx, rec.Identity, rec.Version)
+	if err != nil {
+		return err
+	}
+	deadline := e.now().Add(pol.VerifyTimeout)
+	pause := e.VerifyInterval
+	successes := 0
+	var last error
+	for {
+		arn, err := e.Cloud.Verify(ctx, rec.Identity.AccountID, rec.NewKeyID, cred.SecretAccessKey)
+		switch {
+		case err == nil && arnUser(arn) == rec.Identity.UserName:
+			successes++
+			pause = e.VerifyInterval
+			if successes == 3 {
+				return nil
+			}
+		case err == nil:
+			return fmt.Errorf("the key signs as %s, not as user %s", arn, rec.Identity.UserName)
+		default:
+			successes, last = 0, err
+			pause = min(pause*2, 16*e.VerifyInterval)
+		}
+		if !e.now().Add(pause).Before(deadline) {
+			if last == nil {
+				last = errors.New("not accepted three times in a row")
+			}
+			return fmt.Errorf("not verified within %s: %w", pol.VerifyTimeout, last)
+		}
+		if err := e.Sleep(ctx, pause); err != nil {
+			return err
+		}
+	}
+}
+
+// arnUser returns the user name at the end of an IAM user ARN (after its path).
+func arnUser(arn string) string {
+	for i := len(arn) - 1; i >= 0; i-- {
+		if arn[i] == '/' {
+			return arn[i+1:]
+		}
+	}
+	return ""
+}
+
+// rollBack deletes a new key that failed verification and destroys its version; the old key is
+// untouched, and the rotation is recorded as failed so later passes retry with backoff.
+func (e *Engine) rollBack(ctx context.Context, rec *Record, res Result, reason string) (Result, error) {
+	id := rec.Identity
+	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, rec.NewKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+		return e.cut(res, fmt.Errorf("%s; and deleting the new key %s failed: %w", reason, rec.NewKeyID, err))
+	}
+	if err := e.Vault.Destroy(ctx, id, rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
+		return e.cut(res, err)
+	}
+	res.did("rolled_back", rec.NewKeyID)
+	return e.finishFailed(ctx, rec, res, reason)
+}
+
+func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reason string) (Result, error) {
+	rec.Outcome, rec.Reason, rec.FinishedAt = OutcomeFailed, reason, e.now()
+	if err := e.save(ctx, rec, StepFinished, PhaseDone); err != nil {
+		return e.cut(res, err)
+	}
+	e.Log.Warn("rotation failed", "identity", rec.Identity.String(), "attempt", rec.Attempt, "reason", reason)
+	res.Outcome, res.Reason = Failed, reason
+	return res, nil
+}
+

@@ -1,0 +1,416 @@
+package rotation_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/cloud/sim"
+	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+const acct = "123456789012"
+
+const day = 24 * time.Hour
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// world is one cloud, one vault and the engine over them, with time under the test's control.
+type world struct {
+	t      *testing.T
+	clock  *clock
+	cloud  *sim.Cloud
+	db     *store.DB
+	vault  *vault.Vault
+	policy rotation.Policy
+	fault  func(op, user string) error
+}
+
+func newWorld(t *testing.T, d testenv.Database) *world {
+	t.Helper()
+	ctx := context.Background()
+	w := &world{t: t, clock: &clock{now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}, policy: rotation.DefaultPolicy()}
+	w.cloud = sim.New(sim.WithClock(w.clock.Now), sim.WithKeyDelay(10*time.Second), sim.WithFault(func(op, _, user string) error {
+		if w.fault != nil {
+			return w.fault(op, user)
+		}
+		return nil
+	}))
+	db, err := store.Open(ctx, d.Driver, d.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kek, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.db = db
+	w.vault, err = vault.New(ctx, db.Vault(), kek, vault.WithClock(w.clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func sqlite(t *testing.T) testenv.Database {
+	return testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}
+}
+
+// engine returns an engine as a (re)started process would have: its own owner id.
+func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
+	return rotation.New(rotation.Engine{
+		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook,
+		Now:   w.clock.Now,
+		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },
+	})
+}
+
+func (w *world) visit(user string, force bool) rotation.Result {
+	w.t.Helper()
+	res, err := w.engine("main", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: user, Tags: w.tags(user)}, force)
+	if err != nil {
+		w.t.Fatalf("visit %s: %v", user, err)
+	}
+	return res
+}
+
+func (w *world) tags(user string) map[string]string {
+	var tags map[string]string
+	_ = w.cloud.ListUsers(context.Background(), acct, func(u cloud.User) error {
+		if u.Name == user {
+			tags = u.Tags
+		}
+		return nil
+	})
+	return tags
+}
+
+// addUser creates a user with one key of the given age.
+func (w *world) addUser(name string, keyAge time.Duration, tags map[string]string) cloud.NewAccessKey {
+	w.cloud.AddUser(acct, name, "/", tags)
+	return w.cloud.AddKey(acct, name, w.clock.Now().Add(-keyAge), cloud.KeyActive)
+}
+
+func id(user string) vault.Identity { return vault.Identity{Cloud: "aws", AccountID: acct, UserName: user} }
+
+func actions(r rotation.Result) string {
+	var kinds []string
+	for _, a := range r.Actions {
+		kinds = append(kinds, a.Kind)
+	}
+	return strings.Join(kinds, ",")
+}
+
+// checkInvariants asserts what must hold after every pass: the user has exactly one current key, it
+// works, the vault holds its secret; every key in the cloud is one the vault accounts for.
+func (w *world) checkInvariants(user string) {
+	w.t.Helper()
+	ctx := context.Background()
+	cur, err := w.vault.Current(ctx, id(user))
+	if err != nil {
+		w.t.Fatalf("%s: no current credential: %v", user, err)
+	}
+	w.clock.Add(time.Minute) // past the key delay
+	if _, err := w.cloud.Verify(ctx, acct, cur.AccessKeyID, cur.SecretAccessKey); err != nil {
+		w.t.Fatalf("%s: the current key does not work: %v", user, err)
+	}
+	versions, err := w.vault.VersionsOf(ctx, id(user))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	live := map[string]vault.State{}
+	for _, v := range versions {
+		if v.State != vault.StateDestroyed {
+			live[v.AccessKeyID] = v.State
+		}
+	}
+	for _, k := range w.cloud.Keys(acct, user) {
+		if _, ok := live[k.ID]; !ok {
+			w.t.Fatalf("%s: key %s is in the cloud but the vault cannot account for it", user, k.ID)
+		}
+	}
+	current := 0
+	for _, s := range live {
+		if s == vault.StateCurrent {
+			current++
+		}
+	}
+	if current != 1 {
+		w.t.Fatalf("%s: %d current versions", user, current)
+	}
+}
+
+func TestRotateLifecycle(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		old := w.addUser("alice", 100*day, nil)
+
+		res := w.visit("alice", false)
+		if res.Outcome != rotation.Rotated || actions(res) != "adopted,created,verified,promoted" {
+			t.Fatalf("first visit: %+v", res)
+		}
+		w.checkInvariants("alice")
+		cur, _ := w.vault.Current(context.Background(), id("alice"))
+		for _, k := range w.cloud.Keys(acct, "alice") {
+			if k.ID == cur.AccessKeyID && !k.Secret.Equal(cur.SecretAccessKey) {
+				t.Fatal("the vault holds another secret than the cloud issued")
+			}
+			if k.Status != cloud.KeyActive {
+				t.Fatalf("key %s is %s right after rotation; both must stay active", k.ID, k.Status)
+			}
+		}
+		if r := w.visit("alice", false); r.Outcome != rotation.Skipped {
+			t.Fatalf("a fresh key was touched: %+v", r)
+		}
+
+		w.clock.Add(10 * day)
+		if r := w.visit("alice", false); r.Outcome != rotation.Deactivated || actions(r) != "deactivated" {
+			t.Fatalf("after the grace period: %+v", r)
+		}
+		if ks := w.cloud.Keys(acct, "alice"); len(ks) != 2 || ks[slices.IndexFunc(ks, func(k cloud.NewAccessKey) bool { return k.ID == old.ID })].Status != cloud.KeyInactive {
+			t.Fatalf("old key not deactivated in the cloud: %+v", ks)
+		}
+		w.clock.Add(10 * day)
+		if r := w.visit("alice", false); r.Outcome != rotation.Deleted || actions(r) != "deleted" {
+			t.Fatalf("after the delete delay: %+v", r)
+		}
+		if ks := w.cloud.Keys(acct, "alice"); len(ks) != 1 || ks[0].ID != cur.AccessKeyID {
+			t.Fatalf("keys left: %+v", ks)
+		}
+		w.checkInvariants("alice")
+	})
+}
+
+func TestHeldWhileOldKeyInUse(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	old := w.addUser("alice", 100*day, nil)
+	w.visit("alice", false)
+	w.clock.Add(10 * day)
+	w.cloud.UseKey(old.ID, w.clock.Now().Add(-time.Hour)) // a consumer still on the old key
+	r := w.visit("alice", false)
+	if r.Outcome != rotation.Held || !strings.Contains(r.Reason, "still in use since") {
+		t.Fatalf("old key in use: %+v", r)
+	}
+	w.clock.Add(2 * day) // quiet since
+	if r := w.visit("alice", false); r.Outcome != rotation.Deactivated {
+		t.Fatalf("after going quiet: %+v", r)
+	}
+
+	w2 := newWorld(t, sqlite(t))
+	w2.policy.ForceDeactivate = true
+	old2 := w2.addUser("bob", 100*day, nil)
+	w2.visit("bob", false)
+	w2.clock.Add(10 * day)
+	w2.cloud.UseKey(old2.ID, w2.clock.Now())
+	if r := w2.visit("bob", false); r.Outcome != rotation.Deactivated {
+		t.Fatalf("force_deactivate: %+v", r)
+	}
+}
+
+func TestPolicyPerUser(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	w.addUser("young", 10*day, nil)
+	w.addUser("tagged", 40*day, map[string]string{rotation.TagRotateAfter: "30d"})
+	w.addUser("exempt", 400*day, map[string]string{rotation.TagExempt: "true"})
+	w.addUser("badtag", 40*day, map[string]string{rotation.TagRotateAfter: "soon"})
+	if r := w.visit("young", false); r.Outcome != rotation.Skipped {
+		t.Errorf("young key: %+v", r)
+	}
+	if r := w.visit("young", true); r.Outcome != rotation.Rotated {
+		t.Errorf("--force on a young key: %+v", r)
+	}
+	if r := w.visit("tagged", false); r.Outcome != rotation.Rotated {
+		t.Errorf("tag keyward:rotate-after=30d on a 40-day key: %+v", r)
+	}
+	calls := w.cloud.Calls()["CreateAccessKey"]
+	if r := w.visit("exempt", false); r.Outcome != rotation.Exempt || w.cloud.Calls()["CreateAccessKey"] != calls {
+		t.Errorf("exempt user: %+v", r)
+	}
+	if r := w.visit("badtag", false); r.Outcome != rotation.Failed || !strings.Contains(r.Reason, "keyward:rotate-after") {
+		t.Errorf("malformed tag: %+v", r)
+	}
+}
+
+func TestTwoKeys(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	w.addUser("twoactive", 100*day, nil)
+	w.cloud.AddKey(acct, "twoactive", w.clock.Now().Add(-50*day), cloud.KeyActive)
+	if r := w.visit("twoactive", false); r.Outcome != rotation.Blocked || !strings.Contains(r.Reason, "two active keys") {
+		t.Fatalf("two active keys: %+v", r)
+	}
+	if len(w.cloud.Keys(acct, "twoactive")) != 2 {
+		t.Fatal("a blocked user's keys were changed")
+	}
+
+	w.addUser("foreign", 100*day, nil)
+	foreign := w.cloud.AddKey(acct, "foreign", w.clock.Now().Add(-200*day), cloud.KeyInactive)
+	if r := w.visit("foreign", false); r.Outcome != rotation.Blocked {
+		t.Fatalf("foreign inactive key without a rule: %+v", r)
+	}
+	w.policy.DeleteForeignInactiveAfter = 180 * day
+	if r := w.visit("foreign", false); r.Outcome != rotation.Rotated || r.Actions[0] != (rotation.Action{Kind: "deleted", KeyID: foreign.ID}) {
+		t.Fatalf("foreign inactive key under the rule: %+v", r)
+	}
+	w.checkInvariants("foreign")
+
+	// A key Keyward retired itself makes room without any rule.
+	w2 := newWorld(t, sqlite(t))
+	w2.policy.RotateAfter, w2.policy.DeactivateAfter, w2.policy.DeleteAfter = 20*day, 1*day, 100*day
+	w2.addUser("alice", 30*day, nil)
+	w2.visit("alice", false) // rotated
+	w2.clock.Add(2 * day)
+	w2.visit("alice", false) // old key deactivated, not yet deleted
+	w2.clock.Add(20 * day)
+	r := w2.visit("alice", false)
+	if r.Outcome != rotation.Rotated || r.Actions[0].Kind != "deleted" {
+		t.Fatalf("retired key should make room: %+v", r)
+	}
+	w2.checkInvariants("alice")
+}
+
+func TestVerificationFailureRollsBack(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		old := w.addUser("alice", 100*day, nil)
+		w.fault = func(op, _ string) error {
+			if op == "Verify" {
+				return cloud.ErrKeyRefused
+			}
+			return nil
+		}
+		r := w.visit("alice", false)
+		if r.Outcome != rotation.Failed || !strings.Contains(r.Reason, "verification failed") || !strings.Contains(actions(r), "rolled_back") {
+			t.Fatalf("failed verification: %+v", r)
+		}
+		keys := w.cloud.Keys(acct, "alice")
+		if len(keys) != 1 || keys[0].ID != old.ID || keys[0].Status != cloud.KeyActive {
+			t.Fatalf("after rollback the cloud holds %+v; want only the old key, active", keys)
+		}
+		versions, _ := w.vault.VersionsOf(context.Background(), id("alice"))
+		if len(versions) != 2 || versions[0].State != vault.StateCurrent || versions[1].State != vault.StateDestroyed {
+			t.Fatalf("vault after rollback: %+v", versions)
+		}
+		if r := w.visit("alice", false); r.Outcome != rotation.Skipped || !strings.Contains(r.Reason, "backing off") {
+			t.Fatalf("right after a failure: %+v", r)
+		}
+		w.fault = nil
+		w.clock.Add(11 * time.Minute)
+		if r := w.visit("alice", false); r.Outcome != rotation.Rotated {
+			t.Fatalf("retry after the backoff: %+v", r)
+		}
+		w.checkInvariants("alice")
+	})
+}
+
+// TestCrashAtEveryPoint stops the engine at each point of the protocol, as a killed process stops,
+// then lets a restarted process (another owner, after the lease ran out) finish the work.
+func TestCrashAtEveryPoint(t *testing.T) {
+	points := []string{"create", "created", "stored", "verify", "promote", "promoted", "deactivate", "deactivated", "delete", "deleted"}
+	for _, point := range points {
+		t.Run(point, func(t *testing.T) {
+			testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+				w := newWorld(t, d)
+				w.addUser("alice", 100*day, nil)
+				if point == "deactivate" || point == "deactivated" || point == "delete" || point == "deleted" {
+					w.visit("alice", false)
+					w.clock.Add(10 * day)
+					if point == "delete" || point == "deleted" {
+						w.visit("alice", false)
+						w.clock.Add(10 * day)
+					}
+				}
+				crashed := errors.New("killed")
+				_, err := w.engine("first", func(p string) error {
+					if p == point {
+						return crashed
+					}
+					return nil
+				}).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false)
+				if !errors.Is(err, rotation.ErrCrashed) {
+					t.Fatalf("the hook at %q did not stop the visit: %v", point, err)
+				}
+				// A restart: the old lease must run out before another process may take over.
+				if r, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false); err != nil ||
+					(r.Outcome != rotation.Skipped && point != "deactivate" && point != "deactivated" && point != "delete" && point != "deleted") {
+					t.Fatalf("another process took over a leased rotation: %+v %v", r, err)
+				}
+				w.clock.Add(6 * time.Minute)
+				for range 2 {
+					if _, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false); err != nil {
+						t.Fatal(err)
+					}
+				}
+				w.checkInvariants("alice")
+				versions, _ := w.vault.VersionsOf(context.Background(), id("alice"))
+				cur := versions[slices.IndexFunc(versions, func(v vault.Version) bool { return v.State == vault.StateCurrent })]
+				if !cur.HasSecret {
+					t.Fatalf("after recovery the current key is the adopted one: the rotation was not finished: %+v", versions)
+				}
+				if open, ok, _ := w.db.Rotations().Open(context.Background(), id("alice")); ok {
+					t.Fatalf("rotation still open after recovery: %+v", open)
+				}
+			})
+		})
+	}
+}
+
+// TestConcurrentEnginesNeverRotateTwice runs two engines (as serve and rotate --once) on the same
+// users at once: each user is rotated exactly once.
+func TestConcurrentEnginesNeverRotateTwice(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		const users = 20
+		for i := range users {
+			w.addUser(fmt.Sprintf("user-%02d", i), 100*day, nil)
+		}
+		var wg sync.WaitGroup
+		for _, owner := range []string{"serve", "rotate-once"} {
+			e := w.engine(owner, nil)
+			wg.Go(func() {
+				for i := range users {
+					if _, err := e.Visit(context.Background(), cloud.User{AccountID: acct, Name: fmt.Sprintf("user-%02d", i)}, false); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if n := w.cloud.Calls()["CreateAccessKey"]; n != users {
+			t.Fatalf("%d keys created for %d users", n, users)
+		}
+		for i := range users {
+			w.checkInvariants(fmt.Sprintf("user-%02d", i))
+		}
+	})
+}
+
+func TestMaxKeyLife(t *testing.T) {
+	p := rotation.DefaultPolicy()
+	if got := p.MaxKeyLife(10 * time.Minute); got != 110*day+30*time.Minute {
+		t.Fatalf("MaxKeyLife = %v", got)
+	}
+}

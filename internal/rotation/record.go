@@ -1,0 +1,75 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Step is a step of the persisted rotation protocol.
+type Step string
+
+// Steps, in order. A rotation is open until its step is finished.
+const (
+	StepCreate   Step = "create"
+	StepVerify   Step = "verify"
+	StepPromote  Step = "promote"
+	StepFinished Step = "finished"
+)
+
+// Phase says whether a step has started or is done: written before and after it runs.
+type Phase string
+
+// Phases.
+const (
+	PhaseStarted Phase = "started"
+	PhaseDone    Phase = "done"
+)
+
+// Outcomes of a finished rotation.
+const (
+	OutcomeRotated = "rotated"
+	OutcomeFailed  = "failed"
+)
+
+// Record is one rotation of one identity, as persisted.
+type Record struct {
+	ID         int64
+	Identity   vault.Identity
+	Step       Step
+	Phase      Phase
+	OldKeyID   string
+	NewKeyID   string
+	Version    int64 // the new key's vault version, once stored
+	Outcome    string
+	Reason     string // why it failed; never secret material
+	Attempt    int    // 1 for a first try, n for the n-th consecutive try after failures
+	StartedAt  time.Time
+	StepAt     time.Time
+	FinishedAt time.Time
+}
+
+// Errors of a Store.
+var (
+	// ErrBusy: another process holds the identity's open rotation.
+	ErrBusy = errors.New("rotation in progress elsewhere")
+	// ErrLeaseLost: the lease ran out and another process took the rotation over.
+	ErrLeaseLost = errors.New("rotation lease lost")
+)
+
+// Store persists rotations. Every method is one durable transaction.
+type Store interface {
+	// Begin opens a new rotation holding the lease. ErrBusy when one is open for the identity.
+	Begin(ctx context.Context, r Record, owner string, leaseUntil time.Time) (Record, error)
+	// Open returns the identity's open rotation, if any.
+	Open(ctx context.Context, id vault.Identity) (Record, bool, error)
+	// Resume takes the lease of an open rotation: ErrBusy while another owner's lease runs.
+	Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time) error
+	// Save writes the rotation's step, phase and outcome, renewing the lease. ErrLeaseLost when the
+	// caller no longer holds it.
+	Save(ctx context.Context, r Record, owner string, leaseUntil time.Time) error
+	// LastFinished returns the identity's most recent finished rotation, if any.
+	LastFinished(ctx context.Context, id vault.Identity) (Record, bool, error)
+}

@@ -1,0 +1,126 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Rotations is the rotation engine's Store over SQL.
+type Rotations struct{ db *DB }
+
+// Rotations returns the rotation engine's Store on db.
+func (db *DB) Rotations() *Rotations { return &Rotations{db: db} }
+
+var _ rotation.Store = (*Rotations)(nil)
+
+const rotationColumns = `id, cloud, account_id, user_name, step, phase, old_key_id, new_key_id, version,
+	outcome, reason, attempt, started_at, step_at, finished_at`
+
+func scanRotation(row scanner) (rotation.Record, error) {
+	var r rotation.Record
+	var oldKey, newKey, outcome, reason sql.NullString
+	var version, finished sql.NullInt64
+	var started, stepAt int64
+	err := row.Scan(&r.ID, &r.Identity.Cloud, &r.Identity.AccountID, &r.Identity.UserName, &r.Step, &r.Phase,
+		&oldKey, &newKey, &version, &outcome, &reason, &r.Attempt, &started, &stepAt, &finished)
+	if err != nil {
+		return r, err
+	}
+	r.OldKeyID, r.NewKeyID, r.Outcome, r.Reason = oldKey.String, newKey.String, outcome.String, reason.String
+	r.Version = version.Int64
+	r.StartedAt, r.StepAt, r.FinishedAt = time.UnixMicro(started).UTC(), time.UnixMicro(stepAt).UTC(), fromMicros(finished)
+	return r, nil
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+// Begin implements rotation.Store.
+func (s *Rotations) Begin(ctx context.Context, r rotation.Record, owner string, leaseUntil time.Time) (rotation.Record, error) {
+	err := s.db.inTx(ctx, func(tx *Tx) error {
+		return tx.queryRow(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, old_key_id, new_key_id,
+			version, attempt, lease_owner, lease_until, started_at, step_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`,
+			r.Identity.Cloud, r.Identity.AccountID, r.Identity.UserName, r.Step, r.Phase, nullString(r.OldKeyID),
+			nullString(r.NewKeyID), sql.NullInt64{Int64: r.Version, Valid: r.Version != 0}, r.Attempt, owner,
+			micros(leaseUntil), micros(r.StartedAt), micros(r.StepAt)).Scan(&r.ID)
+	})
+	if kind, _ := constraintViolation(err); kind == uniqueViolation {
+		return r, fmt.Errorf("begin rotation of %s: %w", r.Identity, rotation.ErrBusy)
+	}
+	if err != nil {
+		return r, fmt.Errorf("begin rotation of %s: %w", r.Identity, err)
+	}
+	return r, nil
+}
+
+// Open implements rotation.Store.
+func (s *Rotations) Open(ctx context.Context, id vault.Identity) (rotation.Record, bool, error) {
+	r, err := scanRotation(s.db.queryRow(ctx, `SELECT `+rotationColumns+` FROM rotations
+		WHERE cloud = $1 AND account_id = $2 AND user_name = $3 AND finished_at IS NULL`, id.Cloud, id.AccountID, id.UserName))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("open rotation of %s: %w", id, err)
+	}
+	return r, true, nil
+}
+
+// Resume implements rotation.Store.
+func (s *Rotations) Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		res, err := tx.exec(ctx, `UPDATE rotations SET lease_owner = $1, lease_until = $2
+			WHERE id = $3 AND finished_at IS NULL AND (lease_owner = $1 OR lease_until IS NULL OR lease_until < $4)`,
+			owner, micros(leaseUntil), rotationID, micros(now))
+		if err != nil {
+			return fmt.Errorf("resume rotation %d: %w", rotationID, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("resume rotation %d: %w", rotationID, rotation.ErrBusy)
+		}
+		return nil
+	})
+}
+
+// Save implements rotation.Store.
+func (s *Rotations) Save(ctx context.Context, r rotation.Record, owner string, leaseUntil time.Time) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		res, err := tx.exec(ctx, `UPDATE rotations SET step = $1, phase = $2, new_key_id = $3, version = $4,
+			outcome = $5, reason = $6, step_at = $7, finished_at = $8, lease_until = $9
+			WHERE id = $10 AND lease_owner = $11 AND finished_at IS NULL`,
+			r.Step, r.Phase, nullString(r.NewKeyID), sql.NullInt64{Int64: r.Version, Valid: r.Version != 0},
+			nullString(r.Outcome), nullString(r.Reason), micros(r.StepAt), nullMicros(r.FinishedAt), micros(leaseUntil),
+			r.ID, owner)
+		if err != nil {
+			return fmt.Errorf("save rotation %d of %s: %w", r.ID, r.Identity, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("save rotation %d of %s: %w", r.ID, r.Identity, rotation.ErrLeaseLost)
+		}
+		return nil
+	})
+}
+
+// LastFinished implements rotation.Store.
+func (s *Rotations) LastFinished(ctx context.Context, id vault.Identity) (rotation.Record, bool, error) {
+	r, err := scanRotation(s.db.queryRow(ctx, `SELECT `+rotationColumns+` FROM rotations
+		WHERE cloud = $1 AND account_id = $2 AND user_name = $3 AND finished_at IS NOT NULL
+		ORDER BY id DESC LIMIT 1`, id.Cloud, id.AccountID, id.UserName))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("last rotation of %s: %w", id, err)
+	}
+	return r, true, nil
+}
