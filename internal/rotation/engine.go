@@ -64,7 +64,9 @@ type Result struct {
 	Actions  []Action       `json:"actions,omitempty"`
 }
 
-func (r *Result) did(kind, keyID string) { r.Actions = append(r.Actions, Action{Kind: kind, KeyID: keyID}) }
+func (r *Result) did(kind, keyID string) {
+	r.Actions = append(r.Actions, Action{Kind: kind, KeyID: keyID})
+}
 
 // Hook is called at named points of the protocol; tests use it to crash the engine there. A non-nil
 // error stops the visit at once, doing nothing more, as a killed process would.
@@ -405,11 +407,14 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 	now := e.now()
 	rec, err := e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
 		Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
-	if errors.Is(err, ErrBusy) {
+	switch {
+	case errors.Is(err, ErrBusy):
 		res.Reason = "rotation in progress elsewhere"
 		return res, nil
-	}
-	if err != nil {
+	case errors.Is(err, ErrStale):
+		res.Reason = "rotated meanwhile by another process"
+		return res, nil
+	case err != nil:
 		return e.cut(res, err)
 	}
 	return e.run(ctx, pol, rec, res)
@@ -620,4 +625,3 @@ func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reas
 	res.Outcome, res.Reason = Failed, reason
 	return res, nil
 }
-

@@ -115,7 +115,9 @@ func (w *world) addUser(name string, keyAge time.Duration, tags map[string]strin
 	return w.cloud.AddKey(acct, name, w.clock.Now().Add(-keyAge), cloud.KeyActive)
 }
 
-func id(user string) vault.Identity { return vault.Identity{Cloud: "aws", AccountID: acct, UserName: user} }
+func id(user string) vault.Identity {
+	return vault.Identity{Cloud: "aws", AccountID: acct, UserName: user}
+}
 
 func actions(r rotation.Result) string {
 	var kinds []string

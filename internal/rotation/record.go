@@ -57,18 +57,21 @@ var (
 	ErrBusy = errors.New("rotation in progress elsewhere")
 	// ErrLeaseLost: the lease ran out and another process took the rotation over.
 	ErrLeaseLost = errors.New("rotation lease lost")
+	// ErrStale: the key to be replaced is no longer current — another process rotated it meanwhile.
+	ErrStale = errors.New("key already replaced")
 )
 
 // Store persists rotations. Every method is one durable transaction.
 type Store interface {
-	// Begin opens a new rotation holding the lease. ErrBusy when one is open for the identity.
+	// Begin opens a new rotation holding the lease, provided r.OldKeyID is still the identity's current
+	// key. ErrBusy when a rotation is open for the identity, ErrStale when the key was replaced.
 	Begin(ctx context.Context, r Record, owner string, leaseUntil time.Time) (Record, error)
 	// Open returns the identity's open rotation, if any.
 	Open(ctx context.Context, id vault.Identity) (Record, bool, error)
 	// Resume takes the lease of an open rotation: ErrBusy while another owner's lease runs.
 	Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time) error
 	// Save writes the rotation's step, phase and outcome, renewing the lease. ErrLeaseLost when the
-	// caller no longer holds it.
+	// caller no longer holds it. Saving the finish is ordered with Begin for the same identity.
 	Save(ctx context.Context, r Record, owner string, leaseUntil time.Time) error
 	// LastFinished returns the identity's most recent finished rotation, if any.
 	LastFinished(ctx context.Context, id vault.Identity) (Record, bool, error)

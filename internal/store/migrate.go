@@ -66,6 +66,8 @@ func (db *DB) dialect(q string) string {
 		"{{blob}}": {"BLOB", "BYTEA"},
 		// PostgreSQL tables have no rowid to begin with.
 		"{{without_rowid}}": {" WITHOUT ROWID", ""},
+		// SQLite has no row locks: BEGIN IMMEDIATE already serialises writers.
+		"{{for_update}}": {"", " FOR UPDATE"},
 	}
 	i := 0
 	if db.driver == Postgres {

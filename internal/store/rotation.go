@@ -40,9 +40,34 @@ func scanRotation(row scanner) (rotation.Record, error) {
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
 
-// Begin implements rotation.Store.
+// lockIdentity takes the identity's row lock for the rest of the transaction (PostgreSQL; SQLite's
+// BEGIN IMMEDIATE has already serialised every writer) and returns its row id.
+func (s *Rotations) lockIdentity(ctx context.Context, tx *Tx, id vault.Identity) (int64, error) {
+	var rowID int64
+	err := tx.queryRow(ctx, s.db.dialect(identityByName+`{{for_update}}`), id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)
+	}
+	return rowID, err
+}
+
+// Begin implements rotation.Store. Under the identity's lock it checks that the key to replace is
+// still current: another process may have finished a rotation of this identity since the caller
+// looked, and finishing takes the same lock (see Save).
 func (s *Rotations) Begin(ctx context.Context, r rotation.Record, owner string, leaseUntil time.Time) (rotation.Record, error) {
 	err := s.db.inTx(ctx, func(tx *Tx) error {
+		identity, err := s.lockIdentity(ctx, tx, r.Identity)
+		if err != nil {
+			return err
+		}
+		var current int
+		if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM credential_versions
+			WHERE identity_id = $1 AND state = 'current' AND access_key_id = $2`, identity, r.OldKeyID).Scan(&current); err != nil {
+			return err
+		}
+		if current == 0 {
+			return rotation.ErrStale
+		}
 		return tx.queryRow(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, old_key_id, new_key_id,
 			version, attempt, lease_owner, lease_until, started_at, step_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`,
@@ -93,6 +118,11 @@ func (s *Rotations) Resume(ctx context.Context, rotationID int64, owner string, 
 // Save implements rotation.Store.
 func (s *Rotations) Save(ctx context.Context, r rotation.Record, owner string, leaseUntil time.Time) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
+		if !r.FinishedAt.IsZero() {
+			if _, err := s.lockIdentity(ctx, tx, r.Identity); err != nil {
+				return err
+			}
+		}
 		res, err := tx.exec(ctx, `UPDATE rotations SET step = $1, phase = $2, new_key_id = $3, version = $4,
 			outcome = $5, reason = $6, step_at = $7, finished_at = $8, lease_until = $9
 			WHERE id = $10 AND lease_owner = $11 AND finished_at IS NULL`,
