@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -25,10 +27,13 @@ const DefaultMasterKeyEnv = "KEYWARD_MASTER_KEY"
 
 // Config is the whole configuration, loaded once and passed explicitly.
 type Config struct {
-	Server Server `yaml:"server"`
-	Log    Log    `yaml:"log"`
-	Vault  Vault  `yaml:"vault"`
-	AWS    AWS    `yaml:"aws"`
+	// Cloud is the provider: aws, or sim (the simulated cloud of the demo and tests).
+	Cloud    string   `yaml:"cloud"`
+	Server   Server   `yaml:"server"`
+	Log      Log      `yaml:"log"`
+	Vault    Vault    `yaml:"vault"`
+	AWS      AWS      `yaml:"aws"`
+	Rotation Rotation `yaml:"rotation"`
 }
 
 // Server configures the HTTP listener.
@@ -69,21 +74,70 @@ type MasterKey struct {
 	EnvValue secret.Value `yaml:"-"`
 }
 
-// AWS configures the AWS SDK used for KMS (and, later, IAM).
+// AWS configures the AWS SDK: KMS for the vault, IAM and STS for rotation.
 type AWS struct {
-	Region      string `yaml:"region"`
-	EndpointURL string `yaml:"endpoint_url"`
+	Region       string       `yaml:"region"`
+	EndpointURL  string       `yaml:"endpoint_url"`
+	Accounts     []AWSAccount `yaml:"accounts"`
+	Organization Organization `yaml:"organization"`
+	MaxRPS       float64      `yaml:"max_rps"`
+}
+
+// AWSAccount is a member account and the role Keyward assumes in it.
+type AWSAccount struct {
+	ID         string `yaml:"id"`
+	RoleARN    string `yaml:"role_arn"`
+	ExternalID string `yaml:"external_id"`
+}
+
+// Organization configures account discovery through AWS Organizations.
+type Organization struct {
+	RoleName string `yaml:"role_name"`
+}
+
+// Rotation is the rotation policy and the scheduler's settings.
+type Rotation struct {
+	RotateAfter                Duration `yaml:"rotate_after"`
+	DeactivateAfter            Duration `yaml:"deactivate_after"`
+	DeleteAfter                Duration `yaml:"delete_after"`
+	Interval                   Duration `yaml:"interval"`
+	VerifyTimeout              Duration `yaml:"verify_timeout"`
+	QuietPeriod                Duration `yaml:"quiet_period"`
+	ForceDeactivate            bool     `yaml:"force_deactivate"`
+	ExemptGroup                string   `yaml:"exempt_group"`
+	DeleteForeignInactiveAfter Duration `yaml:"delete_foreign_inactive_after"`
+	Concurrency                int      `yaml:"concurrency"`
+	Rules                      []Rule   `yaml:"rules"`
+}
+
+// Rule overrides the policy for the users it matches (first matching rule wins; IAM tags win over
+// rules). Zero durations keep the policy's.
+type Rule struct {
+	PathPrefix      string   `yaml:"path_prefix"`
+	NameGlob        string   `yaml:"name_glob"`
+	RotateAfter     Duration `yaml:"rotate_after"`
+	DeactivateAfter Duration `yaml:"deactivate_after"`
+	DeleteAfter     Duration `yaml:"delete_after"`
+	Exempt          bool     `yaml:"exempt"`
 }
 
 // Default returns the configuration used where neither the file nor the environment says otherwise.
 func Default() Config {
+	const day = 24 * time.Hour
 	return Config{
+		Cloud:  "aws",
 		Server: Server{Listen: "127.0.0.1:8080", ShutdownTimeout: Duration(30 * time.Second)},
 		Log:    Log{Level: "info", Format: "json"},
 		Vault: Vault{
 			Driver:    "sqlite",
 			DSN:       secret.New("./keyward.db"),
 			MasterKey: MasterKey{Source: KeySourceFile, File: "./keyward.key", Env: DefaultMasterKeyEnv},
+		},
+		AWS: AWS{MaxRPS: 5},
+		Rotation: Rotation{
+			RotateAfter: Duration(90 * day), DeactivateAfter: Duration(10 * day), DeleteAfter: Duration(10 * day),
+			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), QuietPeriod: Duration(day),
+			Concurrency: 4,
 		},
 	}
 }
@@ -134,12 +188,50 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 		}
 	}
 
+	oneOf(report, "cloud", c.Cloud, "aws", "sim")
+	if c.AWS.MaxRPS <= 0 {
+		report("aws.max_rps", "must be positive")
+	}
+	for i, a := range c.AWS.Accounts {
+		key := fmt.Sprintf("aws.accounts[%d]", i)
+		if !accountRe.MatchString(a.ID) {
+			report(key+".id", "want a 12-digit account id (got %q)", a.ID)
+		}
+		if a.RoleARN != "" && !strings.HasPrefix(a.RoleARN, "arn:aws") {
+			report(key+".role_arn", "want a role ARN such as arn:aws:iam::%s:role/keyward (got %q)", a.ID, a.RoleARN)
+		}
+	}
+	if len(c.AWS.Accounts) > 0 && c.AWS.Organization.RoleName != "" {
+		report("aws.organization.role_name", "set aws.accounts or aws.organization.role_name, not both")
+	}
+	r := c.Rotation
+	for key, d := range map[string]Duration{"rotation.rotate_after": r.RotateAfter, "rotation.interval": r.Interval,
+		"rotation.verify_timeout": r.VerifyTimeout} {
+		if d <= 0 {
+			report(key, "must be positive")
+		}
+	}
+	if r.Concurrency < 1 || r.Concurrency > 64 {
+		report("rotation.concurrency", "want 1 to 64 (got %d)", r.Concurrency)
+	}
+	for i, rule := range r.Rules {
+		key := fmt.Sprintf("rotation.rules[%d]", i)
+		if rule.PathPrefix == "" && rule.NameGlob == "" {
+			report(key, "needs path_prefix or name_glob")
+		}
+		if _, err := path.Match(rule.NameGlob, ""); err != nil {
+			report(key+".name_glob", "not a valid glob: %q", rule.NameGlob)
+		}
+	}
+
 	if c.AWS.EndpointURL != "" {
 		if u, err := url.Parse(c.AWS.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			report("aws.endpoint_url", "want an http:// or https:// URL (got %q)", c.AWS.EndpointURL)
 		}
 	}
 }
+
+var accountRe = regexp.MustCompile(`^[0-9]{12}$`)
 
 // checkKeyMaterial checks that v is the base64 of 32 bytes, without saying anything about its content.
 func checkKeyMaterial(v secret.Value) error {

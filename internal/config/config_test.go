@@ -113,6 +113,16 @@ log:
 	}
 }
 
+func TestListFromEnvironment(t *testing.T) {
+	cfg, err := config.Load(config.Source{Environ: []string{`KEYWARD_AWS_ACCOUNTS=[{id: "111122223333", role_arn: "arn:aws:iam::111122223333:role/keyward"}]`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.AWS.Accounts) != 1 || cfg.AWS.Accounts[0].RoleARN != "arn:aws:iam::111122223333:role/keyward" {
+		t.Fatalf("accounts = %+v", cfg.AWS.Accounts)
+	}
+}
+
 func TestEnvironmentDuration(t *testing.T) {
 	cfg, err := config.Load(config.Source{Environ: []string{"KEYWARD_SERVER_SHUTDOWN_TIMEOUT=2m"}})
 	if err != nil || cfg.Server.ShutdownTimeout.Std() != 2*time.Minute {
@@ -233,6 +243,26 @@ func TestProblems(t *testing.T) {
 			want: []string{"keyward.yaml:2: vault.dsn_file: cannot read secret file"},
 		},
 		{
+			name: "unknown key inside a list item",
+			yaml: "rotation:\n  rules:\n    - path_prefix: /ci/\n    - path_prefx: /ops/\n",
+			want: []string{`keyward.yaml:4: rotation.rules[1].path_prefx: unknown key (did you mean "path_prefix"?)`},
+		},
+		{
+			name:    "list from the environment",
+			environ: []string{`KEYWARD_AWS_ACCOUNTS=[{id: "123", role_arn: "role/x"}]`},
+			want:    []string{"aws.accounts[0].id: want a 12-digit account id", "aws.accounts[0].role_arn: want a role ARN"},
+		},
+		{
+			name: "rule matches nothing",
+			yaml: "rotation:\n  rules:\n    - rotate_after: 30d\n",
+			want: []string{"rotation.rules[0]: needs path_prefix or name_glob"},
+		},
+		{
+			name: "bad engine values",
+			yaml: "cloud: gcp\nrotation:\n  concurrency: 0\n  interval: 0s\n",
+			want: []string{`keyward.yaml:1: cloud: must be one of aws, sim (got "gcp")`, "keyward.yaml:3: rotation.concurrency: want 1 to 64", "keyward.yaml:4: rotation.interval: must be positive"},
+		},
+		{
 			name: "bad endpoint",
 			yaml: "aws:\n  endpoint_url: localhost:5000\n",
 			want: []string{"keyward.yaml:2: aws.endpoint_url: want an http:// or https:// URL"},
@@ -296,7 +326,7 @@ func TestEveryKeyDocumented(t *testing.T) {
 		if !strings.Contains(string(data), "`"+key+"`") {
 			t.Errorf("docs/CONFIG.md does not document %s", key)
 		}
-		if !strings.Contains(string(data), config.EnvName(key)) {
+		if !strings.Contains(key, "[]") && !strings.Contains(string(data), config.EnvName(key)) {
 			t.Errorf("docs/CONFIG.md does not name %s", config.EnvName(key))
 		}
 	}

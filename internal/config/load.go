@@ -135,6 +135,10 @@ func isLeaf(t reflect.Type) bool {
 	return t.Kind() != reflect.Struct || custom
 }
 
+// isStructList reports whether t is a list of structures, walked item by item so that an unknown key
+// inside an item is caught too.
+func isStructList(t reflect.Type) bool { return t.Kind() == reflect.Slice && !isLeaf(t.Elem()) }
+
 // decode walks n into v, checking every key against the struct so that an unknown key, or a value of
 // the wrong kind, is reported with its full key path and line.
 func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) {
@@ -143,6 +147,21 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) {
 	}
 	if path != "" {
 		l.where[path] = l.at(n)
+	}
+	if isStructList(v.Type()) {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return
+		}
+		if n.Kind != yaml.SequenceNode {
+			l.report(l.at(n), path, "want a list")
+			return
+		}
+		list := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			l.decode(item, list.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(list)
+		return
 	}
 	if isLeaf(v.Type()) {
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
@@ -250,11 +269,15 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// Keys lists every configuration key as a dotted path, in declaration order.
+// Keys lists every configuration key as a dotted path, in declaration order; the keys of a list's
+// items follow the list as list[].key.
 func Keys() []string {
 	var keys []string
-	walkLeaves(reflect.TypeFor[Config](), "", func(path string, _ []int, _ reflect.Type) {
+	walkLeaves(reflect.TypeFor[Config](), "", func(path string, _ []int, t reflect.Type) {
 		keys = append(keys, path)
+		if isStructList(t) {
+			walkLeaves(t.Elem(), path+"[]", func(sub string, _ []int, _ reflect.Type) { keys = append(keys, sub) })
+		}
 	})
 	return keys
 }
@@ -306,6 +329,14 @@ func (l *loader) applyEnv(env map[string]string, cfg *Config) {
 		var n yaml.Node
 		if err := yaml.Unmarshal([]byte(raw), &n); err != nil || len(n.Content) == 0 {
 			l.report(where, key, "not a valid value")
+			return
+		}
+		if isStructList(t) {
+			before := len(l.problems)
+			l.decode(n.Content[0], field, key)
+			for i := before; i < len(l.problems); i++ {
+				l.problems[i].Where = where
+			}
 			return
 		}
 		if err := n.Content[0].Decode(field.Addr().Interface()); err != nil {

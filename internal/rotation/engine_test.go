@@ -416,3 +416,83 @@ func TestMaxKeyLife(t *testing.T) {
 		t.Fatalf("MaxKeyLife = %v", got)
 	}
 }
+
+// TestPassOverManyUsers runs a pass over 1,200 users in two accounts (pages of 100), with a mix of
+// due, fresh and exempt keys and a user whose creation fails, and filters by user and account.
+func TestPassOverManyUsers(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	const perAccount = 600
+	other := "210987654321"
+	for _, a := range []string{acct, other} {
+		for i := range perAccount {
+			name := fmt.Sprintf("user-%04d", i)
+			tags := map[string]string{}
+			if i%100 == 7 {
+				tags[rotation.TagExempt] = "true"
+			}
+			w.cloud.AddUser(a, name, "/", tags)
+			age := 10 * day
+			if i%3 == 0 {
+				age = 100 * day
+			}
+			w.cloud.AddKey(a, name, w.clock.Now().Add(-age), cloud.KeyActive)
+		}
+	}
+	w.fault = func(op, user string) error {
+		if op == "CreateAccessKey" && user == "user-0003" {
+			return cloud.ErrThrottled
+		}
+		return nil
+	}
+	var progressCalls int
+	rep, err := w.engine("main", nil).Pass(context.Background(), rotation.PassOptions{Concurrency: 4, Progress: func(done, known int) {
+		progressCalls++
+		if done > known {
+			t.Errorf("progress %d of %d", done, known)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := rep.Summary
+	// i%3==0 → due (200 per account), of which i%100==7 exempt when also i%3==0 (none: 7,107,…,507 — 207 and 507 are ≡0 mod 3).
+	if s.Scanned != 2*perAccount || s.Exempt != 12 || s.Failed != 2 || s.Rotated != 2*(200-2)-2 || progressCalls != s.Scanned || len(rep.Users) != s.Scanned {
+		t.Fatalf("summary %+v (progress calls %d, results %d)", s, progressCalls, len(rep.Users))
+	}
+	if w.cloud.Pages() < 12 {
+		t.Fatalf("users were listed in %d pages; want 6 pages per account of 100", w.cloud.Pages())
+	}
+
+	rep, err = w.engine("main", nil).Pass(context.Background(), rotation.PassOptions{Users: []string{"user-0001"}, AccountID: other, Force: true})
+	if err != nil || rep.Summary.Scanned != 1 || rep.Summary.Rotated != 1 || rep.Users[0].Identity.AccountID != other {
+		t.Fatalf("filtered, forced pass: %+v, %v", rep, err)
+	}
+}
+
+func TestPolicyRules(t *testing.T) {
+	p := rotation.DefaultPolicy()
+	p.Rules = []rotation.Rule{
+		{PathPrefix: "/ci/", RotateAfter: 30 * day},
+		{NameGlob: "break-glass-*", Exempt: true},
+		{NameGlob: "*", PathPrefix: "/ci/", RotateAfter: 7 * day}, // shadowed by the first
+	}
+	tests := []struct {
+		user       cloud.User
+		wantRotate time.Duration
+		wantExempt bool
+	}{
+		{cloud.User{Name: "builder", Path: "/ci/"}, 30 * day, false},
+		{cloud.User{Name: "builder", Path: "/ci/", Tags: map[string]string{rotation.TagRotateAfter: "12h"}}, 12 * time.Hour, false},
+		{cloud.User{Name: "break-glass-1", Path: "/"}, 0, true},
+		{cloud.User{Name: "app", Path: "/"}, 90 * day, false},
+	}
+	for _, tt := range tests {
+		got, exempt, err := p.For(tt.user, nil)
+		if err != nil || exempt != tt.wantExempt || (!exempt && got.RotateAfter != tt.wantRotate) {
+			t.Errorf("%s%s: rotate after %v exempt %v (%v); want %v, %v", tt.user.Path, tt.user.Name, got.RotateAfter, exempt, err, tt.wantRotate, tt.wantExempt)
+		}
+	}
+	if _, exempt, _ := (rotation.Policy{ExemptGroup: "humans"}).For(cloud.User{Name: "x"}, []string{"devs", "humans"}); !exempt {
+		t.Error("member of the exempt group is not exempt")
+	}
+}

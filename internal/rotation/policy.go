@@ -2,7 +2,9 @@ package rotation
 
 import (
 	"fmt"
+	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/cloud"
@@ -30,6 +32,30 @@ type Policy struct {
 	// DeleteForeignInactiveAfter allows deleting an inactive key Keyward did not retire, once it is
 	// this old, to make room for a new key. Zero: never.
 	DeleteForeignInactiveAfter time.Duration
+	// Rules override the policy for the users they match; the first match wins, and tags win over it.
+	Rules []Rule
+}
+
+// Rule matches users by IAM path prefix and/or name glob. Zero durations keep the policy's.
+type Rule struct {
+	PathPrefix      string
+	NameGlob        string
+	RotateAfter     time.Duration
+	DeactivateAfter time.Duration
+	DeleteAfter     time.Duration
+	Exempt          bool
+}
+
+func (r Rule) matches(u cloud.User) bool {
+	if r.PathPrefix != "" && !strings.HasPrefix(u.Path, r.PathPrefix) {
+		return false
+	}
+	if r.NameGlob != "" {
+		if ok, _ := path.Match(r.NameGlob, u.Name); !ok {
+			return false
+		}
+	}
+	return r.PathPrefix != "" || r.NameGlob != ""
 }
 
 // DefaultPolicy is the policy without configuration: 90, then 10, then 10 days.
@@ -51,6 +77,25 @@ func (p Policy) MaxKeyLife(interval time.Duration) time.Duration {
 func (p Policy) For(u cloud.User, groups []string) (Policy, bool, error) {
 	if u.Tags[TagExempt] == "true" || (p.ExemptGroup != "" && slices.Contains(groups, p.ExemptGroup)) {
 		return p, true, nil
+	}
+	for _, r := range p.Rules {
+		if !r.matches(u) {
+			continue
+		}
+		if r.Exempt {
+			return p, true, nil
+		}
+		for _, o := range []struct {
+			dst *time.Duration
+			v   time.Duration
+		}{
+			{&p.RotateAfter, r.RotateAfter}, {&p.DeactivateAfter, r.DeactivateAfter}, {&p.DeleteAfter, r.DeleteAfter},
+		} {
+			if o.v > 0 {
+				*o.dst = o.v
+			}
+		}
+		break
 	}
 	for tag, field := range map[string]*time.Duration{
 		TagRotateAfter: &p.RotateAfter, TagDeactivateAfter: &p.DeactivateAfter, TagDeleteAfter: &p.DeleteAfter,
