@@ -496,3 +496,54 @@ func TestPolicyRules(t *testing.T) {
 		t.Error("member of the exempt group is not exempt")
 	}
 }
+
+// TestPlanChangesNothing follows one user through its lifecycle with Plan beside each visit.
+func TestPlanChangesNothing(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	old := w.addUser("alice", 100*day, nil)
+	w.addUser("young", 5*day, nil)
+	w.addUser("exempt", 500*day, map[string]string{rotation.TagExempt: "true"})
+	e := w.engine("main", nil)
+	plan := func(user string) rotation.Plan {
+		return e.Plan(context.Background(), cloud.User{AccountID: acct, Name: user, Tags: w.tags(user)}, false)
+	}
+	before := w.cloud.Calls()
+	p := plan("alice")
+	if p.State != "due" || p.NextAction != "rotate" || p.NextKeyID != old.ID || p.Outcome(w.clock.Now()) != rotation.Rotated || p.Keys[0].AgeDays != 100 {
+		t.Fatalf("plan of a due key: %+v", p)
+	}
+	if p := plan("young"); p.State != "ok" || !p.Due.Equal(w.clock.Now().Add(85*day)) || p.Outcome(w.clock.Now()) != rotation.Skipped {
+		t.Fatalf("plan of a young key: %+v", p)
+	}
+	if p := plan("exempt"); p.State != "exempt" {
+		t.Fatalf("plan of an exempt user: %+v", p)
+	}
+	plans, errs := e.PlanPass(context.Background(), rotation.PassOptions{})
+	if len(plans) != 3 || len(errs) != 0 {
+		t.Fatalf("PlanPass = %d plans, %v", len(plans), errs)
+	}
+	after := w.cloud.Calls()
+	for _, op := range []string{"CreateAccessKey", "SetAccessKeyStatus", "DeleteAccessKey"} {
+		if after[op] != before[op] {
+			t.Fatalf("planning called %s", op)
+		}
+	}
+	if list, _ := w.vault.List(context.Background()); len(list) != 0 {
+		t.Fatalf("planning wrote to the vault: %+v", list)
+	}
+
+	w.visit("alice", false)
+	if p := plan("alice"); p.NextAction != "deactivate" || p.NextKeyID != old.ID || !p.Due.Equal(w.clock.Now().Add(10*day)) {
+		t.Fatalf("plan after rotation: %+v", p)
+	}
+	w.clock.Add(10 * day)
+	w.cloud.UseKey(old.ID, w.clock.Now().Add(-time.Hour))
+	if p := plan("alice"); p.State != "held" || p.Outcome(w.clock.Now()) != rotation.Held {
+		t.Fatalf("plan while the old key is in use: %+v", p)
+	}
+	w.clock.Add(2 * day)
+	w.visit("alice", false)
+	if p := plan("alice"); p.NextAction != "delete" || p.NextKeyID != old.ID {
+		t.Fatalf("plan after deactivation: %+v", p)
+	}
+}

@@ -1,0 +1,202 @@
+package rotation
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// KeyView is one key as status shows it: the cloud's view and the vault's.
+type KeyView struct {
+	AccessKeyID string          `json:"access_key_id"`
+	Status      cloud.KeyStatus `json:"status,omitempty"` // in the cloud; empty when gone
+	State       vault.State     `json:"state,omitempty"`  // in the vault; empty when unknown to it
+	CreatedAt   time.Time       `json:"created_at"`
+	AgeDays     int             `json:"age_days"`
+}
+
+// Plan is what the engine would do next for a user, found without changing anything.
+type Plan struct {
+	Identity   vault.Identity `json:"identity"`
+	State      string         `json:"state"` // ok, due, rotating, held, blocked, backing_off, exempt, unmanaged, error
+	Reason     string         `json:"reason,omitempty"`
+	Keys       []KeyView      `json:"keys"`
+	NextAction string         `json:"next_action"` // rotate, deactivate, delete, resume, none
+	NextKeyID  string         `json:"next_key_id,omitempty"`
+	Due        time.Time      `json:"due,omitzero"`
+}
+
+// Outcome is what a visit now would report for this plan (for --dry-run).
+func (p Plan) Outcome(now time.Time) Outcome {
+	switch p.State {
+	case "exempt":
+		return Exempt
+	case "blocked":
+		return Blocked
+	case "held":
+		return Held
+	case "error":
+		return Failed
+	}
+	if p.Due.IsZero() || p.Due.After(now) {
+		return Skipped
+	}
+	return map[string]Outcome{"rotate": Rotated, "deactivate": Deactivated, "delete": Deleted}[p.NextAction]
+}
+
+// Plan looks at a user and says what comes next, reading the cloud and the vault only.
+func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
+	p := Plan{Identity: id, State: "ok", NextAction: "none"}
+	failed := func(err error) Plan { p.State, p.Reason = "error", err.Error(); return p }
+	var groups []string
+	if e.Policy.ExemptGroup != "" {
+		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
+		if err != nil {
+			return failed(err)
+		}
+		groups = g
+	}
+	pol, exempt, err := e.Policy.For(u, groups)
+	if err != nil {
+		return failed(err)
+	}
+	keys, err := e.Cloud.ListAccessKeys(ctx, u.AccountID, u.Name)
+	if err != nil {
+		return failed(err)
+	}
+	versions, err := e.Vault.VersionsOf(ctx, id)
+	if err != nil {
+		return failed(err)
+	}
+	now := e.now()
+	state := map[string]vault.Version{}
+	for _, v := range versions {
+		if v.State != vault.StateDestroyed {
+			state[v.AccessKeyID] = v
+		}
+	}
+	var current *cloud.AccessKey
+	active := 0
+	for i, k := range keys {
+		v := state[k.ID]
+		p.Keys = append(p.Keys, KeyView{AccessKeyID: k.ID, Status: k.Status, State: v.State, CreatedAt: k.CreatedAt,
+			AgeDays: int(now.Sub(k.CreatedAt) / (24 * time.Hour))})
+		if k.Status == cloud.KeyActive {
+			active++
+		}
+		if v.State == vault.StateCurrent {
+			current = &keys[i]
+		}
+	}
+	if exempt {
+		p.State = "exempt"
+		return p
+	}
+	if rec, open, err := e.Store.Open(ctx, id); err != nil {
+		return failed(err)
+	} else if open {
+		p.State, p.NextAction, p.Due = "rotating", "resume", now
+		p.Reason = fmt.Sprintf("rotation %d stopped at %s/%s", rec.ID, rec.Step, rec.Phase)
+		return p
+	}
+	if current == nil && active == 1 { // would be adopted
+		for i := range keys {
+			if keys[i].Status == cloud.KeyActive {
+				current = &keys[i]
+			}
+		}
+	}
+	if current == nil {
+		p.State, p.Reason = "unmanaged", "no active key Keyward can replace"
+		if active > 1 {
+			p.State, p.Reason = "blocked", "two active keys unknown to Keyward"
+		}
+		return p
+	}
+	// Retirement of older keys comes first, as in a visit.
+	if cv, ok := state[current.ID]; ok {
+		for _, v := range versions {
+			switch v.State {
+			case vault.StatePrevious:
+				p.NextAction, p.NextKeyID, p.Due = "deactivate", v.AccessKeyID, cv.CurrentAt.Add(pol.DeactivateAfter)
+				if !p.Due.After(now) && !pol.ForceDeactivate {
+					lu, err := e.Cloud.AccessKeyLastUsed(ctx, u.AccountID, v.AccessKeyID)
+					if err != nil {
+						return failed(err)
+					}
+					if lu.At.After(cv.CurrentAt) && now.Sub(lu.At) < pol.QuietPeriod {
+						p.State = "held"
+						p.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+						p.Due = lu.At.Add(pol.QuietPeriod)
+					}
+				}
+				return p
+			case vault.StateInactive:
+				p.NextAction, p.NextKeyID, p.Due = "delete", v.AccessKeyID, v.InactiveAt.Add(pol.DeleteAfter)
+				return p
+			}
+		}
+	}
+	p.NextAction, p.NextKeyID, p.Due = "rotate", current.ID, current.CreatedAt.Add(pol.RotateAfter)
+	if force {
+		p.Due = now
+	}
+	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
+		return failed(err)
+	} else if ok && last.Outcome == OutcomeFailed && !force {
+		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); wait.After(p.Due) {
+			p.Due = wait
+			p.State, p.Reason = "backing_off", fmt.Sprintf("%d failed attempts: %s", last.Attempt, last.Reason)
+		}
+	}
+	if !p.Due.After(now) && len(keys) >= 2 {
+		room := false
+		for _, k := range keys {
+			v, known := state[k.ID]
+			if k.Status == cloud.KeyInactive && ((known && v.State == vault.StateInactive) ||
+				(!known && pol.DeleteForeignInactiveAfter > 0 && now.Sub(k.CreatedAt) >= pol.DeleteForeignInactiveAfter)) {
+				room = true
+			}
+		}
+		if !room {
+			p.State, p.Reason = "blocked", "two keys and neither may be deleted to make room"
+		}
+	}
+	if p.State == "ok" && !p.Due.After(now) {
+		p.State = "due"
+	}
+	return p
+}
+
+// PlanPass plans every selected user, like Pass, without changing anything.
+func (e *Engine) PlanPass(ctx context.Context, opts PassOptions) ([]Plan, []string) {
+	var plans []Plan
+	var errs []string
+	accounts, err := e.Cloud.Accounts(ctx)
+	if err != nil {
+		return nil, []string{fmt.Sprintf("list accounts: %v", err)}
+	}
+	for _, a := range accounts {
+		if opts.AccountID != "" && a.ID != opts.AccountID {
+			continue
+		}
+		err := e.Cloud.ListUsers(ctx, a.ID, func(u cloud.User) error {
+			if len(opts.Users) == 0 || slices.Contains(opts.Users, u.Name) {
+				plans = append(plans, e.Plan(ctx, u, opts.Force))
+				if opts.Progress != nil {
+					opts.Progress(len(plans), len(plans))
+				}
+			}
+			return ctx.Err()
+		})
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("list users of account %s: %v", a.ID, err))
+		}
+	}
+	return plans, errs
+}
