@@ -104,6 +104,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.migrateCommand(),
 		a.serveCommand(),
 		a.vaultCommand(),
+		a.rotateCommand(),
+		a.statusCommand(),
 	)
 	return root
 }

@@ -40,7 +40,8 @@ type Report struct {
 	Errors  []string `json:"errors,omitempty"` // accounts that could not be listed
 }
 
-func (s *Summary) add(o Outcome) {
+// Add counts one outcome.
+func (s *Summary) Add(o Outcome) {
 	s.Scanned++
 	switch o {
 	case Rotated:
@@ -93,7 +94,7 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 				}
 				if err == nil {
 					rep.Users = append(rep.Users, res)
-					rep.Summary.add(res.Outcome)
+					rep.Summary.Add(res.Outcome)
 				}
 				done++
 				if opts.Progress != nil {

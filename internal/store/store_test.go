@@ -543,6 +543,10 @@ func TestAdopt(t *testing.T) {
 		if _, err := v.Current(ctx, alice); !errors.Is(err, vault.ErrNoSecret) {
 			t.Fatalf("Current of an adopted key: %v, want ErrNoSecret", err)
 		}
+		// An adopted version names no key-encryption key: the vault must still open with its KEK.
+		if ids, err := db.Vault().KEKIDs(ctx); err != nil || len(ids) != 0 {
+			t.Fatalf("KEK ids after adopting = %q, %v; want none", ids, err)
+		}
 		id2, s2 := keyPair(91)
 		p, err := v.AddPending(ctx, alice, id2, s2)
 		if err != nil {

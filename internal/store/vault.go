@@ -125,7 +125,7 @@ func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 		_, err = tx.exec(ctx, `INSERT INTO credential_versions (identity_id, version, access_key_id, state,
 			origin, kek_id, wrapped_key, ciphertext, created_at, current_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			identity, rec.Number, rec.AccessKeyID, rec.State, rec.Origin, rec.Sealed.KEKID,
+			identity, rec.Number, rec.AccessKeyID, rec.State, rec.Origin, nullString(rec.Sealed.KEKID),
 			rec.Sealed.WrappedKey, rec.Sealed.Ciphertext, micros(rec.CreatedAt), nullMicros(rec.CurrentAt))
 		switch kind, constraint := constraintViolation(err); {
 		case kind == primaryKeyViolation:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/jackc/pgx/v5"
 )
@@ -196,4 +197,34 @@ func StartMoto(t testing.TB, noAuthActions int) string {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// MotoWithAdmin starts a moto_server of the test's own and, unauthenticated, creates an admin user
+// (allow-all inline policy) and its key, then runs setup, which must make exactly setupCalls calls.
+// From then on moto refuses any request not signed by a key it knows. It returns the admin's
+// configuration.
+func MotoWithAdmin(t testing.TB, setupCalls int, setup func(anon aws.Config)) aws.Config {
+	t.Helper()
+	ctx := context.Background()
+	url := StartMoto(t, 3+setupCalls)
+	anon := aws.Config{Region: "us-east-1", BaseEndpoint: aws.String(url),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")}
+	admin := iam.NewFromConfig(anon)
+	if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("keyward-admin")}); err != nil {
+		t.Fatalf("moto set-up: %v", err)
+	}
+	if _, err := admin.PutUserPolicy(ctx, &iam.PutUserPolicyInput{UserName: aws.String("keyward-admin"), PolicyName: aws.String("all"),
+		PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`)}); err != nil {
+		t.Fatalf("moto set-up: %v", err)
+	}
+	key, err := admin.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String("keyward-admin")})
+	if err != nil {
+		t.Fatalf("moto set-up: %v", err)
+	}
+	if setup != nil {
+		setup(anon)
+	}
+	cfg := anon.Copy()
+	cfg.Credentials = credentials.NewStaticCredentialsProvider(aws.ToString(key.AccessKey.AccessKeyId), aws.ToString(key.AccessKey.SecretAccessKey), "")
+	return cfg
 }

@@ -28,9 +28,6 @@ const (
 	trustMain    = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}`
 )
 
-// setupActions is how many unauthenticated calls bootstrap makes before moto enforces signing.
-const setupActions = 6
-
 func awsConfig(endpoint, keyID, secretKey, token string) aws.Config {
 	return aws.Config{
 		Region:       "us-east-1",
@@ -39,33 +36,25 @@ func awsConfig(endpoint, keyID, secretKey, token string) aws.Config {
 	}
 }
 
-// bootstrap starts a moto of the test's own and, in its last unauthenticated calls, creates an admin
-// user with a key in the main account and, in the other account, a role the main account may assume.
-// It returns the admin's configuration; from then on moto refuses requests that are not properly
-// signed by a key it knows.
+// bootstrap starts a moto of the test's own with an admin in the main account and, in the other
+// account, a role the main account may assume; then moto enforces request signing.
 func bootstrap(t *testing.T) aws.Config {
 	t.Helper()
-	ctx := context.Background()
-	url := testenv.StartMoto(t, setupActions)
-	anon := awsConfig(url, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")
-	adminIAM := iam.NewFromConfig(anon)
-	must := func(_ any, err error) {
-		t.Helper()
+	return testenv.MotoWithAdmin(t, 3, func(anon aws.Config) {
+		ctx := context.Background()
+		role, err := sts.NewFromConfig(anon).AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::" + otherAccount + ":role/" + roleName), RoleSessionName: aws.String("setup")})
 		if err != nil {
 			t.Fatalf("bootstrap: %v", err)
 		}
-	}
-	must(adminIAM.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("keyward-admin")}))
-	must(adminIAM.PutUserPolicy(ctx, &iam.PutUserPolicyInput{UserName: aws.String("keyward-admin"), PolicyName: aws.String("all"), PolicyDocument: aws.String(allowAll)}))
-	key, err := adminIAM.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String("keyward-admin")})
-	must(key, err)
-	role, err := sts.NewFromConfig(anon).AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::" + otherAccount + ":role/" + roleName), RoleSessionName: aws.String("setup")})
-	must(role, err)
-	c := role.Credentials
-	otherIAM := iam.NewFromConfig(awsConfig(url, aws.ToString(c.AccessKeyId), aws.ToString(c.SecretAccessKey), aws.ToString(c.SessionToken)))
-	must(otherIAM.CreateRole(ctx, &iam.CreateRoleInput{RoleName: aws.String(roleName), AssumeRolePolicyDocument: aws.String(trustMain)}))
-	must(otherIAM.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String(roleName), PolicyName: aws.String("all"), PolicyDocument: aws.String(allowAll)}))
-	return awsConfig(url, aws.ToString(key.AccessKey.AccessKeyId), aws.ToString(key.AccessKey.SecretAccessKey), "")
+		c := role.Credentials
+		otherIAM := iam.NewFromConfig(awsConfig(*anon.BaseEndpoint, aws.ToString(c.AccessKeyId), aws.ToString(c.SecretAccessKey), aws.ToString(c.SessionToken)))
+		if _, err := otherIAM.CreateRole(ctx, &iam.CreateRoleInput{RoleName: aws.String(roleName), AssumeRolePolicyDocument: aws.String(trustMain)}); err != nil {
+			t.Fatalf("bootstrap: %v", err)
+		}
+		if _, err := otherIAM.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String(roleName), PolicyName: aws.String("all"), PolicyDocument: aws.String(allowAll)}); err != nil {
+			t.Fatalf("bootstrap: %v", err)
+		}
+	})
 }
 
 func TestProviderAgainstMoto(t *testing.T) {

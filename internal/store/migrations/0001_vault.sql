@@ -30,6 +30,7 @@ CREATE TABLE credential_versions (
     destroyed_at   BIGINT,
     PRIMARY KEY (identity_id, version),
     CHECK ((wrapped_key IS NULL) = (ciphertext IS NULL)),
+    CHECK ((kek_id IS NULL) = (wrapped_key IS NULL)),
     CHECK (origin = 'adopted' OR state = 'destroyed' OR ciphertext IS NOT NULL),
     CHECK (state <> 'destroyed' OR ciphertext IS NULL)
 ){{without_rowid}};

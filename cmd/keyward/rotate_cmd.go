@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/cloud/awsiam"
+	"github.com/keyward/keyward/internal/cloud/sim"
+	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// policyFrom turns the configuration's rotation section into the engine's policy.
+func policyFrom(r config.Rotation) rotation.Policy {
+	p := rotation.Policy{
+		RotateAfter: r.RotateAfter.Std(), DeactivateAfter: r.DeactivateAfter.Std(), DeleteAfter: r.DeleteAfter.Std(),
+		QuietPeriod: r.QuietPeriod.Std(), ForceDeactivate: r.ForceDeactivate, VerifyTimeout: r.VerifyTimeout.Std(),
+		ExemptGroup: r.ExemptGroup, DeleteForeignInactiveAfter: r.DeleteForeignInactiveAfter.Std(),
+	}
+	for _, rule := range r.Rules {
+		p.Rules = append(p.Rules, rotation.Rule{PathPrefix: rule.PathPrefix, NameGlob: rule.NameGlob,
+			RotateAfter: rule.RotateAfter.Std(), DeactivateAfter: rule.DeactivateAfter.Std(), DeleteAfter: rule.DeleteAfter.Std(),
+			Exempt: rule.Exempt})
+	}
+	return p
+}
+
+// provider returns the configured cloud.
+func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
+	if a.cfg.Cloud == "sim" {
+		return sim.New(), nil
+	}
+	cfg, err := a.awsConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	opts := awsiam.Options{OrganizationRoleName: a.cfg.AWS.Organization.RoleName, MaxRPS: a.cfg.AWS.MaxRPS, Logger: a.log}
+	for _, acct := range a.cfg.AWS.Accounts {
+		opts.Accounts = append(opts.Accounts, awsiam.AccountConfig{ID: acct.ID, RoleARN: acct.RoleARN, ExternalID: acct.ExternalID})
+	}
+	return awsiam.New(cfg, opts), nil
+}
+
+// processOwner names this process in rotation leases.
+func processOwner() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// openEngine loads everything a rotation needs: configuration, database, vault, cloud.
+func (a *app) openEngine(ctx context.Context, provider cloud.Provider) (*rotation.Engine, *store.DB, error) {
+	v, db, err := a.openVault(ctx, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	if provider == nil {
+		if provider, err = a.provider(ctx); err != nil {
+			db.Close()
+			return nil, nil, err
+		}
+	}
+	return rotation.New(rotation.Engine{
+		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Owner: processOwner(), Log: a.log,
+	}), db, nil
+}
+
+// progress returns a progress callback drawing a bar on a terminal, or nil.
+func (a *app) progress(what string) func(done, known int) {
+	if !isTerminal(a.stderr) {
+		return nil
+	}
+	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(a.stderr), progressbar.OptionSetDescription(what),
+		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+	return func(done, known int) {
+		bar.ChangeMax(known)
+		_ = bar.Set(done)
+	}
+}
+
+func (a *app) rotateCommand() *cobra.Command {
+	var once, dryRun, force bool
+	var users []string
+	var account, output string
+	cmd := &cobra.Command{
+		Use:   "rotate --once [--dry-run] [--user NAME]... [--account ID] [--force] [--output json]",
+		Short: "Make one rotation pass, then exit 0 (no failures) or 1 (some failed, each named)",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if !once {
+				return usageErr("--once is required: `keyward serve` runs passes on a schedule")
+			}
+			if err := textOrJSON(output); err != nil {
+				return err
+			}
+			if force && len(users) == 0 {
+				return usageErr("--force needs --user: it rotates the named users now, whatever their key's age")
+			}
+			for _, u := range users {
+				if err := vault.ValidateUserName(u); err != nil {
+					return usageErr("--user: %v", err)
+				}
+			}
+			if account != "" && !accountID(account) {
+				return usageErr("--account: want a 12-digit account id (got %q)", account)
+			}
+			if err := a.loadConfig(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			engine, db, err := a.openEngine(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer closeQuietly(db)
+			opts := rotation.PassOptions{Users: users, AccountID: account, Force: force,
+				Concurrency: a.cfg.Rotation.Concurrency, Progress: a.progress("rotating")}
+			var rep rotation.Report
+			if dryRun {
+				plans, errs := engine.PlanPass(ctx, opts)
+				now := time.Now()
+				for _, p := range plans {
+					res := rotation.Result{Identity: p.Identity, Outcome: p.Outcome(now), Reason: p.Reason}
+					if res.Outcome != rotation.Skipped && res.Outcome != rotation.Exempt && p.NextAction != "none" {
+						res.Actions = []rotation.Action{{Kind: "would_" + p.NextAction, KeyID: p.NextKeyID}}
+					}
+					rep.Users = append(rep.Users, res)
+					rep.Summary.Add(res.Outcome)
+				}
+				rep.Errors = errs
+			} else if rep, err = engine.Pass(ctx, opts); err != nil {
+				return err
+			}
+			if err := a.printReport(rep, output, dryRun); err != nil {
+				return err
+			}
+			var failed []string
+			for _, r := range rep.Users {
+				if r.Outcome == rotation.Failed {
+					failed = append(failed, r.Identity.String())
+				}
+			}
+			if len(failed) > 0 || len(rep.Errors) > 0 {
+				return fmt.Errorf("%d users failed (%s)%s", len(failed), strings.Join(failed, ", "), joinErrors(rep.Errors))
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&once, "once", false, "make one pass and exit")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be done, change nothing")
+	cmd.Flags().StringArrayVar(&users, "user", nil, "only this IAM user (repeatable)")
+	cmd.Flags().StringVar(&account, "account", "", "only this account")
+	cmd.Flags().BoolVar(&force, "force", false, "rotate the named users now, whatever their key's age")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func joinErrors(errs []string) string {
+	if len(errs) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(errs, "; ")
+}
+
+func accountID(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *app) printReport(rep rotation.Report, output string, dryRun bool) error {
+	if output == "json" {
+		if rep.Users == nil {
+			rep.Users = []rotation.Result{}
+		}
+		return json.NewEncoder(a.stdout).Encode(struct {
+			DryRun bool `json:"dry_run"`
+			rotation.Report
+		}{dryRun, rep})
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tUSER\tOUTCOME\tACTIONS\tREASON")
+	for _, r := range rep.Users {
+		var acts []string
+		for _, x := range r.Actions {
+			acts = append(acts, x.Kind+" "+x.KeyID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Identity.AccountID, r.Identity.UserName, r.Outcome, strings.Join(acts, ", "), r.Reason)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	s := rep.Summary
+	prefix := ""
+	if dryRun {
+		prefix = "dry run, nothing changed: "
+	}
+	_, err := fmt.Fprintf(a.stdout, "%sscanned %d: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d, skipped %d, exempt %d\n",
+		prefix, s.Scanned, s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed, s.Skipped, s.Exempt)
+	for _, e := range rep.Errors {
+		fmt.Fprintln(a.stdout, "error: "+e)
+	}
+	return err
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status [--output json]",
+		Short: "Every managed identity with its keys, ages, state, next action and when it is due",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if err := textOrJSON(output); err != nil {
+				return err
+			}
+			if err := a.loadConfig(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			engine, db, err := a.openEngine(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer closeQuietly(db)
+			plans, errs := engine.PlanPass(ctx, rotation.PassOptions{Progress: a.progress("reading")})
+			if output == "json" {
+				if plans == nil {
+					plans = []rotation.Plan{}
+				}
+				return json.NewEncoder(a.stdout).Encode(map[string]any{"identities": plans, "errors": errs})
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ACCOUNT\tUSER\tSTATE\tKEYS\tNEXT\tDUE\tREASON")
+			for _, p := range plans {
+				var keys []string
+				for _, k := range p.Keys {
+					keys = append(keys, fmt.Sprintf("%s %s/%s %dd", k.AccessKeyID, k.Status, orDash(string(k.State)), k.AgeDays))
+				}
+				due := "-"
+				if !p.Due.IsZero() {
+					due = p.Due.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
+					strings.Join(keys, "; "), strings.TrimSpace(p.NextAction+" "+p.NextKeyID), due, p.Reason)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(errs) > 0 {
+				return fmt.Errorf("%s", strings.Join(errs, "; "))
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
