@@ -19,4 +19,4 @@ bench:
 	scripts/bench.sh
 
 demo:
-	go run ./cmd/keyward serve --log-format text
+	go run ./cmd/keyward serve --demo

@@ -62,21 +62,25 @@ func processOwner() string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
-// openEngine loads everything a rotation needs: configuration, database, vault, cloud.
-func (a *app) openEngine(ctx context.Context, provider cloud.Provider) (*rotation.Engine, *store.DB, error) {
+// newEngine builds the rotation engine over an open vault and a cloud.
+func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
+	return rotation.New(rotation.Engine{
+		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Owner: processOwner(), Log: a.log,
+	})
+}
+
+// openEngine opens the vault and the configured cloud, and the engine over them.
+func (a *app) openEngine(ctx context.Context) (*rotation.Engine, *store.DB, error) {
 	v, db, err := a.openVault(ctx, false)
 	if err != nil {
 		return nil, nil, err
 	}
-	if provider == nil {
-		if provider, err = a.provider(ctx); err != nil {
-			db.Close()
-			return nil, nil, err
-		}
+	provider, err := a.provider(ctx)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
 	}
-	return rotation.New(rotation.Engine{
-		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Owner: processOwner(), Log: a.log,
-	}), db, nil
+	return a.newEngine(v, db, provider), db, nil
 }
 
 // progress returns a progress callback drawing a bar on a terminal, or nil.
@@ -122,7 +126,7 @@ func (a *app) rotateCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx, nil)
+			engine, db, err := a.openEngine(ctx)
 			if err != nil {
 				return err
 			}
@@ -237,7 +241,7 @@ func (a *app) statusCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx, nil)
+			engine, db, err := a.openEngine(ctx)
 			if err != nil {
 				return err
 			}
@@ -249,21 +253,7 @@ func (a *app) statusCommand() *cobra.Command {
 				}
 				return json.NewEncoder(a.stdout).Encode(map[string]any{"identities": plans, "errors": errs})
 			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ACCOUNT\tUSER\tSTATE\tKEYS\tNEXT\tDUE\tREASON")
-			for _, p := range plans {
-				var keys []string
-				for _, k := range p.Keys {
-					keys = append(keys, fmt.Sprintf("%s %s/%s %dd", k.AccessKeyID, k.Status, orDash(string(k.State)), k.AgeDays))
-				}
-				due := "-"
-				if !p.Due.IsZero() {
-					due = p.Due.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
-					strings.Join(keys, "; "), strings.TrimSpace(p.NextAction+" "+p.NextKeyID), due, p.Reason)
-			}
-			if err := tw.Flush(); err != nil {
+			if err := a.printPlans(plans); err != nil {
 				return err
 			}
 			if len(errs) > 0 {
@@ -274,6 +264,39 @@ func (a *app) statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// printPlans prints the status table.
+func (a *app) printPlans(plans []rotation.Plan) error {
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tUSER\tSTATE\tKEYS (status/vault state age)\tNEXT\tDUE\tREASON")
+	for _, p := range plans {
+		var keys []string
+		for _, k := range p.Keys {
+			keys = append(keys, fmt.Sprintf("%s %s/%s %s", k.AccessKeyID, k.Status, orDash(string(k.State)), age(k.CreatedAt)))
+		}
+		due := "-"
+		if !p.Due.IsZero() {
+			due = p.Due.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
+			strings.Join(keys, "; "), strings.TrimSpace(p.NextAction+" "+p.NextKeyID), due, p.Reason)
+	}
+	return tw.Flush()
+}
+
+// age prints how old something created at t is, in the largest sensible unit.
+func age(t time.Time) string {
+	d := time.Since(t)
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	case d >= time.Minute:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	}
+	return fmt.Sprintf("%ds", int(d/time.Second))
 }
 
 func orDash(s string) string {

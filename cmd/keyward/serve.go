@@ -6,36 +6,106 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/rotation"
 )
 
 func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "serve",
-		Short: "Run the Keyward service: migrate the database, then serve HTTP until SIGINT or SIGTERM",
-		Args:  cobra.NoArgs,
+	var demo bool
+	cmd := &cobra.Command{
+		Use:   "serve [--demo]",
+		Short: "Run the Keyward service: migrate, rotate on schedule, serve HTTP until SIGINT or SIGTERM",
+		Long: `Run the Keyward service: migrate the database, make a rotation pass every rotation.interval,
+and serve HTTP on server.listen until SIGINT or SIGTERM.
+
+--demo needs no AWS account and no configuration: a simulated cloud of ten users whose keys have
+various ages, a policy in minutes so the whole lifecycle can be watched, and a vault in a new
+temporary directory. It prints what happens after every pass.`,
+		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if demo && a.logFormat == "" {
+				a.logFormat = "text"
+			}
 			if err := a.loadConfig(); err != nil {
 				return err
 			}
-			return a.serve(cmd.Context())
+			if !demo {
+				return a.serve(cmd.Context(), nil, nil)
+			}
+			dir, err := os.MkdirTemp("", "keyward-demo-")
+			if err != nil {
+				return err
+			}
+			cfg, cfgPath, err := demoConfig(dir, a.cfg)
+			if err != nil {
+				return err
+			}
+			a.cfg = cfg
+			c := demoCloud(time.Now())
+			go demoConsumer(cmd.Context(), c)
+			fmt.Fprintf(a.stdout, `Keyward demo — a simulated AWS account (%s) with 10 IAM users; nothing leaves this machine.
+Policy in minutes: keys are replaced at %s, the old key deactivated %s later and deleted %s after that.
+Watch: ci-deploy and partner-acme are due now; legacy-erp's old key stays in use (held);
+break-glass is exempt; two-keys holds two active keys (blocked); fast-lane has a 2m tag.
+Vault: %s (its key: %s)
+Try, in another terminal:  keyward vault list --config %s
+                           keyward vault get ci-deploy --config %s
+Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look at.
+
+`, demoAccount, cfg.Rotation.RotateAfter, cfg.Rotation.DeactivateAfter, cfg.Rotation.DeleteAfter,
+				cfg.Vault.DSN.Reveal(), cfg.Vault.MasterKey.File, cfgPath, cfgPath, cfg.Server.Listen)
+			var engine *rotation.Engine
+			after := func(rep rotation.Report, _ error) {
+				s := rep.Summary
+				fmt.Fprintf(a.stdout, "\n%s pass: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d\n",
+					time.Now().Format(time.TimeOnly), s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed)
+				plans, _ := engine.PlanPass(context.Background(), rotation.PassOptions{})
+				_ = a.printPlans(plans)
+			}
+			return a.serve(cmd.Context(), c, func(e *rotation.Engine) func(rotation.Report, error) { engine = e; return after })
 		}),
 	}
+	cmd.Flags().BoolVar(&demo, "demo", false, "run on a simulated cloud with a policy in minutes (no AWS account, no configuration)")
+	return cmd
 }
 
-func (a *app) serve(ctx context.Context) error {
-	a.log.Info("configuration loaded", "vault_driver", a.cfg.Vault.Driver, "key_source", a.cfg.Vault.MasterKey.Source,
-		"listen", a.cfg.Server.Listen)
+// serve runs the service. provider overrides the configured cloud (the demo's); afterPass, when set,
+// is given the engine and returns what to call after each pass.
+func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func(*rotation.Engine) func(rotation.Report, error)) error {
+	a.log.Info("configuration loaded", "cloud", a.cfg.Cloud, "vault_driver", a.cfg.Vault.Driver,
+		"key_source", a.cfg.Vault.MasterKey.Source, "listen", a.cfg.Server.Listen)
 	v, db, err := a.openVault(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer closeQuietly(db)
 	a.log.Info("vault open", "kek_id", v.KEKID())
+	if provider == nil {
+		if provider, err = a.provider(ctx); err != nil {
+			return err
+		}
+	}
+	engine := a.newEngine(v, db, provider)
+	var after func(rotation.Report, error)
+	if afterPass != nil {
+		after = afterPass(engine)
+	}
+
+	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
+	passCtx, stopPasses := context.WithCancel(context.WithoutCancel(ctx))
+	scheduler := make(chan struct{})
+	go func() {
+		defer close(scheduler)
+		engine.Schedule(passCtx, a.cfg.Rotation.Interval.Std(),
+			rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
+	}()
+	defer func() { stopPasses(); <-scheduler }()
 
 	handler := httpapi.Handler(a.log, []httpapi.Check{{Name: "database", Func: db.Ready}})
 	srv := &http.Server{

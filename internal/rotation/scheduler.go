@@ -1,0 +1,37 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+)
+
+// Schedule runs a pass, waits Interval (±10% jitter, so that replicas and accounts do not fall into
+// step), and again, until ctx ends. One pass at a time; each is bounded by opts.Concurrency. A pass
+// cut short by ctx is abandoned safely: its rotations resume from their records at the next start.
+func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts PassOptions, after func(Report, error)) {
+	for {
+		start := e.now()
+		rep, err := e.Pass(ctx, opts)
+		if ctx.Err() != nil {
+			return
+		}
+		e.Log.Info("pass finished", "duration", e.now().Sub(start).String(), "scanned", rep.Summary.Scanned,
+			"rotated", rep.Summary.Rotated, "deactivated", rep.Summary.Deactivated, "deleted", rep.Summary.Deleted,
+			"held", rep.Summary.Held, "blocked", rep.Summary.Blocked, "failed", rep.Summary.Failed)
+		for _, msg := range rep.Errors {
+			e.Log.Warn("pass could not list", "error", msg)
+		}
+		if err != nil && !errors.Is(err, context.Canceled) {
+			e.Log.Error("pass stopped", "error", err)
+		}
+		if after != nil {
+			after(rep, err)
+		}
+		wait := time.Duration(float64(interval) * (0.9 + 0.2*rand.Float64()))
+		if err := e.Sleep(ctx, wait); err != nil {
+			return
+		}
+	}
+}
