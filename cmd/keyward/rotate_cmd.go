@@ -5,9 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -54,7 +57,7 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 	return awsiam.New(cfg, opts), nil
 }
 
-// processOwner names this process in rotation leases.
+// processOwner names this process in rotation leases: host/pid/nonce.
 func processOwner() string {
 	host, _ := os.Hostname()
 	b := make([]byte, 4)
@@ -62,10 +65,27 @@ func processOwner() string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
+// ownerGone reports whether a lease's owner was a process on this host that no longer exists, so a
+// restart after a crash resumes at once instead of waiting for the lease to run out. An owner on
+// another host is never presumed gone.
+func ownerGone(owner string) bool {
+	parts := strings.Split(owner, "/")
+	host, _ := os.Hostname()
+	if len(parts) != 3 || parts[0] != host {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
 // newEngine builds the rotation engine over an open vault and a cloud.
 func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
 	return rotation.New(rotation.Engine{
-		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Owner: processOwner(), Log: a.log,
+		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
+		Owner: processOwner(), OwnerGone: ownerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
 	})
 }
 

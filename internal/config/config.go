@@ -102,6 +102,7 @@ type Rotation struct {
 	DeleteAfter                Duration `yaml:"delete_after"`
 	Interval                   Duration `yaml:"interval"`
 	VerifyTimeout              Duration `yaml:"verify_timeout"`
+	VerifyInterval             Duration `yaml:"verify_interval"`
 	QuietPeriod                Duration `yaml:"quiet_period"`
 	ForceDeactivate            bool     `yaml:"force_deactivate"`
 	ExemptGroup                string   `yaml:"exempt_group"`
@@ -136,7 +137,8 @@ func Default() Config {
 		AWS: AWS{MaxRPS: 5},
 		Rotation: Rotation{
 			RotateAfter: Duration(90 * day), DeactivateAfter: Duration(10 * day), DeleteAfter: Duration(10 * day),
-			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), QuietPeriod: Duration(day),
+			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), VerifyInterval: Duration(time.Second),
+			QuietPeriod: Duration(day),
 			Concurrency: 4,
 		},
 	}
@@ -206,7 +208,7 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	r := c.Rotation
 	for key, d := range map[string]Duration{"rotation.rotate_after": r.RotateAfter, "rotation.interval": r.Interval,
-		"rotation.verify_timeout": r.VerifyTimeout} {
+		"rotation.verify_timeout": r.VerifyTimeout, "rotation.verify_interval": r.VerifyInterval} {
 		if d <= 0 {
 			report(key, "must be positive")
 		}

@@ -86,6 +86,9 @@ type Engine struct {
 
 	// LeaseTTL is how long a rotation stays claimed without a write (default 5 minutes).
 	LeaseTTL time.Duration
+	// OwnerGone, when set, says whether the process that holds a lease is known to be gone (it
+	// crashed on this host); its rotation is then taken over at once instead of after the lease.
+	OwnerGone func(owner string) bool
 	// VerifyInterval is the pause between verification calls, doubled after each refusal (default 1 s).
 	VerifyInterval time.Duration
 	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
@@ -169,7 +172,12 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	if rec, open, err := e.Store.Open(ctx, id); err != nil {
 		return fail("%v", err)
 	} else if open {
-		if err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease()); errors.Is(err, ErrBusy) {
+		err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), "")
+		if errors.Is(err, ErrBusy) && e.OwnerGone != nil && rec.LeaseOwner != "" && e.OwnerGone(rec.LeaseOwner) {
+			e.Log.Warn("taking over the rotation of a process that is gone", "identity", id.String(), "owner", rec.LeaseOwner)
+			err = e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), rec.LeaseOwner)
+		}
+		if errors.Is(err, ErrBusy) {
 			res.Reason = "rotation in progress elsewhere"
 			return res, nil
 		} else if err != nil {

@@ -46,6 +46,7 @@ type Record struct {
 	Outcome    string
 	Reason     string // why it failed; never secret material
 	Attempt    int    // 1 for a first try, n for the n-th consecutive try after failures
+	LeaseOwner string // the process working on it
 	StartedAt  time.Time
 	StepAt     time.Time
 	FinishedAt time.Time
@@ -68,8 +69,9 @@ type Store interface {
 	Begin(ctx context.Context, r Record, owner string, leaseUntil time.Time) (Record, error)
 	// Open returns the identity's open rotation, if any.
 	Open(ctx context.Context, id vault.Identity) (Record, bool, error)
-	// Resume takes the lease of an open rotation: ErrBusy while another owner's lease runs.
-	Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time) error
+	// Resume takes the lease of an open rotation: ErrBusy while another owner's lease runs, unless
+	// that owner is takeFrom (a process known to be gone).
+	Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time, takeFrom string) error
 	// Save writes the rotation's step, phase and outcome, renewing the lease. ErrLeaseLost when the
 	// caller no longer holds it. Saving the finish is ordered with Begin for the same identity.
 	Save(ctx context.Context, r Record, owner string, leaseUntil time.Time) error

@@ -20,19 +20,19 @@ func (db *DB) Rotations() *Rotations { return &Rotations{db: db} }
 var _ rotation.Store = (*Rotations)(nil)
 
 const rotationColumns = `id, cloud, account_id, user_name, step, phase, old_key_id, new_key_id, version,
-	outcome, reason, attempt, started_at, step_at, finished_at`
+	outcome, reason, attempt, lease_owner, started_at, step_at, finished_at`
 
 func scanRotation(row scanner) (rotation.Record, error) {
 	var r rotation.Record
-	var oldKey, newKey, outcome, reason sql.NullString
+	var oldKey, newKey, outcome, reason, owner sql.NullString
 	var version, finished sql.NullInt64
 	var started, stepAt int64
 	err := row.Scan(&r.ID, &r.Identity.Cloud, &r.Identity.AccountID, &r.Identity.UserName, &r.Step, &r.Phase,
-		&oldKey, &newKey, &version, &outcome, &reason, &r.Attempt, &started, &stepAt, &finished)
+		&oldKey, &newKey, &version, &outcome, &reason, &r.Attempt, &owner, &started, &stepAt, &finished)
 	if err != nil {
 		return r, err
 	}
-	r.OldKeyID, r.NewKeyID, r.Outcome, r.Reason = oldKey.String, newKey.String, outcome.String, reason.String
+	r.OldKeyID, r.NewKeyID, r.Outcome, r.Reason, r.LeaseOwner = oldKey.String, newKey.String, outcome.String, reason.String, owner.String
 	r.Version = version.Int64
 	r.StartedAt, r.StepAt, r.FinishedAt = time.UnixMicro(started).UTC(), time.UnixMicro(stepAt).UTC(), fromMicros(finished)
 	return r, nil
@@ -98,11 +98,12 @@ func (s *Rotations) Open(ctx context.Context, id vault.Identity) (rotation.Recor
 }
 
 // Resume implements rotation.Store.
-func (s *Rotations) Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time) error {
+func (s *Rotations) Resume(ctx context.Context, rotationID int64, owner string, now, leaseUntil time.Time, takeFrom string) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
 		res, err := tx.exec(ctx, `UPDATE rotations SET lease_owner = $1, lease_until = $2
-			WHERE id = $3 AND finished_at IS NULL AND (lease_owner = $1 OR lease_until IS NULL OR lease_until < $4)`,
-			owner, micros(leaseUntil), rotationID, micros(now))
+			WHERE id = $3 AND finished_at IS NULL
+			AND (lease_owner = $1 OR lease_owner = $5 OR lease_until IS NULL OR lease_until < $4)`,
+			owner, micros(leaseUntil), rotationID, micros(now), takeFrom)
 		if err != nil {
 			return fmt.Errorf("resume rotation %d: %w", rotationID, err)
 		}
