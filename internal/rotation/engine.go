@@ -450,7 +450,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (R
 				return e.cut(res, err)
 			}
 			if rec.NewKeyID != "" { // the key was created and stored before an interruption
-				if err := e.save(ctx, &rec, StepCreate, PhaseDone); err != nil {
+				if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
 					return e.cut(res, err)
 				}
 				continue
@@ -474,14 +474,12 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (R
 			if err := crash("stored"); err != nil {
 				return res, err
 			}
+			// One write records both that the create step is done and that verification starts.
 			rec.NewKeyID, rec.Version = nk.ID, ver.Number
-			if err := e.save(ctx, &rec, StepCreate, PhaseDone); err != nil {
-				return e.cut(res, err)
-			}
-		case rec.Step == StepCreate, rec.Step == StepVerify && rec.Phase == PhaseStarted:
 			if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
 				return e.cut(res, err)
 			}
+		case rec.Step == StepVerify:
 			if err := crash("verify"); err != nil {
 				return res, err
 			}
@@ -489,13 +487,11 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (R
 				return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
 			}
 			res.did("verified", rec.NewKeyID)
-			if err := e.save(ctx, &rec, StepVerify, PhaseDone); err != nil {
-				return e.cut(res, err)
-			}
-		case rec.Step == StepVerify, rec.Step == StepPromote:
+			// One write records that verification is done and that promotion starts.
 			if err := e.save(ctx, &rec, StepPromote, PhaseStarted); err != nil {
 				return e.cut(res, err)
 			}
+		case rec.Step == StepPromote:
 			if err := crash("promote"); err != nil {
 				return res, err
 			}

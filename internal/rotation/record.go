@@ -19,7 +19,9 @@ const (
 	StepFinished Step = "finished"
 )
 
-// Phase says whether a step has started or is done: written before and after it runs.
+// Phase says whether a step has started or is done. A step's "done" is written together with the
+// next step's "started" (one durable write records both), so an open rotation is always at
+// create, verify or promote, started; a finished one is at finished, done.
 type Phase string
 
 // Phases.
