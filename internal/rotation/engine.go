@@ -183,7 +183,7 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 		} else if err != nil {
 			return fail("%v", err)
 		}
-		return e.run(ctx, pol, rec, res)
+		return e.run(ctx, pol, rec, res, true)
 	}
 
 	keys, versions, err := e.reconcile(ctx, id, &res)
@@ -425,7 +425,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 	case err != nil:
 		return e.cut(res, err)
 	}
-	return e.run(ctx, pol, rec, res)
+	return e.run(ctx, pol, rec, res, false)
 }
 
 // save records the rotation's progress durably.
@@ -434,8 +434,9 @@ func (e *Engine) save(ctx context.Context, rec *Record, step Step, phase Phase) 
 	return e.Store.Save(ctx, *rec, e.Owner, e.lease())
 }
 
-// run drives an open rotation from its recorded step to the end.
-func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (Result, error) {
+// run drives an open rotation from its recorded step to the end. resumed says the rotation was
+// found open (interrupted, or taken over), so its create step may have left something to settle.
+func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, resumed bool) (Result, error) {
 	id := rec.Identity
 	crash := func(point string) error {
 		if err := e.hook(point); err != nil {
@@ -446,8 +447,10 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result) (R
 	for {
 		switch {
 		case rec.Step == StepCreate && rec.Phase == PhaseStarted:
-			if err := e.resumeCreate(ctx, &rec, &res); err != nil {
-				return e.cut(res, err)
+			if resumed {
+				if err := e.resumeCreate(ctx, &rec, &res); err != nil {
+					return e.cut(res, err)
+				}
 			}
 			if rec.NewKeyID != "" { // the key was created and stored before an interruption
 				if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
