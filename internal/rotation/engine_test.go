@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -412,7 +413,7 @@ func TestConcurrentEnginesNeverRotateTwice(t *testing.T) {
 
 func TestMaxKeyLife(t *testing.T) {
 	p := rotation.DefaultPolicy()
-	if got := p.MaxKeyLife(10 * time.Minute); got != 110*day+30*time.Minute {
+	if got := p.MaxKeyLife(10 * time.Minute); got != 110*day+33*time.Minute {
 		t.Fatalf("MaxKeyLife = %v", got)
 	}
 }
@@ -545,5 +546,18 @@ func TestPlanChangesNothing(t *testing.T) {
 	w.visit("alice", false)
 	if p := plan("alice"); p.NextAction != "delete" || p.NextKeyID != old.ID {
 		t.Fatalf("plan after deactivation: %+v", p)
+	}
+}
+
+// TestPolicyDocument keeps docs/POLICY.md's figure equal to MaxKeyLife with the defaults.
+func TestPolicyDocument(t *testing.T) {
+	data, err := os.ReadFile("../../docs/POLICY.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rotation.DefaultPolicy().MaxKeyLife(10 * time.Minute)
+	want := fmt.Sprintf("%d days %d minutes", int(got/day), int(got%day/time.Minute))
+	if !strings.Contains(string(data), want) {
+		t.Fatalf("docs/POLICY.md does not state the longest life %q", want)
 	}
 }

@@ -67,10 +67,11 @@ func DefaultPolicy() Policy {
 }
 
 // MaxKeyLife is the longest a key can exist under the policy when nothing holds it: it is replaced
-// at RotateAfter, deactivated DeactivateAfter later, deleted DeleteAfter after that — plus up to one
-// scheduler interval of lateness at each of the three steps.
+// at RotateAfter, deactivated DeactivateAfter later, deleted DeleteAfter after that — each step up to
+// one scheduler interval late, and an interval can run 10% long (jitter). Not counted: the length of
+// a pass itself, a key held because it is still in use, a blocked user, failures (docs/POLICY.md).
 func (p Policy) MaxKeyLife(interval time.Duration) time.Duration {
-	return p.RotateAfter + p.DeactivateAfter + p.DeleteAfter + 3*interval
+	return p.RotateAfter + p.DeactivateAfter + p.DeleteAfter + 3*(interval+interval/10)
 }
 
 // For returns the policy for one user, with its tag overrides applied, and whether it is exempt.
