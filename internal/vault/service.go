@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -49,6 +50,23 @@ func New(ctx context.Context, st Store, kek KEK, opts ...Option) (*Vault, error)
 // KEKID returns the id of the vault's key-encryption key.
 func (v *Vault) KEKID() string { return v.kek.ID() }
 
+// maxVersionRaces bounds how often a writer may lose the race for a version number to concurrent
+// writers of the same identity (they each win once, so this is more than any real concurrency).
+const maxVersionRaces = 32
+
+// pause waits a little, growing and jittered, before another try at a version number.
+func pause(ctx context.Context, attempt int) error {
+	d := time.Duration(1+rand.IntN(2*(attempt+1))) * time.Millisecond
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // Import stores a key whose secret an operator already has, as the identity's current version; the
 // version that was current becomes previous.
 func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
@@ -91,7 +109,10 @@ func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secr
 			rec.CurrentAt = now
 		}
 		err = v.store.CreateVersion(ctx, rec)
-		if errors.Is(err, ErrConflict) && attempt < 5 {
+		if errors.Is(err, ErrConflict) && attempt < maxVersionRaces {
+			if err := pause(ctx, attempt); err != nil {
+				return Version{}, err
+			}
 			continue
 		}
 		if err != nil {
@@ -120,7 +141,10 @@ func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, crea
 		rec := Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
 			Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: now}}
 		err = v.store.CreateVersion(ctx, rec)
-		if errors.Is(err, ErrConflict) && attempt < 5 {
+		if errors.Is(err, ErrConflict) && attempt < maxVersionRaces {
+			if err := pause(ctx, attempt); err != nil {
+				return Version{}, err
+			}
 			continue
 		}
 		if err != nil {
