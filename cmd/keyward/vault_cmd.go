@@ -33,7 +33,7 @@ func (a *app) vaultImportCommand() *cobra.Command {
 	var fromStdin bool
 	cmd := &cobra.Command{
 		Use:   "import --user NAME [--account ID] --access-key-id ID --secret-stdin",
-		Short: "Store a key whose secret you already have, as the user's current credential",
+		Short: "Store a key whose secret you already have, as the user's current credential (or give an adopted key its secret)",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			// Check everything the command line says before reading the secret or opening anything.
@@ -101,7 +101,7 @@ func (a *app) vaultImportCommand() *cobra.Command {
 			if output == "json" {
 				return json.NewEncoder(a.stdout).Encode(ver)
 			}
-			_, err = fmt.Fprintf(a.stdout, "stored %s as version %d (current) of %s\n", keyID, ver.Number, id)
+			_, err = fmt.Fprintf(a.stdout, "stored %s as version %d (%s) of %s\n", keyID, ver.Number, ver.State, id)
 			return err
 		}),
 	}

@@ -568,3 +568,35 @@ func TestAdopt(t *testing.T) {
 		}
 	})
 }
+
+// TestImportSecretOfAdoptedKey: an operator who holds the secret of a key Keyward adopted imports it;
+// the secret joins that version instead of making a new one.
+func TestImportSecretOfAdoptedKey(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		db := mustOpen(t, d)
+		v := mustVault(t, db, mustKEK(t), nil)
+		keyID, s := keyPair(95)
+		adopted, err := v.Adopt(ctx, alice, keyID, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Import(ctx, bob, keyID, s); !errors.Is(err, vault.ErrDuplicate) {
+			t.Fatalf("importing alice's adopted key under bob: %v, want ErrDuplicate", err)
+		}
+		got, err := v.Import(ctx, alice, keyID, s)
+		if err != nil || got.Number != adopted.Number || got.State != vault.StateCurrent {
+			t.Fatalf("import of an adopted key = %+v, %v", got, err)
+		}
+		cur, err := v.Current(ctx, alice)
+		if err != nil || !cur.SecretAccessKey.Equal(s) || cur.AccessKeyID != keyID {
+			t.Fatalf("Current after importing the adopted key's secret: %v", err)
+		}
+		if versions, _ := v.VersionsOf(ctx, alice); len(versions) != 1 {
+			t.Fatalf("import made a new version: %+v", versions)
+		}
+		if _, err := v.Import(ctx, alice, keyID, s); !errors.Is(err, vault.ErrDuplicate) {
+			t.Fatalf("importing it twice: %v, want ErrDuplicate", err)
+		}
+	})
+}

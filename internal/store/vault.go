@@ -280,6 +280,37 @@ func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64,
 	})
 }
 
+// AttachSecret implements vault.Store.
+func (s *Vault) AttachSecret(ctx context.Context, id vault.Identity, number int64, sealed vault.Sealed) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		res, err := tx.exec(ctx, `UPDATE credential_versions SET kek_id = $4, wrapped_key = $5, ciphertext = $6
+			WHERE identity_id = (`+identityByName+`) AND version = $7 AND origin = 'adopted'
+			AND ciphertext IS NULL AND state <> 'destroyed'`,
+			id.Cloud, id.AccountID, id.UserName, sealed.KEKID, sealed.WrappedKey, sealed.Ciphertext, number)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("version %d of %s is not an adopted version without a secret: %w", number, id, vault.ErrConflict)
+		}
+		return nil
+	})
+}
+
+// VersionByKey implements vault.Store.
+func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Version, error) {
+	var hasSecret bool
+	v, err := scanVersion(s.db.queryRow(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
+		FROM credential_versions v JOIN identities i ON i.id = v.identity_id WHERE v.access_key_id = $1`, accessKeyID), nil, &hasSecret)
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, fmt.Errorf("%s: %w", accessKeyID, vault.ErrNotFound)
+	}
+	v.HasSecret = hasSecret
+	return v, err
+}
+
 // KEKIDs implements vault.Store.
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 	rows, err := s.db.sql.QueryContext(ctx, `SELECT DISTINCT kek_id FROM credential_versions WHERE kek_id IS NOT NULL ORDER BY kek_id`)

@@ -68,9 +68,32 @@ func pause(ctx context.Context, attempt int) error {
 }
 
 // Import stores a key whose secret an operator already has, as the identity's current version; the
-// version that was current becomes previous.
+// version that was current becomes previous. For a key Keyward adopted (it predates Keyward and its
+// secret was unknown), the secret is attached to that version instead, whatever its state.
 func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
-	return v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
+	existing, err := v.store.VersionByKey(ctx, accessKeyID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
+	case err != nil:
+		return Version{}, err
+	case existing.Identity != id:
+		return Version{}, fmt.Errorf("%s belongs to %s, not %s: %w", accessKeyID, existing.Identity, id, ErrDuplicate)
+	case existing.Origin != OriginAdopted || existing.HasSecret || existing.State == StateDestroyed:
+		return Version{}, fmt.Errorf("%s: %w", accessKeyID, ErrDuplicate)
+	}
+	if err := ValidateSecret(s); err != nil {
+		return Version{}, err
+	}
+	sealed, err := v.seal(ctx, id, existing.Number, accessKeyID, s)
+	if err != nil {
+		return Version{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+	}
+	if err := v.store.AttachSecret(ctx, id, existing.Number, sealed); err != nil {
+		return Version{}, fmt.Errorf("attach the secret of %s: %w", accessKeyID, err)
+	}
+	existing.HasSecret = true
+	return existing, nil
 }
 
 // AddPending stores a key Keyward has just created, before anything else is done with it.

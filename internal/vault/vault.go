@@ -195,6 +195,11 @@ type Store interface {
 	// identity's current version to previous in the same transaction. Moving to destroyed erases the
 	// sealed material. Errors: ErrConflict when the version is not in state from, ErrNotFound.
 	Transition(ctx context.Context, id Identity, number int64, from, to State, at time.Time) error
+	// AttachSecret gives an adopted version, which has none, its sealed secret. Errors: ErrNotFound,
+	// ErrConflict when the version is not adopted or already has one.
+	AttachSecret(ctx context.Context, id Identity, number int64, sealed Sealed) error
+	// VersionByKey finds the version holding an access key id. Errors: ErrNotFound.
+	VersionByKey(ctx context.Context, accessKeyID string) (Version, error)
 	// KEKIDs lists the distinct ids of the KEKs that wrap stored data keys.
 	KEKIDs(ctx context.Context) ([]string, error)
 	// Rewrap replaces every stored wrapped data key with what fn returns, in one transaction: all are
