@@ -49,7 +49,10 @@ start() {
     || { cat "$dir/pg/server.log" >&2; exit 1; }
 
   motoport=$(free_port)
-  (cd "$dir" && nohup moto_server -H 127.0.0.1 -p "$motoport" >"$dir/moto.log" 2>&1 & echo $! >"$dir/moto.pid")
+  # setsid: moto_server is often a shim that runs Python as a child; stop() kills the whole group.
+  # The shell inside the new session writes its own pid, which is the group's id, then becomes moto.
+  (cd "$dir" && setsid sh -c 'echo $$ >moto.pid; exec moto_server -H 127.0.0.1 -p "$0"' "$motoport" \
+    >"$dir/moto.log" 2>&1 </dev/null &)
   for _ in $(seq 1 100); do
     if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$motoport/moto-api/')" 2>/dev/null; then
       break
@@ -68,7 +71,9 @@ start() {
 
 stop() {
   local dir=${1:?usage: testenv.sh stop DIR}
-  [ -f "$dir/moto.pid" ] && kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
+  if [ -f "$dir/moto.pid" ]; then
+    kill -- "-$(cat "$dir/moto.pid")" 2>/dev/null || kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
+  fi
   if [ -f "$dir/pgbin" ] && [ -d "$dir/pg/data" ]; then
     local as_pg=()
     [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
