@@ -73,16 +73,43 @@ func New(cfg aws.Config, opts Options) *Provider {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.Copy()
-	cfg.Retryer = func() aws.Retryer { return retry.NewAdaptiveMode() }
-	p := &Provider{base: cfg, opts: opts, log: opts.Logger, roles: map[string]AccountConfig{}, clients: map[string]*iam.Client{}}
+	p := &Provider{opts: opts, log: opts.Logger, roles: map[string]AccountConfig{}, clients: map[string]*iam.Client{}}
+	cfg.Retryer = func() aws.Retryer { return &throttleCounter{RetryerV2: retry.NewAdaptiveMode(), p: p} }
+	p.base = cfg
 	for _, a := range opts.Accounts {
 		p.roles[a.ID] = a
 	}
 	return p
 }
 
-// Throttles returns how many calls AWS throttled beyond what the retries absorbed.
+// Throttles returns how many requests AWS has throttled (each retried by the SDK's adaptive mode).
 func (p *Provider) Throttles() int64 { return p.throttles.Load() }
+
+// throttleCounter is the SDK's adaptive retryer, counting and logging every throttled attempt it sees.
+type throttleCounter struct {
+	aws.RetryerV2
+	p *Provider
+}
+
+func (t *throttleCounter) IsErrorRetryable(err error) bool {
+	if code, ok := throttleCode(err); ok {
+		t.p.throttles.Add(1)
+		t.p.log.Warn("AWS throttled a request; the SDK slows down and retries", "code", code)
+	}
+	return t.RetryerV2.IsErrorRetryable(err)
+}
+
+// throttleCode reports whether err is AWS asking the client to slow down.
+func throttleCode(err error) (string, bool) {
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RequestThrottled", "SlowDown":
+			return api.ErrorCode(), true
+		}
+	}
+	return "", false
+}
 
 // Accounts implements cloud.Provider.
 func (p *Provider) Accounts(ctx context.Context) ([]cloud.Account, error) {
@@ -170,11 +197,12 @@ func (p *Provider) wrap(doing string, err error) error {
 			return fmt.Errorf("%s: %w (%s)", doing, cloud.ErrNoSuchEntity, api.ErrorMessage())
 		case "LimitExceeded":
 			return fmt.Errorf("%s: %w (%s)", doing, cloud.ErrLimitExceeded, api.ErrorMessage())
-		case "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException":
-			p.throttles.Add(1)
-			p.log.Warn("AWS throttled a call beyond the retries", "doing", doing, "code", api.ErrorCode())
-			return fmt.Errorf("%s: %w", doing, cloud.ErrThrottled)
 		}
+	}
+	if _, ok := throttleCode(err); ok {
+		// Counted as it happened, by throttleCounter; here the retries have run out.
+		p.log.Warn("AWS throttling outlasted the retries: this user is retried at the next pass", "doing", doing)
+		return fmt.Errorf("%s: %w", doing, cloud.ErrThrottled)
 	}
 	return fmt.Errorf("%s: %w", doing, err)
 }

@@ -3,7 +3,14 @@ package awsiam_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -213,5 +220,55 @@ func TestOrganizationDiscovery(t *testing.T) {
 	}
 	if _, ok := ids[mainAccount]; !ok || ids[newID] != "payments" || len(ids) != 2 {
 		t.Fatalf("discovered %v, want the management account and %s (payments)", ids, newID)
+	}
+}
+
+// throttlingProxy stands in front of moto and answers the first n requests as IAM does when it
+// throttles; the rest go through to moto untouched (their signatures still check out there).
+func throttlingProxy(t *testing.T, moto string, n int64) string {
+	t.Helper()
+	target, err := url.Parse(moto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var seen atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if seen.Add(1) <= n {
+			w.Header().Set("Content-Type", "text/xml")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>keyward-test</RequestId></ErrorResponse>`))
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// TestThrottlingCountedAndAbsorbed: throttled requests are retried by the SDK, counted, logged, and
+// the call succeeds; throttling that outlasts the retries is ErrThrottled, not a crash.
+func TestThrottlingCountedAndAbsorbed(t *testing.T) {
+	ctx := context.Background()
+	cfg := bootstrap(t)
+	if _, err := iam.NewFromConfig(cfg).CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("alice")}); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	throttled := cfg.Copy()
+	throttled.BaseEndpoint = aws.String(throttlingProxy(t, *cfg.BaseEndpoint, 2))
+	p := awsiam.New(throttled, awsiam.Options{MaxRPS: 100, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if _, err := p.ListAccessKeys(ctx, mainAccount, "alice"); err != nil {
+		t.Fatalf("two throttled attempts should be absorbed by the retries: %v", err)
+	}
+	if p.Throttles() != 2 || strings.Count(logs.String(), "AWS throttled a request") != 2 {
+		t.Fatalf("throttles counted %d, logged:\n%s", p.Throttles(), logs.String())
+	}
+
+	always := cfg.Copy()
+	always.BaseEndpoint = aws.String(throttlingProxy(t, *cfg.BaseEndpoint, 1000))
+	p = awsiam.New(always, awsiam.Options{MaxRPS: 100})
+	if _, err := p.ListAccessKeys(ctx, mainAccount, "alice"); !errors.Is(err, cloud.ErrThrottled) {
+		t.Fatalf("throttling beyond the retries: %v, want ErrThrottled", err)
 	}
 }
