@@ -139,8 +139,10 @@ func (a *app) rotateCommand() *cobra.Command {
 					return usageErr("--user: %v", err)
 				}
 			}
-			if account != "" && !accountID(account) {
-				return usageErr("--account: want a 12-digit account id (got %q)", account)
+			if account != "" {
+				if err := vault.ValidateAccountID(account); err != nil {
+					return usageErr("--account: %v", err)
+				}
 			}
 			if err := a.loadConfig(); err != nil {
 				return err
@@ -198,18 +200,6 @@ func joinErrors(errs []string) string {
 		return ""
 	}
 	return "; " + strings.Join(errs, "; ")
-}
-
-func accountID(s string) bool {
-	if len(s) != 12 {
-		return false
-	}
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 func (a *app) printReport(rep rotation.Report, output string, dryRun bool) error {

@@ -111,16 +111,10 @@ func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secr
 	if err := ValidateSecret(s); err != nil {
 		return Version{}, err
 	}
-	// Two writers may race for a version number; the loser seals again under its new number,
-	// because the number is bound into the ciphertext.
-	for attempt := 0; ; attempt++ {
-		number, err := v.store.NextVersion(ctx, id)
-		if err != nil {
-			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
-		}
+	return v.create(ctx, id, accessKeyID, func(number int64) (Record, error) {
 		sealed, err := v.seal(ctx, id, number, accessKeyID, s)
 		if err != nil {
-			return Version{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+			return Record{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
 		}
 		now := v.now().UTC()
 		rec := Record{
@@ -130,6 +124,23 @@ func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secr
 		}
 		if state == StateCurrent {
 			rec.CurrentAt = now
+		}
+		return rec, nil
+	})
+}
+
+// create stores the record build makes for the identity's next version number. Two writers may race
+// for a number; the loser builds again under its new number (the number is bound into the sealed
+// material) after a short pause.
+func (v *Vault) create(ctx context.Context, id Identity, accessKeyID string, build func(number int64) (Record, error)) (Version, error) {
+	for attempt := 0; ; attempt++ {
+		number, err := v.store.NextVersion(ctx, id)
+		if err != nil {
+			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+		}
+		rec, err := build(number)
+		if err != nil {
+			return Version{}, err
 		}
 		err = v.store.CreateVersion(ctx, rec)
 		if errors.Is(err, ErrConflict) && attempt < maxVersionRaces {
@@ -155,26 +166,10 @@ func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, crea
 	if err := ValidateAccessKeyID(accessKeyID); err != nil {
 		return Version{}, err
 	}
-	for attempt := 0; ; attempt++ {
-		number, err := v.store.NextVersion(ctx, id)
-		if err != nil {
-			return Version{}, fmt.Errorf("adopt %s for %s: %w", accessKeyID, id, err)
-		}
-		now := v.now().UTC()
-		rec := Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
-			Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: now}}
-		err = v.store.CreateVersion(ctx, rec)
-		if errors.Is(err, ErrConflict) && attempt < maxVersionRaces {
-			if err := pause(ctx, attempt); err != nil {
-				return Version{}, err
-			}
-			continue
-		}
-		if err != nil {
-			return Version{}, fmt.Errorf("adopt %s for %s: %w", accessKeyID, id, err)
-		}
-		return rec.Version, nil
-	}
+	return v.create(ctx, id, accessKeyID, func(number int64) (Record, error) {
+		return Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
+			Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: v.now().UTC()}}, nil
+	})
 }
 
 // VersionsOf returns one identity's versions, oldest first, without secrets.

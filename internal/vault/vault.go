@@ -53,10 +53,18 @@ func (id Identity) Validate() error {
 	if id.Cloud != CloudAWS {
 		return fmt.Errorf("cloud %q: only %q is supported", id.Cloud, CloudAWS)
 	}
-	if !accountRe.MatchString(id.AccountID) {
-		return fmt.Errorf("account id %q: want 12 digits", id.AccountID)
+	if err := ValidateAccountID(id.AccountID); err != nil {
+		return err
 	}
 	return ValidateUserName(id.UserName)
+}
+
+// ValidateAccountID checks an AWS account id: 12 digits.
+func ValidateAccountID(account string) error {
+	if !accountRe.MatchString(account) {
+		return fmt.Errorf("account id %q: want 12 digits", account)
+	}
+	return nil
 }
 
 // ValidateUserName checks an IAM user name: 1 to 64 of letters, digits and +=,.@_-.
