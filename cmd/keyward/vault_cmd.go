@@ -242,10 +242,10 @@ func (a *app) vaultListCommand() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ACCOUNT\tUSER\tVERSION\tACCESS KEY ID\tSTATE\tSINCE\tSECRET")
+			fmt.Fprintln(tw, "ACCOUNT\tUSER\tVERSION\tACCESS KEY ID\tSTATE\tSINCE\tSECRET IN VAULT")
 			for _, id := range ids {
 				for _, ver := range id.Versions {
-					held := "held"
+					held := "yes"
 					if !ver.HasSecret {
 						held = "-"
 					}
