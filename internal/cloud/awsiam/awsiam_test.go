@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -270,5 +271,21 @@ func TestThrottlingCountedAndAbsorbed(t *testing.T) {
 	p = awsiam.New(always, awsiam.Options{MaxRPS: 100})
 	if _, err := p.ListAccessKeys(ctx, mainAccount, "alice"); !errors.Is(err, cloud.ErrThrottled) {
 		t.Fatalf("throttling beyond the retries: %v, want ErrThrottled", err)
+	}
+}
+
+// TestRateLimitPerAccount: at max_rps 5 (burst 1), 11 calls to one account cannot take less than
+// 2 s. (A lower bound: a slow machine only makes it longer, so this cannot flake.)
+func TestRateLimitPerAccount(t *testing.T) {
+	ctx := context.Background()
+	p := awsiam.New(bootstrap(t), awsiam.Options{MaxRPS: 5})
+	start := time.Now()
+	for range 11 {
+		if _, err := p.ListAccessKeys(ctx, mainAccount, "keyward-admin"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if elapsed := time.Since(start); elapsed < 1900*time.Millisecond {
+		t.Fatalf("11 calls at 5 per second took %v: the limiter let them through", elapsed)
 	}
 }
