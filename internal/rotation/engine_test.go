@@ -24,22 +24,10 @@ const acct = "123456789012"
 
 const day = 24 * time.Hour
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // world is one cloud, one vault and the engine over them, with time under the test's control.
 type world struct {
 	t      *testing.T
-	clock  *clock
+	clock  *testenv.Clock
 	cloud  *sim.Cloud
 	db     *store.DB
 	vault  *vault.Vault
@@ -50,7 +38,7 @@ type world struct {
 func newWorld(t *testing.T, d testenv.Database) *world {
 	t.Helper()
 	ctx := context.Background()
-	w := &world{t: t, clock: &clock{now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}, policy: rotation.DefaultPolicy()}
+	w := &world{t: t, clock: testenv.NewClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)), policy: rotation.DefaultPolicy()}
 	w.cloud = sim.New(sim.WithClock(w.clock.Now), sim.WithKeyDelay(10*time.Second), sim.WithFault(func(op, _, user string) error {
 		if w.fault != nil {
 			return w.fault(op, user)

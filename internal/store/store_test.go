@@ -17,19 +17,6 @@ import (
 	"github.com/keyward/keyward/internal/vault"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func mustOpen(t testing.TB, d testenv.Database) *DB {
 	t.Helper()
 	db, err := Open(context.Background(), d.Driver, d.DSN)
@@ -52,7 +39,7 @@ func mustKEK(t testing.TB) *vault.LocalKEK {
 	return k
 }
 
-func mustVault(t testing.TB, db *DB, kek vault.KEK, clock *fakeClock) *vault.Vault {
+func mustVault(t testing.TB, db *DB, kek vault.KEK, clock *testenv.Clock) *vault.Vault {
 	t.Helper()
 	opts := []vault.Option{}
 	if clock != nil {
@@ -79,7 +66,7 @@ func TestImportAndCurrent(t *testing.T) {
 	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
 		ctx := context.Background()
 		db := mustOpen(t, d)
-		clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		clock := testenv.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 		v := mustVault(t, db, mustKEK(t), clock)
 
 		if _, err := v.Current(ctx, alice); !errors.Is(err, vault.ErrNotFound) {
@@ -132,7 +119,7 @@ func TestLifecycle(t *testing.T) {
 	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
 		ctx := context.Background()
 		db := mustOpen(t, d)
-		clock := &fakeClock{now: time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)}
+		clock := testenv.NewClock(time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC))
 		v := mustVault(t, db, mustKEK(t), clock)
 
 		id1, s1 := keyPair(10)
