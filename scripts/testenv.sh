@@ -51,8 +51,10 @@ start() {
   motoport=$(free_port)
   # setsid: moto_server is often a shim that runs Python as a child; stop() kills the whole group.
   # The shell inside the new session writes its own pid, which is the group's id, then becomes moto.
-  (cd "$dir" && setsid sh -c 'echo $$ >moto.pid; exec moto_server -H 127.0.0.1 -p "$0"' "$motoport" \
-    >"$dir/moto.log" 2>&1 </dev/null &)
+  # The whole background job is redirected, so nothing holds the caller's stdout: $(testenv.sh start)
+  # returns at once.
+  (cd "$dir" && exec setsid sh -c 'echo $$ >moto.pid; exec moto_server -H 127.0.0.1 -p "$0"' "$motoport") \
+    >"$dir/moto.log" 2>&1 </dev/null &
   for _ in $(seq 1 100); do
     if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$motoport/moto-api/')" 2>/dev/null; then
       break
