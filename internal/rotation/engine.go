@@ -129,14 +129,18 @@ func New(e Engine) *Engine {
 
 func (e *Engine) now() time.Time { return e.Now().UTC() }
 
-func (e *Engine) hook(point string) error {
+func (e *Engine) lease() time.Time { return e.now().Add(e.LeaseTTL) }
+
+// crashAt runs the hook at a named point; its error, wrapped in ErrCrashed, stops the visit.
+func (e *Engine) crashAt(point string) error {
 	if e.Hook == nil {
 		return nil
 	}
-	return e.Hook(point)
+	if err := e.Hook(point); err != nil {
+		return fmt.Errorf("%w: %v", ErrCrashed, err)
+	}
+	return nil
 }
-
-func (e *Engine) lease() time.Time { return e.now().Add(e.LeaseTTL) }
 
 // ErrCrashed wraps a Hook's error so callers can tell a simulated crash from a failure.
 var ErrCrashed = errors.New("stopped by hook")
@@ -190,18 +194,12 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	if err != nil {
 		return e.cut(res, err)
 	}
-	if r, done, err := e.retire(ctx, pol, id, keys, versions, &res); err != nil || done {
+	if r, done, err := e.retire(ctx, pol, id, versions, &res); err != nil || done {
 		return r, err
 	}
 	current := currentVersion(versions)
 	if current == nil {
-		active := 0
-		for _, k := range keys {
-			if k.Status == cloud.KeyActive {
-				active++
-			}
-		}
-		if active > 1 {
+		if len(activeKeys(keys)) > 1 {
 			res.Outcome, res.Reason = Blocked, "the user holds two active keys that Keyward does not know: import the one in use"
 		} else {
 			res.Reason = "the user has no active key"
@@ -212,15 +210,17 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	if !force && age < pol.RotateAfter {
 		return res, nil
 	}
+	attempt := 1
 	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
 		return fail("%v", err)
-	} else if ok && last.Outcome == OutcomeFailed && !force {
-		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); e.now().Before(wait) {
+	} else if ok && last.Outcome == OutcomeFailed {
+		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); !force && e.now().Before(wait) {
 			res.Reason = fmt.Sprintf("backing off after %d failed attempts until %s", last.Attempt, wait.Format(time.RFC3339))
 			return res, nil
 		}
+		attempt = last.Attempt + 1
 	}
-	return e.rotate(ctx, pol, id, current, keys, versions, res)
+	return e.rotate(ctx, pol, id, current, attempt, keys, versions, res)
 }
 
 // cut turns an error that stops a visit into its result: a hook's crash is returned as an error,
@@ -239,6 +239,27 @@ func (e *Engine) backoff(attempt int) time.Duration {
 		d *= 2
 	}
 	return min(d, 24*time.Hour)
+}
+
+// activeKeys returns the keys that are active in the cloud.
+func activeKeys(keys []cloud.AccessKey) []cloud.AccessKey {
+	var active []cloud.AccessKey
+	for _, k := range keys {
+		if k.Status == cloud.KeyActive {
+			active = append(active, k)
+		}
+	}
+	return active
+}
+
+// keyStates maps every access key id the vault has a version of, destroyed ones included, to its
+// state: a key the vault ever held is Keyward's, never "foreign".
+func keyStates(versions []vault.Version) map[string]vault.State {
+	states := map[string]vault.State{}
+	for _, v := range versions {
+		states[v.AccessKeyID] = v.State
+	}
+	return states
 }
 
 func stateOf(versions []vault.Version, number int64) vault.State {
@@ -291,13 +312,7 @@ func (e *Engine) reconcile(ctx context.Context, id vault.Identity, res *Result) 
 		}
 	}
 	if currentVersion(versions) == nil {
-		var active []cloud.AccessKey
-		for _, k := range keys {
-			if k.Status == cloud.KeyActive {
-				active = append(active, k)
-			}
-		}
-		if len(active) == 1 {
+		if active := activeKeys(keys); len(active) == 1 {
 			if _, err := e.Vault.Adopt(ctx, id, active[0].ID, active[0].CreatedAt); err != nil && !errors.Is(err, vault.ErrDuplicate) {
 				return nil, nil, err
 			}
@@ -309,7 +324,7 @@ func (e *Engine) reconcile(ctx context.Context, id vault.Identity, res *Result) 
 }
 
 // retire deactivates and deletes the old keys that are due. done is true when the visit ends here.
-func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, keys []cloud.AccessKey, versions []vault.Version, res *Result) (Result, bool, error) {
+func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, versions []vault.Version, res *Result) (Result, bool, error) {
 	current := currentVersion(versions)
 	now := e.now()
 	for _, v := range versions {
@@ -320,20 +335,20 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, keys
 				r, err := e.cut(*res, fmt.Errorf("last use of %s: %w", v.AccessKeyID, err))
 				return r, true, err
 			}
-			if lu.At.After(current.CurrentAt) && now.Sub(lu.At) < pol.QuietPeriod && !pol.ForceDeactivate {
+			if pol.stillInUse(lu.At, current.CurrentAt, now) {
 				res.Outcome = Held
 				res.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
 				continue
 			}
-			if err := e.hook("deactivate"); err != nil {
-				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			if err := e.crashAt("deactivate"); err != nil {
+				return *res, true, err
 			}
 			if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, v.AccessKeyID, cloud.KeyInactive); err != nil {
 				r, err := e.cut(*res, fmt.Errorf("deactivate %s: %w", v.AccessKeyID, err))
 				return r, true, err
 			}
-			if err := e.hook("deactivated"); err != nil {
-				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			if err := e.crashAt("deactivated"); err != nil {
+				return *res, true, err
 			}
 			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
 				r, err := e.cut(*res, err)
@@ -344,15 +359,15 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, keys
 				res.Outcome = Deactivated
 			}
 		case v.State == vault.StateInactive && !now.Before(v.InactiveAt.Add(pol.DeleteAfter)):
-			if err := e.hook("delete"); err != nil {
-				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			if err := e.crashAt("delete"); err != nil {
+				return *res, true, err
 			}
 			if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, v.AccessKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 				r, err := e.cut(*res, fmt.Errorf("delete %s: %w", v.AccessKeyID, err))
 				return r, true, err
 			}
-			if err := e.hook("deleted"); err != nil {
-				return *res, true, fmt.Errorf("%w: %v", ErrCrashed, err)
+			if err := e.crashAt("deleted"); err != nil {
+				return *res, true, err
 			}
 			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
 				r, err := e.cut(*res, err)
@@ -367,25 +382,10 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, keys
 	return *res, false, nil
 }
 
-// rotate plans room for a new key and starts a rotation.
-func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
+// rotate makes room for a new key and starts a rotation; attempt counts consecutive tries.
+func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
 	if len(keys) >= 2 {
-		state := map[string]vault.State{}
-		for _, v := range versions {
-			state[v.AccessKeyID] = v.State
-		}
-		var room *cloud.AccessKey
-		for i, k := range keys {
-			if k.Status != cloud.KeyInactive {
-				continue
-			}
-			retiredByUs := state[k.ID] == vault.StateInactive
-			foreignAllowed := pol.DeleteForeignInactiveAfter > 0 && e.now().Sub(k.CreatedAt) >= pol.DeleteForeignInactiveAfter
-			if _, known := state[k.ID]; (known && retiredByUs) || (!known && foreignAllowed) {
-				room = &keys[i]
-				break
-			}
-		}
+		room := pol.roomFor(keys, keyStates(versions), e.now())
 		if room == nil {
 			res.Outcome = Blocked
 			res.Reason = "the user holds two keys and neither is an inactive key Keyward may delete"
@@ -405,12 +405,6 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 			}
 		}
 		res.did("deleted", room.ID)
-	}
-	attempt := 1
-	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
-		return e.cut(res, err)
-	} else if ok && last.Outcome == OutcomeFailed {
-		attempt = last.Attempt + 1
 	}
 	now := e.now()
 	rec, err := e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
@@ -438,12 +432,6 @@ func (e *Engine) save(ctx context.Context, rec *Record, step Step, phase Phase) 
 // found open (interrupted, or taken over), so its create step may have left something to settle.
 func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, resumed bool) (Result, error) {
 	id := rec.Identity
-	crash := func(point string) error {
-		if err := e.hook(point); err != nil {
-			return fmt.Errorf("%w: %v", ErrCrashed, err)
-		}
-		return nil
-	}
 	for {
 		switch {
 		case rec.Step == StepCreate && rec.Phase == PhaseStarted:
@@ -458,14 +446,14 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				}
 				continue
 			}
-			if err := crash("create"); err != nil {
+			if err := e.crashAt("create"); err != nil {
 				return res, err
 			}
 			nk, err := e.Cloud.CreateAccessKey(ctx, id.AccountID, id.UserName)
 			if err != nil {
 				return e.finishFailed(ctx, &rec, res, fmt.Sprintf("create access key: %v", err))
 			}
-			if err := crash("created"); err != nil {
+			if err := e.crashAt("created"); err != nil {
 				return res, err
 			}
 			// Rule 1: the secret goes into the vault before anything else happens.
@@ -474,7 +462,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				return e.cut(res, fmt.Errorf("store new key %s: %w", nk.ID, err))
 			}
 			res.did("created", nk.ID)
-			if err := crash("stored"); err != nil {
+			if err := e.crashAt("stored"); err != nil {
 				return res, err
 			}
 			// One write records both that the create step is done and that verification starts.
@@ -483,7 +471,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				return e.cut(res, err)
 			}
 		case rec.Step == StepVerify:
-			if err := crash("verify"); err != nil {
+			if err := e.crashAt("verify"); err != nil {
 				return res, err
 			}
 			if err := e.verify(ctx, pol, rec); err != nil {
@@ -495,7 +483,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				return e.cut(res, err)
 			}
 		case rec.Step == StepPromote:
-			if err := crash("promote"); err != nil {
+			if err := e.crashAt("promote"); err != nil {
 				return res, err
 			}
 			versions, err := e.Vault.VersionsOf(ctx, id)
@@ -508,7 +496,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				}
 			}
 			res.did("promoted", rec.NewKeyID)
-			if err := crash("promoted"); err != nil {
+			if err := e.crashAt("promoted"); err != nil {
 				return res, err
 			}
 			rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()

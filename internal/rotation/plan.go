@@ -81,18 +81,15 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		}
 	}
 	var current *cloud.AccessKey
-	active := 0
 	for i, k := range keys {
 		v := state[k.ID]
 		p.Keys = append(p.Keys, KeyView{AccessKeyID: k.ID, Status: k.Status, State: v.State, CreatedAt: k.CreatedAt,
 			AgeDays: int(now.Sub(k.CreatedAt) / (24 * time.Hour))})
-		if k.Status == cloud.KeyActive {
-			active++
-		}
 		if v.State == vault.StateCurrent {
 			current = &keys[i]
 		}
 	}
+	active := activeKeys(keys)
 	if exempt {
 		p.State = "exempt"
 		return p
@@ -104,16 +101,12 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		p.Reason = fmt.Sprintf("rotation %d stopped at %s/%s", rec.ID, rec.Step, rec.Phase)
 		return p
 	}
-	if current == nil && active == 1 { // would be adopted
-		for i := range keys {
-			if keys[i].Status == cloud.KeyActive {
-				current = &keys[i]
-			}
-		}
+	if current == nil && len(active) == 1 { // would be adopted
+		current = &active[0]
 	}
 	if current == nil {
 		p.State, p.Reason = "unmanaged", "no active key Keyward can replace"
-		if active > 1 {
+		if len(active) > 1 {
 			p.State, p.Reason = "blocked", "two active keys unknown to Keyward"
 		}
 		return p
@@ -129,7 +122,7 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 					if err != nil {
 						return failed(err)
 					}
-					if lu.At.After(cv.CurrentAt) && now.Sub(lu.At) < pol.QuietPeriod {
+					if pol.stillInUse(lu.At, cv.CurrentAt, now) {
 						p.State = "held"
 						p.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
 						p.Due = lu.At.Add(pol.QuietPeriod)
@@ -154,18 +147,8 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 			p.State, p.Reason = "backing_off", fmt.Sprintf("%d failed attempts: %s", last.Attempt, last.Reason)
 		}
 	}
-	if !p.Due.After(now) && len(keys) >= 2 {
-		room := false
-		for _, k := range keys {
-			v, known := state[k.ID]
-			if k.Status == cloud.KeyInactive && ((known && v.State == vault.StateInactive) ||
-				(!known && pol.DeleteForeignInactiveAfter > 0 && now.Sub(k.CreatedAt) >= pol.DeleteForeignInactiveAfter)) {
-				room = true
-			}
-		}
-		if !room {
-			p.State, p.Reason = "blocked", "two keys and neither may be deleted to make room"
-		}
+	if !p.Due.After(now) && len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
+		p.State, p.Reason = "blocked", "two keys and neither may be deleted to make room"
 	}
 	if p.State == "ok" && !p.Due.After(now) {
 		p.State = "due"

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // Tags that override the policy for one IAM user.
@@ -65,6 +66,31 @@ func DefaultPolicy() Policy {
 		RotateAfter: 90 * 24 * time.Hour, DeactivateAfter: 10 * 24 * time.Hour, DeleteAfter: 10 * 24 * time.Hour,
 		QuietPeriod: 24 * time.Hour, VerifyTimeout: 60 * time.Second,
 	}
+}
+
+// stillInUse reports whether an old key must be held rather than deactivated: it signed a request
+// after its replacement became current, has not been quiet for QuietPeriod since, and the policy does
+// not force deactivation.
+func (p Policy) stillInUse(lastUsed, replacedAt, now time.Time) bool {
+	return !p.ForceDeactivate && lastUsed.After(replacedAt) && now.Sub(lastUsed) < p.QuietPeriod
+}
+
+// roomFor returns the key that may be deleted to make room for a new one, or nil: an inactive key
+// Keyward retired itself (its vault state is inactive), or an inactive key Keyward does not know once
+// DeleteForeignInactiveAfter allows it. Never an active key. states maps key ids to vault states.
+func (p Policy) roomFor(keys []cloud.AccessKey, states map[string]vault.State, now time.Time) *cloud.AccessKey {
+	for i, k := range keys {
+		if k.Status != cloud.KeyInactive {
+			continue
+		}
+		state, known := states[k.ID]
+		retiredByUs := known && state == vault.StateInactive
+		foreignAllowed := !known && p.DeleteForeignInactiveAfter > 0 && now.Sub(k.CreatedAt) >= p.DeleteForeignInactiveAfter
+		if retiredByUs || foreignAllowed {
+			return &keys[i]
+		}
+	}
+	return nil
 }
 
 // MaxKeyLife is the longest a key can exist under the policy when nothing holds it: it is replaced
