@@ -190,14 +190,19 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 		return e.run(ctx, pol, rec, res, true)
 	}
 
-	keys, versions, err := e.reconcile(ctx, id, &res)
+	keys, versions, adopt, err := e.reconcile(ctx, id)
 	if err != nil {
 		return e.cut(res, err)
 	}
+	// A key to adopt is written alone, unless a rotation begins: then with the rotation's record.
+	adoptAlone := func(res Result) (Result, error) { return e.adopt(ctx, id, adopt, res) }
 	if r, done, err := e.retire(ctx, pol, id, versions, &res); err != nil || done {
 		return r, err
 	}
 	current := currentVersion(versions)
+	if adopt != nil {
+		current = &vault.Version{Identity: id, AccessKeyID: adopt.ID, State: vault.StateCurrent, CreatedAt: adopt.CreatedAt.UTC()}
+	}
 	if current == nil {
 		if len(activeKeys(keys)) > 1 {
 			res.Outcome, res.Reason = Blocked, "the user holds two active keys that Keyward does not know: import the one in use"
@@ -208,7 +213,7 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	}
 	age := e.now().Sub(current.CreatedAt)
 	if !force && age < pol.RotateAfter {
-		return res, nil
+		return adoptAlone(res)
 	}
 	attempt := 1
 	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
@@ -216,11 +221,11 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	} else if ok && last.Outcome == OutcomeFailed {
 		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); !force && e.now().Before(wait) {
 			res.Reason = fmt.Sprintf("backing off after %d failed attempts until %s", last.Attempt, wait.Format(time.RFC3339))
-			return res, nil
+			return adoptAlone(res)
 		}
 		attempt = last.Attempt + 1
 	}
-	return e.rotate(ctx, pol, id, current, attempt, keys, versions, res)
+	return e.rotate(ctx, pol, id, current, adopt, attempt, keys, versions, res)
 }
 
 // cut turns an error that stops a visit into its result: a hook's crash is returned as an error,
@@ -281,21 +286,22 @@ func currentVersion(versions []vault.Version) *vault.Version {
 }
 
 // reconcile makes the vault agree with the cloud before anything is decided: versions whose key is
-// gone are destroyed, previous versions whose key is inactive are marked inactive, and a user the
-// vault does not know yet has its one active key adopted.
-func (e *Engine) reconcile(ctx context.Context, id vault.Identity, res *Result) ([]cloud.AccessKey, []vault.Version, error) {
+// gone are destroyed, previous versions whose key is inactive are marked inactive. For a user the
+// vault does not know yet, it returns the one active key to adopt, without writing it (see adopt).
+func (e *Engine) reconcile(ctx context.Context, id vault.Identity) ([]cloud.AccessKey, []vault.Version, *cloud.AccessKey, error) {
 	keys, err := e.Cloud.ListAccessKeys(ctx, id.AccountID, id.UserName)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list keys: %w", err)
+		return nil, nil, nil, fmt.Errorf("list keys: %w", err)
 	}
 	versions, err := e.Vault.VersionsOf(ctx, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	inCloud := map[string]cloud.AccessKey{}
 	for _, k := range keys {
 		inCloud[k.ID] = k
 	}
+	changed := false
 	for _, v := range versions {
 		k, exists := inCloud[v.AccessKeyID]
 		switch {
@@ -303,24 +309,40 @@ func (e *Engine) reconcile(ctx context.Context, id vault.Identity, res *Result) 
 		case !exists && v.State != vault.StateCurrent:
 			// Deleted (by us before a crash, or by someone else): its secret must go too.
 			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
+			changed = true
 		case exists && v.State == vault.StatePrevious && k.Status == cloud.KeyInactive:
 			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
+			changed = true
+		}
+	}
+	if changed {
+		if versions, err = e.Vault.VersionsOf(ctx, id); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	if currentVersion(versions) == nil {
 		if active := activeKeys(keys); len(active) == 1 {
-			if _, err := e.Vault.Adopt(ctx, id, active[0].ID, active[0].CreatedAt); err != nil && !errors.Is(err, vault.ErrDuplicate) {
-				return nil, nil, err
-			}
-			res.did("adopted", active[0].ID)
+			return keys, versions, &active[0], nil
 		}
 	}
-	versions, err = e.Vault.VersionsOf(ctx, id)
-	return keys, versions, err
+	return keys, versions, nil, nil
+}
+
+// adopt records a key that predates Keyward (if key is not nil) as the identity's current version.
+// Another process may have adopted it first: that is no error.
+func (e *Engine) adopt(ctx context.Context, id vault.Identity, key *cloud.AccessKey, res Result) (Result, error) {
+	if key == nil {
+		return res, nil
+	}
+	if _, err := e.Vault.Adopt(ctx, id, key.ID, key.CreatedAt); err != nil && !errors.Is(err, vault.ErrDuplicate) {
+		return e.cut(res, err)
+	}
+	res.Actions = append([]Action{{Kind: "adopted", KeyID: key.ID}}, res.Actions...)
+	return res, nil
 }
 
 // retire deactivates and deletes the old keys that are due. done is true when the visit ends here.
@@ -382,8 +404,9 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 	return *res, false, nil
 }
 
-// rotate makes room for a new key and starts a rotation; attempt counts consecutive tries.
-func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
+// rotate makes room for a new key and starts a rotation; attempt counts consecutive tries. A key to
+// adopt (the user's first rotation) is recorded in the same transaction as the rotation's start.
+func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, adopt *cloud.AccessKey, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
 	if len(keys) >= 2 {
 		room := pol.roomFor(keys, keyStates(versions), e.now())
 		if room == nil {
@@ -392,7 +415,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 			if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
 				res.Reason = "the user holds two active keys: Keyward never deletes an active key to make room"
 			}
-			return res, nil
+			return e.adopt(ctx, id, adopt, res)
 		}
 		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 			return e.cut(res, fmt.Errorf("delete %s to make room: %w", room.ID, err))
@@ -407,9 +430,25 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 		res.did("deleted", room.ID)
 	}
 	now := e.now()
-	rec, err := e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
-		Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
+	var rec Record
+	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		if adopt != nil {
+			if _, err := e.Vault.Adopt(ctx, id, adopt.ID, adopt.CreatedAt); err != nil {
+				return err
+			}
+		}
+		var err error
+		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
+			Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
+		return err
+	})
+	if err == nil && adopt != nil {
+		res.Actions = append([]Action{{Kind: "adopted", KeyID: adopt.ID}}, res.Actions...)
+	}
 	switch {
+	case errors.Is(err, vault.ErrDuplicate), errors.Is(err, vault.ErrConflict):
+		res.Reason = "taken under management meanwhile by another process"
+		return res, nil
 	case errors.Is(err, ErrBusy):
 		res.Reason = "rotation in progress elsewhere"
 		return res, nil
@@ -456,53 +495,50 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 			if err := e.crashAt("created"); err != nil {
 				return res, err
 			}
-			// Rule 1: the secret goes into the vault before anything else happens.
-			ver, err := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret)
+			// Rule 1: the secret goes into the vault before anything else happens — in the same
+			// transaction as the record that the create step is done and verification starts.
+			next, err := e.stored(ctx, rec, nk)
 			if err != nil {
-				return e.cut(res, fmt.Errorf("store new key %s: %w", nk.ID, err))
+				return e.cut(res, err)
 			}
+			rec = next
 			res.did("created", nk.ID)
-			if err := e.crashAt("stored"); err != nil {
-				return res, err
+		case rec.Step == StepVerify || rec.Step == StepPromote:
+			if rec.Step == StepVerify {
+				if err := e.crashAt("verify"); err != nil {
+					return res, err
+				}
+				if err := e.verify(ctx, pol, rec); err != nil {
+					return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
+				}
+				res.did("verified", rec.NewKeyID)
 			}
-			// One write records both that the create step is done and that verification starts.
-			rec.NewKeyID, rec.Version = nk.ID, ver.Number
-			if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
-				return e.cut(res, err)
-			}
-		case rec.Step == StepVerify:
-			if err := e.crashAt("verify"); err != nil {
-				return res, err
-			}
-			if err := e.verify(ctx, pol, rec); err != nil {
-				return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
-			}
-			res.did("verified", rec.NewKeyID)
-			// One write records that verification is done and that promotion starts.
-			if err := e.save(ctx, &rec, StepPromote, PhaseStarted); err != nil {
-				return e.cut(res, err)
-			}
-		case rec.Step == StepPromote:
 			if err := e.crashAt("promote"); err != nil {
 				return res, err
 			}
-			versions, err := e.Vault.VersionsOf(ctx, id)
+			// Promotion is local and atomic: it is recorded in the transaction that makes it, with the finish.
+			err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+				if resumed {
+					versions, err := e.Vault.VersionsOf(ctx, id)
+					if err != nil {
+						return err
+					}
+					if stateOf(versions, rec.Version) != vault.StatePending { // promoted before an interruption
+						return e.finish(ctx, rec)
+					}
+				}
+				if err := e.Vault.Promote(ctx, id, rec.Version); err != nil {
+					return err
+				}
+				if err := e.crashAt("promoted"); err != nil {
+					return err
+				}
+				return e.finish(ctx, rec)
+			})
 			if err != nil {
 				return e.cut(res, err)
 			}
-			if stateOf(versions, rec.Version) == vault.StatePending { // not promoted before an interruption
-				if err := e.Vault.Promote(ctx, id, rec.Version); err != nil {
-					return e.cut(res, err)
-				}
-			}
 			res.did("promoted", rec.NewKeyID)
-			if err := e.crashAt("promoted"); err != nil {
-				return res, err
-			}
-			rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()
-			if err := e.save(ctx, &rec, StepFinished, PhaseDone); err != nil {
-				return e.cut(res, err)
-			}
 			res.Outcome = Rotated
 			e.Log.Info("key rotated", "identity", id.String(), "old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID)
 			return res, nil
@@ -510,6 +546,38 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 			return e.cut(res, fmt.Errorf("rotation %d in unknown state %s/%s", rec.ID, rec.Step, rec.Phase))
 		}
 	}
+}
+
+// stored writes a new key's secret and the record that verification starts in one transaction. If
+// the record cannot be written (the lease was lost), the secret is still stored alone, as pending:
+// whoever holds the rotation then takes it up, so the key never goes unaccounted for.
+func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) (Record, error) {
+	id := rec.Identity
+	sealed := false
+	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		ver, err := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret)
+		if err != nil {
+			return fmt.Errorf("store new key %s: %w", nk.ID, err)
+		}
+		sealed = true
+		if err := e.crashAt("stored"); err != nil {
+			return err
+		}
+		rec.NewKeyID, rec.Version = nk.ID, ver.Number
+		return e.save(ctx, &rec, StepVerify, PhaseStarted)
+	})
+	if err != nil && sealed && !errors.Is(err, ErrCrashed) {
+		if _, err2 := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret); err2 != nil {
+			return rec, fmt.Errorf("%w; and storing new key %s alone failed: %v", err, nk.ID, err2)
+		}
+	}
+	return rec, err
+}
+
+// finish records a rotation as done.
+func (e *Engine) finish(ctx context.Context, rec Record) error {
+	rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()
+	return e.save(ctx, &rec, StepFinished, PhaseDone)
 }
 
 // resumeCreate settles a create step that was interrupted: a key stored as pending since the rotation

@@ -21,7 +21,9 @@ const (
 
 // Phase says whether a step has started or is done. A step's "done" is written together with the
 // next step's "started" (one durable write records both), so an open rotation is always at
-// create, verify or promote, started; a finished one is at finished, done.
+// create or verify, started; a finished one is at finished, done. Promotion is written in the same
+// transaction as the finish, so StepPromote is only found in records of earlier versions, which
+// wrote it on its own.
 type Phase string
 
 // Phases.
@@ -64,8 +66,12 @@ var (
 	ErrStale = errors.New("key already replaced")
 )
 
-// Store persists rotations. Every method is one durable transaction.
+// Store persists rotations. Every method is one durable transaction, unless called inside Atomically.
 type Store interface {
+	// Atomically runs fn as one durable transaction: the writes made with the context fn is given,
+	// through this Store and through the vault (which shares its database), commit together or not
+	// at all. This is how a rotation needs three transactions, not seven.
+	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
 	// Begin opens a new rotation holding the lease, provided r.OldKeyID is still the identity's current
 	// key. ErrBusy when a rotation is open for the identity, ErrStale when the key was replaced.
 	Begin(ctx context.Context, r Record, owner string, leaseUntil time.Time) (Record, error)

@@ -43,12 +43,7 @@ func nullString(s string) sql.NullString { return sql.NullString{String: s, Vali
 // lockIdentity takes the identity's row lock for the rest of the transaction (PostgreSQL; SQLite's
 // BEGIN IMMEDIATE has already serialised every writer) and returns its row id.
 func (s *Rotations) lockIdentity(ctx context.Context, tx *Tx, id vault.Identity) (int64, error) {
-	var rowID int64
-	err := tx.queryRow(ctx, s.db.dialect(identityByName+`{{for_update}}`), id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)
-	}
-	return rowID, err
+	return s.db.Vault().identityID(ctx, tx, id, false, time.Time{})
 }
 
 // Begin implements rotation.Store. Under the identity's lock it checks that the key to replace is
@@ -154,4 +149,9 @@ func (s *Rotations) LastFinished(ctx context.Context, id vault.Identity) (rotati
 		return r, false, fmt.Errorf("last rotation of %s: %w", id, err)
 	}
 	return r, true, nil
+}
+
+// Atomically implements rotation.Store: see DB.Atomically.
+func (s *Rotations) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.db.Atomically(ctx, fn)
 }

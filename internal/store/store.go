@@ -31,6 +31,8 @@ type DB struct {
 	sql    *sql.DB
 	driver string
 	stmts  sync.Map // query text → *sql.Stmt, prepared once (see stmt)
+
+	identityForUpdate string // identityByName, locking the row on PostgreSQL
 }
 
 // Open connects to the database. For SQLite, dsn is a file path (created 0600 when missing) or a
@@ -64,6 +66,7 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 		db.SetMaxIdleConns(8)
 	}
 	s := &DB{sql: db, driver: driver}
+	s.identityForUpdate = s.dialect(identityByName + `{{for_update}}`)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect to %s database: %w", driver, err)
@@ -128,13 +131,24 @@ func (db *DB) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	return st, nil
 }
 
-// queryRow runs a one-row read through a kept statement.
+// queryRow runs a one-row read through a kept statement, inside the unit of work ctx carries if any.
 func (db *DB) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if tx := db.txFrom(ctx); tx != nil {
+		return tx.queryRow(ctx, query, args...)
+	}
 	st, err := db.stmt(ctx, query)
 	if err != nil {
 		return db.sql.QueryRowContext(ctx, query, args...) // reports the same error through Scan
 	}
 	return st.QueryRowContext(ctx, args...)
+}
+
+// query runs a many-row read, inside the unit of work ctx carries if any.
+func (db *DB) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if tx := db.txFrom(ctx); tx != nil {
+		return tx.QueryContext(ctx, query, args...)
+	}
+	return db.sql.QueryContext(ctx, query, args...)
 }
 
 // A transaction must never wait for a second connection: with SQLite, the other pooled connections
@@ -155,8 +169,39 @@ func (db *DB) txStmt(ctx context.Context, tx *sql.Tx, query string, missed *[]st
 // Tx is a transaction that runs its statements through kept statements.
 type Tx struct {
 	*sql.Tx
-	db     *DB
-	missed []string
+	db          *DB
+	missed      []string
+	afterCommit []func(context.Context)
+}
+
+// txKey is the context key of the unit of work (see Atomically).
+type txKey struct{}
+
+// txFrom returns the transaction of the unit of work ctx carries on this database, or nil.
+func (db *DB) txFrom(ctx context.Context) *Tx {
+	if tx, ok := ctx.Value(txKey{}).(*Tx); ok && tx.db == db {
+		return tx
+	}
+	return nil
+}
+
+// Atomically runs fn as one unit of work: every write that the stores of this database (the vault's
+// and the rotation engine's alike) make with the context fn is given commits in one durable
+// transaction when fn returns nil, or not at all. Called inside a unit of work, it joins it.
+func (db *DB) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	if db.txFrom(ctx) != nil {
+		return fn(ctx)
+	}
+	return db.inTx(ctx, func(tx *Tx) error { return fn(context.WithValue(ctx, txKey{}, tx)) })
+}
+
+// onCommit runs fn once the transaction has committed (at once outside a unit of work).
+func (db *DB) onCommit(ctx context.Context, fn func(context.Context)) {
+	if tx := db.txFrom(ctx); tx != nil {
+		tx.afterCommit = append(tx.afterCommit, fn)
+		return
+	}
+	fn(ctx)
 }
 
 // exec runs a statement in the transaction.
@@ -175,8 +220,12 @@ func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row 
 	return tx.QueryRowContext(ctx, query, args...)
 }
 
-// inTx runs fn in one transaction, committed when fn returns nil.
+// inTx runs fn in one transaction, committed when fn returns nil; inside a unit of work (see
+// Atomically), fn runs in its transaction, which commits with the unit.
 func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
+	if tx := db.txFrom(ctx); tx != nil {
+		return fn(tx)
+	}
 	sqlTx, err := db.sql.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -193,6 +242,9 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	for _, f := range tx.afterCommit {
+		f(context.WithoutCancel(ctx))
 	}
 	return nil
 }

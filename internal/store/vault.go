@@ -73,8 +73,15 @@ const identityByName = `SELECT id FROM identities WHERE cloud = $1 AND account_i
 const selectRecordOf = `SELECT ` + versionColumns + `, ` + sealedColumns + `
 	FROM credential_versions v WHERE v.identity_id = (` + identityByName + `)`
 
-// NextVersion implements vault.Store.
+// NextVersion implements vault.Store. Inside a unit of work on PostgreSQL it first locks the
+// identity's row, as CreateVersion does, so that the number cannot be taken before the insert: a
+// conflict there would abort the whole unit, not just the insert.
 func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, error) {
+	if tx := s.db.txFrom(ctx); tx != nil && s.db.driver == Postgres {
+		if _, err := s.identityID(ctx, tx, id, false, time.Time{}); err != nil && !errors.Is(err, vault.ErrNotFound) {
+			return 0, fmt.Errorf("next version of %s: %w", id, err)
+		}
+	}
 	var n sql.NullInt64
 	err := s.db.queryRow(ctx, `SELECT MAX(version) FROM credential_versions WHERE identity_id = (`+identityByName+`)`,
 		id.Cloud, id.AccountID, id.UserName).Scan(&n)
@@ -84,10 +91,11 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 	return n.Int64 + 1, nil
 }
 
-// identityID returns the row id of an identity, creating the row when create is set.
+// identityID returns the row id of an identity, creating the row when create is set, and holds the
+// row's lock (PostgreSQL) for the rest of the transaction: writers of one identity's versions queue.
 func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
 	var rowID int64
-	err := tx.queryRow(ctx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+	err := tx.queryRow(ctx, s.db.identityForUpdate, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	if errors.Is(err, sql.ErrNoRows) && create {
 		// Another writer may be creating the same identity: let its row win and read it back.
 		if _, err := tx.exec(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
@@ -163,7 +171,7 @@ func (s *Vault) Version(ctx context.Context, id vault.Identity, number int64) (v
 
 // Identities implements vault.Store.
 func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]vault.Identity, error) {
-	rows, err := s.db.sql.QueryContext(ctx, `SELECT cloud, account_id, user_name FROM identities
+	rows, err := s.db.query(ctx, `SELECT cloud, account_id, user_name FROM identities
 		WHERE ($1 = '' OR user_name = $1) AND ($2 = '' OR account_id = $2)
 		ORDER BY cloud, account_id, user_name`, userName, accountID)
 	if err != nil {
@@ -183,7 +191,7 @@ func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]v
 
 // Versions implements vault.Store.
 func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
-	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
+	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
 		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 		ORDER BY i.cloud, i.account_id, i.user_name, v.version`)
 	if err != nil {
@@ -205,7 +213,7 @@ func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
 
 // VersionsOf implements vault.Store.
 func (s *Vault) VersionsOf(ctx context.Context, id vault.Identity) ([]vault.Version, error) {
-	rows, err := s.db.sql.QueryContext(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
+	rows, err := s.db.query(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
 		FROM credential_versions v WHERE v.identity_id = (`+identityByName+`) ORDER BY v.version`,
 		id.Cloud, id.AccountID, id.UserName)
 	if err != nil {
@@ -233,7 +241,9 @@ func (s *Vault) Transition(ctx context.Context, id vault.Identity, number int64,
 	if to == vault.StateDestroyed && s.db.driver == SQLite {
 		// secure_delete zeroed the sealed material in the database pages; the WAL still holds the
 		// old page images until a checkpoint copies the new ones back and truncates it.
-		_, _ = s.db.sql.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
+		s.db.onCommit(ctx, func(ctx context.Context) {
+			_, _ = s.db.sql.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
+		})
 	}
 	return nil
 }
@@ -313,7 +323,7 @@ func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Ver
 
 // KEKIDs implements vault.Store.
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
-	rows, err := s.db.sql.QueryContext(ctx, `SELECT DISTINCT kek_id FROM credential_versions WHERE kek_id IS NOT NULL ORDER BY kek_id`)
+	rows, err := s.db.query(ctx, `SELECT DISTINCT kek_id FROM credential_versions WHERE kek_id IS NOT NULL ORDER BY kek_id`)
 	if err != nil {
 		return nil, fmt.Errorf("list key-encryption keys in use: %w", err)
 	}
