@@ -73,7 +73,7 @@ func BenchmarkPassSim(b *testing.B) {
 					runtime.ReadMemStats(&before)
 					b.StartTimer()
 					start := time.Now()
-					rep, err := e.Pass(context.Background(), rotation.PassOptions{Concurrency: 4})
+					rep, err := e.Pass(context.Background(), rotation.PassOptions{Concurrency: 8})
 					elapsed += time.Since(start)
 					b.StopTimer()
 					runtime.ReadMemStats(&after)
@@ -142,7 +142,7 @@ func BenchmarkPassMoto(b *testing.B) {
 		e.Policy.ExemptGroup = ""
 		b.StartTimer()
 		start = time.Now()
-		rep, err := e.Pass(ctx, rotation.PassOptions{Concurrency: 4})
+		rep, err := e.Pass(ctx, rotation.PassOptions{Concurrency: 8})
 		elapsed := time.Since(start)
 		b.StopTimer()
 		if err != nil || rep.Summary.Rotated != users {

@@ -32,7 +32,10 @@ type DB struct {
 	driver string
 	stmts  sync.Map // query text → *sql.Stmt, prepared once (see stmt)
 
-	identityForUpdate string // identityByName, locking the row on PostgreSQL
+	identityForUpdate string   // identityByName, locking the row on PostgreSQL
+	identityIDs       sync.Map // vault.Identity → committed row id (SQLite; see Vault.identityID)
+
+	commits committer // SQLite: this process's write transactions, grouped (see tx.go)
 }
 
 // Open connects to the database. For SQLite, dsn is a file path (created 0600 when missing) or a
@@ -163,89 +166,6 @@ func (db *DB) txStmt(ctx context.Context, tx *sql.Tx, query string, missed *[]st
 		return tx.StmtContext(ctx, st.(*sql.Stmt))
 	}
 	*missed = append(*missed, query)
-	return nil
-}
-
-// Tx is a transaction that runs its statements through kept statements.
-type Tx struct {
-	*sql.Tx
-	db          *DB
-	missed      []string
-	afterCommit []func(context.Context)
-}
-
-// txKey is the context key of the unit of work (see Atomically).
-type txKey struct{}
-
-// txFrom returns the transaction of the unit of work ctx carries on this database, or nil.
-func (db *DB) txFrom(ctx context.Context) *Tx {
-	if tx, ok := ctx.Value(txKey{}).(*Tx); ok && tx.db == db {
-		return tx
-	}
-	return nil
-}
-
-// Atomically runs fn as one unit of work: every write that the stores of this database (the vault's
-// and the rotation engine's alike) make with the context fn is given commits in one durable
-// transaction when fn returns nil, or not at all. Called inside a unit of work, it joins it.
-func (db *DB) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
-	if db.txFrom(ctx) != nil {
-		return fn(ctx)
-	}
-	return db.inTx(ctx, func(tx *Tx) error { return fn(context.WithValue(ctx, txKey{}, tx)) })
-}
-
-// onCommit runs fn once the transaction has committed (at once outside a unit of work).
-func (db *DB) onCommit(ctx context.Context, fn func(context.Context)) {
-	if tx := db.txFrom(ctx); tx != nil {
-		tx.afterCommit = append(tx.afterCommit, fn)
-		return
-	}
-	fn(ctx)
-}
-
-// exec runs a statement in the transaction.
-func (tx *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
-		return st.ExecContext(ctx, args...)
-	}
-	return tx.ExecContext(ctx, query, args...)
-}
-
-// queryRow runs a one-row read in the transaction.
-func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
-		return st.QueryRowContext(ctx, args...)
-	}
-	return tx.QueryRowContext(ctx, query, args...)
-}
-
-// inTx runs fn in one transaction, committed when fn returns nil; inside a unit of work (see
-// Atomically), fn runs in its transaction, which commits with the unit.
-func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
-	if tx := db.txFrom(ctx); tx != nil {
-		return fn(tx)
-	}
-	sqlTx, err := db.sql.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	tx := &Tx{Tx: sqlTx, db: db}
-	defer func() {
-		for _, q := range tx.missed {
-			_, _ = db.stmt(ctx, q) // a failure here only means the next call parses again
-		}
-	}()
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	for _, f := range tx.afterCommit {
-		f(context.WithoutCancel(ctx))
-	}
 	return nil
 }
 

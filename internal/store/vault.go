@@ -93,17 +93,32 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 
 // identityID returns the row id of an identity, creating the row when create is set, and holds the
 // row's lock (PostgreSQL) for the rest of the transaction: writers of one identity's versions queue.
+//
+// On SQLite, where BEGIN IMMEDIATE has locked the whole database already, a row id once committed is
+// remembered (identities are never deleted), which spares a query in every write.
 func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
+	if s.db.driver == SQLite {
+		if rowID, ok := s.db.identityIDs.Load(id); ok {
+			return rowID.(int64), nil
+		}
+	}
 	var rowID int64
+	defer func() {
+		if rowID != 0 && s.db.driver == SQLite {
+			s.db.onCommit(ctx, func(context.Context) { s.db.identityIDs.Store(id, rowID) })
+		}
+	}()
 	err := tx.queryRow(ctx, s.db.identityForUpdate, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	if errors.Is(err, sql.ErrNoRows) && create {
 		// Another writer may be creating the same identity: let its row win and read it back.
-		if _, err := tx.exec(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
-			VALUES ($1, $2, $3, $4) ON CONFLICT (cloud, account_id, user_name) DO NOTHING`,
-			id.Cloud, id.AccountID, id.UserName, micros(at)); err != nil {
+		err = tx.queryRow(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (cloud, account_id, user_name) DO NOTHING RETURNING id`,
+			id.Cloud, id.AccountID, id.UserName, micros(at)).Scan(&rowID)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = tx.queryRow(ctx, s.db.identityForUpdate, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
+		} else if err != nil {
 			return 0, fmt.Errorf("create identity %s: %w", id, err)
 		}
-		err = tx.queryRow(ctx, identityByName, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("identity %s: %w", id, vault.ErrNotFound)

@@ -1,0 +1,149 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/testenv"
+)
+
+func addIdentity(ctx context.Context, tx *Tx, user string) error {
+	_, err := tx.exec(ctx, `INSERT INTO identities (cloud, account_id, user_name, created_at) VALUES ('aws', '123456789012', $1, 0)`, user)
+	return err
+}
+
+func identityNames(t *testing.T, db *DB) map[string]bool {
+	t.Helper()
+	rows, err := db.sql.Query(`SELECT user_name FROM identities`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	names := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names[n] = true
+	}
+	return names
+}
+
+// queueWhileBusy starts a write (of the row "first") that holds SQLite's write lock until the returned release is
+// called, then starts each of writes and waits until all of them are queued behind it: they will be
+// written as one group, in no set order.
+func queueWhileBusy(t *testing.T, db *DB, writes ...func(tx *Tx) error) (release func(), errs []error) {
+	t.Helper()
+	ctx := context.Background()
+	started, hold := make(chan struct{}), make(chan struct{})
+	errs = make([]error, len(writes)+1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		errs[0] = db.inTx(ctx, func(tx *Tx) error {
+			close(started)
+			<-hold
+			return addIdentity(ctx, tx, "first")
+		})
+	})
+	<-started
+	for i, w := range writes {
+		wg.Go(func() { errs[i+1] = db.inTx(ctx, w) })
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		db.commits.mu.Lock()
+		queued := len(db.commits.queue)
+		db.commits.mu.Unlock()
+		if queued == len(writes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d writes queued", queued, len(writes))
+		}
+	}
+	return func() { close(hold); wg.Wait() }, errs
+}
+
+// TestGroupCommit: writes that queue while another is written share one transaction, and each
+// one's work is still all or nothing: a failed member's rows and commit hooks are dropped, the
+// others' kept.
+func TestGroupCommit(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "g.db")})
+	ctx := context.Background()
+	refused := errors.New("refused")
+	var txs [3]*Tx
+	var hookRan [2]bool
+	release, errs := queueWhileBusy(t, db,
+		func(tx *Tx) error { // fails after writing and registering a hook: both must vanish
+			txs[0] = tx
+			db.onCommit(context.WithValue(ctx, txKey{}, tx), func(context.Context) { hookRan[0] = true })
+			if err := addIdentity(ctx, tx, "refused"); err != nil {
+				return err
+			}
+			return refused
+		},
+		func(tx *Tx) error {
+			txs[1] = tx
+			db.onCommit(context.WithValue(ctx, txKey{}, tx), func(context.Context) { hookRan[1] = true })
+			return addIdentity(ctx, tx, "kept")
+		},
+		func(tx *Tx) error { // a constraint violation fails this member only
+			txs[2] = tx
+			if err := addIdentity(ctx, tx, "dropped"); err != nil {
+				return err
+			}
+			return addIdentity(ctx, tx, "first")
+		},
+	)
+	release()
+	if errs[0] != nil || !errors.Is(errs[1], refused) || errs[2] != nil {
+		t.Fatalf("outcomes: %v", errs)
+	}
+	if kind, _ := constraintViolation(errs[3]); kind != uniqueViolation {
+		t.Fatalf("duplicate row: %v, want a unique violation", errs[3])
+	}
+	if txs[0] != txs[1] || txs[1] != txs[2] {
+		t.Fatal("queued writes were not grouped into one transaction")
+	}
+	if got := identityNames(t, db); len(got) != 2 || !got["first"] || !got["kept"] {
+		t.Fatalf("rows after the group: %v, want first and kept", got)
+	}
+	if hookRan[0] || !hookRan[1] {
+		t.Fatalf("commit hooks ran: %v, want only the successful member's", hookRan)
+	}
+}
+
+// TestGroupCommitLostTransaction: when the group's transaction is rolled back under it (as SQLite
+// does when a statement is interrupted), every member is told, none of their work remains, and
+// later writes go on.
+func TestGroupCommitLostTransaction(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "g.db")})
+	ctx := context.Background()
+	release, errs := queueWhileBusy(t, db,
+		func(tx *Tx) error { return addIdentity(ctx, tx, "before") },
+		func(tx *Tx) error {
+			_, err := tx.ExecContext(ctx, "ROLLBACK")
+			return err
+		},
+		func(tx *Tx) error { return addIdentity(ctx, tx, "after") },
+	)
+	release()
+	for i, err := range errs[1:] {
+		if !errors.Is(err, errTxLost) {
+			t.Fatalf("member %d: %v, want errTxLost", i, err)
+		}
+	}
+	if got := identityNames(t, db); len(got) != 1 || !got["first"] {
+		t.Fatalf("rows: %v, want only the earlier write's", got)
+	}
+	if err := db.inTx(ctx, func(tx *Tx) error { return addIdentity(ctx, tx, "later") }); err != nil {
+		t.Fatal(err)
+	}
+	if !identityNames(t, db)["later"] {
+		t.Fatal("a later write was lost")
+	}
+}
