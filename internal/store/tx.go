@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // Tx is a transaction that runs its statements through kept statements.
@@ -14,6 +16,7 @@ type Tx struct {
 	db          *DB
 	missed      []string
 	afterCommit []func(context.Context)
+	identities  map[vault.Identity]int64 // row ids this transaction has looked up, and locked (PostgreSQL)
 }
 
 // txKey is the context key of the unit of work (see Atomically).

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 func addIdentity(ctx context.Context, tx *Tx, user string) error {
@@ -146,4 +147,37 @@ func TestGroupCommitLostTransaction(t *testing.T) {
 	if !identityNames(t, db)["later"] {
 		t.Fatal("a later write was lost")
 	}
+}
+
+// TestIdentityRowIDsRememberedOnlyOnceCommitted: an identity row created by a transaction that is
+// rolled back must not be remembered — its row id goes to the next identity created.
+func TestIdentityRowIDsRememberedOnlyOnceCommitted(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		db := mustOpen(t, d)
+		v := mustVault(t, db, mustKEK(t), nil)
+		ctx := context.Background()
+		alice, bob, carol := benchIdentity(1), benchIdentity(2), benchIdentity(3)
+		k1, s1 := keyPair(1)
+		if _, err := v.AddPending(ctx, alice, k1, s1); err != nil {
+			t.Fatal(err)
+		}
+		// bob's row is created, then the duplicate key rolls the transaction back.
+		if _, err := v.AddPending(ctx, bob, k1, s1); !errors.Is(err, vault.ErrDuplicate) {
+			t.Fatalf("storing alice's key for bob: %v, want ErrDuplicate", err)
+		}
+		k3, s3 := keyPair(3)
+		if _, err := v.AddPending(ctx, carol, k3, s3); err != nil { // may get the row id bob had
+			t.Fatal(err)
+		}
+		k2, s2 := keyPair(2)
+		if _, err := v.AddPending(ctx, bob, k2, s2); err != nil {
+			t.Fatal(err)
+		}
+		for id, want := range map[vault.Identity]string{alice: k1, bob: k2, carol: k3} {
+			versions, err := v.VersionsOf(ctx, id)
+			if err != nil || len(versions) != 1 || versions[0].AccessKeyID != want {
+				t.Fatalf("%s holds %+v (%v), want only %s", id, versions, err, want)
+			}
+		}
+	})
 }

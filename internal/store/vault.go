@@ -78,9 +78,17 @@ const selectRecordOf = `SELECT ` + versionColumns + `, ` + sealedColumns + `
 // conflict there would abort the whole unit, not just the insert.
 func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, error) {
 	if tx := s.db.txFrom(ctx); tx != nil && s.db.driver == Postgres {
-		if _, err := s.identityID(ctx, tx, id, false, time.Time{}); err != nil && !errors.Is(err, vault.ErrNotFound) {
+		identity, err := s.identityID(ctx, tx, id, false, time.Time{})
+		if errors.Is(err, vault.ErrNotFound) {
+			return 1, nil
+		} else if err != nil {
 			return 0, fmt.Errorf("next version of %s: %w", id, err)
 		}
+		var n sql.NullInt64
+		if err := tx.queryRow(ctx, `SELECT MAX(version) FROM credential_versions WHERE identity_id = $1`, identity).Scan(&n); err != nil {
+			return 0, fmt.Errorf("next version of %s: %w", id, err)
+		}
+		return n.Int64 + 1, nil
 	}
 	var n sql.NullInt64
 	err := s.db.queryRow(ctx, `SELECT MAX(version) FROM credential_versions WHERE identity_id = (`+identityByName+`)`,
@@ -97,6 +105,9 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 // On SQLite, where BEGIN IMMEDIATE has locked the whole database already, a row id once committed is
 // remembered (identities are never deleted), which spares a query in every write.
 func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
+	if rowID, ok := tx.identities[id]; ok { // locked already by this transaction
+		return rowID, nil
+	}
 	if s.db.driver == SQLite {
 		if rowID, ok := s.db.identityIDs.Load(id); ok {
 			return rowID.(int64), nil
@@ -104,8 +115,15 @@ func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, creat
 	}
 	var rowID int64
 	defer func() {
-		if rowID != 0 && s.db.driver == SQLite {
-			s.db.onCommit(ctx, func(context.Context) { s.db.identityIDs.Store(id, rowID) })
+		if rowID == 0 {
+			return
+		}
+		if tx.identities == nil {
+			tx.identities = map[vault.Identity]int64{}
+		}
+		tx.identities[id] = rowID
+		if s.db.driver == SQLite { // once committed: a row created by a transaction rolled back does not exist
+			tx.afterCommit = append(tx.afterCommit, func(context.Context) { s.db.identityIDs.Store(id, rowID) })
 		}
 	}()
 	err := tx.queryRow(ctx, s.db.identityForUpdate, id.Cloud, id.AccountID, id.UserName).Scan(&rowID)
@@ -398,4 +416,9 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 		return 0, err
 	}
 	return n, nil
+}
+
+// Atomically implements vault.Store: see DB.Atomically.
+func (s *Vault) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.db.Atomically(ctx, fn)
 }

@@ -71,34 +71,46 @@ func pause(ctx context.Context, attempt int) error {
 // version that was current becomes previous. For a key Keyward adopted (it predates Keyward and its
 // secret was unknown), the secret is attached to that version instead, whatever its state.
 func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
-	existing, err := v.store.VersionByKey(ctx, accessKeyID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
-	case err != nil:
-		return Version{}, err
-	case existing.Identity != id:
-		return Version{}, fmt.Errorf("%s belongs to %s, not %s: %w", accessKeyID, existing.Identity, id, ErrDuplicate)
-	case existing.Origin != OriginAdopted || existing.HasSecret || existing.State == StateDestroyed:
-		return Version{}, fmt.Errorf("%s: %w", accessKeyID, ErrDuplicate)
-	}
 	if err := ValidateSecret(s); err != nil {
 		return Version{}, err
 	}
-	sealed, err := v.seal(ctx, id, existing.Number, accessKeyID, s)
-	if err != nil {
-		return Version{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
-	}
-	if err := v.store.AttachSecret(ctx, id, existing.Number, sealed); err != nil {
-		return Version{}, fmt.Errorf("attach the secret of %s: %w", accessKeyID, err)
-	}
-	existing.HasSecret = true
-	return existing, nil
+	var out Version
+	err := v.atomically(ctx, func(ctx context.Context) error {
+		existing, err := v.store.VersionByKey(ctx, accessKeyID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			out, err = v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
+			return err
+		case err != nil:
+			return err
+		case existing.Identity != id:
+			return fmt.Errorf("%s belongs to %s, not %s: %w", accessKeyID, existing.Identity, id, ErrDuplicate)
+		case existing.Origin != OriginAdopted || existing.HasSecret || existing.State == StateDestroyed:
+			return fmt.Errorf("%s: %w", accessKeyID, ErrDuplicate)
+		}
+		sealed, err := v.seal(ctx, id, existing.Number, accessKeyID, s)
+		if err != nil {
+			return fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+		}
+		if err := v.store.AttachSecret(ctx, id, existing.Number, sealed); err != nil {
+			return fmt.Errorf("attach the secret of %s: %w", accessKeyID, err)
+		}
+		existing.HasSecret = true
+		out = existing
+		return nil
+	})
+	return out, err
 }
 
 // AddPending stores a key Keyward has just created, before anything else is done with it.
 func (v *Vault) AddPending(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
-	return v.put(ctx, id, accessKeyID, s, StatePending, OriginCreated)
+	var out Version
+	err := v.atomically(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = v.put(ctx, id, accessKeyID, s, StatePending, OriginCreated)
+		return err
+	})
+	return out, err
 }
 
 func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secret.Value, state State, origin Origin) (Version, error) {
@@ -129,31 +141,37 @@ func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secr
 	})
 }
 
-// create stores the record build makes for the identity's next version number. Two writers may race
-// for a number; the loser builds again under its new number (the number is bound into the sealed
-// material) after a short pause.
-func (v *Vault) create(ctx context.Context, id Identity, accessKeyID string, build func(number int64) (Record, error)) (Version, error) {
+// atomically runs fn as one transaction of the store. The version number a new version gets is read
+// in that transaction, so on SQLite (one writer at a time) it cannot be taken meanwhile; elsewhere a
+// writer that lost the race for it (ErrConflict) runs fn again, under a new number, after a short
+// pause. Inside a caller's unit of work the caller's transaction decides instead.
+func (v *Vault) atomically(ctx context.Context, fn func(ctx context.Context) error) error {
 	for attempt := 0; ; attempt++ {
-		number, err := v.store.NextVersion(ctx, id)
-		if err != nil {
-			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+		err := v.store.Atomically(ctx, fn)
+		if !errors.Is(err, ErrConflict) || attempt >= maxVersionRaces {
+			return err
 		}
-		rec, err := build(number)
-		if err != nil {
-			return Version{}, err
+		if err := pause(ctx, attempt); err != nil {
+			return err
 		}
-		err = v.store.CreateVersion(ctx, rec)
-		if errors.Is(err, ErrConflict) && attempt < maxVersionRaces {
-			if err := pause(ctx, attempt); err != nil {
-				return Version{}, err
-			}
-			continue
-		}
-		if err != nil {
-			return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
-		}
-		return rec.Version, nil
 	}
+}
+
+// create stores the record build makes for the identity's next version number (bound into the
+// sealed material), in the caller's transaction (see atomically).
+func (v *Vault) create(ctx context.Context, id Identity, accessKeyID string, build func(number int64) (Record, error)) (Version, error) {
+	number, err := v.store.NextVersion(ctx, id)
+	if err != nil {
+		return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+	}
+	rec, err := build(number)
+	if err != nil {
+		return Version{}, err
+	}
+	if err := v.store.CreateVersion(ctx, rec); err != nil {
+		return Version{}, fmt.Errorf("store %s for %s: %w", accessKeyID, id, err)
+	}
+	return rec.Version, nil
 }
 
 // Adopt records a key that existed in the cloud before Keyward managed the identity, without its
@@ -166,10 +184,16 @@ func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, crea
 	if err := ValidateAccessKeyID(accessKeyID); err != nil {
 		return Version{}, err
 	}
-	return v.create(ctx, id, accessKeyID, func(number int64) (Record, error) {
-		return Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
-			Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: v.now().UTC()}}, nil
+	var out Version
+	err := v.atomically(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = v.create(ctx, id, accessKeyID, func(number int64) (Record, error) {
+			return Record{Version: Version{Identity: id, Number: number, AccessKeyID: accessKeyID, State: StateCurrent,
+				Origin: OriginAdopted, CreatedAt: createdAt.UTC(), CurrentAt: v.now().UTC()}}, nil
+		})
+		return err
 	})
+	return out, err
 }
 
 // VersionsOf returns one identity's versions, oldest first, without secrets.

@@ -180,8 +180,12 @@ func aad(id Identity, number int64, accessKeyID string) []byte {
 		strconv.FormatInt(number, 10) + "|" + accessKeyID)
 }
 
-// Store keeps version records. Implementations make each method one transaction.
+// Store keeps version records. Implementations make each method one transaction, or a part of the
+// unit of work the context carries (see Atomically).
 type Store interface {
+	// Atomically runs fn as one transaction: the Store's methods called with the context fn is given
+	// are all committed, durably, or none. Inside a unit of work already, fn joins it.
+	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
 	// NextVersion returns the number the next version of id will get (1 for a new identity). The
 	// number is only a reservation hint: CreateVersion fails with ErrConflict if it was taken meanwhile.
 	NextVersion(ctx context.Context, id Identity) (int64, error)
