@@ -7,21 +7,24 @@
 //     Keyward itself retired (or a foreign inactive one under an explicit rule); an active key is never
 //     deleted to make room. Two active keys: the user is blocked.
 //  2. Create: the rotation record is written (create/started) before CreateAccessKey, and the new
-//     secret is sealed into the vault as a pending version before anything else. A crash between the
-//     two leaves a key that only the open record can account for: on resume, a key of this user that
-//     is in the cloud, not in the vault, and no older than the record is deleted, and creation retried.
+//     secret is sealed into the vault as a pending version before anything else, in the same
+//     transaction as verify/started. A crash between the two leaves a key that only the open record
+//     can account for: on resume, a key of this user that is in the cloud, not in the vault, and no
+//     older than the record is deleted, and creation retried.
 //  3. Verify: STS GetCallerIdentity signed with the new key must succeed three times in a row before
 //     the verify timeout. On failure the new key is deleted and its version destroyed; the old key was
 //     never touched.
-//  4. Promote: new → current, old → previous, in one vault transaction. Only now do consumers get the
-//     new key; the old one stays active.
+//  4. Promote: new → current, old → previous, and the rotation finished, in one transaction. Only now
+//     do consumers get the new key; the old one stays active.
 //  5. Deactivate the previous key once DeactivateAfter has passed — unless it was used after the new
 //     key became current and has not been quiet for QuietPeriod: then it is held.
 //  6. Delete it once DeleteAfter has passed since deactivation, and shred its secret in the vault.
 //
-// Every step is recorded before and after it runs; a restart resumes from the record. Steps 5 and 6
-// are idempotent by construction: the vault's version state and the cloud's key state are reconciled
-// at the start of every visit, so a crash between a cloud call and its vault record is repaired.
+// Every step is recorded before and after it runs — a rotation is three durable transactions, each
+// recording one step done and the next started (Store.Atomically) — and a restart resumes from the
+// record. Steps 5 and 6 are idempotent by construction: the vault's version state and the cloud's
+// key state are reconciled at the start of every visit, so a crash between a cloud call and its vault
+// record is repaired.
 package rotation
 
 import (
