@@ -18,28 +18,15 @@ import (
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/rotation"
-	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
-	"github.com/keyward/keyward/internal/vault"
 )
 
 // benchEngine returns an engine over a fresh embedded vault and the given cloud, without pauses.
 func benchEngine(b *testing.B, c cloud.Provider, d testenv.Database) *rotation.Engine {
 	b.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, d.Driver, d.DSN)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
-	kek, _ := vault.NewLocalKEK(vault.GenerateKeyMaterial())
-	v, err := vault.New(ctx, db.Vault(), kek)
-	if err != nil {
-		b.Fatal(err)
-	}
+	db := storetest.Open(b, d)
+	v := storetest.Vault(b, db, nil)
 	return rotation.New(rotation.Engine{Cloud: c, Vault: v, Store: db.Rotations(), Policy: rotation.DefaultPolicy(),
 		Owner: "bench", VerifyInterval: time.Millisecond,
 		Sleep: func(context.Context, time.Duration) error { return nil }})

@@ -16,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -37,7 +38,6 @@ type world struct {
 
 func newWorld(t *testing.T, d testenv.Database) *world {
 	t.Helper()
-	ctx := context.Background()
 	w := &world{t: t, clock: testenv.NewClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)), policy: rotation.DefaultPolicy()}
 	w.cloud = sim.New(sim.WithClock(w.clock.Now), sim.WithKeyDelay(10*time.Second), sim.WithFault(func(op, _, user string) error {
 		if w.fault != nil {
@@ -45,23 +45,8 @@ func newWorld(t *testing.T, d testenv.Database) *world {
 		}
 		return nil
 	}))
-	db, err := store.Open(ctx, d.Driver, d.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.db = db
-	w.vault, err = vault.New(ctx, db.Vault(), kek, vault.WithClock(w.clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
+	w.db = storetest.Open(t, d)
+	w.vault = storetest.Vault(t, w.db, w.clock.Now)
 	return w
 }
 

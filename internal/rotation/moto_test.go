@@ -20,6 +20,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -34,25 +35,13 @@ type motoEngine struct {
 
 func newMotoEngine(t *testing.T, refuseSTS bool) *motoEngine {
 	t.Helper()
-	ctx := context.Background()
 	admin := testenv.MotoWithAdmin(t, 0, nil)
 	providerCfg := admin.Copy()
 	if refuseSTS {
 		providerCfg.BaseEndpoint = aws.String(stsRefusingProxy(t, *admin.BaseEndpoint))
 	}
-	db, err := store.Open(ctx, store.SQLite, filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	kek, _ := vault.NewLocalKEK(vault.GenerateKeyMaterial())
-	v, err := vault.New(ctx, db.Vault(), kek)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.Open(t, testenv.Database{Driver: store.SQLite, DSN: filepath.Join(t.TempDir(), "k.db")})
+	v := storetest.Vault(t, db, nil)
 	pol := rotation.DefaultPolicy()
 	pol.RotateAfter, pol.DeactivateAfter, pol.DeleteAfter, pol.VerifyTimeout = time.Hour, time.Second, time.Second, 2*time.Second
 	e := rotation.New(rotation.Engine{Cloud: awsiam.New(providerCfg, awsiam.Options{MaxRPS: 100}), Vault: v,

@@ -339,14 +339,18 @@ func TestRewrap(t *testing.T) {
 			}
 			return m
 		}
+		signer, err := v.SigningKey(ctx, vault.PurposeAudit) // Keyward's own keys are rewrapped too
+		if err != nil {
+			t.Fatal(err)
+		}
 		before := ciphertexts()
 
 		var calls []int
 		n, err := v.Rewrap(ctx, newKEK, func(done, total int) { calls = append(calls, done*100+total) })
-		if err != nil || n != 3 {
-			t.Fatalf("Rewrap = %d, %v; want 3", n, err)
+		if err != nil || n != 4 {
+			t.Fatalf("Rewrap = %d, %v; want 4", n, err)
 		}
-		if fmt.Sprint(calls) != "[103 203 303]" {
+		if fmt.Sprint(calls) != "[104 204 304 404]" {
 			t.Errorf("progress calls = %v", calls)
 		}
 		if after := ciphertexts(); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -364,6 +368,9 @@ func TestRewrap(t *testing.T) {
 		}
 		if _, err := reopened.Rewrap(ctx, newKEK, nil); err == nil {
 			t.Fatal("rewrap to the KEK in use must be refused")
+		}
+		if k, err := reopened.SigningKey(ctx, vault.PurposeAudit); err != nil || k.ID != signer.ID {
+			t.Fatalf("the audit signing key after rewrap: %v, %v", k.ID, err)
 		}
 	})
 }

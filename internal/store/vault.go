@@ -356,7 +356,8 @@ func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Ver
 
 // KEKIDs implements vault.Store.
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
-	rows, err := s.db.query(ctx, `SELECT DISTINCT kek_id FROM credential_versions WHERE kek_id IS NOT NULL ORDER BY kek_id`)
+	rows, err := s.db.query(ctx, `SELECT kek_id FROM credential_versions WHERE kek_id IS NOT NULL
+		UNION SELECT kek_id FROM signing_keys ORDER BY kek_id`)
 	if err != nil {
 		return nil, fmt.Errorf("list key-encryption keys in use: %w", err)
 	}
@@ -373,30 +374,31 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 }
 
 // Rewrap implements vault.Store.
-func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error), progress func(done, total int)) (int, error) {
+func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error),
+	fnKey func(vault.SealedSigningKey) (string, []byte, error), progress func(done, total int)) (int, error) {
 	n := 0
 	err := s.db.inTx(ctx, func(tx *Tx) error {
+		// Read everything first: one connection cannot interleave a result set with updates.
 		rows, err := tx.QueryContext(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
 			FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 			WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
+		recs, err := collect(rows, err, func(rows *sql.Rows) (vault.Record, error) { return scanRecord(rows, nil) })
 		if err != nil {
 			return err
 		}
-		// Read everything first: one connection cannot interleave a result set with updates.
-		var recs []vault.Record
-		for rows.Next() {
-			rec, err := scanRecord(rows, nil)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			recs = append(recs, rec)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		rows, err = tx.QueryContext(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
+		keys, err := collect(rows, err, scanSigningKey)
+		if err != nil {
 			return err
 		}
-		for i, rec := range recs {
+		total := len(recs) + len(keys)
+		step := func() {
+			n++
+			if progress != nil {
+				progress(n, total)
+			}
+		}
+		for _, rec := range recs {
 			kekID, wrapped, err := fn(rec)
 			if err != nil {
 				return err
@@ -405,10 +407,18 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 				WHERE access_key_id = $3`, kekID, wrapped, rec.AccessKeyID); err != nil {
 				return err
 			}
-			n = i + 1
-			if progress != nil {
-				progress(n, len(recs))
+			step()
+		}
+		for _, key := range keys {
+			kekID, wrapped, err := fnKey(key)
+			if err != nil {
+				return err
 			}
+			if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3`,
+				kekID, wrapped, key.ID); err != nil {
+				return err
+			}
+			step()
 		}
 		return nil
 	})
@@ -416,6 +426,49 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 		return 0, err
 	}
 	return n, nil
+}
+
+// collect reads every row of a query (its rows and error) with scan, and closes the rows.
+func collect[T any](rows *sql.Rows, err error, scan func(*sql.Rows) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+const signingKeyColumns = `id, purpose, public_key, kek_id, wrapped_key, ciphertext, created_at`
+
+func scanSigningKey(rows *sql.Rows) (vault.SealedSigningKey, error) {
+	var k vault.SealedSigningKey
+	var pub []byte
+	var created int64
+	err := rows.Scan(&k.ID, &k.Purpose, &pub, &k.Sealed.KEKID, &k.Sealed.WrappedKey, &k.Sealed.Ciphertext, &created)
+	k.Public, k.CreatedAt = pub, time.UnixMicro(created).UTC()
+	return k, err
+}
+
+// CreateSigningKey implements vault.Store.
+func (s *Vault) CreateSigningKey(ctx context.Context, k vault.SealedSigningKey) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		_, err := tx.exec(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			k.ID, k.Purpose, []byte(k.Public), k.Sealed.KEKID, k.Sealed.WrappedKey, k.Sealed.Ciphertext, micros(k.CreatedAt))
+		return err
+	})
+}
+
+// SigningKeys implements vault.Store.
+func (s *Vault) SigningKeys(ctx context.Context, purpose string) ([]vault.SealedSigningKey, error) {
+	rows, err := s.db.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys WHERE purpose = $1 ORDER BY created_at, id`, purpose)
+	return collect(rows, err, scanSigningKey)
 }
 
 // Atomically implements vault.Store: see DB.Atomically.

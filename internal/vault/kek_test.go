@@ -10,21 +10,13 @@ import (
 
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
+	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
 
 func openStore(t *testing.T) *store.DB {
-	t.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, store.SQLite, filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return db
+	return storetest.Open(t, testenv.Database{Driver: store.SQLite, DSN: filepath.Join(t.TempDir(), "k.db")})
 }
 
 func TestKeyFileCreatedPrivateAndReused(t *testing.T) {

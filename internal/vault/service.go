@@ -294,21 +294,26 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 	if next.ID() == v.kek.ID() {
 		return 0, fmt.Errorf("rewrap: the new key-encryption key is the one in use (%s)", next.ID())
 	}
-	n, err := v.store.Rewrap(ctx, func(rec Record) (string, []byte, error) {
-		if rec.Sealed.KEKID != v.kek.ID() {
-			return "", nil, fmt.Errorf("version %d of %s: %w (%s)", rec.Number, rec.Identity, ErrKEKMismatch, rec.Sealed.KEKID)
+	rewrap := func(what string, ad, wrapped []byte, kekID string) (string, []byte, error) {
+		if kekID != v.kek.ID() {
+			return "", nil, fmt.Errorf("%s: %w (%s)", what, ErrKEKMismatch, kekID)
 		}
-		ad := aad(rec.Identity, rec.Number, rec.AccessKeyID)
-		dek, err := v.kek.Unwrap(ctx, rec.Sealed.WrappedKey, ad)
+		dek, err := v.kek.Unwrap(ctx, wrapped, ad)
 		if err != nil {
-			return "", nil, fmt.Errorf("unwrap data key of version %d of %s: %w", rec.Number, rec.Identity, err)
+			return "", nil, fmt.Errorf("unwrap data key of %s: %w", what, err)
 		}
 		defer clear(dek)
-		wrapped, err := next.Wrap(ctx, dek, ad)
+		rewrapped, err := next.Wrap(ctx, dek, ad)
 		if err != nil {
-			return "", nil, fmt.Errorf("wrap data key of version %d of %s: %w", rec.Number, rec.Identity, err)
+			return "", nil, fmt.Errorf("wrap data key of %s: %w", what, err)
 		}
-		return next.ID(), wrapped, nil
+		return next.ID(), rewrapped, nil
+	}
+	n, err := v.store.Rewrap(ctx, func(rec Record) (string, []byte, error) {
+		return rewrap(fmt.Sprintf("version %d of %s", rec.Number, rec.Identity), aad(rec.Identity, rec.Number, rec.AccessKeyID),
+			rec.Sealed.WrappedKey, rec.Sealed.KEKID)
+	}, func(key SealedSigningKey) (string, []byte, error) {
+		return rewrap("signing key "+key.ID, signingKeyAAD(key.Purpose, key.ID), key.Sealed.WrappedKey, key.Sealed.KEKID)
 	}, progress)
 	if err != nil {
 		return n, fmt.Errorf("rewrap: %w", err)
@@ -318,7 +323,11 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 }
 
 func (v *Vault) seal(ctx context.Context, id Identity, number int64, accessKeyID string, s secret.Value) (Sealed, error) {
-	ad := aad(id, number, accessKeyID)
+	return v.sealBytes(ctx, aad(id, number, accessKeyID), []byte(s.Reveal()))
+}
+
+// sealBytes encrypts plaintext under a fresh data key wrapped by the KEK, with ad bound into both.
+func (v *Vault) sealBytes(ctx context.Context, ad, plaintext []byte) (Sealed, error) {
 	var dek, wrapped []byte
 	var err error
 	if gen, ok := v.kek.(DataKeyGenerator); ok {
@@ -335,7 +344,7 @@ func (v *Vault) seal(ctx context.Context, id Identity, number int64, accessKeyID
 	if err != nil {
 		return Sealed{}, err
 	}
-	ct, err := sealAEAD(aead, []byte(s.Reveal()), ad)
+	ct, err := sealAEAD(aead, plaintext, ad)
 	if err != nil {
 		return Sealed{}, err
 	}
@@ -343,15 +352,19 @@ func (v *Vault) seal(ctx context.Context, id Identity, number int64, accessKeyID
 }
 
 func (v *Vault) open(ctx context.Context, rec Record) ([]byte, error) {
-	if rec.Sealed.KEKID != v.kek.ID() {
-		return nil, fmt.Errorf("%w (%s, configured %s)", ErrKEKMismatch, rec.Sealed.KEKID, v.kek.ID())
+	return v.openBytes(ctx, aad(rec.Identity, rec.Number, rec.AccessKeyID), rec.Sealed)
+}
+
+// openBytes reverses sealBytes.
+func (v *Vault) openBytes(ctx context.Context, ad []byte, sealed Sealed) ([]byte, error) {
+	if sealed.KEKID != v.kek.ID() {
+		return nil, fmt.Errorf("%w (%s, configured %s)", ErrKEKMismatch, sealed.KEKID, v.kek.ID())
 	}
-	ct := rec.Sealed.Ciphertext
+	ct := sealed.Ciphertext
 	if len(ct) == 0 || ct[0] != sealedFormat {
 		return nil, errors.New("unknown ciphertext format")
 	}
-	ad := aad(rec.Identity, rec.Number, rec.AccessKeyID)
-	dek, err := v.kek.Unwrap(ctx, rec.Sealed.WrappedKey, ad)
+	dek, err := v.kek.Unwrap(ctx, sealed.WrappedKey, ad)
 	if err != nil {
 		return nil, fmt.Errorf("unwrap data key: %w", err)
 	}

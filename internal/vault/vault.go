@@ -212,9 +212,15 @@ type Store interface {
 	AttachSecret(ctx context.Context, id Identity, number int64, sealed Sealed) error
 	// VersionByKey finds the version holding an access key id. Errors: ErrNotFound.
 	VersionByKey(ctx context.Context, accessKeyID string) (Version, error)
-	// KEKIDs lists the distinct ids of the KEKs that wrap stored data keys.
+	// KEKIDs lists the distinct ids of the KEKs that wrap stored data keys (signing keys' included).
 	KEKIDs(ctx context.Context) ([]string, error)
-	// Rewrap replaces every stored wrapped data key with what fn returns, in one transaction: all are
-	// rewrapped or none. progress, when not nil, is told how many of how many are done.
-	Rewrap(ctx context.Context, fn func(Record) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)
+	// Rewrap replaces every stored wrapped data key with what fn (for versions) or fnKey (for signing
+	// keys) returns, in one transaction: all are rewrapped or none. progress, when not nil, is told
+	// how many of how many are done.
+	Rewrap(ctx context.Context, fn func(Record) (kekID string, wrapped []byte, err error),
+		fnKey func(SealedSigningKey) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)
+	// CreateSigningKey stores a signing key.
+	CreateSigningKey(ctx context.Context, key SealedSigningKey) error
+	// SigningKeys lists the signing keys for a purpose, oldest first.
+	SigningKeys(ctx context.Context, purpose string) ([]SealedSigningKey, error)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 	"github.com/keyward/keyward/internal/vault/awskms"
@@ -19,16 +20,8 @@ import (
 
 func openVault(t *testing.T, kek vault.KEK) (*vault.Vault, *store.DB) {
 	t.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, store.SQLite, filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	v, err := vault.New(ctx, db.Vault(), kek)
+	db := storetest.Open(t, testenv.Database{Driver: store.SQLite, DSN: filepath.Join(t.TempDir(), "k.db")})
+	v, err := vault.New(context.Background(), db.Vault(), kek)
 	if err != nil {
 		t.Fatal(err)
 	}

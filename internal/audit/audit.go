@@ -1,0 +1,321 @@
+// Package audit is Keyward's tamper-evident trail: every event (a rotation step, a secret read, a
+// login, an admin change) becomes an append-only record that carries the SHA-256 of the record
+// before it, and signed checkpoints pin the trail's end from time to time. A changed, removed,
+// inserted or reordered record breaks the chain; a trail cut short of a checkpoint, or rewritten
+// before one, no longer matches it.
+//
+// Records never hold secret material: an event names keys by their access key id only.
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// Outcomes of an event.
+const (
+	Success = "success"
+	Failure = "failure"
+	Denied  = "denied"
+)
+
+// Event is something that happened, as its emitter tells it.
+type Event struct {
+	Actor     string            `json:"actor"`  // who: "engine:host/pid", "cli:alice", "user:bob", "apikey:ci"
+	Action    string            `json:"action"` // what: "rotation.started", "key.read", "auth.login"…
+	Target    string            `json:"target"` // on what: an identity, a team, a user
+	Outcome   string            `json:"outcome"`
+	SourceIP  string            `json:"source_ip,omitempty"`
+	RequestID string            `json:"request_id,omitempty"`
+	Detail    map[string]string `json:"detail,omitempty"` // never secret material
+}
+
+// Record is an event in the trail: numbered, timed and chained.
+type Record struct {
+	Seq  int64     `json:"seq"`
+	Time time.Time `json:"time"`
+	Event
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
+}
+
+// Head is the end of the trail: its last record's number and hash (0 and Genesis when empty).
+type Head struct {
+	Seq  int64
+	Hash string
+}
+
+// Genesis is the prev_hash of the first record.
+var Genesis = hex.EncodeToString(make([]byte, sha256.Size))
+
+// Checkpoint says, under a signature, that the trail up to Seq ends in Hash.
+type Checkpoint struct {
+	Seq       int64
+	Hash      string
+	Time      time.Time
+	KeyID     string
+	Signature []byte
+}
+
+// Store keeps the trail.
+type Store interface {
+	// Append reads the head under a lock that orders appends, in the unit of work ctx carries if any,
+	// and stores the records build makes from it.
+	Append(ctx context.Context, build func(head Head) ([]Record, error)) error
+	// Records calls fn for each record with from <= seq (and seq <= to when to > 0), in order.
+	Records(ctx context.Context, from, to int64, fn func(Record) error) error
+	// Head returns the trail's last record's number and hash.
+	Head(ctx context.Context) (Head, error)
+	// AddCheckpoint stores a checkpoint.
+	AddCheckpoint(ctx context.Context, c Checkpoint) error
+	// Checkpoints lists the checkpoints, by seq.
+	Checkpoints(ctx context.Context) ([]Checkpoint, error)
+}
+
+// Signer signs checkpoints; Keyward's is an Ed25519 key kept in its vault.
+type Signer interface {
+	KeyID() string
+	Sign(msg []byte) []byte
+}
+
+// Trail appends events to a Store. It is safe for concurrent use.
+type Trail struct {
+	store Store
+	now   func() time.Time
+	log   *slog.Logger
+}
+
+// New returns a trail over st. now may be nil (time.Now).
+func New(st Store, now func() time.Time, log *slog.Logger) *Trail {
+	if now == nil {
+		now = time.Now
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Trail{store: st, now: now, log: log}
+}
+
+// Record appends events, in the unit of work ctx carries if any: with it, the events are committed
+// with the work they describe, or not at all.
+func (t *Trail) Record(ctx context.Context, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	for _, e := range events {
+		if e.Actor == "" || e.Action == "" || e.Outcome == "" {
+			return fmt.Errorf("audit event %q by %q: actor, action and outcome are required", e.Action, e.Actor)
+		}
+	}
+	err := t.store.Append(ctx, func(head Head) ([]Record, error) {
+		// Microseconds: what the store keeps, so that the hash is computed over what is read back.
+		now := t.now().UTC().Truncate(time.Microsecond)
+		recs := make([]Record, len(events))
+		for i, e := range events {
+			r := Record{Seq: head.Seq + 1, Time: now, Event: e, PrevHash: head.Hash}
+			r.Hash = r.ComputeHash()
+			recs[i], head = r, Head{Seq: r.Seq, Hash: r.Hash}
+		}
+		return recs, nil
+	})
+	if err != nil {
+		return fmt.Errorf("audit %s: %w", events[0].Action, err)
+	}
+	return nil
+}
+
+// ComputeHash returns the hex SHA-256 of the record's content and its prev_hash: every field but
+// Hash, each length-prefixed so that no two records encode alike.
+func (r Record) ComputeHash() string {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field("keyward-audit/v1")
+	field(fmt.Sprint(r.Seq))
+	field(fmt.Sprint(r.Time.UnixMicro()))
+	field(r.Actor)
+	field(r.Action)
+	field(r.Target)
+	field(r.Outcome)
+	field(r.SourceIP)
+	field(r.RequestID)
+	keys := make([]string, 0, len(r.Detail))
+	for k := range r.Detail {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	field(fmt.Sprint(len(keys)))
+	for _, k := range keys {
+		field(k)
+		field(r.Detail[k])
+	}
+	field(r.PrevHash)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// checkpointMessage is what a checkpoint's signature covers.
+func checkpointMessage(c Checkpoint) []byte {
+	return fmt.Appendf(nil, "keyward-audit-checkpoint/v1|%d|%s|%d|%s", c.Seq, c.Hash, c.Time.UnixMicro(), c.KeyID)
+}
+
+// Checkpoint signs the trail's current end, unless the newest checkpoint already covers it. It
+// returns the checkpoint that covers the end.
+func (t *Trail) Checkpoint(ctx context.Context, signer Signer) (Checkpoint, error) {
+	head, err := t.store.Head(ctx)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	cps, err := t.store.Checkpoints(ctx)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	if n := len(cps); n > 0 && cps[n-1].Seq == head.Seq && cps[n-1].KeyID == signer.KeyID() {
+		return cps[n-1], nil
+	}
+	if head.Seq == 0 {
+		return Checkpoint{}, nil
+	}
+	c := Checkpoint{Seq: head.Seq, Hash: head.Hash, Time: t.now().UTC().Truncate(time.Microsecond), KeyID: signer.KeyID()}
+	c.Signature = signer.Sign(checkpointMessage(c))
+	if err := t.store.AddCheckpoint(ctx, c); err != nil {
+		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	return c, nil
+}
+
+// Verifier checks a checkpoint's signature with the public key named by keyID; false when the key
+// is unknown or the signature wrong.
+type Verifier func(keyID string, msg, sig []byte) bool
+
+// Ed25519Verifier verifies with the public keys given by key id.
+func Ed25519Verifier(keys map[string]ed25519.PublicKey) Verifier {
+	return func(keyID string, msg, sig []byte) bool {
+		pub, ok := keys[keyID]
+		return ok && ed25519.Verify(pub, msg, sig)
+	}
+}
+
+// Report is what Verify found.
+type Report struct {
+	Records     int64      `json:"records"`
+	Checkpoints int        `json:"checkpoints"`
+	Last        Checkpoint `json:"-"`
+	// BadSeq is the first record at fault (0 when the trail is intact); Problem says what is wrong.
+	BadSeq  int64  `json:"bad_seq,omitempty"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// OK says whether the trail is intact.
+func (r Report) OK() bool { return r.Problem == "" }
+
+// ErrTampered marks a trail that failed verification.
+var ErrTampered = errors.New("audit trail tampered with")
+
+// Verify walks the whole trail: numbers without gaps from 1, each record's hash its content's, each
+// prev_hash the hash before it; every checkpoint signed by a known key and matching the record it
+// names; the trail reaching the newest checkpoint. progress may be nil.
+func (t *Trail) Verify(ctx context.Context, verify Verifier, progress func(seq int64)) (Report, error) {
+	var rep Report
+	cps, err := t.store.Checkpoints(ctx)
+	if err != nil {
+		return rep, err
+	}
+	rep.Checkpoints = len(cps)
+	for _, c := range cps {
+		if !verify(c.KeyID, checkpointMessage(c), c.Signature) {
+			rep.BadSeq, rep.Problem = c.Seq, fmt.Sprintf("the checkpoint at record %d is not signed by a known audit key (%s)", c.Seq, c.KeyID)
+			return rep, nil
+		}
+	}
+	bySeq := map[int64][]Checkpoint{}
+	for _, c := range cps {
+		bySeq[c.Seq] = append(bySeq[c.Seq], c)
+	}
+	prev := Head{Hash: Genesis}
+	bad := func(seq int64, format string, args ...any) error {
+		rep.BadSeq, rep.Problem = seq, fmt.Sprintf(format, args...)
+		return errStop
+	}
+	err = t.store.Records(ctx, 1, 0, func(r Record) error {
+		switch {
+		case r.Seq != prev.Seq+1:
+			return bad(prev.Seq+1, "record %d is missing (the next one is %d)", prev.Seq+1, r.Seq)
+		case r.PrevHash != prev.Hash:
+			return bad(r.Seq, "record %d does not follow record %d: the chain is broken (a record was changed, removed, inserted or moved)", r.Seq, prev.Seq)
+		case r.ComputeHash() != r.Hash:
+			return bad(r.Seq, "record %d was changed: its content does not match its hash", r.Seq)
+		}
+		for _, c := range bySeq[r.Seq] {
+			if c.Hash != r.Hash {
+				return bad(r.Seq, "record %d does not match the signed checkpoint at it: the trail was rewritten", r.Seq)
+			}
+		}
+		prev = Head{Seq: r.Seq, Hash: r.Hash}
+		rep.Records = r.Seq
+		if progress != nil {
+			progress(r.Seq)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return rep, err
+	}
+	if rep.Problem != "" {
+		return rep, nil
+	}
+	if n := len(cps); n > 0 {
+		rep.Last = cps[n-1]
+		if last := cps[n-1]; last.Seq > prev.Seq {
+			rep.BadSeq = prev.Seq + 1
+			rep.Problem = fmt.Sprintf("the trail ends at record %d but a signed checkpoint covers records up to %d: its tail was cut off", prev.Seq, last.Seq)
+			return rep, nil
+		}
+	}
+	return rep, nil
+}
+
+var errStop = errors.New("stop")
+
+// Export calls fn for every record whose time is in [since, until) (a zero bound is open), in order.
+func (t *Trail) Export(ctx context.Context, since, until time.Time, fn func(Record) error) error {
+	return t.store.Records(ctx, 1, 0, func(r Record) error {
+		if (!since.IsZero() && r.Time.Before(since)) || (!until.IsZero() && !r.Time.Before(until)) {
+			return nil
+		}
+		return fn(r)
+	})
+}
+
+// MarshalDetail encodes a record's detail as the store keeps it (a JSON object, "" when empty).
+func MarshalDetail(d map[string]string) string {
+	if len(d) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(d) // a map of strings always encodes
+	return string(b)
+}
+
+// UnmarshalDetail reverses MarshalDetail.
+func UnmarshalDetail(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var d map[string]string
+	if err := json.Unmarshal([]byte(s), &d); err != nil {
+		return nil, fmt.Errorf("audit detail: %w", err)
+	}
+	return d, nil
+}

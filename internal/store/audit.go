@@ -1,0 +1,126 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/audit"
+)
+
+// Audit is the audit trail's Store over SQL.
+type Audit struct{ db *DB }
+
+// Audit returns the audit trail's Store on db.
+func (db *DB) Audit() *Audit { return &Audit{db: db} }
+
+var _ audit.Store = (*Audit)(nil)
+
+// auditLockKey is the PostgreSQL advisory lock that orders appends to the trail ("kwaudit" in ASCII).
+// On SQLite, BEGIN IMMEDIATE has already made the appender the only writer.
+const auditLockKey = 0x6b7761756469740
+
+const auditColumns = `seq, time, actor, action, target, outcome, source_ip, request_id, detail, prev_hash, hash`
+
+// Append implements audit.Store.
+func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit.Record, error)) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		if s.db.driver == Postgres {
+			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
+				return fmt.Errorf("lock the audit trail: %w", err)
+			}
+		}
+		head, err := s.head(ctx, tx.queryRow)
+		if err != nil {
+			return err
+		}
+		recs, err := build(head)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				r.Seq, micros(r.Time), r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
+				audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash); err != nil {
+				return fmt.Errorf("append audit record %d: %w", r.Seq, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string, ...any) *sql.Row) (audit.Head, error) {
+	h := audit.Head{Hash: audit.Genesis}
+	err := queryRow(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return audit.Head{Hash: audit.Genesis}, nil
+	}
+	if err != nil {
+		return h, fmt.Errorf("read the audit trail's head: %w", err)
+	}
+	return h, nil
+}
+
+// Head implements audit.Store.
+func (s *Audit) Head(ctx context.Context) (audit.Head, error) { return s.head(ctx, s.db.queryRow) }
+
+// auditPage is how many records Records reads per query, so that no read stays open for long.
+const auditPage = 1000
+
+// Records implements audit.Store.
+func (s *Audit) Records(ctx context.Context, from, to int64, fn func(audit.Record) error) error {
+	for {
+		rows, err := s.db.query(ctx, `SELECT `+auditColumns+` FROM audit_events
+			WHERE seq >= $1 AND ($2 = 0 OR seq <= $2) ORDER BY seq LIMIT $3`, from, to, auditPage)
+		page, err := collect(rows, err, scanAudit)
+		if err != nil {
+			return fmt.Errorf("read the audit trail: %w", err)
+		}
+		for _, r := range page {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		if len(page) < auditPage {
+			return nil
+		}
+		from = page[len(page)-1].Seq + 1
+	}
+}
+
+func scanAudit(rows *sql.Rows) (audit.Record, error) {
+	var r audit.Record
+	var at int64
+	var detail string
+	if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Action, &r.Target, &r.Outcome, &r.SourceIP, &r.RequestID,
+		&detail, &r.PrevHash, &r.Hash); err != nil {
+		return r, err
+	}
+	r.Time = time.UnixMicro(at).UTC()
+	d, err := audit.UnmarshalDetail(detail)
+	r.Detail = d
+	return r, err
+}
+
+// AddCheckpoint implements audit.Store.
+func (s *Audit) AddCheckpoint(ctx context.Context, c audit.Checkpoint) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		_, err := tx.exec(ctx, `INSERT INTO audit_checkpoints (seq, hash, time, key_id, signature) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (seq, key_id) DO NOTHING`, c.Seq, c.Hash, micros(c.Time), c.KeyID, c.Signature)
+		return err
+	})
+}
+
+// Checkpoints implements audit.Store.
+func (s *Audit) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
+	rows, err := s.db.query(ctx, `SELECT seq, hash, time, key_id, signature FROM audit_checkpoints ORDER BY seq, time`)
+	return collect(rows, err, func(rows *sql.Rows) (audit.Checkpoint, error) {
+		var c audit.Checkpoint
+		var at int64
+		err := rows.Scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature)
+		c.Time = time.UnixMicro(at).UTC()
+		return c, err
+	})
+}

@@ -1,0 +1,110 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Purposes of Keyward's own signing keys.
+const (
+	PurposeAudit = "audit" // signs the audit trail's checkpoints
+)
+
+// SealedSigningKey is a signing key as a Store keeps it: the public half in the clear, the private
+// half (an Ed25519 seed) sealed under the KEK like a secret.
+type SealedSigningKey struct {
+	ID        string
+	Purpose   string
+	Public    ed25519.PublicKey
+	Sealed    Sealed
+	CreatedAt time.Time
+}
+
+// SigningKey is one of Keyward's own Ed25519 keys, opened. Its private half never leaves the process
+// and prints as nothing.
+type SigningKey struct {
+	ID        string
+	Purpose   string
+	Public    ed25519.PublicKey
+	CreatedAt time.Time
+	private   ed25519.PrivateKey
+}
+
+// KeyID returns the key's id.
+func (k SigningKey) KeyID() string { return k.ID }
+
+// Sign signs msg.
+func (k SigningKey) Sign(msg []byte) []byte { return ed25519.Sign(k.private, msg) }
+
+// String names the key without its private half.
+func (k SigningKey) String() string { return k.ID }
+
+// signingKeyID names a key by its purpose and the fingerprint of its public half.
+func signingKeyID(purpose string, pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return purpose + ":" + hex.EncodeToString(sum[:8])
+}
+
+func signingKeyAAD(purpose, id string) []byte {
+	return []byte("keyward/v1|signing-key|" + purpose + "|" + id)
+}
+
+// SigningKey returns the newest signing key for purpose, creating one when there is none.
+func (v *Vault) SigningKey(ctx context.Context, purpose string) (SigningKey, error) {
+	keys, err := v.SigningKeys(ctx, purpose)
+	if err != nil {
+		return SigningKey{}, err
+	}
+	if len(keys) > 0 {
+		return keys[len(keys)-1], nil
+	}
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return SigningKey{}, fmt.Errorf("generate %s signing key: %w", purpose, err)
+	}
+	id := signingKeyID(purpose, pub)
+	seed := priv.Seed()
+	defer clear(seed)
+	sealed, err := v.sealBytes(ctx, signingKeyAAD(purpose, id), seed)
+	if err != nil {
+		return SigningKey{}, fmt.Errorf("seal %s signing key: %w", purpose, err)
+	}
+	now := v.now().UTC()
+	if err := v.store.CreateSigningKey(ctx, SealedSigningKey{ID: id, Purpose: purpose, Public: pub, Sealed: sealed, CreatedAt: now}); err != nil {
+		return SigningKey{}, fmt.Errorf("store %s signing key: %w", purpose, err)
+	}
+	return SigningKey{ID: id, Purpose: purpose, Public: pub, CreatedAt: now, private: priv}, nil
+}
+
+// SigningKeys returns every signing key for purpose, oldest first, opened. A key whose sealed half
+// does not open, or does not match its public half, is an error: it was tampered with.
+func (v *Vault) SigningKeys(ctx context.Context, purpose string) ([]SigningKey, error) {
+	sealed, err := v.store.SigningKeys(ctx, purpose)
+	if err != nil {
+		return nil, fmt.Errorf("%s signing keys: %w", purpose, err)
+	}
+	keys := make([]SigningKey, 0, len(sealed))
+	for _, s := range sealed {
+		seed, err := v.openBytes(ctx, signingKeyAAD(s.Purpose, s.ID), s.Sealed)
+		if err != nil {
+			return nil, fmt.Errorf("open signing key %s: %w", s.ID, err)
+		}
+		if len(seed) != ed25519.SeedSize {
+			return nil, fmt.Errorf("signing key %s: %w", s.ID, errors.New("bad seed length"))
+		}
+		priv := ed25519.NewKeyFromSeed(seed)
+		clear(seed)
+		pub := priv.Public().(ed25519.PublicKey)
+		if !bytes.Equal(pub, s.Public) || signingKeyID(s.Purpose, pub) != s.ID {
+			return nil, fmt.Errorf("signing key %s: its public half does not match its private half", s.ID)
+		}
+		keys = append(keys, SigningKey{ID: s.ID, Purpose: s.Purpose, Public: pub, CreatedAt: s.CreatedAt, private: priv})
+	}
+	return keys, nil
+}
