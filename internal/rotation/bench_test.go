@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/cloud/sim"
@@ -28,6 +29,7 @@ func benchEngine(b *testing.B, c cloud.Provider, d testenv.Database) *rotation.E
 	db := storetest.Open(b, d)
 	v := storetest.Vault(b, db, nil)
 	return rotation.New(rotation.Engine{Cloud: c, Vault: v, Store: db.Rotations(), Policy: rotation.DefaultPolicy(),
+		Audit: audit.New(db.Audit(), nil, nil),
 		Owner: "bench", VerifyInterval: time.Millisecond,
 		Sleep: func(context.Context, time.Duration) error { return nil }})
 }

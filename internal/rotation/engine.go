@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -86,6 +87,7 @@ type Engine struct {
 	Now    func() time.Time
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Hook   Hook
+	Audit  Recorder // nil records nothing
 
 	// LeaseTTL is how long a rotation stays claimed without a write (default 5 minutes).
 	LeaseTTL time.Duration
@@ -209,6 +211,9 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	if current == nil {
 		if len(activeKeys(keys)) > 1 {
 			res.Outcome, res.Reason = Blocked, "the user holds two active keys that Keyward does not know: import the one in use"
+			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
+				return e.cut(res, err)
+			}
 		} else {
 			res.Reason = "the user has no active key"
 		}
@@ -311,12 +316,14 @@ func (e *Engine) reconcile(ctx context.Context, id vault.Identity) ([]cloud.Acce
 		case v.State == vault.StateDestroyed:
 		case !exists && v.State != vault.StateCurrent:
 			// Deleted (by us before a crash, or by someone else): its secret must go too.
-			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, v.Number) },
+				e.event(ActionDestroyed, id, audit.Success, "access_key_id", v.AccessKeyID, "reason", "the key is gone from the cloud")); err != nil {
 				return nil, nil, nil, err
 			}
 			changed = true
 		case exists && v.State == vault.StatePrevious && k.Status == cloud.KeyInactive:
-			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, v.Number) },
+				e.event(ActionDeactivated, id, audit.Success, "access_key_id", v.AccessKeyID, "reason", "found inactive in the cloud")); err != nil {
 				return nil, nil, nil, err
 			}
 			changed = true
@@ -341,7 +348,13 @@ func (e *Engine) adopt(ctx context.Context, id vault.Identity, key *cloud.Access
 	if key == nil {
 		return res, nil
 	}
-	if _, err := e.Vault.Adopt(ctx, id, key.ID, key.CreatedAt); err != nil && !errors.Is(err, vault.ErrDuplicate) {
+	err := e.recorded(ctx, func(ctx context.Context) error {
+		_, err := e.Vault.Adopt(ctx, id, key.ID, key.CreatedAt)
+		return err
+	}, e.event(ActionAdopted, id, audit.Success, "access_key_id", key.ID))
+	if errors.Is(err, vault.ErrDuplicate) {
+		return res, nil // adopted meanwhile by another process
+	} else if err != nil {
 		return e.cut(res, err)
 	}
 	res.Actions = append([]Action{{Kind: "adopted", KeyID: key.ID}}, res.Actions...)
@@ -363,6 +376,11 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 			if pol.stillInUse(lu.At, current.CurrentAt, now) {
 				res.Outcome = Held
 				res.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+				if err := e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", v.AccessKeyID,
+					"last_used", lu.At.Format(time.RFC3339))); err != nil {
+					r, err := e.cut(*res, err)
+					return r, true, err
+				}
 				continue
 			}
 			if err := e.crashAt("deactivate"); err != nil {
@@ -375,7 +393,8 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 			if err := e.crashAt("deactivated"); err != nil {
 				return *res, true, err
 			}
-			if err := e.Vault.Deactivate(ctx, id, v.Number); err != nil {
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, v.Number) },
+				e.event(ActionDeactivated, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
 				r, err := e.cut(*res, err)
 				return r, true, err
 			}
@@ -394,7 +413,8 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 			if err := e.crashAt("deleted"); err != nil {
 				return *res, true, err
 			}
-			if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, v.Number) },
+				e.event(ActionDeleted, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
 				r, err := e.cut(*res, err)
 				return r, true, err
 			}
@@ -418,32 +438,45 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 			if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
 				res.Reason = "the user holds two active keys: Keyward never deletes an active key to make room"
 			}
+			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
+				return e.cut(res, err)
+			}
 			return e.adopt(ctx, id, adopt, res)
 		}
 		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 			return e.cut(res, fmt.Errorf("delete %s to make room: %w", room.ID, err))
 		}
-		for _, v := range versions {
-			if v.AccessKeyID == room.ID {
-				if err := e.Vault.Destroy(ctx, id, v.Number); err != nil {
-					return e.cut(res, err)
+		err := e.recorded(ctx, func(ctx context.Context) error {
+			for _, v := range versions {
+				if v.AccessKeyID == room.ID {
+					return e.Vault.Destroy(ctx, id, v.Number)
 				}
 			}
+			return nil // a foreign key, deleted under a rule: the vault never held it
+		}, e.event(ActionDeleted, id, audit.Success, "access_key_id", room.ID, "reason", "to make room for a new key"))
+		if err != nil {
+			return e.cut(res, err)
 		}
 		res.did("deleted", room.ID)
 	}
 	now := e.now()
 	var rec Record
 	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		var events []audit.Event
 		if adopt != nil {
 			if _, err := e.Vault.Adopt(ctx, id, adopt.ID, adopt.CreatedAt); err != nil {
 				return err
 			}
+			events = append(events, e.event(ActionAdopted, id, audit.Success, "access_key_id", adopt.ID))
 		}
 		var err error
 		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
 			Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
-		return err
+		if err != nil {
+			return err
+		}
+		return e.record(ctx, append(events, e.event(ActionStarted, id, audit.Success, "old_key_id", current.AccessKeyID,
+			"rotation", fmt.Sprint(rec.ID), "attempt", fmt.Sprint(attempt)))...)
 	})
 	if err == nil && adopt != nil {
 		res.Actions = append([]Action{{Kind: "adopted", KeyID: adopt.ID}}, res.Actions...)
@@ -493,7 +526,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 			}
 			nk, err := e.Cloud.CreateAccessKey(ctx, id.AccountID, id.UserName)
 			if err != nil {
-				return e.finishFailed(ctx, &rec, res, fmt.Sprintf("create access key: %v", err))
+				return e.finishFailed(ctx, &rec, res, fmt.Sprintf("create access key: %v", err), nil)
 			}
 			if err := e.crashAt("created"); err != nil {
 				return res, err
@@ -567,7 +600,11 @@ func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) 
 			return err
 		}
 		rec.NewKeyID, rec.Version = nk.ID, ver.Number
-		return e.save(ctx, &rec, StepVerify, PhaseStarted)
+		if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
+			return err
+		}
+		return e.record(ctx, e.event(ActionCreated, id, audit.Success, "access_key_id", nk.ID,
+			"version", fmt.Sprint(ver.Number), "rotation", fmt.Sprint(rec.ID)))
 	})
 	if err != nil && sealed && !errors.Is(err, ErrCrashed) {
 		if _, err2 := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret); err2 != nil {
@@ -580,7 +617,11 @@ func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) 
 // finish records a rotation as done.
 func (e *Engine) finish(ctx context.Context, rec Record) error {
 	rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()
-	return e.save(ctx, &rec, StepFinished, PhaseDone)
+	if err := e.save(ctx, &rec, StepFinished, PhaseDone); err != nil {
+		return err
+	}
+	return e.record(ctx, e.event(ActionRotated, rec.Identity, audit.Success, "old_key_id", rec.OldKeyID,
+		"new_key_id", rec.NewKeyID, "version", fmt.Sprint(rec.Version), "rotation", fmt.Sprint(rec.ID)))
 }
 
 // resumeCreate settles a create step that was interrupted: a key stored as pending since the rotation
@@ -616,6 +657,10 @@ func (e *Engine) resumeCreate(ctx context.Context, rec *Record, res *Result) err
 			return fmt.Errorf("delete orphaned key %s: %w", k.ID, err)
 		}
 		res.did("deleted_orphan", k.ID)
+		if err := e.record(ctx, e.event(ActionDeleted, id, audit.Success, "access_key_id", k.ID,
+			"reason", "created by an interrupted rotation before its secret reached the vault", "rotation", fmt.Sprint(rec.ID))); err != nil {
+			return err
+		}
 		e.Log.Warn("deleted a key whose secret never reached the vault", "identity", id.String(), "access_key_id", k.ID, "rotation", rec.ID)
 	}
 	return nil
@@ -675,16 +720,31 @@ func (e *Engine) rollBack(ctx context.Context, rec *Record, res Result, reason s
 	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, rec.NewKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 		return e.cut(res, fmt.Errorf("%s; and deleting the new key %s failed: %w", reason, rec.NewKeyID, err))
 	}
-	if err := e.Vault.Destroy(ctx, id, rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
-		return e.cut(res, err)
-	}
 	res.did("rolled_back", rec.NewKeyID)
-	return e.finishFailed(ctx, rec, res, reason)
+	return e.finishFailed(ctx, rec, res, reason, func(ctx context.Context) error {
+		if err := e.Vault.Destroy(ctx, id, rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
+			return err
+		}
+		return nil
+	})
 }
 
-func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reason string) (Result, error) {
+// finishFailed records a rotation as failed, after undo (if not nil) in the same transaction.
+func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reason string, undo func(ctx context.Context) error) (Result, error) {
 	rec.Outcome, rec.Reason, rec.FinishedAt = OutcomeFailed, reason, e.now()
-	if err := e.save(ctx, rec, StepFinished, PhaseDone); err != nil {
+	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		if undo != nil {
+			if err := undo(ctx); err != nil {
+				return err
+			}
+		}
+		if err := e.save(ctx, rec, StepFinished, PhaseDone); err != nil {
+			return err
+		}
+		return e.record(ctx, e.event(ActionFailed, rec.Identity, audit.Failure, "reason", reason,
+			"old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID, "attempt", fmt.Sprint(rec.Attempt), "rotation", fmt.Sprint(rec.ID)))
+	})
+	if err != nil {
 		return e.cut(res, err)
 	}
 	e.Log.Warn("rotation failed", "identity", rec.Identity.String(), "attempt", rec.Attempt, "reason", reason)

@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
@@ -32,6 +34,7 @@ type world struct {
 	cloud  *sim.Cloud
 	db     *store.DB
 	vault  *vault.Vault
+	trail  *audit.Trail
 	policy rotation.Policy
 	fault  func(op, user string) error
 }
@@ -47,6 +50,7 @@ func newWorld(t *testing.T, d testenv.Database) *world {
 	}))
 	w.db = storetest.Open(t, d)
 	w.vault = storetest.Vault(t, w.db, w.clock.Now)
+	w.trail = audit.New(w.db.Audit(), w.clock.Now, nil)
 	return w
 }
 
@@ -57,7 +61,7 @@ func sqlite(t *testing.T) testenv.Database {
 // engine returns an engine as a (re)started process would have: its own owner id.
 func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 	return rotation.New(rotation.Engine{
-		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook,
+		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
 		Now:   w.clock.Now,
 		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },
 	})
@@ -91,6 +95,22 @@ func (w *world) addUser(name string, keyAge time.Duration, tags map[string]strin
 
 func id(user string) vault.Identity {
 	return vault.Identity{Cloud: "aws", AccountID: acct, UserName: user}
+}
+
+// events returns the user's audit records of an action, optionally only those whose detail has key = value.
+func (w *world) events(user, action string, kv ...string) []audit.Record {
+	w.t.Helper()
+	var out []audit.Record
+	err := w.trail.Export(context.Background(), time.Time{}, time.Time{}, func(r audit.Record) error {
+		if r.Target == id(user).String() && (action == "" || r.Action == action) && (len(kv) < 2 || r.Detail[kv[0]] == kv[1]) {
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return out
 }
 
 func actions(r rotation.Result) string {
@@ -138,6 +158,15 @@ func (w *world) checkInvariants(user string) {
 	if current != 1 {
 		w.t.Fatalf("%s: %d current versions", user, current)
 	}
+	// The audit trail is intact and tells how the current key came to be: once.
+	if rep, err := w.trail.Verify(ctx, func(string, []byte, []byte) bool { return false }, nil); err != nil || !rep.OK() {
+		w.t.Fatalf("audit trail: %+v %v", rep, err)
+	}
+	if cur.Origin == vault.OriginCreated {
+		if n := len(w.events(user, rotation.ActionRotated, "new_key_id", cur.AccessKeyID)); n != 1 {
+			w.t.Fatalf("%s: %d %s records for the current key %s, want 1", user, n, rotation.ActionRotated, cur.AccessKeyID)
+		}
+	}
 }
 
 func TestRotateLifecycle(t *testing.T) {
@@ -178,7 +207,42 @@ func TestRotateLifecycle(t *testing.T) {
 			t.Fatalf("keys left: %+v", ks)
 		}
 		w.checkInvariants("alice")
+
+		// The audit trail tells the whole story, in order, naming keys by id and never by secret.
+		var got []string
+		for _, r := range w.events("alice", "") {
+			got = append(got, r.Action)
+			if r.Actor != "engine:main" || r.Outcome != audit.Success {
+				t.Errorf("record %d: actor %q, outcome %q", r.Seq, r.Actor, r.Outcome)
+			}
+		}
+		want := []string{rotation.ActionAdopted, rotation.ActionStarted, rotation.ActionCreated, rotation.ActionRotated,
+			rotation.ActionDeactivated, rotation.ActionDeleted}
+		if !slices.Equal(got, want) {
+			t.Fatalf("audit actions %v, want %v", got, want)
+		}
+		if r := w.events("alice", rotation.ActionRotated)[0]; r.Detail["old_key_id"] != old.ID || r.Detail["new_key_id"] != cur.AccessKeyID {
+			t.Fatalf("key.rotated detail: %v", r.Detail)
+		}
+		w.noSecretInTrail(old.Secret, cur.SecretAccessKey)
 	})
+}
+
+// noSecretInTrail fails if any field of any audit record holds one of the secrets.
+func (w *world) noSecretInTrail(secrets ...secret.Value) {
+	w.t.Helper()
+	err := w.trail.Export(context.Background(), time.Time{}, time.Time{}, func(r audit.Record) error {
+		text := fmt.Sprintf("%+v", r)
+		for _, s := range secrets {
+			if strings.Contains(text, s.Reveal()) {
+				w.t.Fatalf("audit record %d holds a secret", r.Seq)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
 }
 
 func TestHeldWhileOldKeyInUse(t *testing.T) {
@@ -190,6 +254,9 @@ func TestHeldWhileOldKeyInUse(t *testing.T) {
 	r := w.visit("alice", false)
 	if r.Outcome != rotation.Held || !strings.Contains(r.Reason, "still in use since") {
 		t.Fatalf("old key in use: %+v", r)
+	}
+	if held := w.events("alice", rotation.ActionHeld, "access_key_id", old.ID); len(held) != 1 {
+		t.Fatalf("%d %s records for the old key, want 1", len(held), rotation.ActionHeld)
 	}
 	w.clock.Add(2 * day) // quiet since
 	if r := w.visit("alice", false); r.Outcome != rotation.Deactivated {
@@ -289,6 +356,11 @@ func TestVerificationFailureRollsBack(t *testing.T) {
 		versions, _ := w.vault.VersionsOf(context.Background(), id("alice"))
 		if len(versions) != 2 || versions[0].State != vault.StateCurrent || versions[1].State != vault.StateDestroyed {
 			t.Fatalf("vault after rollback: %+v", versions)
+		}
+		failed := w.events("alice", rotation.ActionFailed)
+		if len(failed) != 1 || failed[0].Outcome != audit.Failure || failed[0].Detail["new_key_id"] != versions[1].AccessKeyID ||
+			!strings.Contains(failed[0].Detail["reason"], "verification failed") {
+			t.Fatalf("audit of the failure: %+v", failed)
 		}
 		if r := w.visit("alice", false); r.Outcome != rotation.Skipped || !strings.Contains(r.Reason, "backing off") {
 			t.Fatalf("right after a failure: %+v", r)

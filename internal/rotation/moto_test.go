@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/rotation"
@@ -45,7 +46,7 @@ func newMotoEngine(t *testing.T, refuseSTS bool) *motoEngine {
 	pol := rotation.DefaultPolicy()
 	pol.RotateAfter, pol.DeactivateAfter, pol.DeleteAfter, pol.VerifyTimeout = time.Hour, time.Second, time.Second, 2*time.Second
 	e := rotation.New(rotation.Engine{Cloud: awsiam.New(providerCfg, awsiam.Options{MaxRPS: 100}), Vault: v,
-		Store: db.Rotations(), Policy: pol, Owner: "test", VerifyInterval: 50 * time.Millisecond})
+		Store: db.Rotations(), Policy: pol, Owner: "test", VerifyInterval: 50 * time.Millisecond, Audit: audit.New(db.Audit(), nil, nil)})
 	return &motoEngine{e: e, iam: iam.NewFromConfig(admin), vault: v}
 }
 
