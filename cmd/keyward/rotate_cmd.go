@@ -86,6 +86,7 @@ func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *
 	return rotation.New(rotation.Engine{
 		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
 		Owner: processOwner(), OwnerGone: ownerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
+		Audit: a.trail(db),
 	})
 }
 
@@ -168,8 +169,15 @@ func (a *app) rotateCommand() *cobra.Command {
 					rep.Summary.Add(res.Outcome)
 				}
 				rep.Errors = errs
-			} else if rep, err = engine.Pass(ctx, opts); err != nil {
-				return err
+			} else {
+				if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
+					return err
+				}
+				rep, err = engine.Pass(ctx, opts)
+				a.checkpoint(context.WithoutCancel(ctx), engine.Vault, db)
+				if err != nil {
+					return err
+				}
 			}
 			if err := a.printReport(rep, output, dryRun); err != nil {
 				return err

@@ -92,6 +92,26 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		}
 	}
 	engine := a.newEngine(v, db, provider)
+	if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
+		return err
+	}
+	// The audit trail's end is signed every checkpoint_interval, and once more on the way out.
+	checkpointCtx, stopCheckpoints := context.WithCancel(ctx)
+	checkpoints := make(chan struct{})
+	go func() {
+		defer close(checkpoints)
+		t := time.NewTicker(a.cfg.Audit.CheckpointInterval.Std())
+		defer t.Stop()
+		for {
+			a.checkpoint(context.WithoutCancel(checkpointCtx), v, db)
+			select {
+			case <-checkpointCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	defer func() { stopCheckpoints(); <-checkpoints; a.checkpoint(context.Background(), v, db) }()
 	var after func(rotation.Report, error)
 	if afterPass != nil {
 		after = afterPass(engine)

@@ -14,6 +14,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
@@ -90,13 +91,22 @@ func (a *app) vaultImportCommand() *cobra.Command {
 				}
 				id = found
 			}
-			ver, err := v.Import(ctx, id, keyID, sec)
+			var ver vault.Version
+			err = db.Atomically(ctx, func(ctx context.Context) error {
+				var err error
+				if ver, err = v.Import(ctx, id, keyID, sec); err != nil {
+					return err
+				}
+				return a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionKeyImported, Target: id.String(),
+					Outcome: audit.Success, Detail: map[string]string{"access_key_id": keyID, "version": fmt.Sprint(ver.Number)}})
+			})
 			if errors.Is(err, vault.ErrDuplicate) {
 				return usageErr("access key %s is already in the vault", keyID)
 			}
 			if err != nil {
 				return err
 			}
+			a.checkpoint(ctx, v, db)
 			a.log.Info("credential imported", "identity", id.String(), "access_key_id", keyID, "version", ver.Number)
 			if output == "json" {
 				return json.NewEncoder(a.stdout).Encode(ver)
@@ -185,6 +195,12 @@ func (a *app) vaultGetCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A secret is shown only once its reading is on the record.
+			if err := a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionKeyRead, Target: id.String(), Outcome: audit.Success,
+				Detail: map[string]string{"access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number)}}); err != nil {
+				return fmt.Errorf("nothing printed: %w", err)
+			}
+			a.checkpoint(ctx, v, db)
 			a.log.Info("credential read", "identity", id.String(), "access_key_id", c.AccessKeyID, "by", "cli")
 			return render(a.stdout, c)
 		}),
@@ -323,7 +339,15 @@ point vault.master_key at the new KEK; the old one can then be retired.`,
 				}
 			}
 			from := v.KEKID()
-			n, err := v.Rewrap(ctx, next, progress)
+			var n int
+			err = db.Atomically(ctx, func(ctx context.Context) error {
+				var err error
+				if n, err = v.Rewrap(ctx, next, progress); err != nil {
+					return err
+				}
+				return a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionRewrapped, Target: "vault", Outcome: audit.Success,
+					Detail: map[string]string{"data_keys": fmt.Sprint(n), "from_kek_id": from, "to_kek_id": next.ID()}})
+			})
 			if err != nil {
 				return err
 			}

@@ -34,6 +34,13 @@ type Config struct {
 	Vault    Vault    `yaml:"vault"`
 	AWS      AWS      `yaml:"aws"`
 	Rotation Rotation `yaml:"rotation"`
+	Audit    Audit    `yaml:"audit"`
+}
+
+// Audit configures the audit trail.
+type Audit struct {
+	// CheckpointInterval is how often serve signs a checkpoint of the trail's end (when it grew).
+	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 }
 
 // Server configures the HTTP listener.
@@ -141,6 +148,7 @@ func Default() Config {
 			QuietPeriod: Duration(day),
 			Concurrency: 4,
 		},
+		Audit: Audit{CheckpointInterval: Duration(time.Minute)},
 	}
 }
 
@@ -151,6 +159,9 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	if c.Server.ShutdownTimeout <= 0 {
 		report("server.shutdown_timeout", "must be positive")
+	}
+	if c.Audit.CheckpointInterval < Duration(time.Second) {
+		report("audit.checkpoint_interval", "want at least 1s (got %s)", c.Audit.CheckpointInterval)
 	}
 	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(report, "log.format", c.Log.Format, "json", "text")
