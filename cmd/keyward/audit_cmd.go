@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/audit/cloudwatch"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -196,4 +197,37 @@ func (a *app) auditExportCommand() *cobra.Command {
 	cmd.Flags().StringVar(&until, "until", "", "only records before this time (RFC 3339 or a date)")
 	cmd.Flags().StringVarP(&output, "output", "o", "jsonl", "output format: jsonl (one JSON record per line) or text")
 	return cmd
+}
+
+// shipper returns what sends the trail to the configured sinks, or nil when there is none.
+func (a *app) shipper(ctx context.Context, db *store.DB) (*audit.Shipper, error) {
+	var sinks []audit.Sink
+	if a.cfg.Audit.File != "" {
+		sinks = append(sinks, audit.FileSink(a.cfg.Audit.File, a.stdout))
+	}
+	if cw := a.cfg.Audit.CloudWatch; cw.LogGroup != "" {
+		cfg, err := a.awsConfig(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, cloudwatch.New(cfg, cw.LogGroup, cw.LogStream, a.log))
+	}
+	if len(sinks) == 0 {
+		return nil, nil
+	}
+	return &audit.Shipper{Store: db.Audit(), Cursors: db.Audit(), Sinks: sinks, Log: a.log}, nil
+}
+
+// shipOnce sends the sinks their backlog before a one-shot command exits; what cannot be sent now
+// waits in the database for the next ship.
+func (a *app) shipOnce(ctx context.Context, db *store.DB) {
+	shipper, err := a.shipper(ctx, db)
+	if err == nil && shipper != nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		err = shipper.Ship(ctx)
+	}
+	if err != nil {
+		a.log.Warn("audit trail not shipped; it will be with the next pass", "error", err.Error())
+	}
 }

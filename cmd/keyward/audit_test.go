@@ -1,19 +1,28 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 )
 
 // TestAuditTrail runs a full rotation against moto and a credential read through the binary, then
 // checks the trail: verify passes, export has every event, and no record and no log line written
 // along the way holds a secret. Then it tampers with the database and verify names the record.
 func TestAuditTrail(t *testing.T) {
-	w := newMotoWorld(t)
+	group := fmt.Sprintf("keyward-%d", time.Now().UnixNano())
+	w := newMotoWorld(t, "KEYWARD_AUDIT_FILE=audit.jsonl", "KEYWARD_AUDIT_CLOUDWATCH_LOG_GROUP="+group)
 	w.addUsers(t, "alice")
 	var logs strings.Builder
 	keep := func(r result) result { logs.WriteString(r.stdout + r.stderr); return r }
@@ -53,6 +62,27 @@ func TestAuditTrail(t *testing.T) {
 	// one place the secret may appear is vault get's own output.
 	if strings.Count(logs.String(), secret) != 1 || !strings.Contains(got.stdout, secret) {
 		t.Fatalf("the secret appears %d times in everything written, want once (vault get's output)", strings.Count(logs.String(), secret))
+	}
+
+	// The rotation's records were shipped to both sinks before rotate --once exited.
+	file, err := os.ReadFile(filepath.Join(w.env.dir, "audit.jsonl"))
+	if err != nil || !strings.Contains(string(file), `"action":"key.rotated"`) || strings.Contains(string(file), secret) {
+		t.Fatalf("the file sink lacks the rotation, or holds the secret (%v)", err)
+	}
+	if info, _ := os.Stat(filepath.Join(w.env.dir, "audit.jsonl")); info.Mode().Perm() != 0o600 {
+		t.Fatalf("the file sink's mode: %v", info.Mode())
+	}
+	events, err := cloudwatchlogs.NewFromConfig(w.admin).GetLogEvents(context.Background(), &cloudwatchlogs.GetLogEventsInput{
+		LogGroupName: aws.String(group), LogStreamName: aws.String("keyward"), StartFromHead: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inCloudWatch []string
+	for _, e := range events.Events {
+		inCloudWatch = append(inCloudWatch, *e.Message)
+	}
+	if joined := strings.Join(inCloudWatch, "\n"); !strings.Contains(joined, `"action":"key.rotated"`) || strings.Contains(joined, secret) {
+		t.Fatalf("CloudWatch Logs holds %d events without the rotation (or with the secret)", len(inCloudWatch))
 	}
 
 	text := w.env.must(t, 0, "", "audit", "export", "--output", "text", "--since", "2020-01-01")

@@ -175,6 +175,7 @@ func (a *app) rotateCommand() *cobra.Command {
 				}
 				rep, err = engine.Pass(ctx, opts)
 				a.checkpoint(context.WithoutCancel(ctx), engine.Vault, db)
+				a.shipOnce(ctx, db)
 				if err != nil {
 					return err
 				}

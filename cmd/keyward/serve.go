@@ -112,6 +112,17 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		}
 	}()
 	defer func() { stopCheckpoints(); <-checkpoints; a.checkpoint(context.Background(), v, db) }()
+	// Sinks are fed from the database on their own schedule: one that is down never holds a rotation.
+	shipper, err := a.shipper(ctx, db)
+	if err != nil {
+		return err
+	}
+	if shipper != nil {
+		shipCtx, stopShipping := context.WithCancel(ctx)
+		shipped := make(chan struct{})
+		go func() { defer close(shipped); shipper.Run(shipCtx, a.cfg.Audit.ShipInterval.Std()) }()
+		defer func() { stopShipping(); <-shipped }()
+	}
 	var after func(rotation.Report, error)
 	if afterPass != nil {
 		after = afterPass(engine)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -239,5 +242,40 @@ func TestEventsNeedActorActionOutcome(t *testing.T) {
 	w := newWorld(t, testenv.Database{Driver: store.SQLite, DSN: t.TempDir() + "/a.db"})
 	if err := w.trail.Record(context.Background(), audit.Event{Action: "key.read", Outcome: audit.Success}); err == nil || !strings.Contains(err.Error(), "actor") {
 		t.Fatalf("an event without an actor: %v", err)
+	}
+}
+
+// TestFileSink ships the trail to a JSON-lines file, private to its owner, in batches, once.
+func TestFileSink(t *testing.T) {
+	w := newWorld(t, testenv.Database{Driver: store.SQLite, DSN: t.TempDir() + "/a.db"})
+	w.record(t, 7)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	sh := &audit.Shipper{Store: w.db.Audit(), Cursors: w.db.Audit(), Sinks: []audit.Sink{audit.FileSink(path, nil)}, Batch: 3}
+	for range 2 {
+		if err := sh.Ship(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.record(t, 2)
+	if err := sh.Ship(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int64
+	for line := range strings.Lines(string(b)) {
+		var r audit.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil || r.Hash != r.ComputeHash() {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		seqs = append(seqs, r.Seq)
+	}
+	if fmt.Sprint(seqs) != "[1 2 3 4 5 6 7 8 9]" {
+		t.Fatalf("records in the file: %v", seqs)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("file mode: %v %v", info.Mode(), err)
 	}
 }

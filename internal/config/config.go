@@ -37,11 +37,27 @@ type Config struct {
 	Audit    Audit    `yaml:"audit"`
 }
 
-// Audit configures the audit trail.
+// Audit configures the audit trail and the sinks it is shipped to besides the database.
 type Audit struct {
 	// CheckpointInterval is how often serve signs a checkpoint of the trail's end (when it grew).
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+	// ShipInterval is how often serve sends the sinks what they have not had yet.
+	ShipInterval Duration `yaml:"ship_interval"`
+	// File is a JSON-lines file the trail is appended to ("-": standard output; "": none).
+	File       string          `yaml:"file"`
+	CloudWatch AuditCloudWatch `yaml:"cloudwatch"`
 }
+
+// AuditCloudWatch sends the trail to CloudWatch Logs (in aws.region) when LogGroup is set.
+type AuditCloudWatch struct {
+	LogGroup  string `yaml:"log_group"`
+	LogStream string `yaml:"log_stream"`
+}
+
+var (
+	logGroupRe  = regexp.MustCompile(`^[.\-_/#A-Za-z0-9]{1,512}$`)
+	logStreamRe = regexp.MustCompile(`^[^:*]{1,512}$`)
+)
 
 // Server configures the HTTP listener.
 type Server struct {
@@ -148,7 +164,8 @@ func Default() Config {
 			QuietPeriod: Duration(day),
 			Concurrency: 4,
 		},
-		Audit: Audit{CheckpointInterval: Duration(time.Minute)},
+		Audit: Audit{CheckpointInterval: Duration(time.Minute), ShipInterval: Duration(5 * time.Second),
+			CloudWatch: AuditCloudWatch{LogStream: "keyward"}},
 	}
 }
 
@@ -162,6 +179,15 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	if c.Audit.CheckpointInterval < Duration(time.Second) {
 		report("audit.checkpoint_interval", "want at least 1s (got %s)", c.Audit.CheckpointInterval)
+	}
+	if c.Audit.ShipInterval < Duration(100*time.Millisecond) {
+		report("audit.ship_interval", "want at least 100ms (got %s)", c.Audit.ShipInterval)
+	}
+	if g := c.Audit.CloudWatch.LogGroup; g != "" && !logGroupRe.MatchString(g) {
+		report("audit.cloudwatch.log_group", "%q: want 1 to 512 of letters, digits and ._-/#", g)
+	}
+	if st := c.Audit.CloudWatch.LogStream; !logStreamRe.MatchString(st) {
+		report("audit.cloudwatch.log_stream", "%q: want 1 to 512 characters, none of them ':' or '*'", st)
 	}
 	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(report, "log.format", c.Log.Format, "json", "text")

@@ -124,3 +124,46 @@ func (s *Audit) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
 		return c, err
 	})
 }
+
+var _ audit.Cursors = (*Audit)(nil)
+
+// Cursor implements audit.Cursors.
+func (s *Audit) Cursor(ctx context.Context, sink string) (int64, error) {
+	var seq int64
+	err := s.db.queryRow(ctx, `SELECT seq FROM audit_sink_cursors WHERE sink = $1`, sink).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("audit sink %s: %w", sink, err)
+	}
+	return seq, nil
+}
+
+// AdvanceCursor implements audit.Cursors.
+func (s *Audit) AdvanceCursor(ctx context.Context, sink string, from, to int64) (bool, error) {
+	var moved bool
+	err := s.db.inTx(ctx, func(tx *Tx) error {
+		res, err := tx.exec(ctx, `UPDATE audit_sink_cursors SET seq = $1 WHERE sink = $2 AND seq = $3`, to, sink, from)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 && from == 0 {
+			res, err = tx.exec(ctx, `INSERT INTO audit_sink_cursors (sink, seq) VALUES ($1, $2) ON CONFLICT (sink) DO NOTHING`, sink, to)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+		}
+		moved = n == 1
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("audit sink %s: %w", sink, err)
+	}
+	return moved, nil
+}

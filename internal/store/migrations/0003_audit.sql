@@ -37,3 +37,10 @@ CREATE TABLE audit_checkpoints (
     signature  {{blob}} NOT NULL,
     PRIMARY KEY (seq, key_id)
 );
+
+-- How far each sink (a file, CloudWatch Logs) has been sent the trail: records after seq are its
+-- backlog. A sink that is down keeps its place and catches up later.
+CREATE TABLE audit_sink_cursors (
+    sink  TEXT PRIMARY KEY,
+    seq   BIGINT NOT NULL
+);
