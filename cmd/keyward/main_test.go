@@ -431,6 +431,13 @@ func TestServe(t *testing.T) {
 		if code, body := httpGet(t, "http://"+p.addr+"/readyz"); code != http.StatusOK {
 			t.Fatalf("/readyz = %d %s", code, body)
 		}
+		code, body := httpGet(t, "http://"+p.addr+"/metrics")
+		for _, want := range []string{`keyward_http_requests_total{code="200",method="GET",route="GET /readyz"} 1`,
+			"keyward_last_pass_timestamp_seconds", "keyward_outbox_pending 0", "go_goroutines"} {
+			if code != http.StatusOK || !strings.Contains(body, want) {
+				t.Fatalf("/metrics = %d, lacks %s:\n%s", code, want, body)
+			}
+		}
 		if db.Driver == "postgres" {
 			// Take the schema away under the running service: it must say it is not ready.
 			dropTables(t, db.DSN)
@@ -504,5 +511,21 @@ func TestServeDemo(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("demo did not stop cleanly: %v\n%s", err, out.String())
+	}
+}
+
+// TestReadinessFollowsPasses: not ready once no pass has finished for three intervals.
+func TestReadinessFollowsPasses(t *testing.T) {
+	p := &passWatch{interval: time.Minute, since: time.Now().Add(-2 * time.Minute)}
+	if err := p.check(context.Background()); err != nil {
+		t.Fatalf("two intervals without a pass: %v", err)
+	}
+	p.since = time.Now().Add(-4 * time.Minute)
+	if err := p.check(context.Background()); err == nil || !strings.Contains(err.Error(), "no rotation pass has finished for 4m0s") {
+		t.Fatalf("four intervals without a pass: %v", err)
+	}
+	p.finished(time.Now())
+	if err := p.check(context.Background()); err != nil {
+		t.Fatalf("right after a pass: %v", err)
 	}
 }

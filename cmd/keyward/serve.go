@@ -7,13 +7,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 func (a *app) serveCommand() *cobra.Command {
@@ -91,7 +94,9 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 			return err
 		}
 	}
-	engine := a.newEngine(v, db, provider)
+	m := serveMetrics(v, provider)
+	engine := a.newEngine(v, db, cloud.Observed(provider, m.CloudCall))
+	engine.Observe = m.Rotation
 	if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
 		return err
 	}
@@ -123,9 +128,17 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		go func() { defer close(shipped); shipper.Run(shipCtx, a.cfg.Audit.ShipInterval.Std()) }()
 		defer func() { stopShipping(); <-shipped }()
 	}
-	var after func(rotation.Report, error)
+	passes := &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}
+	var demoAfter func(rotation.Report, error)
 	if afterPass != nil {
-		after = afterPass(engine)
+		demoAfter = afterPass(engine)
+	}
+	after := func(rep rotation.Report, err error) {
+		passes.finished(time.Now())
+		m.LastPass.SetToCurrentTime()
+		if demoAfter != nil {
+			demoAfter(rep, err)
+		}
 	}
 
 	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
@@ -138,7 +151,10 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	}()
 	defer func() { stopPasses(); <-scheduler }()
 
-	handler := httpapi.Handler(a.log, []httpapi.Check{{Name: "database", Func: db.Ready}})
+	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, Checks: []httpapi.Check{
+		{Name: "database", Func: db.Ready},
+		{Name: "rotation", Func: passes.check},
+	}})
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -167,5 +183,52 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		return fmt.Errorf("serve: %w", err)
 	}
 	a.log.Info("stopped")
+	return nil
+}
+
+// serveMetrics makes the metrics of a serving process: key ages read from the vault at each scrape,
+// throttles from the cloud when it counts them.
+func serveMetrics(v *vault.Vault, provider cloud.Provider) *metrics.Metrics {
+	src := metrics.Sources{KeyAges: func(ctx context.Context) ([]metrics.KeyAge, error) {
+		versions, err := v.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		var ages []metrics.KeyAge
+		for _, ver := range versions {
+			if ver.State != vault.StateDestroyed {
+				ages = append(ages, metrics.KeyAge{Account: ver.Identity.AccountID, User: ver.Identity.UserName,
+					AccessKeyID: ver.AccessKeyID, State: string(ver.State), Age: now.Sub(ver.CreatedAt)})
+			}
+		}
+		return ages, nil
+	}}
+	if t, ok := provider.(interface{ Throttles() int64 }); ok {
+		src.Throttles = func() float64 { return float64(t.Throttles()) }
+	}
+	return metrics.New(src)
+}
+
+// passWatch tells readiness whether rotation passes are happening: not ready once no pass has
+// finished for three intervals (counted from the start until the first one finishes).
+type passWatch struct {
+	interval time.Duration
+	mu       sync.Mutex
+	since    time.Time // the last pass's end, or the start
+}
+
+func (p *passWatch) finished(at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.since = at
+}
+
+func (p *passWatch) check(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if late := time.Since(p.since); late > 3*p.interval {
+		return fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)
+	}
 	return nil
 }

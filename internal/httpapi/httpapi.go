@@ -1,5 +1,5 @@
 // Package httpapi is Keyward's HTTP interface. So far it serves the probes an orchestrator needs:
-// GET /healthz (the process runs) and GET /readyz (the process can do its work).
+// GET /healthz (the process runs) and GET /readyz (the process can do its work), and GET /metrics.
 package httpapi
 
 import (
@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/keyward/keyward/internal/metrics"
 )
 
 // Check is one readiness condition: nil when met, otherwise an error that says what is wrong and
@@ -17,8 +20,16 @@ type Check struct {
 	Func func(ctx context.Context) error
 }
 
-// Handler returns the HTTP handler: probes now, the REST API as it lands.
-func Handler(log *slog.Logger, checks []Check) http.Handler {
+// Options configure the handler.
+type Options struct {
+	Log    *slog.Logger
+	Checks []Check
+	// Metrics, when set, are served at /metrics and told of every request.
+	Metrics *metrics.Metrics
+}
+
+// Handler returns the HTTP handler: probes and metrics now, the REST API as it lands.
+func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -27,20 +38,52 @@ func Handler(log *slog.Logger, checks []Check) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		failed := map[string]string{}
-		for _, c := range checks {
+		for _, c := range o.Checks {
 			if err := c.Func(ctx); err != nil {
 				failed[c.Name] = err.Error()
 			}
 		}
 		if len(failed) > 0 {
-			log.Warn("not ready", "failed", failed)
+			o.Log.Warn("not ready", "failed", failed)
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "failed": failed})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
-	return mux
+	if o.Metrics == nil {
+		return mux
+	}
+	mux.Handle("GET /metrics", o.Metrics.Handler())
+	return observe(o.Metrics, mux)
 }
+
+// observe counts every request and times it, by the route pattern it matched.
+func observe(m *metrics.Metrics, next *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		route := r.Pattern // set by the mux on this request
+		if route == "" {
+			route = "unmatched"
+		}
+		m.HTTPRequests.WithLabelValues(r.Method, route, strconv.Itoa(sw.status)).Inc()
+		m.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -8,16 +8,27 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/metrics"
 )
 
 func TestProbes(t *testing.T) {
 	var dbErr error
-	h := httpapi.Handler(slog.New(slog.NewTextHandler(io.Discard, nil)), []httpapi.Check{
-		{Name: "database", Func: func(context.Context) error { return dbErr }},
+	m := metrics.New(metrics.Sources{
+		KeyAges: func(context.Context) ([]metrics.KeyAge, error) {
+			return []metrics.KeyAge{{Account: "123456789012", User: "alice", AccessKeyID: "AKIAEXAMPLE", State: "current", Age: 90 * time.Second}}, nil
+		},
+		Throttles: func() float64 { return 3 },
 	})
+	m.Rotation("rotated", 2*time.Second)
+	m.CloudCall("CreateAccessKey", "ok")
+	h := httpapi.Handler(httpapi.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Checks: []httpapi.Check{
+		{Name: "database", Func: func(context.Context) error { return dbErr }},
+	}})
 	get := func(path string) (int, map[string]any) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
@@ -43,5 +54,25 @@ func TestProbes(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/healthz", nil))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST /healthz = %d, want 405", rec.Code)
+	}
+
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	text := rec.Body.String()
+	for _, want := range []string{
+		`keyward_access_key_age_seconds{access_key_id="AKIAEXAMPLE",account="123456789012",state="current",user="alice"} 90`,
+		`keyward_rotations_total{outcome="rotated"} 1`,
+		`keyward_rotation_duration_seconds_count 1`,
+		`keyward_cloud_api_calls_total{operation="CreateAccessKey",outcome="ok"} 1`,
+		`keyward_cloud_throttles_total 3`,
+		`keyward_http_requests_total{code="503",method="GET",route="GET /readyz"} 1`,
+		`keyward_http_requests_total{code="405",method="POST",route="unmatched"} 1`,
+		`keyward_http_request_duration_seconds_count{route="GET /healthz"} 1`,
+		`keyward_outbox_pending 0`,
+		`keyward_last_pass_timestamp_seconds 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

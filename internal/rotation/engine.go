@@ -88,6 +88,9 @@ type Engine struct {
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Hook   Hook
 	Audit  Recorder // nil records nothing
+	// Observe, when set, is told of every rotation that finished (rotated or failed) and how long
+	// it took from its start (metrics).
+	Observe func(outcome string, took time.Duration)
 
 	// LeaseTTL is how long a rotation stays claimed without a write (default 5 minutes).
 	LeaseTTL time.Duration
@@ -575,6 +578,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				return e.cut(res, err)
 			}
 			res.did("promoted", rec.NewKeyID)
+			e.observe(OutcomeRotated, rec)
 			res.Outcome = Rotated
 			e.Log.Info("key rotated", "identity", id.String(), "old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID)
 			return res, nil
@@ -612,6 +616,12 @@ func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) 
 		}
 	}
 	return rec, err
+}
+
+func (e *Engine) observe(outcome string, rec Record) {
+	if e.Observe != nil {
+		e.Observe(outcome, e.now().Sub(rec.StartedAt))
+	}
 }
 
 // finish records a rotation as done.
@@ -747,6 +757,7 @@ func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reas
 	if err != nil {
 		return e.cut(res, err)
 	}
+	e.observe(OutcomeFailed, *rec)
 	e.Log.Warn("rotation failed", "identity", rec.Identity.String(), "attempt", rec.Attempt, "reason", reason)
 	res.Outcome, res.Reason = Failed, reason
 	return res, nil

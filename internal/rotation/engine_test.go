@@ -37,6 +37,9 @@ type world struct {
 	trail  *audit.Trail
 	policy rotation.Policy
 	fault  func(op, user string) error
+
+	mu       sync.Mutex
+	observed map[string]int // rotations finished, by outcome, as the engines told Observe
 }
 
 func newWorld(t *testing.T, d testenv.Database) *world {
@@ -64,6 +67,14 @@ func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
 		Now:   w.clock.Now,
 		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },
+		Observe: func(outcome string, _ time.Duration) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if w.observed == nil {
+				w.observed = map[string]int{}
+			}
+			w.observed[outcome]++
+		},
 	})
 }
 
@@ -225,6 +236,9 @@ func TestRotateLifecycle(t *testing.T) {
 			t.Fatalf("key.rotated detail: %v", r.Detail)
 		}
 		w.noSecretInTrail(old.Secret, cur.SecretAccessKey)
+		if fmt.Sprint(w.observed) != "map[rotated:1]" {
+			t.Fatalf("rotations observed: %v", w.observed)
+		}
 	})
 }
 
@@ -369,6 +383,9 @@ func TestVerificationFailureRollsBack(t *testing.T) {
 		w.clock.Add(11 * time.Minute)
 		if r := w.visit("alice", false); r.Outcome != rotation.Rotated {
 			t.Fatalf("retry after the backoff: %+v", r)
+		}
+		if fmt.Sprint(w.observed) != "map[failed:1 rotated:1]" {
+			t.Fatalf("rotations observed: %v", w.observed)
 		}
 		w.checkInvariants("alice")
 	})

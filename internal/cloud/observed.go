@@ -1,0 +1,89 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// Outcomes of a cloud call, as Observed reports them.
+const (
+	CallOK        = "ok"
+	CallNotFound  = "not_found"
+	CallThrottled = "throttled"
+	CallRefused   = "refused"
+	CallError     = "error"
+)
+
+// CallOutcome classifies a call's error.
+func CallOutcome(err error) string {
+	switch {
+	case err == nil:
+		return CallOK
+	case errors.Is(err, ErrNoSuchEntity):
+		return CallNotFound
+	case errors.Is(err, ErrThrottled):
+		return CallThrottled
+	case errors.Is(err, ErrKeyRefused):
+		return CallRefused
+	}
+	return CallError
+}
+
+// Observed wraps a Provider and tells observe the operation and outcome of every call (for metrics).
+func Observed(p Provider, observe func(operation, outcome string)) Provider {
+	return &observed{p: p, observe: observe}
+}
+
+type observed struct {
+	p       Provider
+	observe func(operation, outcome string)
+}
+
+func (o *observed) done(op string, err error) error {
+	o.observe(op, CallOutcome(err))
+	return err
+}
+
+func (o *observed) Accounts(ctx context.Context) ([]Account, error) {
+	a, err := o.p.Accounts(ctx)
+	return a, o.done("Accounts", err)
+}
+
+func (o *observed) ListUsers(ctx context.Context, accountID string, fn func(User) error) error {
+	return o.done("ListUsers", o.p.ListUsers(ctx, accountID, fn))
+}
+
+func (o *observed) UserGroups(ctx context.Context, accountID, userName string) ([]string, error) {
+	g, err := o.p.UserGroups(ctx, accountID, userName)
+	return g, o.done("UserGroups", err)
+}
+
+func (o *observed) ListAccessKeys(ctx context.Context, accountID, userName string) ([]AccessKey, error) {
+	k, err := o.p.ListAccessKeys(ctx, accountID, userName)
+	return k, o.done("ListAccessKeys", err)
+}
+
+func (o *observed) CreateAccessKey(ctx context.Context, accountID, userName string) (NewAccessKey, error) {
+	k, err := o.p.CreateAccessKey(ctx, accountID, userName)
+	return k, o.done("CreateAccessKey", err)
+}
+
+func (o *observed) SetAccessKeyStatus(ctx context.Context, accountID, userName, keyID string, status KeyStatus) error {
+	return o.done("SetAccessKeyStatus", o.p.SetAccessKeyStatus(ctx, accountID, userName, keyID, status))
+}
+
+func (o *observed) DeleteAccessKey(ctx context.Context, accountID, userName, keyID string) error {
+	return o.done("DeleteAccessKey", o.p.DeleteAccessKey(ctx, accountID, userName, keyID))
+}
+
+func (o *observed) AccessKeyLastUsed(ctx context.Context, accountID, keyID string) (LastUsed, error) {
+	lu, err := o.p.AccessKeyLastUsed(ctx, accountID, keyID)
+	return lu, o.done("AccessKeyLastUsed", err)
+}
+
+func (o *observed) Verify(ctx context.Context, accountID, keyID string, s secret.Value) (string, error) {
+	arn, err := o.p.Verify(ctx, accountID, keyID, s)
+	return arn, o.done("Verify", err)
+}

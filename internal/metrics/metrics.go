@@ -1,0 +1,126 @@
+// Package metrics defines Keyward's Prometheus metrics, served at /metrics. Domain packages do not
+// import it: they report through small callbacks that cmd/keyward wires to these.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every metric and the registry that serves them.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	Rotations        *prometheus.CounterVec // outcome
+	RotationDuration prometheus.Histogram
+	CloudCalls       *prometheus.CounterVec // operation, outcome
+	HTTPRequests     *prometheus.CounterVec // method, route, code
+	HTTPDuration     *prometheus.HistogramVec
+	Notifications    *prometheus.CounterVec // channel, outcome
+	LastPass         prometheus.Gauge
+}
+
+// KeyAge is the age of one access key that Keyward accounts for.
+type KeyAge struct {
+	Account, User, AccessKeyID, State string
+	Age                               time.Duration
+}
+
+// Sources are read at each scrape.
+type Sources struct {
+	// KeyAges lists the keys Keyward accounts for (not destroyed), with their age.
+	KeyAges func(ctx context.Context) ([]KeyAge, error)
+	// Throttles is how many cloud requests were throttled so far (nil: the cloud does not say).
+	Throttles func() float64
+	// OutboxPending is how many notifications wait to be delivered (nil: none are configured).
+	OutboxPending func(ctx context.Context) (float64, error)
+}
+
+// New returns the metrics, registered with the Go and process collectors.
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		Rotations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyward_rotations_total",
+			Help: "Rotations finished, by outcome (rotated, failed)."}, []string{"outcome"}),
+		RotationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyward_rotation_duration_seconds",
+			Help: "Time of one rotation, from its start to the new key's promotion or the rollback.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
+		CloudCalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyward_cloud_api_calls_total",
+			Help: "Calls to the cloud's APIs, by operation and outcome (ok, not_found, throttled, refused, error)."}, []string{"operation", "outcome"}),
+		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyward_http_requests_total",
+			Help: "HTTP requests served, by method, route and status code."}, []string{"method", "route", "code"}),
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keyward_http_request_duration_seconds",
+			Help: "Time to serve an HTTP request, by route.", Buckets: prometheus.DefBuckets}, []string{"route"}),
+		Notifications: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyward_notifications_total",
+			Help: "Notification deliveries, by channel and outcome (sent, failed)."}, []string{"channel", "outcome"}),
+		LastPass: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_last_pass_timestamp_seconds",
+			Help: "When the last rotation pass finished (Unix time)."}),
+	}
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Rotations, m.RotationDuration, m.CloudCalls, m.HTTPRequests, m.HTTPDuration, m.Notifications, m.LastPass)
+	throttles := src.Throttles
+	if throttles == nil {
+		throttles = func() float64 { return 0 }
+	}
+	m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyward_cloud_throttles_total",
+		Help: "Cloud requests throttled (and retried with backoff)."}, throttles))
+	m.registry.MustRegister(&scraped{src: src})
+	return m
+}
+
+// Handler serves the metrics in Prometheus's format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+}
+
+// Rotation counts a finished rotation.
+func (m *Metrics) Rotation(outcome string, took time.Duration) {
+	m.Rotations.WithLabelValues(outcome).Inc()
+	m.RotationDuration.Observe(took.Seconds())
+}
+
+// CloudCall counts a cloud call.
+func (m *Metrics) CloudCall(operation, outcome string) {
+	m.CloudCalls.WithLabelValues(operation, outcome).Inc()
+}
+
+var (
+	keyAgeDesc = prometheus.NewDesc("keyward_access_key_age_seconds",
+		"Age of each access key Keyward accounts for, by identity, key and vault state.",
+		[]string{"account", "user", "access_key_id", "state"}, nil)
+	outboxDesc = prometheus.NewDesc("keyward_outbox_pending",
+		"Notifications waiting in the outbox to be delivered.", nil, nil)
+)
+
+// scraped reads the vault and the outbox at each scrape.
+type scraped struct{ src Sources }
+
+func (s *scraped) Describe(ch chan<- *prometheus.Desc) { ch <- keyAgeDesc; ch <- outboxDesc }
+
+func (s *scraped) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s.src.KeyAges != nil {
+		ages, err := s.src.KeyAges(ctx)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(keyAgeDesc, err)
+		}
+		for _, a := range ages {
+			ch <- prometheus.MustNewConstMetric(keyAgeDesc, prometheus.GaugeValue, a.Age.Seconds(), a.Account, a.User, a.AccessKeyID, a.State)
+		}
+	}
+	pending := 0.0
+	if s.src.OutboxPending != nil {
+		n, err := s.src.OutboxPending(ctx)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(outboxDesc, err)
+			return
+		}
+		pending = n
+	}
+	ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, pending)
+}
