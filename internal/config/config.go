@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/secret"
 )
 
@@ -35,6 +36,82 @@ type Config struct {
 	AWS      AWS      `yaml:"aws"`
 	Rotation Rotation `yaml:"rotation"`
 	Audit    Audit    `yaml:"audit"`
+	Notify   Notify   `yaml:"notify"`
+}
+
+// Notify configures notifications: who is told of what, and through which channels.
+type Notify struct {
+	// Interval is how often the outbox is looked at for deliveries that are due.
+	Interval Duration `yaml:"interval"`
+	// LeadTime is how long before an old key is deactivated its owners are told.
+	LeadTime Duration `yaml:"deactivation_lead_time"`
+	// StuckAfter: readiness fails while a notification has waited longer than this.
+	StuckAfter Duration `yaml:"stuck_after"`
+	// TemplatesDir may hold subject.tmpl, text.tmpl and html.tmpl in place of the built-in ones.
+	TemplatesDir string `yaml:"templates_dir"`
+	// Admin is the global channel: these addresses are told of the events listed.
+	Admin NotifyRecipients `yaml:"admin"`
+	// Owners give the owners of matching users their address (besides the keyward:owner tag).
+	Owners []NotifyOwner `yaml:"owners"`
+	// OwnerEvents are the events owners named by a user's keyward:owner tag are told of.
+	OwnerEvents []string     `yaml:"owner_events"`
+	Email       NotifyEmail  `yaml:"email"`
+	SMTP        NotifySMTP   `yaml:"smtp"`
+	SNS         []NotifySNS  `yaml:"sns"`
+	Webhooks    []NotifyWebhook `yaml:"webhooks"`
+	Slack       []NotifySlack   `yaml:"slack"`
+}
+
+// NotifyRecipients are e-mail addresses and the events they want (globs; none: all).
+type NotifyRecipients struct {
+	Emails []string `yaml:"emails"`
+	Events []string `yaml:"events"`
+}
+
+// NotifyOwner names the owners of the users matching UserGlob (in Account, or any).
+type NotifyOwner struct {
+	Account  string   `yaml:"account"`
+	UserGlob string   `yaml:"user_glob"`
+	Emails   []string `yaml:"emails"`
+	Events   []string `yaml:"events"`
+}
+
+// NotifyEmail says how e-mail leaves: through an SMTP relay or AWS SES, from which address.
+type NotifyEmail struct {
+	Via  string `yaml:"via"`
+	From string `yaml:"from"`
+}
+
+// NotifySMTP is the SMTP relay.
+type NotifySMTP struct {
+	Host         string       `yaml:"host"`
+	Port         int          `yaml:"port"`
+	Username     string       `yaml:"username"`
+	Password     secret.Value `yaml:"password"`
+	PasswordFile string       `yaml:"password_file"`
+	StartTLS     bool         `yaml:"starttls"`
+}
+
+// NotifySNS is an SNS topic and the events published to it.
+type NotifySNS struct {
+	TopicARN string   `yaml:"topic_arn"`
+	Events   []string `yaml:"events"`
+}
+
+// NotifyWebhook is a URL that notices are POSTed to as JSON, signed with Secret.
+type NotifyWebhook struct {
+	URL        string       `yaml:"url"`
+	Secret     secret.Value `yaml:"secret"`
+	SecretFile string       `yaml:"secret_file"`
+	Events     []string     `yaml:"events"`
+}
+
+// NotifySlack is a Slack-compatible incoming webhook: its URL is the secret, Name stands for it.
+type NotifySlack struct {
+	Name    string       `yaml:"name"`
+	URL     secret.Value `yaml:"url"`
+	URLFile string       `yaml:"url_file"`
+	Events  []string     `yaml:"events"`
 }
 
 // Audit configures the audit trail and the sinks it is shipped to besides the database.
@@ -166,6 +243,8 @@ func Default() Config {
 		},
 		Audit: Audit{CheckpointInterval: Duration(time.Minute), ShipInterval: Duration(5 * time.Second),
 			CloudWatch: AuditCloudWatch{LogStream: "keyward"}},
+		Notify: Notify{Interval: Duration(5 * time.Second), LeadTime: Duration(2 * day), StuckAfter: Duration(time.Hour),
+			Email: NotifyEmail{Via: "smtp"}, SMTP: NotifySMTP{Port: 587, StartTLS: true}},
 	}
 }
 
@@ -189,6 +268,7 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	if st := c.Audit.CloudWatch.LogStream; !logStreamRe.MatchString(st) {
 		report("audit.cloudwatch.log_stream", "%q: want 1 to 512 characters, none of them ':' or '*'", st)
 	}
+	c.Notify.validate(report)
 	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(report, "log.format", c.Log.Format, "json", "text")
 
@@ -293,4 +373,94 @@ func oneOf(report func(key, format string, args ...any), key, got string, allowe
 	}
 	report(key, "must be one of %s (got %q)", strings.Join(allowed, ", "), got)
 	return false
+}
+
+var (
+	emailRe    = regexp.MustCompile(`^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$`)
+	topicARNRe = regexp.MustCompile(`^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$`)
+)
+
+func (n *Notify) validate(report func(key, format string, args ...any)) {
+	if n.Interval < Duration(100*time.Millisecond) {
+		report("notify.interval", "want at least 100ms (got %s)", n.Interval)
+	}
+	if n.StuckAfter <= 0 {
+		report("notify.stuck_after", "must be positive")
+	}
+	if n.LeadTime < 0 {
+		report("notify.deactivation_lead_time", "must not be negative")
+	}
+	emails := func(key string, list []string) bool {
+		for i, e := range list {
+			if !emailRe.MatchString(e) {
+				report(fmt.Sprintf("%s[%d]", key, i), "%q is not an e-mail address", e)
+			}
+		}
+		return len(list) > 0
+	}
+	events := func(key string, globs []string) {
+		for i, g := range globs {
+			if _, err := path.Match(g, ""); err != nil || !slices.ContainsFunc(notify.Events, func(e string) bool { ok, _ := path.Match(g, e); return ok }) {
+				report(fmt.Sprintf("%s[%d]", key, i), "%q matches no event (events: %s)", g, strings.Join(notify.Events, ", "))
+			}
+		}
+	}
+	wantsEmail := emails("notify.admin.emails", n.Admin.Emails)
+	events("notify.admin.events", n.Admin.Events)
+	events("notify.owner_events", n.OwnerEvents)
+	for i, o := range n.Owners {
+		key := fmt.Sprintf("notify.owners[%d]", i)
+		if _, err := path.Match(o.UserGlob, ""); err != nil || o.UserGlob == "" {
+			report(key+".user_glob", "want a glob such as deploy-* (got %q)", o.UserGlob)
+		}
+		if o.Account != "" && !accountRe.MatchString(o.Account) {
+			report(key+".account", "want 12 digits (got %q)", o.Account)
+		}
+		if !emails(key+".emails", o.Emails) {
+			report(key+".emails", "list at least one address")
+		}
+		events(key+".events", o.Events)
+		wantsEmail = true
+	}
+	// Owners named by tag may appear at any time: e-mail must be set up to reach them.
+	if oneOf(report, "notify.email.via", n.Email.Via, "smtp", "ses") && (wantsEmail || n.Email.From != "") {
+		if !emailRe.MatchString(n.Email.From) {
+			report("notify.email.from", "want the sender's e-mail address (got %q)", n.Email.From)
+		}
+		if n.Email.Via == "smtp" && n.SMTP.Host == "" {
+			report("notify.smtp.host", "required to send e-mail through SMTP")
+		}
+	}
+	if n.SMTP.Port < 1 || n.SMTP.Port > 65535 {
+		report("notify.smtp.port", "want 1 to 65535 (got %d)", n.SMTP.Port)
+	}
+	for i, t := range n.SNS {
+		if !topicARNRe.MatchString(t.TopicARN) {
+			report(fmt.Sprintf("notify.sns[%d].topic_arn", i), "want an SNS topic ARN (got %q)", t.TopicARN)
+		}
+		events(fmt.Sprintf("notify.sns[%d].events", i), t.Events)
+	}
+	httpURL := func(key, raw string) {
+		if u, err := url.Parse(raw); raw == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			report(key, "want an http(s) URL") // not quoted: it may hold a token
+		}
+	}
+	for i, h := range n.Webhooks {
+		key := fmt.Sprintf("notify.webhooks[%d]", i)
+		httpURL(key+".url", h.URL)
+		if h.Secret.IsZero() {
+			report(key+".secret", "required: receivers check the signature made with it")
+		}
+		events(key+".events", h.Events)
+	}
+	names := map[string]bool{}
+	for i, h := range n.Slack {
+		key := fmt.Sprintf("notify.slack[%d]", i)
+		httpURL(key+".url", h.URL.Reveal())
+		if h.Name == "" || names[h.Name] {
+			report(key+".name", "want a name of its own, to tell it apart in logs (the URL is secret)")
+		}
+		names[h.Name] = true
+		events(key+".events", h.Events)
+	}
 }

@@ -227,6 +227,20 @@ func TestProblems(t *testing.T) {
 			notWant: "topsecretpw",
 		},
 		{
+			name: "notifications: addresses, events, e-mail set-up",
+			yaml: "notify:\n  admin:\n    emails: [sec@example.com, not-an-address]\n    events: [key.rotatd]\n",
+			want: []string{"keyward.yaml:3: notify.admin.emails[1]: \"not-an-address\" is not an e-mail address",
+				"notify.admin.events[0]: \"key.rotatd\" matches no event", "notify.email.from: want the sender's e-mail address",
+				"notify.smtp.host: required to send e-mail through SMTP"},
+		},
+		{
+			name: "notifications: a webhook needs its secret, a Slack URL is never echoed",
+			yaml: "notify:\n  webhooks:\n    - url: https://hooks.example.com/k\n  slack:\n    - name: a\n      url: \"ftp://hooks.slack.com/services/T0/B0/sekrit\"\n    - url: https://hooks.slack.com/x\n",
+			want: []string{"notify.webhooks[0].secret: required", "keyward.yaml:6: notify.slack[0].url: want an http(s) URL",
+				"notify.slack[1].name: want a name of its own"},
+			notWant: "sekrit",
+		},
+		{
 			name: "kms needs key id and region",
 			yaml: "vault:\n  master_key:\n    source: aws-kms\n",
 			want: []string{"vault.master_key.kms_key_id: must be set", "aws.region: must be set"},

@@ -96,7 +96,7 @@ func Load(src Source) (*Config, error) {
 		cfg.Vault.MasterKey.EnvValue = secret.New(env[cfg.Vault.MasterKey.Env])
 	}
 	if len(l.problems) == 0 {
-		cfg.validate(func(key, format string, args ...any) { l.report(l.where[key], key, format, args...) })
+		cfg.validate(func(key, format string, args ...any) { l.report(l.whereOf(key), key, format, args...) })
 	}
 	if len(l.problems) > 0 {
 		return nil, &Error{Problems: l.problems}
@@ -366,12 +366,22 @@ func (l *loader) applyEnv(env map[string]string, cfg *Config) {
 
 // readSecretFiles resolves the *_file keys: the secret is the file's content, without a final newline.
 func (l *loader) readSecretFiles(cfg *Config) {
-	pairs := []struct {
+	type secretFile struct {
 		key, fileKey string
 		value        *secret.Value
 		file         string
-	}{
+	}
+	pairs := []secretFile{
 		{"vault.dsn", "vault.dsn_file", &cfg.Vault.DSN, cfg.Vault.DSNFile},
+		{"notify.smtp.password", "notify.smtp.password_file", &cfg.Notify.SMTP.Password, cfg.Notify.SMTP.PasswordFile},
+	}
+	for i := range cfg.Notify.Webhooks {
+		key := fmt.Sprintf("notify.webhooks[%d].", i)
+		pairs = append(pairs, secretFile{key + "secret", key + "secret_file", &cfg.Notify.Webhooks[i].Secret, cfg.Notify.Webhooks[i].SecretFile})
+	}
+	for i := range cfg.Notify.Slack {
+		key := fmt.Sprintf("notify.slack[%d].", i)
+		pairs = append(pairs, secretFile{key + "url", key + "url_file", &cfg.Notify.Slack[i].URL, cfg.Notify.Slack[i].URLFile})
 	}
 	for _, p := range pairs {
 		if p.file == "" {
@@ -389,4 +399,15 @@ func (l *loader) readSecretFiles(cfg *Config) {
 		*p.value = secret.New(strings.TrimRight(string(data), "\r\n"))
 		l.where[p.key] = l.where[p.fileKey]
 	}
+}
+
+// whereOf is where a key was set; an item of a list of values (key[i]) is placed at its list.
+func (l *loader) whereOf(key string) string {
+	if w, ok := l.where[key]; ok {
+		return w
+	}
+	if i := strings.LastIndexByte(key, '['); i > 0 && strings.HasSuffix(key, "]") {
+		return l.where[key[:i]]
+	}
+	return ""
 }

@@ -2,8 +2,11 @@ package rotation
 
 import (
 	"context"
+	"strings"
+	"time"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -27,29 +30,118 @@ const (
 	ActionDestroyed   = "key.destroyed" // found gone from the cloud: its secret shredded
 )
 
+// step is an audit event of the engine about an identity, from which a notice may follow.
+type step struct {
+	audit.Event
+	id vault.Identity
+}
+
 // event makes an audit event by this engine about an identity; detail is key, value pairs.
-func (e *Engine) event(action string, id vault.Identity, outcome string, detail ...string) audit.Event {
+func (e *Engine) event(action string, id vault.Identity, outcome string, detail ...string) step {
 	d := make(map[string]string, len(detail)/2)
 	for i := 0; i+1 < len(detail); i += 2 {
 		d[detail[i]] = detail[i+1]
 	}
-	return audit.Event{Actor: "engine:" + e.Owner, Action: action, Target: id.String(), Outcome: outcome, Detail: d}
+	return step{Event: audit.Event{Actor: "engine:" + e.Owner, Action: action, Target: id.String(), Outcome: outcome, Detail: d}, id: id}
 }
 
-// record adds events to the audit trail, in the unit of work ctx carries if any.
-func (e *Engine) record(ctx context.Context, events ...audit.Event) error {
-	if e.Audit == nil {
+// record adds steps to the audit trail, and queues the notices they call for, in the unit of work
+// ctx carries if any: with it, what is recorded and told commits with the step, or not at all.
+func (e *Engine) record(ctx context.Context, steps ...step) error {
+	if e.Audit != nil {
+		events := make([]audit.Event, len(steps))
+		for i, s := range steps {
+			events[i] = s.Event
+		}
+		if err := e.Audit.Record(ctx, events...); err != nil {
+			return err
+		}
+	}
+	if e.Notifier == nil {
 		return nil
 	}
-	return e.Audit.Record(ctx, events...)
+	for _, s := range steps {
+		if n, ok := e.noticeFor(ctx, s); ok {
+			if err := e.Notifier.Notify(ctx, n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
-// recorded makes a change in the vault and records it in the audit trail, in one transaction.
-func (e *Engine) recorded(ctx context.Context, change func(ctx context.Context) error, events ...audit.Event) error {
+// recorded makes a change in the vault and records it, in one transaction.
+func (e *Engine) recorded(ctx context.Context, change func(ctx context.Context) error, steps ...step) error {
 	return e.Store.Atomically(ctx, func(ctx context.Context) error {
 		if err := change(ctx); err != nil {
 			return err
 		}
-		return e.record(ctx, events...)
+		return e.record(ctx, steps...)
 	})
+}
+
+// Notifier queues notices in the unit of work ctx carries.
+type Notifier interface {
+	Notify(ctx context.Context, n notify.Notice) error
+}
+
+// noticeFor returns the notice a step calls for. Its id makes it once per fact: per key for a
+// rotation, a deactivation or a deletion; per rotation for a failure; per key or identity and day
+// for a hold or a block, which every pass finds again.
+func (e *Engine) noticeFor(ctx context.Context, s step) (notify.Notice, bool) {
+	d := s.Detail
+	n := notify.Notice{Time: e.now(), Account: s.id.AccountID, User: s.id.UserName, Identity: s.id.String(),
+		Owners: ownersFrom(ctx), Reason: d["reason"]}
+	day := n.Time.Format("2006-01-02")
+	switch s.Action {
+	case ActionRotated:
+		n.Event, n.OldKeyID, n.NewKeyID = notify.KeyRotated, d["old_key_id"], d["new_key_id"]
+		n.ID = n.Event + "|" + n.NewKeyID
+	case ActionDeactivated:
+		n.Event, n.KeyID = notify.KeyDeactivated, d["access_key_id"]
+		n.ID = n.Event + "|" + n.KeyID
+	case ActionDeleted:
+		n.Event, n.KeyID = notify.KeyDeleted, d["access_key_id"]
+		n.ID = n.Event + "|" + n.KeyID
+	case ActionFailed:
+		n.Event, n.OldKeyID, n.NewKeyID = notify.RotationFailed, d["old_key_id"], d["new_key_id"]
+		n.ID = n.Event + "|" + s.id.String() + "|" + d["rotation"]
+	case ActionHeld:
+		n.Event, n.KeyID = notify.RotationHeld, d["access_key_id"]
+		n.ID = n.Event + "|" + n.KeyID + "|" + day
+	case ActionBlocked:
+		n.Event = notify.RotationBlocked
+		n.ID = n.Event + "|" + s.id.String() + "|" + day
+	default:
+		return n, false
+	}
+	return n, true
+}
+
+// upcoming queues the notice that a previous key will be deactivated at the given time.
+func (e *Engine) upcoming(ctx context.Context, id vault.Identity, keyID string, at time.Time) error {
+	if e.Notifier == nil {
+		return nil
+	}
+	return e.Notifier.Notify(ctx, notify.Notice{ID: notify.KeyDeactivationComing + "|" + keyID, Event: notify.KeyDeactivationComing,
+		Time: e.now(), Account: id.AccountID, User: id.UserName, Identity: id.String(), Owners: ownersFrom(ctx),
+		KeyID: keyID, Scheduled: at})
+}
+
+// TagOwner is the IAM user tag that names its owners: e-mail addresses, separated by spaces.
+const TagOwner = "keyward:owner"
+
+type ownersKey struct{}
+
+// withOwners carries the visited user's owners (from its tag) for the notices of the visit.
+func withOwners(ctx context.Context, tag string) context.Context {
+	if tag == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, ownersKey{}, strings.Fields(tag))
+}
+
+func ownersFrom(ctx context.Context) []string {
+	owners, _ := ctx.Value(ownersKey{}).([]string)
+	return owners
 }

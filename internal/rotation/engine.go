@@ -88,6 +88,10 @@ type Engine struct {
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Hook   Hook
 	Audit  Recorder // nil records nothing
+	// Notifier, when set, is given the notices the steps call for, in their transactions.
+	Notifier Notifier
+	// NoticeLead is how long before an old key's deactivation its owners are told (0: not told).
+	NoticeLead time.Duration
 	// Observe, when set, is told of every rotation that finished (rotated or failed) and how long
 	// it took from its start (metrics).
 	Observe func(outcome string, took time.Duration)
@@ -159,6 +163,7 @@ var ErrCrashed = errors.New("stopped by hook")
 func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
+	ctx = withOwners(ctx, u.Tags[TagOwner])
 	fail := func(format string, args ...any) (Result, error) {
 		res.Outcome, res.Reason = Failed, fmt.Sprintf(format, args...)
 		return res, nil
@@ -370,7 +375,14 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 	now := e.now()
 	for _, v := range versions {
 		switch {
-		case v.State == vault.StatePrevious && current != nil && !now.Before(current.CurrentAt.Add(pol.DeactivateAfter)):
+		case v.State == vault.StatePrevious && current != nil && now.Before(current.CurrentAt.Add(pol.DeactivateAfter)):
+			if at := current.CurrentAt.Add(pol.DeactivateAfter); e.NoticeLead > 0 && !now.Before(at.Add(-e.NoticeLead)) {
+				if err := e.upcoming(ctx, id, v.AccessKeyID, at); err != nil {
+					r, err := e.cut(*res, err)
+					return r, true, err
+				}
+			}
+		case v.State == vault.StatePrevious && current != nil:
 			lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, v.AccessKeyID)
 			if err != nil {
 				r, err := e.cut(*res, fmt.Errorf("last use of %s: %w", v.AccessKeyID, err))
@@ -465,7 +477,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 	now := e.now()
 	var rec Record
 	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
-		var events []audit.Event
+		var events []step
 		if adopt != nil {
 			if _, err := e.Vault.Adopt(ctx, id, adopt.ID, adopt.CreatedAt); err != nil {
 				return err
