@@ -54,10 +54,10 @@ type Notify struct {
 	// Owners give the owners of matching users their address (besides the keyward:owner tag).
 	Owners []NotifyOwner `yaml:"owners"`
 	// OwnerEvents are the events owners named by a user's keyward:owner tag are told of.
-	OwnerEvents []string     `yaml:"owner_events"`
-	Email       NotifyEmail  `yaml:"email"`
-	SMTP        NotifySMTP   `yaml:"smtp"`
-	SNS         []NotifySNS  `yaml:"sns"`
+	OwnerEvents []string        `yaml:"owner_events"`
+	Email       NotifyEmail     `yaml:"email"`
+	SMTP        NotifySMTP      `yaml:"smtp"`
+	SNS         []NotifySNS     `yaml:"sns"`
 	Webhooks    []NotifyWebhook `yaml:"webhooks"`
 	Slack       []NotifySlack   `yaml:"slack"`
 }

@@ -215,4 +215,3 @@ func MIME(from, to, id string, msg Message) ([]byte, error) {
 	}
 	return append([]byte(header), buf.Bytes()...), nil
 }
-

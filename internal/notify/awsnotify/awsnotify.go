@@ -28,7 +28,9 @@ type SES struct {
 var _ notify.Channel = (*SES)(nil)
 
 // NewSES returns the SES e-mail channel.
-func NewSES(cfg aws.Config, from string) *SES { return &SES{client: ses.NewFromConfig(cfg), from: from} }
+func NewSES(cfg aws.Config, from string) *SES {
+	return &SES{client: ses.NewFromConfig(cfg), from: from}
+}
 
 // Name implements notify.Channel: SES is how e-mail leaves.
 func (s *SES) Name() string { return "email" }
