@@ -5,16 +5,23 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+
+	"github.com/keyward/keyward/internal/notify"
+	"github.com/keyward/keyward/internal/secret"
 )
 
 // TestAuditTrail runs a full rotation against moto and a credential read through the binary, then
@@ -131,4 +138,39 @@ func (e *env) dbPath(t *testing.T) string {
 	}
 	t.Fatal("no KEYWARD_VAULT_DSN")
 	return ""
+}
+
+// TestNotificationsThroughTheBinary: rotate --once against moto tells a webhook (configured from
+// the environment) that the key rotated, signed, once, without the secret.
+func TestNotificationsThroughTheBinary(t *testing.T) {
+	key := "webhook-signing-key-for-the-test"
+	var mu sync.Mutex
+	var bodies []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.Header.Get("X-Keyward-Signature") != notify.Sign(secret.New(key), r.Header.Get("X-Keyward-Timestamp"), body) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		mu.Lock()
+		bodies = append(bodies, string(body))
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	w := newMotoWorld(t, fmt.Sprintf(`KEYWARD_NOTIFY_WEBHOOKS=[{url: "%s/hook", secret: "%s", events: ["key.*"]}]`, hook.URL, key))
+	w.addUsers(t, "alice")
+	w.env.must(t, 0, "", "rotate", "--once", "--user", "alice", "--force")
+	got := w.env.must(t, 0, "", "vault", "get", "alice")
+	var cred map[string]string
+	if err := json.Unmarshal([]byte(got.stdout), &cred); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bodies) != 1 || !strings.Contains(bodies[0], `"event":"key.rotated"`) || !strings.Contains(bodies[0], cred["AccessKeyId"]) {
+		t.Fatalf("webhook got %q", bodies)
+	}
+	if strings.Contains(bodies[0], cred["SecretAccessKey"]) {
+		t.Fatal("the notification holds the secret")
+	}
 }

@@ -83,11 +83,15 @@ func ownerGone(owner string) bool {
 
 // newEngine builds the rotation engine over an open vault and a cloud.
 func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
-	return rotation.New(rotation.Engine{
+	e := rotation.New(rotation.Engine{
 		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
 		Owner: processOwner(), OwnerGone: ownerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
-		Audit: a.trail(db),
+		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
 	})
+	if n := a.notifier(db); n != nil { // a nil *Notifier in the interface would not be nil
+		e.Notifier = n
+	}
+	return e
 }
 
 // openEngine opens the vault and the configured cloud, and the engine over them.
@@ -176,6 +180,7 @@ func (a *app) rotateCommand() *cobra.Command {
 				rep, err = engine.Pass(ctx, opts)
 				a.checkpoint(context.WithoutCancel(ctx), engine.Vault, db)
 				a.shipOnce(ctx, db)
+				a.deliverOnce(ctx, db, engine.Owner)
 				if err != nil {
 					return err
 				}

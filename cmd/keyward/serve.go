@@ -16,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -94,7 +95,7 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 			return err
 		}
 	}
-	m := serveMetrics(v, provider)
+	m := serveMetrics(v, db, provider)
 	engine := a.newEngine(v, db, cloud.Observed(provider, m.CloudCall))
 	engine.Observe = m.Rotation
 	if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
@@ -128,6 +129,18 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		go func() { defer close(shipped); shipper.Run(shipCtx, a.cfg.Audit.ShipInterval.Std()) }()
 		defer func() { stopShipping(); <-shipped }()
 	}
+	// Notifications are delivered from the outbox on their own schedule, like the audit sinks.
+	dispatcher, err := a.dispatcher(ctx, db, engine.Owner, func(channel, outcome string) {
+		m.Notifications.WithLabelValues(channel, outcome).Inc()
+	})
+	if err != nil {
+		return err
+	}
+	deliverCtx, stopDelivering := context.WithCancel(ctx)
+	delivered := make(chan struct{})
+	go func() { defer close(delivered); dispatcher.Run(deliverCtx, a.cfg.Notify.Interval.Std()) }()
+	defer func() { stopDelivering(); <-delivered }()
+
 	passes := &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}
 	var demoAfter func(rotation.Report, error)
 	if afterPass != nil {
@@ -154,6 +167,7 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, Checks: []httpapi.Check{
 		{Name: "database", Func: db.Ready},
 		{Name: "rotation", Func: passes.check},
+		{Name: "notifications", Func: outboxCheck(db, a.cfg.Notify.StuckAfter.Std())},
 	}})
 	srv := &http.Server{
 		Handler:           handler,
@@ -188,7 +202,7 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 
 // serveMetrics makes the metrics of a serving process: key ages read from the vault at each scrape,
 // throttles from the cloud when it counts them.
-func serveMetrics(v *vault.Vault, provider cloud.Provider) *metrics.Metrics {
+func serveMetrics(v *vault.Vault, db *store.DB, provider cloud.Provider) *metrics.Metrics {
 	src := metrics.Sources{KeyAges: func(ctx context.Context) ([]metrics.KeyAge, error) {
 		versions, err := v.List(ctx)
 		if err != nil {
@@ -203,6 +217,9 @@ func serveMetrics(v *vault.Vault, provider cloud.Provider) *metrics.Metrics {
 			}
 		}
 		return ages, nil
+	}, OutboxPending: func(ctx context.Context) (float64, error) {
+		n, _, err := db.Outbox().Pending(ctx)
+		return float64(n), err
 	}}
 	if t, ok := provider.(interface{ Throttles() int64 }); ok {
 		src.Throttles = func() float64 { return float64(t.Throttles()) }

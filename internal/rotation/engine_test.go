@@ -2,6 +2,7 @@ package rotation_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
+	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
@@ -40,6 +42,9 @@ type world struct {
 
 	mu       sync.Mutex
 	observed map[string]int // rotations finished, by outcome, as the engines told Observe
+
+	notifier   rotation.Notifier
+	noticeLead time.Duration
 }
 
 func newWorld(t *testing.T, d testenv.Database) *world {
@@ -65,6 +70,7 @@ func sqlite(t *testing.T) testenv.Database {
 func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 	return rotation.New(rotation.Engine{
 		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
+		Notifier: w.notifier, NoticeLead: w.noticeLead,
 		Now:   w.clock.Now,
 		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },
 		Observe: func(outcome string, _ time.Duration) {
@@ -622,4 +628,47 @@ func TestPolicyDocument(t *testing.T) {
 	if !strings.Contains(string(data), want) {
 		t.Fatalf("docs/POLICY.md does not state the longest life %q", want)
 	}
+}
+
+// TestNotices follows a key's life and checks the notices queued, to the admin route and to the
+// owner named by the user's tag: each once, in order, none holding a secret.
+func TestNotices(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		w.notifier = &notify.Notifier{Outbox: w.db.Outbox(), Now: w.clock.Now, Router: &notify.Router{
+			Global: []notify.Route{{Channel: "webhook", Destination: "https://hooks.example.com/k"}}}}
+		w.noticeLead = 2 * day
+		old := w.addUser("alice", 100*day, map[string]string{rotation.TagOwner: "alice@example.com"})
+		w.visit("alice", false) // rotated
+		w.clock.Add(7 * day)
+		w.visit("alice", false) // nothing yet: deactivation is 3 days away
+		w.clock.Add(1 * day)
+		w.visit("alice", false) // 2 days away: upcoming
+		w.clock.Add(time.Hour)
+		w.visit("alice", false) // again: not queued twice
+		w.clock.Add(2 * day)
+		w.visit("alice", false) // deactivated
+		w.clock.Add(10 * day)
+		w.visit("alice", false) // deleted
+		cur, _ := w.vault.Current(context.Background(), id("alice"))
+
+		ds, err := w.db.Outbox().Claim(context.Background(), "t", w.clock.Now().Add(time.Hour), w.clock.Now().Add(2*time.Hour), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string][]string{}
+		for _, dl := range ds {
+			got[dl.Channel+":"+dl.Destination] = append(got[dl.Channel+":"+dl.Destination], dl.Notice.Event)
+			b, _ := json.Marshal(dl.Notice)
+			if strings.Contains(string(b), old.Secret.Reveal()) || strings.Contains(string(b), cur.SecretAccessKey.Reveal()) {
+				t.Fatalf("a notice holds a secret: %s", b)
+			}
+		}
+		want := []string{notify.KeyRotated, notify.KeyDeactivationComing, notify.KeyDeactivated, notify.KeyDeleted}
+		for _, dest := range []string{"webhook:https://hooks.example.com/k", "email:alice@example.com"} {
+			if !slices.Equal(got[dest], want) {
+				t.Errorf("%s was queued %v, want %v", dest, got[dest], want)
+			}
+		}
+	})
 }
