@@ -4,9 +4,12 @@ package httpapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -50,25 +53,56 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
-	if o.Metrics == nil {
-		return mux
+	if o.Metrics != nil {
+		mux.Handle("GET /metrics", o.Metrics.Handler())
 	}
-	mux.Handle("GET /metrics", o.Metrics.Handler())
-	return observe(o.Metrics, mux)
+	return observe(o.Log, o.Metrics, mux)
 }
 
-// observe counts every request and times it, by the route pattern it matched.
-func observe(m *metrics.Metrics, next *http.ServeMux) http.Handler {
+type requestIDKey struct{}
+
+// RequestID returns the id of the request ctx belongs to ("" outside one).
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+var requestIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// quiet routes are polled by machines: they are logged at debug level only.
+var quiet = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /metrics": true}
+
+// observe gives every request an id (the caller's X-Request-Id when it is sane, otherwise a new one),
+// echoed in the response and carried in the context; then it logs the request and, with metrics,
+// counts and times it by the route pattern it matched.
+func observe(log *slog.Logger, m *metrics.Metrics, next *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if !requestIDRe.MatchString(id) {
+			b := make([]byte, 8)
+			_, _ = rand.Read(b)
+			id = hex.EncodeToString(b)
+		}
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, r)
 		route := r.Pattern // set by the mux on this request
 		if route == "" {
 			route = "unmatched"
 		}
-		m.HTTPRequests.WithLabelValues(r.Method, route, strconv.Itoa(sw.status)).Inc()
-		m.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		took := time.Since(start)
+		level := slog.LevelInfo
+		if quiet[route] && sw.status < 400 {
+			level = slog.LevelDebug
+		}
+		log.Log(r.Context(), level, "http request", "request_id", id, "method", r.Method, "path", r.URL.Path,
+			"route", route, "status", sw.status, "duration", took.String())
+		if m != nil {
+			m.HTTPRequests.WithLabelValues(r.Method, route, strconv.Itoa(sw.status)).Inc()
+			m.HTTPDuration.WithLabelValues(route).Observe(took.Seconds())
+		}
 	})
 }
 

@@ -2,9 +2,9 @@ package httpapi_test
 
 import (
 	"context"
+	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -26,7 +26,8 @@ func TestProbes(t *testing.T) {
 	})
 	m.Rotation("rotated", 2*time.Second)
 	m.CloudCall("CreateAccessKey", "ok")
-	h := httpapi.Handler(httpapi.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Checks: []httpapi.Check{
+	var logs bytes.Buffer
+	h := httpapi.Handler(httpapi.Options{Log: slog.New(slog.NewJSONHandler(&logs, nil)), Metrics: m, Checks: []httpapi.Check{
 		{Name: "database", Func: func(context.Context) error { return dbErr }},
 	}})
 	get := func(path string) (int, map[string]any) {
@@ -38,6 +39,20 @@ func TestProbes(t *testing.T) {
 	}
 	if code, _ := get("/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz = %d", code)
+	}
+	// Every response carries a request id: the caller's when sane, else a new one; logs carry it too.
+	req := httptest.NewRequest(http.MethodGet, "/nowhere", nil)
+	req.Header.Set("X-Request-Id", "abc-123")
+	rec0 := httptest.NewRecorder()
+	h.ServeHTTP(rec0, req)
+	if rec0.Header().Get("X-Request-Id") != "abc-123" || !strings.Contains(logs.String(), `"request_id":"abc-123"`) {
+		t.Fatalf("request id: header %q, logs %s", rec0.Header().Get("X-Request-Id"), logs.String())
+	}
+	req.Header.Set("X-Request-Id", "bad id\nwith newline")
+	rec0 = httptest.NewRecorder()
+	h.ServeHTTP(rec0, req)
+	if id := rec0.Header().Get("X-Request-Id"); len(id) != 16 {
+		t.Fatalf("an insane request id was kept: %q", id)
 	}
 	if code, _ := get("/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz while ready = %d", code)

@@ -340,3 +340,42 @@ func TestEmailBySMTP(t *testing.T) {
 		t.Fatalf("authenticated without TLS: %v", w2.outcomes)
 	}
 }
+
+// TestSlack posts the notice's text to an incoming webhook; a failure names the host, never the URL.
+func TestSlack(t *testing.T) {
+	var mu sync.Mutex
+	var texts []string
+	fail := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Text string }
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || r.URL.Path != "/services/T0/B0/sekrit" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			fail = false
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		texts = append(texts, body.Text)
+	}))
+	defer srv.Close()
+	ch := &notify.Slack{URLs: map[string]secret.Value{"platform": secret.New(srv.URL + "/services/T0/B0/sekrit")}}
+	msg := notify.Message{Subject: "[Keyward] Key rotation failed: ci-deploy", Text: "The old key was left as it was."}
+	err := ch.Send(context.Background(), notify.Delivery{ID: "d1", Destination: "platform"}, msg)
+	if err == nil || strings.Contains(err.Error(), "sekrit") {
+		t.Fatalf("a 500: %v (must fail, without the URL's secret path)", err)
+	}
+	if err := ch.Send(context.Background(), notify.Delivery{ID: "d1", Destination: "platform"}, msg); err != nil {
+		t.Fatal(err)
+	}
+	if len(texts) != 1 || !strings.Contains(texts[0], "*[Keyward] Key rotation failed: ci-deploy*") || !strings.Contains(texts[0], "left as it was") {
+		t.Fatalf("Slack got %q", texts)
+	}
+	var perm *notify.PermanentError
+	if err := ch.Send(context.Background(), notify.Delivery{ID: "d2", Destination: "unknown"}, msg); !errors.As(err, &perm) {
+		t.Fatalf("an unknown Slack route: %v", err)
+	}
+}

@@ -100,7 +100,9 @@ func (e *Engine) noticeFor(ctx context.Context, s step) (notify.Notice, bool) {
 	case ActionDeactivated:
 		n.Event, n.KeyID = notify.KeyDeactivated, d["access_key_id"]
 		n.ID = n.Event + "|" + n.KeyID
-	case ActionDeleted:
+	case ActionDeleted, ActionDestroyed:
+		// A key found gone (deleted by someone else, or by a process that crashed before it could
+		// record it) is told of as deleted: the notice has the same id either way, so it goes once.
 		n.Event, n.KeyID = notify.KeyDeleted, d["access_key_id"]
 		n.ID = n.Event + "|" + n.KeyID
 	case ActionFailed:

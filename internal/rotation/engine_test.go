@@ -405,6 +405,8 @@ func TestCrashAtEveryPoint(t *testing.T) {
 		t.Run(point, func(t *testing.T) {
 			testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
 				w := newWorld(t, d)
+				w.notifier = &notify.Notifier{Outbox: w.db.Outbox(), Now: w.clock.Now, Router: &notify.Router{
+					Global: []notify.Route{{Channel: "webhook", Destination: "https://hooks.example.com/k"}}}}
 				w.addUser("alice", 100*day, nil)
 				if point == "deactivate" || point == "deactivated" || point == "delete" || point == "deleted" {
 					w.visit("alice", false)
@@ -443,6 +445,24 @@ func TestCrashAtEveryPoint(t *testing.T) {
 				}
 				if open, ok, _ := w.db.Rotations().Open(context.Background(), id("alice")); ok {
 					t.Fatalf("rotation still open after recovery: %+v", open)
+				}
+				// The notice of each thing done was queued once: not lost, not doubled by the crash.
+				ds, err := w.db.Outbox().Claim(context.Background(), "t", w.clock.Now().Add(time.Hour), w.clock.Now().Add(2*time.Hour), 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				counts := map[string]int{}
+				for _, dl := range ds {
+					counts[dl.Notice.Event]++
+				}
+				if counts[notify.KeyRotated] != 1 {
+					t.Fatalf("notices after recovery: %v, want key.rotated once", counts)
+				}
+				if strings.HasPrefix(point, "de") && point != "delete" && point != "deleted" && counts[notify.KeyDeactivated] != 1 {
+					t.Fatalf("notices after recovery: %v, want key.deactivated once", counts)
+				}
+				if (point == "delete" || point == "deleted") && (counts[notify.KeyDeactivated] != 1 || counts[notify.KeyDeleted] != 1) {
+					t.Fatalf("notices after recovery: %v, want key.deactivated and key.deleted once", counts)
 				}
 			})
 		})
