@@ -158,7 +158,8 @@ func (s *Vault) CreateVersion(ctx context.Context, rec vault.Record) error {
 		if err != nil {
 			return err
 		}
-		if rec.State == vault.StateCurrent {
+		// Version 1 has nothing to demote (and the one-current index would refuse a second current).
+		if rec.State == vault.StateCurrent && rec.Number > 1 {
 			if err := s.demoteCurrent(ctx, tx, identity, rec.CreatedAt); err != nil {
 				return fmt.Errorf("demote current version of %s: %w", rec.Identity, err)
 			}
