@@ -67,6 +67,11 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 		// One writer at a time is all SQLite allows; readers share the WAL.
 		db.SetMaxOpenConns(8)
 		db.SetMaxIdleConns(8)
+	} else {
+		// Keep the connections a pass uses open between uses (database/sql keeps 2 by default): a new
+		// one costs a TLS handshake and the preparing of every statement again.
+		db.SetMaxOpenConns(32)
+		db.SetMaxIdleConns(32)
 	}
 	s := &DB{sql: db, driver: driver}
 	s.identityForUpdate = s.dialect(identityByName + `{{for_update}}`)
