@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 
 	"github.com/keyward/keyward/internal/vault"
@@ -97,9 +98,21 @@ type committer struct {
 
 // write is one caller's transaction: its work, and where its outcome is sent.
 type write struct {
-	fn   func(tx *Tx) error
-	done chan error // buffered: the writer of the group never waits for the caller
+	fn       func(tx *Tx) error
+	done     chan error // buffered: the writer of the group never waits for the caller
+	answered bool
 }
+
+// answer sends the caller its outcome, once.
+func (w *write) answer(err error) {
+	if !w.answered {
+		w.answered = true
+		w.done <- err
+	}
+}
+
+// errPanicked is what the other members of a group hear when one's work panicked.
+var errPanicked = errors.New("write transaction abandoned: another write in it panicked; try again")
 
 func (c *committer) do(db *DB, w *write) error {
 	c.once.Do(func() { c.lock = make(chan struct{}, 1) })
@@ -116,10 +129,12 @@ func (c *committer) do(db *DB, w *write) error {
 		group := c.queue
 		c.queue = nil
 		c.mu.Unlock()
-		if len(group) > 0 {
-			db.writeGroup(context.Background(), group)
-		}
-		<-c.lock
+		func() {
+			defer func() { <-c.lock }() // even when a member's work panics (an HTTP handler may recover)
+			if len(group) > 0 {
+				db.writeGroup(context.Background(), group)
+			}
+		}()
 		return <-w.done
 	}
 }
@@ -133,7 +148,7 @@ const savepoint = "keyward_write"
 func (db *DB) writeGroup(ctx context.Context, group []*write) {
 	fail := func(members []*write, err error) {
 		for _, w := range members {
-			w.done <- err
+			w.answer(err)
 		}
 	}
 	sqlTx, err := db.sql.BeginTx(ctx, nil)
@@ -142,6 +157,14 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 		return
 	}
 	tx := &Tx{Tx: sqlTx, db: db}
+	all := group
+	defer func() {
+		if r := recover(); r != nil {
+			_ = tx.Rollback()
+			fail(all, errPanicked) // those already answered keep their answer
+			panic(r)
+		}
+	}()
 	defer func() {
 		for _, q := range tx.missed {
 			_, _ = db.stmt(context.WithoutCancel(ctx), q) // a failure here only means the next call parses again
@@ -167,7 +190,7 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 			}
 			if err != nil {
 				tx.afterCommit = tx.afterCommit[:hooks]
-				w.done <- err
+				w.answer(err)
 				continue
 			}
 			written = append(written, w)
@@ -192,12 +215,15 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 // statements is interrupted, as by a cancelled context).
 var errTxLost = errors.New("write transaction rolled back: try again")
 
-// member runs one member's work of a group inside its own savepoint.
+// member runs one member's work of a group inside its own savepoint; what it left in the
+// transaction's memory (identity rows it looked up or created) goes with its savepoint.
 func (tx *Tx) member(ctx context.Context, w *write) error {
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT "+savepoint); err != nil {
 		return fmt.Errorf("%w: %v", errTxLost, err)
 	}
+	identities := maps.Clone(tx.identities)
 	if err := w.fn(tx); err != nil {
+		tx.identities = identities
 		if _, err2 := tx.ExecContext(ctx, "ROLLBACK TO "+savepoint); err2 != nil {
 			return fmt.Errorf("%w: %v", errTxLost, err2)
 		}

@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -180,4 +182,68 @@ func TestIdentityRowIDsRememberedOnlyOnceCommitted(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestGroupCommitSurvivesAPanic: a member whose work panics (an HTTP handler's, say, which net/http
+// would recover) takes no one with it: the others are told to try again, and the lock is free.
+func TestGroupCommitSurvivesAPanic(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "g.db")})
+	ctx := context.Background()
+	safely := func(fn func(tx *Tx) error) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panicked: %v", r)
+			}
+		}()
+		return db.inTx(ctx, fn)
+	}
+	started, hold := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = safely(func(tx *Tx) error { close(started); <-hold; return addIdentity(ctx, tx, "first") })
+	})
+	<-started
+	errs := make([]error, 3)
+	works := []func(tx *Tx) error{
+		func(tx *Tx) error { return addIdentity(ctx, tx, "a") },
+		func(tx *Tx) error { _ = addIdentity(ctx, tx, "b"); panic("boom") },
+		func(tx *Tx) error { return addIdentity(ctx, tx, "c") },
+	}
+	for i, w := range works {
+		wg.Go(func() { errs[i] = safely(w) })
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		db.commits.mu.Lock()
+		queued := len(db.commits.queue)
+		db.commits.mu.Unlock()
+		if queued == len(works) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes not queued")
+		}
+	}
+	close(hold)
+	wg.Wait()
+	if errs[1] == nil {
+		t.Fatal("the panicking write reported success")
+	}
+	for _, i := range []int{0, 2} {
+		if errs[i] != nil && !errors.Is(errs[i], errPanicked) && !strings.Contains(errs[i].Error(), "panicked") {
+			t.Fatalf("write %d: %v", i, errs[i])
+		}
+	}
+	if got := identityNames(t, db); got["b"] {
+		t.Fatalf("the panicking write's row was committed: %v", got)
+	}
+	done := make(chan error, 1)
+	go func() { done <- db.inTx(ctx, func(tx *Tx) error { return addIdentity(ctx, tx, "later") }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write lock was never released after the panic")
+	}
 }
