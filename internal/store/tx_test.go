@@ -57,18 +57,24 @@ func queueWhileBusy(t *testing.T, db *DB, writes ...func(tx *Tx) error) (release
 	for i, w := range writes {
 		wg.Go(func() { errs[i+1] = db.inTx(ctx, w) })
 	}
+	waitQueued(t, db, len(writes))
+	return func() { close(hold); wg.Wait() }, errs
+}
+
+// waitQueued waits until n writes wait in the committer's queue.
+func waitQueued(t *testing.T, db *DB, n int) {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		db.commits.mu.Lock()
 		queued := len(db.commits.queue)
 		db.commits.mu.Unlock()
-		if queued == len(writes) {
-			break
+		if queued == n {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d writes queued", queued, len(writes))
+			t.Fatalf("%d of %d writes queued", queued, n)
 		}
 	}
-	return func() { close(hold); wg.Wait() }, errs
 }
 
 // TestGroupCommit: writes that queue while another is written share one transaction, and each
@@ -212,17 +218,7 @@ func TestGroupCommitSurvivesAPanic(t *testing.T) {
 	for i, w := range works {
 		wg.Go(func() { errs[i] = safely(w) })
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		db.commits.mu.Lock()
-		queued := len(db.commits.queue)
-		db.commits.mu.Unlock()
-		if queued == len(works) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("writes not queued")
-		}
-	}
+	waitQueued(t, db, len(works))
 	close(hold)
 	wg.Wait()
 	if errs[1] == nil {
