@@ -27,14 +27,21 @@ const auditColumns = `seq, time, actor, action, target, outcome, source_ip, requ
 // Append implements audit.Store.
 func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit.Record, error)) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
-		if s.db.driver == Postgres {
-			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
-				return fmt.Errorf("lock the audit trail: %w", err)
+		// A transaction that appended already holds the order (SQLite's write lock, or the advisory
+		// lock) and knows the head: it wrote it.
+		var head audit.Head
+		if tx.auditHead != nil {
+			head = *tx.auditHead
+		} else {
+			if s.db.driver == Postgres {
+				if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
+					return fmt.Errorf("lock the audit trail: %w", err)
+				}
 			}
-		}
-		head, err := s.head(ctx, tx.queryRow)
-		if err != nil {
-			return err
+			var err error
+			if head, err = s.head(ctx, tx.queryRow); err != nil {
+				return err
+			}
 		}
 		recs, err := build(head)
 		if err != nil {
@@ -46,6 +53,9 @@ func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit
 				audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash); err != nil {
 				return fmt.Errorf("append audit record %d: %w", r.Seq, err)
 			}
+		}
+		if n := len(recs); n > 0 {
+			tx.auditHead = &audit.Head{Seq: recs[n-1].Seq, Hash: recs[n-1].Hash}
 		}
 		return nil
 	})

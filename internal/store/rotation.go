@@ -55,20 +55,21 @@ func (s *Rotations) Begin(ctx context.Context, r rotation.Record, owner string, 
 		if err != nil {
 			return err
 		}
-		var current int
-		if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM credential_versions
-			WHERE identity_id = $1 AND state = 'current' AND access_key_id = $2`, identity, r.OldKeyID).Scan(&current); err != nil {
-			return err
-		}
-		if current == 0 {
-			return rotation.ErrStale
-		}
-		return tx.queryRow(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, old_key_id, new_key_id,
+		// One statement: the rotation is written only if the key it replaces is still current.
+		err = tx.queryRow(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, old_key_id, new_key_id,
 			version, attempt, lease_owner, lease_until, started_at, step_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`,
+			SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT),
+				CAST($7 AS TEXT), CAST($8 AS BIGINT), CAST($9 AS BIGINT), CAST($10 AS TEXT), CAST($11 AS BIGINT),
+				CAST($12 AS BIGINT), CAST($13 AS BIGINT)
+			WHERE EXISTS (SELECT 1 FROM credential_versions WHERE identity_id = $14 AND state = 'current' AND access_key_id = $6)
+			RETURNING id`,
 			r.Identity.Cloud, r.Identity.AccountID, r.Identity.UserName, r.Step, r.Phase, nullString(r.OldKeyID),
 			nullString(r.NewKeyID), sql.NullInt64{Int64: r.Version, Valid: r.Version != 0}, r.Attempt, owner,
-			micros(leaseUntil), micros(r.StartedAt), micros(r.StepAt)).Scan(&r.ID)
+			micros(leaseUntil), micros(r.StartedAt), micros(r.StepAt), identity).Scan(&r.ID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return rotation.ErrStale
+		}
+		return err
 	})
 	if kind, _ := constraintViolation(err); kind == uniqueViolation {
 		return r, fmt.Errorf("begin rotation of %s: %w", r.Identity, rotation.ErrBusy)

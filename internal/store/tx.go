@@ -8,6 +8,7 @@ import (
 	"maps"
 	"sync"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -18,6 +19,7 @@ type Tx struct {
 	missed      []string
 	afterCommit []func(context.Context)
 	identities  map[vault.Identity]int64 // row ids this transaction has looked up, and locked (PostgreSQL)
+	auditHead   *audit.Head              // the audit trail's end, once this transaction appended to it
 }
 
 // txKey is the context key of the unit of work (see Atomically).
@@ -216,14 +218,15 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 var errTxLost = errors.New("write transaction rolled back: try again")
 
 // member runs one member's work of a group inside its own savepoint; what it left in the
-// transaction's memory (identity rows it looked up or created) goes with its savepoint.
+// transaction's memory (identity rows it looked up or created, the audit trail's end) goes with its
+// savepoint.
 func (tx *Tx) member(ctx context.Context, w *write) error {
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT "+savepoint); err != nil {
 		return fmt.Errorf("%w: %v", errTxLost, err)
 	}
-	identities := maps.Clone(tx.identities)
+	identities, auditHead := maps.Clone(tx.identities), tx.auditHead
 	if err := w.fn(tx); err != nil {
-		tx.identities = identities
+		tx.identities, tx.auditHead = identities, auditHead
 		if _, err2 := tx.ExecContext(ctx, "ROLLBACK TO "+savepoint); err2 != nil {
 			return fmt.Errorf("%w: %v", errTxLost, err2)
 		}

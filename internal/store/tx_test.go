@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -241,5 +245,76 @@ func TestGroupCommitSurvivesAPanic(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the write lock was never released after the panic")
+	}
+}
+
+// TestBeginChecksTheKeyIsCurrent: a rotation begins only for the identity's current key, and only
+// one at a time.
+func TestBeginChecksTheKeyIsCurrent(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		db := mustOpen(t, d)
+		v := mustVault(t, db, mustKEK(t), nil)
+		ctx := context.Background()
+		k1, s1 := keyPair(1)
+		k2, s2 := keyPair(2)
+		for _, k := range []struct {
+			id string
+			s  secret.Value
+		}{{k1, s1}, {k2, s2}} {
+			if _, err := v.Import(ctx, alice, k.id, k.s); err != nil { // k2 ends current, k1 previous
+				t.Fatal(err)
+			}
+		}
+		now := time.Now()
+		rec := rotation.Record{Identity: alice, Step: rotation.StepCreate, Phase: rotation.PhaseStarted, Attempt: 1, StartedAt: now, StepAt: now}
+		rec.OldKeyID = k1
+		if _, err := db.Rotations().Begin(ctx, rec, "a", now.Add(time.Minute)); !errors.Is(err, rotation.ErrStale) {
+			t.Fatalf("begin for a key no longer current: %v, want ErrStale", err)
+		}
+		rec.OldKeyID = k2
+		got, err := db.Rotations().Begin(ctx, rec, "a", now.Add(time.Minute))
+		if err != nil || got.ID == 0 {
+			t.Fatalf("begin: %+v %v", got, err)
+		}
+		if _, err := db.Rotations().Begin(ctx, rec, "b", now.Add(time.Minute)); !errors.Is(err, rotation.ErrBusy) {
+			t.Fatalf("a second open rotation: %v, want ErrBusy", err)
+		}
+		if open, ok, err := db.Rotations().Open(ctx, alice); err != nil || !ok || open.ID != got.ID || open.OldKeyID != k2 || open.LeaseOwner != "a" {
+			t.Fatalf("open rotation: %+v %v %v", open, ok, err)
+		}
+	})
+}
+
+// TestGroupedAuditAppendsKeepOneChain: members of a group append to the audit trail, one of them then
+// fails; the trail stays one unbroken chain without the failed member's record.
+func TestGroupedAuditAppendsKeepOneChain(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "g.db")})
+	trail := audit.New(db.Audit(), nil, nil)
+	refused := errors.New("refused")
+	appending := func(actor string, fail bool) func(tx *Tx) error {
+		return func(tx *Tx) error {
+			ctx := context.WithValue(context.Background(), txKey{}, tx)
+			if err := trail.Record(ctx, audit.Event{Actor: actor, Action: "test", Target: "t", Outcome: audit.Success}); err != nil {
+				return err
+			}
+			if fail {
+				return refused
+			}
+			return nil
+		}
+	}
+	release, errs := queueWhileBusy(t, db, appending("a", false), appending("b", true), appending("c", false), appending("d", false))
+	release()
+	if !errors.Is(errs[2], refused) || errs[1] != nil || errs[3] != nil || errs[4] != nil {
+		t.Fatalf("outcomes %v", errs)
+	}
+	rep, err := trail.Verify(context.Background(), func(string, []byte, []byte) bool { return false }, nil)
+	if err != nil || !rep.OK() || rep.Records != 3 {
+		t.Fatalf("trail after the group: %+v %v", rep, err)
+	}
+	var actors []string
+	_ = trail.Export(context.Background(), time.Time{}, time.Time{}, func(r audit.Record) error { actors = append(actors, r.Actor); return nil })
+	if slices.Contains(actors, "b") {
+		t.Fatalf("the failed member's record was kept: %v", actors)
 	}
 }
