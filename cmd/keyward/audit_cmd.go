@@ -42,10 +42,26 @@ func cliActor() string {
 	return "cli:" + name + "@" + host
 }
 
-// checkpoint signs the audit trail's end with the vault's audit key. The records are durable
+// auditSigner returns the vault's audit signing key, unsealed (or made) on first use and kept:
+// serve signs every checkpoint_interval, and must not unseal the key (a KMS call, maybe) each time.
+func (a *app) auditSigner(v *vault.Vault) func(ctx context.Context) (audit.Signer, error) {
+	var key *vault.SigningKey
+	return func(ctx context.Context) (audit.Signer, error) {
+		if key == nil {
+			k, err := v.SigningKey(ctx, vault.PurposeAudit)
+			if err != nil {
+				return nil, err
+			}
+			key = &k
+		}
+		return key, nil
+	}
+}
+
+// checkpoint signs the audit trail's end with the key signer gives. The records are durable
 // already; a checkpoint that cannot be written is logged, and the next one covers them.
-func (a *app) checkpoint(ctx context.Context, v *vault.Vault, db *store.DB) {
-	key, err := v.SigningKey(ctx, vault.PurposeAudit)
+func (a *app) checkpoint(ctx context.Context, signer func(context.Context) (audit.Signer, error), db *store.DB) {
+	key, err := signer(ctx)
 	if err == nil {
 		_, err = a.trail(db).Checkpoint(ctx, key)
 	}

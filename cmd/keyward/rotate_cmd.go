@@ -178,7 +178,7 @@ func (a *app) rotateCommand() *cobra.Command {
 					return err
 				}
 				rep, err = engine.Pass(ctx, opts)
-				a.checkpoint(context.WithoutCancel(ctx), engine.Vault, db)
+				a.checkpoint(context.WithoutCancel(ctx), a.auditSigner(engine.Vault), db)
 				a.shipOnce(ctx, db)
 				a.deliverOnce(ctx, db, engine.Owner)
 				if err != nil {

@@ -102,32 +102,27 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		return err
 	}
 	// The audit trail's end is signed every checkpoint_interval, and once more on the way out.
-	checkpointCtx, stopCheckpoints := context.WithCancel(ctx)
-	checkpoints := make(chan struct{})
-	go func() {
-		defer close(checkpoints)
+	signer := a.auditSigner(v)
+	stopCheckpoints := background(ctx, func(ctx context.Context) {
 		t := time.NewTicker(a.cfg.Audit.CheckpointInterval.Std())
 		defer t.Stop()
 		for {
-			a.checkpoint(context.WithoutCancel(checkpointCtx), v, db)
+			a.checkpoint(context.WithoutCancel(ctx), signer, db)
 			select {
-			case <-checkpointCtx.Done():
+			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
 		}
-	}()
-	defer func() { stopCheckpoints(); <-checkpoints; a.checkpoint(context.Background(), v, db) }()
+	})
+	defer func() { stopCheckpoints(); a.checkpoint(context.Background(), signer, db) }()
 	// Sinks are fed from the database on their own schedule: one that is down never holds a rotation.
 	shipper, err := a.shipper(ctx, db)
 	if err != nil {
 		return err
 	}
 	if shipper != nil {
-		shipCtx, stopShipping := context.WithCancel(ctx)
-		shipped := make(chan struct{})
-		go func() { defer close(shipped); shipper.Run(shipCtx, a.cfg.Audit.ShipInterval.Std()) }()
-		defer func() { stopShipping(); <-shipped }()
+		defer background(ctx, func(ctx context.Context) { shipper.Run(ctx, a.cfg.Audit.ShipInterval.Std()) })()
 	}
 	// Notifications are delivered from the outbox on their own schedule, like the audit sinks.
 	dispatcher, err := a.dispatcher(ctx, db, engine.Owner, func(channel, outcome string) {
@@ -136,10 +131,7 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	if err != nil {
 		return err
 	}
-	deliverCtx, stopDelivering := context.WithCancel(ctx)
-	delivered := make(chan struct{})
-	go func() { defer close(delivered); dispatcher.Run(deliverCtx, a.cfg.Notify.Interval.Std()) }()
-	defer func() { stopDelivering(); <-delivered }()
+	defer background(ctx, func(ctx context.Context) { dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
 
 	passes := &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}
 	var demoAfter func(rotation.Report, error)
@@ -155,14 +147,9 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	}
 
 	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
-	passCtx, stopPasses := context.WithCancel(context.WithoutCancel(ctx))
-	scheduler := make(chan struct{})
-	go func() {
-		defer close(scheduler)
-		engine.Schedule(passCtx, a.cfg.Rotation.Interval.Std(),
-			rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
-	}()
-	defer func() { stopPasses(); <-scheduler }()
+	defer background(context.WithoutCancel(ctx), func(ctx context.Context) {
+		engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
+	})()
 
 	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, Checks: []httpapi.Check{
 		{Name: "database", Func: db.Ready},
@@ -248,4 +235,13 @@ func (p *passWatch) check(context.Context) error {
 		return fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)
 	}
 	return nil
+}
+
+// background runs fn in a goroutine under a context of its own (derived from ctx); the returned stop
+// cancels it and waits until fn has returned.
+func background(ctx context.Context, fn func(ctx context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); fn(ctx) }()
+	return func() { cancel(); <-done }
 }

@@ -106,7 +106,7 @@ func (a *app) vaultImportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a.checkpoint(ctx, v, db)
+			a.checkpoint(ctx, a.auditSigner(v), db)
 			a.log.Info("credential imported", "identity", id.String(), "access_key_id", keyID, "version", ver.Number)
 			if output == "json" {
 				return json.NewEncoder(a.stdout).Encode(ver)
@@ -200,7 +200,7 @@ func (a *app) vaultGetCommand() *cobra.Command {
 				Detail: map[string]string{"access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number)}}); err != nil {
 				return fmt.Errorf("nothing printed: %w", err)
 			}
-			a.checkpoint(ctx, v, db)
+			a.checkpoint(ctx, a.auditSigner(v), db)
 			a.log.Info("credential read", "identity", id.String(), "access_key_id", c.AccessKeyID, "by", "cli")
 			return render(a.stdout, c)
 		}),
