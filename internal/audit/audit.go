@@ -79,6 +79,8 @@ type Store interface {
 	AddCheckpoint(ctx context.Context, c Checkpoint) error
 	// Checkpoints lists the checkpoints, by seq.
 	Checkpoints(ctx context.Context) ([]Checkpoint, error)
+	// LatestCheckpoint returns the checkpoint of the highest seq (the newest of those), if any.
+	LatestCheckpoint(ctx context.Context) (Checkpoint, bool, error)
 }
 
 // Signer signs checkpoints; Keyward's is an Ed25519 key kept in its vault.
@@ -178,12 +180,12 @@ func (t *Trail) Checkpoint(ctx context.Context, signer Signer) (Checkpoint, erro
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
 	}
-	cps, err := t.store.Checkpoints(ctx)
+	last, ok, err := t.store.LatestCheckpoint(ctx)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
 	}
-	if n := len(cps); n > 0 && cps[n-1].Seq == head.Seq && cps[n-1].KeyID == signer.KeyID() {
-		return cps[n-1], nil
+	if ok && last.Seq == head.Seq && last.KeyID == signer.KeyID() {
+		return last, nil
 	}
 	if head.Seq == 0 {
 		return Checkpoint{}, nil

@@ -123,16 +123,32 @@ func (s *Audit) AddCheckpoint(ctx context.Context, c audit.Checkpoint) error {
 	})
 }
 
+const checkpointColumns = `seq, hash, time, key_id, signature`
+
+func scanCheckpoint(row scanner) (audit.Checkpoint, error) {
+	var c audit.Checkpoint
+	var at int64
+	err := row.Scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature)
+	c.Time = time.UnixMicro(at).UTC()
+	return c, err
+}
+
 // Checkpoints implements audit.Store.
 func (s *Audit) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
-	rows, err := s.db.query(ctx, `SELECT seq, hash, time, key_id, signature FROM audit_checkpoints ORDER BY seq, time`)
-	return collect(rows, err, func(rows *sql.Rows) (audit.Checkpoint, error) {
-		var c audit.Checkpoint
-		var at int64
-		err := rows.Scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature)
-		c.Time = time.UnixMicro(at).UTC()
-		return c, err
-	})
+	rows, err := s.db.query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY seq, time`)
+	return collect(rows, err, func(rows *sql.Rows) (audit.Checkpoint, error) { return scanCheckpoint(rows) })
+}
+
+// LatestCheckpoint implements audit.Store.
+func (s *Audit) LatestCheckpoint(ctx context.Context) (audit.Checkpoint, bool, error) {
+	c, err := scanCheckpoint(s.db.queryRow(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY seq DESC, time DESC LIMIT 1`))
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, false, nil
+	}
+	if err != nil {
+		return c, false, fmt.Errorf("read the latest audit checkpoint: %w", err)
+	}
+	return c, true, nil
 }
 
 var _ audit.Cursors = (*Audit)(nil)
