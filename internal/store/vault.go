@@ -208,19 +208,15 @@ func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]v
 	rows, err := s.db.query(ctx, `SELECT cloud, account_id, user_name FROM identities
 		WHERE ($1 = '' OR user_name = $1) AND ($2 = '' OR account_id = $2)
 		ORDER BY cloud, account_id, user_name`, userName, accountID)
+	ids, err := collect(rows, err, func(rows *sql.Rows) (vault.Identity, error) {
+		var id vault.Identity
+		err := rows.Scan(&id.Cloud, &id.AccountID, &id.UserName)
+		return id, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list identities: %w", err)
 	}
-	defer rows.Close()
-	var ids []vault.Identity
-	for rows.Next() {
-		var id vault.Identity
-		if err := rows.Scan(&id.Cloud, &id.AccountID, &id.UserName); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }
 
 // Versions implements vault.Store.
@@ -228,21 +224,11 @@ func (s *Vault) Versions(ctx context.Context) ([]vault.Version, error) {
 	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
 		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 		ORDER BY i.cloud, i.account_id, i.user_name, v.version`)
+	out, err := collect(rows, err, scanListedVersion(nil))
 	if err != nil {
 		return nil, fmt.Errorf("list versions: %w", err)
 	}
-	defer rows.Close()
-	var out []vault.Version
-	for rows.Next() {
-		var hasSecret bool
-		v, err := scanVersion(rows, nil, &hasSecret)
-		if err != nil {
-			return nil, err
-		}
-		v.HasSecret = hasSecret
-		out = append(out, v)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // VersionsOf implements vault.Store.
@@ -250,21 +236,21 @@ func (s *Vault) VersionsOf(ctx context.Context, id vault.Identity) ([]vault.Vers
 	rows, err := s.db.query(ctx, `SELECT `+versionColumns+`, v.ciphertext IS NOT NULL
 		FROM credential_versions v WHERE v.identity_id = (`+identityByName+`) ORDER BY v.version`,
 		id.Cloud, id.AccountID, id.UserName)
+	out, err := collect(rows, err, scanListedVersion(&id))
 	if err != nil {
 		return nil, fmt.Errorf("versions of %s: %w", id, err)
 	}
-	defer rows.Close()
-	var out []vault.Version
-	for rows.Next() {
+	return out, nil
+}
+
+// scanListedVersion reads a listed version (see scanVersion) and whether it holds a secret.
+func scanListedVersion(id *vault.Identity) func(*sql.Rows) (vault.Version, error) {
+	return func(rows *sql.Rows) (vault.Version, error) {
 		var hasSecret bool
-		v, err := scanVersion(rows, &id, &hasSecret)
-		if err != nil {
-			return nil, err
-		}
+		v, err := scanVersion(rows, id, &hasSecret)
 		v.HasSecret = hasSecret
-		out = append(out, v)
+		return v, err
 	}
-	return out, rows.Err()
 }
 
 // Transition implements vault.Store.
@@ -359,19 +345,15 @@ func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Ver
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 	rows, err := s.db.query(ctx, `SELECT kek_id FROM credential_versions WHERE kek_id IS NOT NULL
 		UNION SELECT kek_id FROM signing_keys ORDER BY kek_id`)
+	ids, err := collect(rows, err, func(rows *sql.Rows) (string, error) {
+		var id string
+		err := rows.Scan(&id)
+		return id, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list key-encryption keys in use: %w", err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }
 
 // Rewrap implements vault.Store.
