@@ -107,6 +107,16 @@ func New(st Store, now func() time.Time, log *slog.Logger) *Trail {
 	return &Trail{store: st, now: now, log: log}
 }
 
+type originKey struct{}
+
+type origin struct{ ip, requestID string }
+
+// WithOrigin returns a context whose events, when they do not say, came from a request: its source
+// address and its id.
+func WithOrigin(ctx context.Context, sourceIP, requestID string) context.Context {
+	return context.WithValue(ctx, originKey{}, origin{ip: sourceIP, requestID: requestID})
+}
+
 // Record appends events, in the unit of work ctx carries if any: with it, the events are committed
 // with the work they describe, or not at all.
 func (t *Trail) Record(ctx context.Context, events ...Event) error {
@@ -116,6 +126,17 @@ func (t *Trail) Record(ctx context.Context, events ...Event) error {
 	for _, e := range events {
 		if e.Actor == "" || e.Action == "" || e.Outcome == "" {
 			return fmt.Errorf("audit event %q by %q: actor, action and outcome are required", e.Action, e.Actor)
+		}
+	}
+	if o, ok := ctx.Value(originKey{}).(origin); ok {
+		events = slices.Clone(events)
+		for i := range events {
+			if events[i].SourceIP == "" {
+				events[i].SourceIP = o.ip
+			}
+			if events[i].RequestID == "" {
+				events[i].RequestID = o.requestID
+			}
 		}
 	}
 	err := t.store.Append(ctx, func(head Head) ([]Record, error) {

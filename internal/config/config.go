@@ -37,6 +37,61 @@ type Config struct {
 	Rotation Rotation `yaml:"rotation"`
 	Audit    Audit    `yaml:"audit"`
 	Notify   Notify   `yaml:"notify"`
+	Auth     Auth     `yaml:"auth"`
+}
+
+// Auth configures who may call the API and how they prove it.
+type Auth struct {
+	// Issuer and Audience are the iss and aud of Keyward's tokens (set Issuer to the service's URL).
+	Issuer   string `yaml:"issuer"`
+	Audience string `yaml:"audience"`
+	// TokenTTL is a token's lifetime.
+	TokenTTL Duration `yaml:"token_ttl"`
+	// SigningKeyRotation is how long a token signing key signs before a new one takes over.
+	SigningKeyRotation Duration `yaml:"signing_key_rotation"`
+	// RequireMFA lists the roles that must give a second factor before reading a secret.
+	RequireMFA []string `yaml:"require_mfa"`
+	// AllowedCIDRs, when set, are the only source networks any request is served from.
+	AllowedCIDRs []string    `yaml:"allowed_cidrs"`
+	Argon2       AuthArgon2  `yaml:"argon2"`
+	Lockout      AuthLockout `yaml:"lockout"`
+	OIDC         AuthOIDC    `yaml:"oidc"`
+}
+
+// AuthArgon2 are the password hash's cost parameters.
+type AuthArgon2 struct {
+	MemoryKiB   int `yaml:"memory_kib"`
+	Iterations  int `yaml:"iterations"`
+	Parallelism int `yaml:"parallelism"`
+}
+
+// AuthLockout slows down and stops password guessing.
+type AuthLockout struct {
+	MaxFailures   int      `yaml:"max_failures"`
+	IPMaxFailures int      `yaml:"ip_max_failures"`
+	Duration      Duration `yaml:"duration"`
+	Delay         Duration `yaml:"delay"`
+	MaxDelay      Duration `yaml:"max_delay"`
+}
+
+// AuthOIDC is single sign-on through an OpenID Connect provider (enabled when Issuer is set).
+type AuthOIDC struct {
+	Issuer           string       `yaml:"issuer"`
+	ClientID         string       `yaml:"client_id"`
+	ClientSecret     secret.Value `yaml:"client_secret"`
+	ClientSecretFile string       `yaml:"client_secret_file"`
+	RedirectURL      string       `yaml:"redirect_url"`
+	GroupsClaim      string       `yaml:"groups_claim"`
+	// Rules map the provider's groups to a role and teams; a user gets the most powerful role and
+	// every team of the rules its groups match, and is refused when none match.
+	Rules []OIDCRule `yaml:"rules"`
+}
+
+// OIDCRule maps one IdP group to a role and teams.
+type OIDCRule struct {
+	Group string   `yaml:"group"`
+	Role  string   `yaml:"role"`
+	Teams []string `yaml:"teams"`
 }
 
 // Notify configures notifications: who is told of what, and through which channels.
@@ -140,6 +195,18 @@ var (
 type Server struct {
 	Listen          string   `yaml:"listen"`
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// TLSCertFile and TLSKeyFile, both set, make the listener HTTPS.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// TrustedProxies are the addresses (CIDRs) whose X-Forwarded-For is believed.
+	TrustedProxies []string  `yaml:"trusted_proxies"`
+	RateLimit      RateLimit `yaml:"rate_limit"`
+}
+
+// RateLimit is in requests per second (bursts of twice that); 0 turns a limit off.
+type RateLimit struct {
+	PerPrincipal float64 `yaml:"per_principal"`
+	PerIP        float64 `yaml:"per_ip"`
 }
 
 // Log configures structured logging.
@@ -226,9 +293,10 @@ type Rule struct {
 func Default() Config {
 	const day = 24 * time.Hour
 	return Config{
-		Cloud:  "aws",
-		Server: Server{Listen: "127.0.0.1:8080", ShutdownTimeout: Duration(30 * time.Second)},
-		Log:    Log{Level: "info", Format: "json"},
+		Cloud: "aws",
+		Server: Server{Listen: "127.0.0.1:8080", ShutdownTimeout: Duration(30 * time.Second),
+			RateLimit: RateLimit{PerPrincipal: 50, PerIP: 100}},
+		Log: Log{Level: "info", Format: "json"},
 		Vault: Vault{
 			Driver:    "sqlite",
 			DSN:       secret.New("./keyward.db"),
@@ -245,6 +313,11 @@ func Default() Config {
 			CloudWatch: AuditCloudWatch{LogStream: "keyward"}},
 		Notify: Notify{Interval: Duration(5 * time.Second), LeadTime: Duration(2 * day), StuckAfter: Duration(time.Hour),
 			Email: NotifyEmail{Via: "smtp"}, SMTP: NotifySMTP{Port: 587, StartTLS: true}},
+		Auth: Auth{Issuer: "keyward", Audience: "keyward", TokenTTL: Duration(2 * time.Minute),
+			SigningKeyRotation: Duration(30 * day), RequireMFA: []string{"admin", "member"},
+			Argon2:  AuthArgon2{MemoryKiB: 19 * 1024, Iterations: 2, Parallelism: 1},
+			Lockout: AuthLockout{MaxFailures: 10, IPMaxFailures: 50, Duration: Duration(15 * time.Minute), Delay: Duration(250 * time.Millisecond), MaxDelay: Duration(4 * time.Second)},
+			OIDC:    AuthOIDC{GroupsClaim: "groups"}},
 	}
 }
 
@@ -269,6 +342,17 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 		report("audit.cloudwatch.log_stream", "%q: want 1 to 512 characters, none of them ':' or '*'", st)
 	}
 	c.Notify.validate(report)
+	c.Auth.validate(report)
+	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
+		report("server.tls_cert_file", "set both server.tls_cert_file and server.tls_key_file, or neither")
+	}
+	cidrs(report, "server.trusted_proxies", c.Server.TrustedProxies)
+	if c.Server.RateLimit.PerPrincipal < 0 {
+		report("server.rate_limit.per_principal", "must not be negative (0 turns it off)")
+	}
+	if c.Server.RateLimit.PerIP < 0 {
+		report("server.rate_limit.per_ip", "must not be negative (0 turns it off)")
+	}
 	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(report, "log.format", c.Log.Format, "json", "text")
 

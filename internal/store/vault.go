@@ -344,7 +344,7 @@ func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Ver
 // KEKIDs implements vault.Store.
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 	rows, err := s.db.query(ctx, `SELECT kek_id FROM credential_versions WHERE kek_id IS NOT NULL
-		UNION SELECT kek_id FROM signing_keys ORDER BY kek_id`)
+		UNION SELECT kek_id FROM signing_keys UNION SELECT kek_id FROM sealed_blobs ORDER BY kek_id`)
 	ids, err := collect(rows, err, func(rows *sql.Rows) (string, error) {
 		var id string
 		err := rows.Scan(&id)
@@ -358,7 +358,8 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 
 // Rewrap implements vault.Store.
 func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error),
-	fnKey func(vault.SealedSigningKey) (string, []byte, error), progress func(done, total int)) (int, error) {
+	fnKey func(vault.SealedSigningKey) (string, []byte, error), fnBlob func(string, vault.Sealed) (string, []byte, error),
+	progress func(done, total int)) (int, error) {
 	n := 0
 	err := s.db.inTx(ctx, func(tx *Tx) error {
 		// Read everything first: one connection cannot interleave a result set with updates.
@@ -374,7 +375,20 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 		if err != nil {
 			return err
 		}
-		total := len(recs) + len(keys)
+		type blob struct {
+			name   string
+			sealed vault.Sealed
+		}
+		rows, err = tx.QueryContext(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
+		blobs, err := collect(rows, err, func(rows *sql.Rows) (blob, error) {
+			var b blob
+			err := rows.Scan(&b.name, &b.sealed.KEKID, &b.sealed.WrappedKey, &b.sealed.Ciphertext)
+			return b, err
+		})
+		if err != nil {
+			return err
+		}
+		total := len(recs) + len(keys) + len(blobs)
 		step := func() {
 			n++
 			if progress != nil {
@@ -399,6 +413,17 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			}
 			if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3`,
 				kekID, wrapped, key.ID); err != nil {
+				return err
+			}
+			step()
+		}
+		for _, b := range blobs {
+			kekID, wrapped, err := fnBlob(b.name, b.sealed)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3`,
+				kekID, wrapped, b.name); err != nil {
 				return err
 			}
 			step()
@@ -452,6 +477,36 @@ func (s *Vault) CreateSigningKey(ctx context.Context, k vault.SealedSigningKey) 
 func (s *Vault) SigningKeys(ctx context.Context, purpose string) ([]vault.SealedSigningKey, error) {
 	rows, err := s.db.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys WHERE purpose = $1 ORDER BY created_at, id`, purpose)
 	return collect(rows, err, scanSigningKey)
+}
+
+// PutBlob implements vault.Store.
+func (s *Vault) PutBlob(ctx context.Context, name string, sealed vault.Sealed, at time.Time) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		_, err := tx.exec(ctx, `INSERT INTO sealed_blobs (name, kek_id, wrapped_key, ciphertext, created_at)
+			VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET kek_id = excluded.kek_id,
+			wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext, created_at = excluded.created_at`,
+			name, sealed.KEKID, sealed.WrappedKey, sealed.Ciphertext, micros(at))
+		return err
+	})
+}
+
+// Blob implements vault.Store.
+func (s *Vault) Blob(ctx context.Context, name string) (vault.Sealed, error) {
+	var sealed vault.Sealed
+	err := s.db.queryRow(ctx, `SELECT kek_id, wrapped_key, ciphertext FROM sealed_blobs WHERE name = $1`, name).
+		Scan(&sealed.KEKID, &sealed.WrappedKey, &sealed.Ciphertext)
+	if errors.Is(err, sql.ErrNoRows) {
+		return sealed, vault.ErrNotFound
+	}
+	return sealed, err
+}
+
+// DeleteBlob implements vault.Store.
+func (s *Vault) DeleteBlob(ctx context.Context, name string) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
+		_, err := tx.exec(ctx, `DELETE FROM sealed_blobs WHERE name = $1`, name)
+		return err
+	})
 }
 
 // Atomically implements vault.Store: see DB.Atomically.

@@ -314,6 +314,8 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 			rec.Sealed.WrappedKey, rec.Sealed.KEKID)
 	}, func(key SealedSigningKey) (string, []byte, error) {
 		return rewrap("signing key "+key.ID, signingKeyAAD(key.Purpose, key.ID), key.Sealed.WrappedKey, key.Sealed.KEKID)
+	}, func(name string, s Sealed) (string, []byte, error) {
+		return rewrap("sealed blob "+name, blobAAD(name), s.WrappedKey, s.KEKID)
 	}, progress)
 	if err != nil {
 		return n, fmt.Errorf("rewrap: %w", err)

@@ -3,6 +3,7 @@ package vault
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -42,6 +43,9 @@ func (k SigningKey) KeyID() string { return k.ID }
 // Sign signs msg.
 func (k SigningKey) Sign(msg []byte) []byte { return ed25519.Sign(k.private, msg) }
 
+// Signer returns the key as a crypto.Signer, for libraries that sign with one (JWTs).
+func (k SigningKey) Signer() crypto.Signer { return k.private }
+
 // String names the key without its private half.
 func (k SigningKey) String() string { return k.ID }
 
@@ -64,6 +68,12 @@ func (v *Vault) SigningKey(ctx context.Context, purpose string) (SigningKey, err
 	if len(keys) > 0 {
 		return keys[len(keys)-1], nil
 	}
+	return v.NewSigningKey(ctx, purpose)
+}
+
+// NewSigningKey makes and stores a new signing key for purpose: it becomes the newest, the one
+// SigningKey returns; the older ones stay, for what they signed to be checked.
+func (v *Vault) NewSigningKey(ctx context.Context, purpose string) (SigningKey, error) {
 	pub, priv, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		return SigningKey{}, fmt.Errorf("generate %s signing key: %w", purpose, err)

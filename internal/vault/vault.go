@@ -214,13 +214,20 @@ type Store interface {
 	VersionByKey(ctx context.Context, accessKeyID string) (Version, error)
 	// KEKIDs lists the distinct ids of the KEKs that wrap stored data keys (signing keys' included).
 	KEKIDs(ctx context.Context) ([]string, error)
-	// Rewrap replaces every stored wrapped data key with what fn (for versions) or fnKey (for signing
-	// keys) returns, in one transaction: all are rewrapped or none. progress, when not nil, is told
-	// how many of how many are done.
+	// Rewrap replaces every stored wrapped data key with what fn (for versions), fnKey (for signing
+	// keys) or fnBlob (for sealed blobs) returns, in one transaction: all are rewrapped or none.
+	// progress, when not nil, is told how many of how many are done.
 	Rewrap(ctx context.Context, fn func(Record) (kekID string, wrapped []byte, err error),
-		fnKey func(SealedSigningKey) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)
+		fnKey func(SealedSigningKey) (kekID string, wrapped []byte, err error),
+		fnBlob func(name string, s Sealed) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)
 	// CreateSigningKey stores a signing key.
 	CreateSigningKey(ctx context.Context, key SealedSigningKey) error
 	// SigningKeys lists the signing keys for a purpose, oldest first.
 	SigningKeys(ctx context.Context, purpose string) ([]SealedSigningKey, error)
+	// PutBlob stores (or replaces) a sealed blob under its name.
+	PutBlob(ctx context.Context, name string, s Sealed, at time.Time) error
+	// Blob returns a sealed blob. Errors: ErrNotFound.
+	Blob(ctx context.Context, name string) (Sealed, error)
+	// DeleteBlob removes a sealed blob (none: no error).
+	DeleteBlob(ctx context.Context, name string) error
 }

@@ -4,12 +4,17 @@ package storetest
 
 import (
 	"context"
+	"database/sql"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the pgx driver, for Dump
 )
 
 // Open opens and migrates d, closed when the test ends.
@@ -43,4 +48,56 @@ func Vault(t testing.TB, db *store.DB, now func() time.Time) *vault.Vault {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// Dump returns everything the database d holds, as text, for tests that look for what must not be
+// stored in the clear: SQLite's files as they are on disk (the WAL included), PostgreSQL's rows.
+func Dump(t testing.TB, d testenv.Database) string {
+	t.Helper()
+	if d.Driver == "sqlite" {
+		var b strings.Builder
+		for _, suffix := range []string{"", "-wal"} {
+			raw, err := os.ReadFile(strings.TrimPrefix(strings.SplitN(d.DSN, "?", 2)[0], "file:") + suffix)
+			if err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			b.Write(raw)
+		}
+		return b.String()
+	}
+	ctx := context.Background()
+	db, err := sql.Open("pgx", d.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	var b strings.Builder
+	for _, table := range tables {
+		rows, err := db.QueryContext(ctx, `SELECT t::text FROM `+table+` t`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var row string
+			if err := rows.Scan(&row); err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(row + "\n")
+		}
+		rows.Close()
+	}
+	return b.String()
 }

@@ -1,0 +1,255 @@
+// Package auth decides who is calling and what they may do: users (local, with an Argon2id password
+// and TOTP, or signed in through OIDC), API keys for machines, teams that own one cloud identity each,
+// short-lived tokens signed with a key Keyward keeps in its vault, and the role-based rules that
+// decide every request. It knows nothing of HTTP: the API layer asks it.
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Errors of the service and its Store.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	// ErrUnauthenticated: the credentials given do not identify anyone. Its message never says
+	// which part was wrong.
+	ErrUnauthenticated = errors.New("invalid credentials")
+	// ErrLocked: too many failed attempts; RetryAfter says for how long.
+	ErrLocked = errors.New("too many failed attempts")
+	// ErrForbidden: the principal may not do this.
+	ErrForbidden = errors.New("forbidden")
+	// ErrMFARequired: the principal's role needs a second factor for this, and it has not given one.
+	ErrMFARequired = errors.New("a second factor is required")
+)
+
+// LockedError is ErrLocked with the time to wait.
+type LockedError struct{ RetryAfter time.Duration }
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("%v: try again in %s", ErrLocked, e.RetryAfter.Round(time.Second))
+}
+
+func (e *LockedError) Unwrap() error { return ErrLocked }
+
+// Role is what a principal may do.
+type Role string
+
+// Roles.
+const (
+	RoleAdmin    Role = "admin"    // everything
+	RoleOperator Role = "operator" // start and force rotations, inventory and status; secrets of its own teams only
+	RoleAuditor  Role = "auditor"  // the audit trail, inventory and reports; never a secret
+	RoleMember   Role = "member"   // the current credentials of its own teams
+)
+
+// Roles lists the roles, most powerful first.
+var Roles = []Role{RoleAdmin, RoleOperator, RoleAuditor, RoleMember}
+
+// ParseRole checks a role's name.
+func ParseRole(s string) (Role, error) {
+	if r := Role(s); slices.Contains(Roles, r) {
+		return r, nil
+	}
+	return "", fmt.Errorf("role %q: want one of admin, operator, auditor, member", s)
+}
+
+// Permission is what a route needs. Every route declares one; there is no default.
+type Permission string
+
+// Permissions.
+const (
+	// Public routes need no principal (probes, JWKS, the OpenAPI document, logging in).
+	Public Permission = "public"
+	// Authenticated routes need a principal, whatever its role.
+	Authenticated Permission = "authenticated"
+	// ReadCredentials: the current key of a team the principal is a member of (admin: any team).
+	ReadCredentials Permission = "credentials:read"
+	// Rotate: start a rotation, see rotations.
+	Rotate Permission = "rotation:write"
+	// ReadInventory: keys' metadata and status, never a secret.
+	ReadInventory Permission = "inventory:read"
+	// ReadAudit: the audit trail.
+	ReadAudit Permission = "audit:read"
+	// Export: every team's current credentials at once (admin, with MFA).
+	Export Permission = "credentials:export"
+	// Administer: users, teams and API keys.
+	Administer Permission = "admin"
+)
+
+// grants is the whole access policy: what each role may do. Anything not here is denied.
+var grants = map[Role][]Permission{
+	RoleAdmin:    {Authenticated, ReadCredentials, Rotate, ReadInventory, ReadAudit, Export, Administer},
+	RoleOperator: {Authenticated, ReadCredentials, Rotate, ReadInventory},
+	RoleAuditor:  {Authenticated, ReadInventory, ReadAudit},
+	RoleMember:   {Authenticated, ReadCredentials},
+}
+
+// Can says whether a role holds a permission.
+func (r Role) Can(p Permission) bool {
+	return p == Public || slices.Contains(grants[r], p)
+}
+
+// Principal is who is calling: a user or an API key, with its role and teams as they are now.
+type Principal struct {
+	Kind  string   `json:"kind"` // user or apikey
+	Name  string   `json:"name"`
+	Role  Role     `json:"role"`
+	Teams []string `json:"teams"`
+	// MFA: this principal proved a second factor (a TOTP code at login, or the IdP said so).
+	MFA bool `json:"mfa"`
+	// MFAEnrolled: a local user with TOTP set up.
+	MFAEnrolled bool `json:"mfa_enrolled"`
+	// CIDRs an API key may be used from (none: anywhere the server allows).
+	CIDRs []netip.Prefix `json:"cidrs,omitempty"`
+	// ExpiresAt is when the token or API key used stops working (zero: never).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// via says how the principal authenticated: token or apikey.
+	Via string `json:"via"`
+	// requireMFA: the role needs MFA before a secret is read.
+	requireMFA bool
+}
+
+// Principal kinds.
+const (
+	KindUser   = "user"
+	KindAPIKey = "apikey"
+)
+
+// ID names the principal for the audit trail and memberships: "user:alice", "apikey:ci".
+func (p *Principal) ID() string { return p.Kind + ":" + p.Name }
+
+// InTeam says whether the principal is a member of team.
+func (p *Principal) InTeam(team string) bool { return slices.Contains(p.Teams, team) }
+
+// Authorize says whether p may use a permission; team is the team the request is about ("" none).
+// It returns nil, ErrForbidden or ErrMFARequired.
+func (p *Principal) Authorize(perm Permission, team string) error {
+	if perm == Public {
+		return nil
+	}
+	if p == nil || !p.Role.Can(perm) {
+		return ErrForbidden
+	}
+	switch perm {
+	case ReadCredentials:
+		if p.Role != RoleAdmin && !p.InTeam(team) {
+			return ErrForbidden
+		}
+		if p.requireMFA && !p.MFA {
+			return ErrMFARequired
+		}
+	case Export:
+		if p.Kind != KindUser || !p.MFA {
+			return ErrMFARequired
+		}
+	}
+	return nil
+}
+
+// Team owns one cloud identity: its members share its key.
+type Team struct {
+	Name      string         `json:"name"`
+	Identity  vault.Identity `json:"identity"`
+	Members   []string       `json:"members"` // principal ids
+	CreatedAt time.Time      `json:"created_at"`
+}
+
+// User is a person.
+type User struct {
+	Name         string    `json:"name"`
+	Role         Role      `json:"role"`
+	PasswordHash string    `json:"-"`
+	OIDCSubject  string    `json:"oidc_subject,omitempty"`
+	MFAEnrolled  bool      `json:"mfa_enrolled"`
+	DisabledAt   time.Time `json:"disabled_at,omitzero"`
+	Generation   int64     `json:"-"` // tokens issued before the generation changed are revoked
+	CreatedAt    time.Time `json:"created_at"`
+	Teams        []string  `json:"teams"`
+}
+
+// APIKey is a machine's credential. Only a hash of its secret is kept.
+type APIKey struct {
+	Name       string         `json:"name"`
+	KeyID      string         `json:"key_id"`
+	Hash       string         `json:"-"`
+	Role       Role           `json:"role"`
+	CIDRs      []netip.Prefix `json:"cidrs"`
+	ExpiresAt  time.Time      `json:"expires_at,omitzero"`
+	RevokedAt  time.Time      `json:"revoked_at,omitzero"`
+	Generation int64          `json:"-"`
+	CreatedAt  time.Time      `json:"created_at"`
+	Teams      []string       `json:"teams"`
+}
+
+// Failures counts failed logins of one subject ("user:NAME" or "ip:ADDR").
+type Failures struct {
+	Count       int64
+	LastAt      time.Time
+	LockedUntil time.Time
+}
+
+// OIDCLogin is a sign-in under way.
+type OIDCLogin struct {
+	State     string
+	Nonce     string
+	Verifier  string
+	ExpiresAt time.Time
+}
+
+// Store keeps users, teams, API keys and login state. Methods join the unit of work ctx carries.
+type Store interface {
+	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
+
+	CreateUser(ctx context.Context, u User) error // ErrExists
+	User(ctx context.Context, name string) (User, error)
+	UserBySubject(ctx context.Context, subject string) (User, error)
+	Users(ctx context.Context) ([]User, error)
+	UpdateUser(ctx context.Context, u User) error // role, password hash, subject, MFA, disabled, generation
+	DeleteUser(ctx context.Context, name string) error
+
+	CreateTeam(ctx context.Context, t Team) error // ErrExists (the name, or the identity)
+	Team(ctx context.Context, name string) (Team, error)
+	Teams(ctx context.Context) ([]Team, error)
+	DeleteTeam(ctx context.Context, name string) error
+	AddMember(ctx context.Context, team, principal string) error
+	RemoveMember(ctx context.Context, team, principal string) error
+	// TeamsOf lists the teams a principal ("user:alice") is a member of, by name.
+	TeamsOf(ctx context.Context, principal string) ([]string, error)
+
+	CreateAPIKey(ctx context.Context, k APIKey) error // ErrExists
+	APIKey(ctx context.Context, name string) (APIKey, error)
+	APIKeyByID(ctx context.Context, keyID string) (APIKey, error)
+	APIKeys(ctx context.Context) ([]APIKey, error)
+	UpdateAPIKey(ctx context.Context, k APIKey) error // revoked, generation
+
+	LoginFailures(ctx context.Context, subject string) (Failures, error) // zero when none
+	SetLoginFailures(ctx context.Context, subject string, f Failures) error
+	ClearLoginFailures(ctx context.Context, subject string) error
+
+	PutOIDCLogin(ctx context.Context, l OIDCLogin) error
+	// TakeOIDCLogin returns and deletes a sign-in under way: it can be used once. ErrNotFound.
+	TakeOIDCLogin(ctx context.Context, state string) (OIDCLogin, error)
+}
+
+var (
+	nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+)
+
+// ValidateName checks the name of a user, team or API key: 1 to 63 of lower-case letters, digits,
+// '.', '_' and '-', starting with a letter or digit. Names are compared exactly: no case folding, no
+// decoding, so "Team-A" and "team-a%2F" are not "team-a".
+func ValidateName(kind, name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%s name %q: want 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", kind, name)
+	}
+	return nil
+}

@@ -1,0 +1,509 @@
+package auth_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/pquerna/otp/totp"
+
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/store/storetest"
+	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+var fastArgon2 = auth.Argon2Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
+
+func testConfig() auth.Config {
+	return auth.Config{Argon2: fastArgon2, RequireMFA: []auth.Role{auth.RoleAdmin, auth.RoleMember},
+		Issuer: "https://keyward.test", Audience: "keyward", TokenTTL: 2 * time.Minute, KeyRotation: 24 * time.Hour,
+		Lockout: auth.Lockout{MaxFailures: 3, IPMaxFailures: 5, Duration: 15 * time.Minute, Delay: time.Millisecond, MaxDelay: 4 * time.Millisecond}}
+}
+
+type world struct {
+	db    *store.DB
+	v     *vault.Vault
+	svc   *auth.Service
+	clock *testenv.Clock
+	trail *audit.Trail
+}
+
+func newWorld(t *testing.T, d testenv.Database) *world {
+	t.Helper()
+	db := storetest.Open(t, d)
+	clock := testenv.NewClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	v := storetest.Vault(t, db, clock.Now)
+	trail := audit.New(db.Audit(), clock.Now, nil)
+	svc, err := auth.New(testConfig(), db.Auth(), v, trail, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{db: db, v: v, svc: svc, clock: clock, trail: trail}
+	ctx := context.Background()
+	for _, team := range []string{"payments", "search"} {
+		if _, err := svc.AddTeam(ctx, "cli:test", auth.Team{Name: team,
+			Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: "123456789012", UserName: team + "-app"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+func (w *world) actions(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	if err := w.trail.Export(context.Background(), time.Time{}, time.Time{}, func(r audit.Record) error {
+		out = append(out, r.Action+" "+r.Target+" "+r.Outcome)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestPasswordHash(t *testing.T) {
+	pw := secret.New("correct horse battery staple")
+	h, err := auth.HashPassword(pw, auth.DefaultArgon2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=19456,t=2,p=1$") || strings.Contains(h, pw.Reveal()) {
+		t.Fatalf("hash %q", h)
+	}
+	if !auth.VerifyPassword(pw, h) {
+		t.Fatal("the right password does not verify")
+	}
+	for _, bad := range []string{"correct horse battery stapl", "", "Correct horse battery staple"} {
+		if auth.VerifyPassword(secret.New(bad), h) {
+			t.Fatalf("%q verifies", bad)
+		}
+	}
+	for _, malformed := range []string{"", "$argon2i$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA", h[:len(h)-10], strings.Replace(h, "m=19456", "m=1", 1)} {
+		if auth.VerifyPassword(pw, malformed) {
+			t.Fatalf("malformed hash %q verifies", malformed)
+		}
+	}
+	if err := auth.CheckPassword(secret.New("short")); err == nil {
+		t.Fatal("a 5-character password is accepted")
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	member := &auth.Principal{Kind: auth.KindAPIKey, Name: "ci", Role: auth.RoleMember, Teams: []string{"payments"}}
+	if err := member.Authorize(auth.ReadCredentials, "payments"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		p    *auth.Principal
+		perm auth.Permission
+		team string
+		want error
+	}{
+		{member, auth.ReadCredentials, "search", auth.ErrForbidden},
+		{member, auth.ReadCredentials, "Payments", auth.ErrForbidden},
+		{member, auth.Rotate, "payments", auth.ErrForbidden},
+		{member, auth.Administer, "", auth.ErrForbidden},
+		{nil, auth.Authenticated, "", auth.ErrForbidden},
+		{&auth.Principal{Role: auth.RoleAuditor, Teams: []string{"payments"}}, auth.ReadCredentials, "payments", auth.ErrForbidden},
+		{&auth.Principal{Role: auth.RoleOperator}, auth.ReadCredentials, "payments", auth.ErrForbidden},
+		{&auth.Principal{Role: auth.RoleOperator}, auth.ReadAudit, "", auth.ErrForbidden},
+		{&auth.Principal{Kind: auth.KindUser, Role: auth.RoleAdmin}, auth.Export, "", auth.ErrMFARequired},
+		{&auth.Principal{Kind: auth.KindUser, Role: auth.RoleAdmin, MFA: true}, auth.Export, "", nil},
+		{&auth.Principal{Role: auth.RoleAdmin}, auth.ReadCredentials, "search", nil},
+		{&auth.Principal{Role: "root"}, auth.Authenticated, "", auth.ErrForbidden},
+	} {
+		if err := c.p.Authorize(c.perm, c.team); !errors.Is(err, c.want) || (c.want == nil && err != nil) {
+			t.Errorf("%+v may %s on %q: got %v, want %v", c.p, c.perm, c.team, err, c.want)
+		}
+	}
+}
+
+func TestUsersLoginAndTokens(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		w := newWorld(t, d)
+		pw := secret.New("a long enough password")
+		if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleOperator, []string{"payments"}, pw); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleOperator, nil, pw); !errors.Is(err, auth.ErrExists) {
+			t.Fatalf("a second alice: %v", err)
+		}
+		if _, err := w.svc.AddUser(ctx, "cli:test", "bob", auth.RoleMember, []string{"nope"}, pw); !errors.Is(err, auth.ErrNotFound) {
+			t.Fatalf("a user in a team that does not exist: %v", err)
+		}
+		if _, err := w.svc.AddUser(ctx, "cli:test", "Bob", auth.RoleMember, nil, pw); err == nil || !strings.Contains(err.Error(), `"Bob"`) {
+			t.Fatalf("an upper-case name: %v", err)
+		}
+
+		tok, err := w.svc.Login(ctx, "alice", pw, "", "192.0.2.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tok.ExpiresAt.Equal(w.clock.Now().Add(2 * time.Minute)) {
+			t.Fatalf("expires %s", tok.ExpiresAt)
+		}
+		p, err := w.svc.Authenticate(ctx, tok.Token.Reveal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ID() != "user:alice" || p.Role != auth.RoleOperator || len(p.Teams) != 1 || p.Teams[0] != "payments" || p.MFA {
+			t.Fatalf("principal %+v", p)
+		}
+
+		// Expiry, on Keyward's clock, with no leeway.
+		w.clock.Add(2*time.Minute - time.Second)
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); err != nil {
+			t.Fatalf("a second before expiry: %v", err)
+		}
+		w.clock.Add(time.Second)
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("at expiry: %v", err)
+		}
+
+		// Logout revokes the user's tokens; a new login works.
+		tok, _ = w.svc.Login(ctx, "alice", pw, "", "192.0.2.1")
+		p, _ = w.svc.Authenticate(ctx, tok.Token.Reveal())
+		if err := w.svc.Logout(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("after logout: %v", err)
+		}
+		tok, _ = w.svc.Login(ctx, "alice", pw, "", "192.0.2.1")
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); err != nil {
+			t.Fatalf("after a new login: %v", err)
+		}
+		// Disabling revokes them too, and stops logins.
+		if err := w.svc.DisableUser(ctx, "cli:test", "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("after disabling: %v", err)
+		}
+		if _, err := w.svc.Login(ctx, "alice", pw, "", "192.0.2.1"); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("a disabled user logs in: %v", err)
+		}
+
+		got := strings.Join(w.actions(t), "\n")
+		for _, want := range []string{"user.created user:alice success", "auth.login user:alice success",
+			"auth.logout user:alice success", "user.disabled user:alice success", "auth.login user:alice failure"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("audit trail lacks %q:\n%s", want, got)
+			}
+		}
+		if strings.Contains(got, pw.Reveal()) {
+			t.Fatal("the password is in the audit trail")
+		}
+	})
+}
+
+func TestLockoutWithoutEnumeration(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		w := newWorld(t, d)
+		pw := secret.New("a long enough password")
+		if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+			t.Fatal(err)
+		}
+		// A known and an unknown user fail alike, and are locked alike after three failures.
+		for _, name := range []string{"alice", "mallory"} {
+			var errs []string
+			for i := 0; i < 4; i++ {
+				_, err := w.svc.Login(ctx, name, secret.New("wrong password here"), "", "198.51.100."+string(rune('1'+i)))
+				errs = append(errs, err.Error())
+			}
+			want := "invalid credentials|invalid credentials|invalid credentials|too many failed attempts: try again in 15m0s"
+			if got := strings.Join(errs, "|"); got != want {
+				t.Fatalf("%s: %s", name, got)
+			}
+		}
+		// The right password does not get through a lock; it does after it.
+		var locked *auth.LockedError
+		if _, err := w.svc.Login(ctx, "alice", pw, "", "203.0.113.9"); !errors.As(err, &locked) {
+			t.Fatalf("locked alice: %v", err)
+		}
+		w.clock.Add(15*time.Minute + time.Second)
+		if _, err := w.svc.Login(ctx, "alice", pw, "", "203.0.113.9"); err != nil {
+			t.Fatalf("after the lock: %v", err)
+		}
+		// One address guessing many names is locked after five failures.
+		for i := 0; i < 5; i++ {
+			_, _ = w.svc.Login(ctx, "user"+string(rune('a'+i)), secret.New("wrong password here"), "", "192.0.2.66")
+		}
+		if _, err := w.svc.Login(ctx, "alice", pw, "", "192.0.2.66"); !errors.As(err, &locked) {
+			t.Fatalf("from a locked address: %v", err)
+		}
+	})
+}
+
+func TestMFA(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		w := newWorld(t, d)
+		pw := secret.New("a long enough password")
+		if _, err := w.svc.AddUser(ctx, "cli:test", "carol", auth.RoleMember, []string{"payments"}, pw); err != nil {
+			t.Fatal(err)
+		}
+		// Without MFA, a member logs in but may not read a secret.
+		tok, err := w.svc.Login(ctx, "carol", pw, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := w.svc.Authenticate(ctx, tok.Token.Reveal())
+		if err := p.Authorize(auth.ReadCredentials, "payments"); !errors.Is(err, auth.ErrMFARequired) {
+			t.Fatalf("member without MFA reads: %v", err)
+		}
+
+		uri, err := w.svc.EnrollMFA(ctx, "cli:test", "carol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := url.Parse(uri.Reveal())
+		if err != nil || u.Scheme != "otpauth" || u.Host != "totp" || u.Query().Get("issuer") != "Keyward" {
+			t.Fatalf("URI %q: %v", uri.Reveal(), err)
+		}
+		seed := u.Query().Get("secret")
+		// The seed is sealed: it is nowhere in the database in the clear.
+		if raw := storetest.Dump(t, d); strings.Contains(raw, seed) {
+			t.Fatal("the TOTP seed is in the database in the clear")
+		}
+		// Enrolling revoked the tokens of before.
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("a token from before enrolment: %v", err)
+		}
+		if _, err := w.svc.Login(ctx, "carol", pw, "", ""); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("login without a code: %v", err)
+		}
+		if _, err := w.svc.Login(ctx, "carol", pw, "000000x", ""); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("login with a bad code: %v", err)
+		}
+		code, err := totp.GenerateCode(seed, w.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.Login(ctx, "carol", secret.New("the wrong password"), code, ""); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("a code with the wrong password: %v", err)
+		}
+		w.clock.Add(16 * time.Minute) // three failures locked carol
+		code, _ = totp.GenerateCode(seed, w.clock.Now())
+		tok, err = w.svc.Login(ctx, "carol", pw, code, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err = w.svc.Authenticate(ctx, tok.Token.Reveal())
+		if err != nil || !p.MFA {
+			t.Fatalf("principal %+v, %v", p, err)
+		}
+		if err := p.Authorize(auth.ReadCredentials, "payments"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestAPIKeys(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		w := newWorld(t, d)
+		cidr := netip.MustParsePrefix("10.0.0.0/8")
+		k, value, err := w.svc.CreateAPIKey(ctx, "cli:test", "ci", auth.RoleMember, []string{"search"}, []netip.Prefix{cidr}, 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(value.Reveal(), "kw_"+k.KeyID+"_") || len(value.Reveal()) != 3+16+1+43 {
+			t.Fatalf("key %q", value.Reveal())
+		}
+		if strings.Contains(storetest.Dump(t, d), value.Reveal()) {
+			t.Fatal("the API key is stored in the clear")
+		}
+		p, err := w.svc.AuthenticateAPIKey(ctx, value.Reveal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ID() != "apikey:ci" || p.Role != auth.RoleMember || len(p.CIDRs) != 1 || p.CIDRs[0] != cidr || p.Teams[0] != "search" {
+			t.Fatalf("principal %+v", p)
+		}
+		if err := p.Authorize(auth.ReadCredentials, "search"); err != nil {
+			t.Fatalf("a machine needs no MFA: %v", err)
+		}
+		wrong := value.Reveal()[:len(value.Reveal())-1] + "A"
+		if wrong == value.Reveal() {
+			wrong = value.Reveal()[:len(value.Reveal())-1] + "B"
+		}
+		for _, bad := range []string{wrong, "kw_short_x", "", "Bearer " + value.Reveal()} {
+			if _, err := w.svc.AuthenticateAPIKey(ctx, bad); !errors.Is(err, auth.ErrUnauthenticated) {
+				t.Fatalf("%q: %v", bad, err)
+			}
+		}
+		tok, err := w.svc.TokenForAPIKey(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.svc.RevokeAPIKey(ctx, "cli:test", "ci"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.AuthenticateAPIKey(ctx, value.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("revoked key: %v", err)
+		}
+		if _, err := w.svc.Authenticate(ctx, tok.Token.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("a token of a revoked key: %v", err)
+		}
+		// Expiry.
+		_, v2, err := w.svc.CreateAPIKey(ctx, "cli:test", "short", auth.RoleAuditor, nil, nil, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.clock.Add(time.Hour)
+		if _, err := w.svc.AuthenticateAPIKey(ctx, v2.Reveal()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("expired key: %v", err)
+		}
+		got := strings.Join(w.actions(t), "\n")
+		if !strings.Contains(got, "apikey.created apikey:ci success") || !strings.Contains(got, "apikey.revoked apikey:ci success") ||
+			!strings.Contains(got, "auth.token apikey:ci success") || strings.Contains(got, value.Reveal()) {
+			t.Fatalf("audit trail:\n%s", got)
+		}
+	})
+}
+
+// forged signs claims as an attacker might: with another key, another algorithm, or none.
+func forged(t *testing.T, method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, claims)
+	if kid != "" {
+		tok.Header["kid"] = kid
+	}
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestTokensRefused(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
+	pw := secret.New("a long enough password")
+	if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+		t.Fatal(err)
+	}
+	good, err := w.svc.Login(ctx, "alice", pw, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []struct{ Kty, Crv, X, Kid, Alg string }
+	}
+	raw, err := w.svc.Tokens().JWKS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &set); err != nil || len(set.Keys) != 1 || set.Keys[0].Kty != "OKP" || set.Keys[0].Alg != "EdDSA" {
+		t.Fatalf("JWKS %s: %v", raw, err)
+	}
+	kid := set.Keys[0].Kid
+	pub, _ := base64.RawURLEncoding.DecodeString(set.Keys[0].X)
+	now := w.clock.Now()
+	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
+		c := jwt.MapClaims{"iss": "https://keyward.test", "aud": "keyward", "sub": "user:alice", "gen": 0,
+			"exp": now.Add(time.Minute).Unix(), "nbf": now.Unix(), "iat": now.Unix()}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	_, otherKey, _ := ed25519.GenerateKey(nil)
+	// Another Keyward instance: its own vault, its own key.
+	other := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/other.db"})
+	if _, err := other.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.svc.Login(ctx, "alice", pw, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noneTok := forged(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, kid, claims(nil))
+	for name, tok := range map[string]string{
+		"alg none":                        noneTok,
+		"HS256 keyed with the public key": forged(t, jwt.SigningMethodHS256, pub, kid, claims(nil)),
+		"another key, our kid":            forged(t, jwt.SigningMethodEdDSA, otherKey, kid, claims(nil)),
+		"another Keyward":                 foreign.Token.Reveal(),
+		"expired":                         forged(t, jwt.SigningMethodEdDSA, otherKey, kid, claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Second).Unix() })),
+		"empty":                           "",
+		"garbage":                         "a.b.c",
+	} {
+		if _, err := w.svc.Authenticate(ctx, tok); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// The same claims signed by our own key pass only when every claim is right.
+	if _, err := w.svc.Authenticate(ctx, good.Token.Reveal()); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := w.v.SigningKeys(ctx, auth.PurposeToken)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("%d keys: %v", len(keys), err)
+	}
+	ours := keys[0].Signer()
+	if _, err := w.svc.Authenticate(ctx, forged(t, jwt.SigningMethodEdDSA, ours, kid, claims(nil))); err != nil {
+		t.Fatalf("well-formed token: %v", err)
+	}
+	for name, mod := range map[string]func(jwt.MapClaims){
+		"wrong audience":     func(c jwt.MapClaims) { c["aud"] = "another-api" },
+		"wrong issuer":       func(c jwt.MapClaims) { c["iss"] = "https://evil.test" },
+		"no expiry":          func(c jwt.MapClaims) { delete(c, "exp") },
+		"no not-before":      func(c jwt.MapClaims) { delete(c, "nbf") },
+		"not yet valid":      func(c jwt.MapClaims) { c["nbf"] = now.Add(time.Second).Unix() },
+		"old generation":     func(c jwt.MapClaims) { c["gen"] = -1 },
+		"unknown subject":    func(c jwt.MapClaims) { c["sub"] = "user:mallory" },
+		"subject of no kind": func(c jwt.MapClaims) { c["sub"] = "alice" },
+	} {
+		if _, err := w.svc.Authenticate(ctx, forged(t, jwt.SigningMethodEdDSA, ours, kid, claims(mod))); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+
+	// Key rotation: a new key signs; the old one checks its tokens for one token lifetime more.
+	w.clock.Add(24 * time.Hour)
+	fresh, err := w.svc.Login(ctx, "alice", pw, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ = w.v.SigningKeys(ctx, auth.PurposeToken)
+	if len(keys) != 2 {
+		t.Fatalf("%d signing keys after a day", len(keys))
+	}
+	oldTok := forged(t, jwt.SigningMethodEdDSA, ours, kid, jwt.MapClaims{"iss": "https://keyward.test", "aud": "keyward",
+		"sub": "user:alice", "gen": 0, "exp": w.clock.Now().Add(time.Minute).Unix(), "nbf": w.clock.Now().Unix()})
+	if _, err := w.svc.Authenticate(ctx, oldTok); err != nil {
+		t.Fatalf("a token of the previous key, just after rotation: %v", err)
+	}
+	raw, _ = w.svc.Tokens().JWKS(ctx)
+	if n := strings.Count(string(raw), `"kid"`); n != 2 {
+		t.Fatalf("JWKS just after rotation has %d keys: %s", n, raw)
+	}
+	w.clock.Add(2*time.Minute + time.Second)
+	if _, err := w.svc.Authenticate(ctx, forged(t, jwt.SigningMethodEdDSA, ours, kid, jwt.MapClaims{"iss": "https://keyward.test",
+		"aud": "keyward", "sub": "user:alice", "gen": 0, "exp": w.clock.Now().Add(time.Minute).Unix(), "nbf": w.clock.Now().Unix()})); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("a token of a retired key: %v", err)
+	}
+	raw, _ = w.svc.Tokens().JWKS(ctx)
+	if n := strings.Count(string(raw), `"kid"`); n != 1 {
+		t.Fatalf("JWKS long after rotation has %d keys: %s", n, raw)
+	}
+	_ = fresh
+}

@@ -1,0 +1,432 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
+
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Recorder keeps the audit trail (audit.Trail): events join the unit of work ctx carries.
+type Recorder interface {
+	Record(ctx context.Context, events ...audit.Event) error
+}
+
+// Audit actions of this package. Targets are principals ("user:alice") or teams ("team:payments").
+const (
+	ActionLogin         = "auth.login"
+	ActionLogout        = "auth.logout"
+	ActionTokenIssued   = "auth.token"
+	ActionUserCreated   = "user.created"
+	ActionUserDisabled  = "user.disabled"
+	ActionUserDeleted   = "user.deleted"
+	ActionMFAEnrolled   = "user.mfa_enrolled"
+	ActionTeamCreated   = "team.created"
+	ActionTeamDeleted   = "team.deleted"
+	ActionMemberAdded   = "team.member_added"
+	ActionAPIKeyCreated = "apikey.created"
+	ActionAPIKeyRevoked = "apikey.revoked"
+)
+
+// Lockout slows down and then stops password guessing.
+type Lockout struct {
+	// MaxFailures failed logins of one user name in a row lock it for Duration (0: never).
+	MaxFailures int64
+	// IPMaxFailures failed logins from one address lock that address for Duration (0: never).
+	IPMaxFailures int64
+	// Duration of a lock; failures older than this are forgotten.
+	Duration time.Duration
+	// Delay is how long the answer to a failed login waits, doubled per failure in a row, up to MaxDelay.
+	Delay    time.Duration
+	MaxDelay time.Duration
+}
+
+// Config is the service's configuration.
+type Config struct {
+	Argon2      Argon2Params
+	RequireMFA  []Role // roles that must give a second factor before reading a secret
+	Issuer      string
+	Audience    string
+	TokenTTL    time.Duration
+	KeyRotation time.Duration
+	Lockout     Lockout
+}
+
+// Service manages principals and authenticates them.
+type Service struct {
+	cfg    Config
+	store  Store
+	vault  *vault.Vault
+	tokens *Tokens
+	audit  Recorder
+	now    func() time.Time
+	sleep  func(ctx context.Context, d time.Duration)
+	// dummy is a hash checked when a login names nobody, so that it takes as long as a wrong password.
+	dummy string
+}
+
+// New returns the service. audit may be nil (records nothing); now may be nil.
+func New(cfg Config, st Store, v *vault.Vault, rec Recorder, now func() time.Time) (*Service, error) {
+	if now == nil {
+		now = time.Now
+	}
+	dummy, err := HashPassword(secret.New("no user has this password, it only takes time"), cfg.Argon2)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, store: st, vault: v, audit: rec, now: now, dummy: dummy,
+		tokens: NewTokens(v, cfg.Issuer, cfg.Audience, cfg.TokenTTL, cfg.KeyRotation, now),
+		sleep: func(ctx context.Context, d time.Duration) {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+		}}, nil
+}
+
+// Tokens returns the token service (JWKS, key rotation).
+func (s *Service) Tokens() *Tokens { return s.tokens }
+
+// Store returns the service's store.
+func (s *Service) Store() Store { return s.store }
+
+// record appends audit events, if there is a trail.
+func (s *Service) record(ctx context.Context, events ...audit.Event) error {
+	if s.audit == nil {
+		return nil
+	}
+	return s.audit.Record(ctx, events...)
+}
+
+func event(actor, action, target, outcome string, detail ...string) audit.Event {
+	d := map[string]string{}
+	for i := 0; i+1 < len(detail); i += 2 {
+		if detail[i+1] != "" {
+			d[detail[i]] = detail[i+1]
+		}
+	}
+	return audit.Event{Actor: actor, Action: action, Target: target, Outcome: outcome, Detail: d}
+}
+
+// changed makes an admin change and records it in one transaction.
+func (s *Service) changed(ctx context.Context, change func(ctx context.Context) error, events ...audit.Event) error {
+	return s.store.Atomically(ctx, func(ctx context.Context) error {
+		if err := change(ctx); err != nil {
+			return err
+		}
+		return s.record(ctx, events...)
+	})
+}
+
+// checkTeams checks that every team exists.
+func (s *Service) checkTeams(ctx context.Context, teams []string) error {
+	for _, t := range teams {
+		if _, err := s.store.Team(ctx, t); errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("team %q: %w", t, ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddUser creates a local user with a password (none for a user who signs in through OIDC only).
+func (s *Service) AddUser(ctx context.Context, actor, name string, role Role, teams []string, password secret.Value) (User, error) {
+	if err := ValidateName("user", name); err != nil {
+		return User{}, err
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return User{}, err
+	}
+	u := User{Name: name, Role: role, CreatedAt: s.now().UTC(), Teams: slices.Compact(slices.Sorted(slices.Values(teams)))}
+	if !password.IsZero() {
+		if err := CheckPassword(password); err != nil {
+			return User{}, err
+		}
+		h, err := HashPassword(password, s.cfg.Argon2)
+		if err != nil {
+			return User{}, err
+		}
+		u.PasswordHash = h
+	}
+	err := s.changed(ctx, func(ctx context.Context) error {
+		if err := s.checkTeams(ctx, u.Teams); err != nil {
+			return err
+		}
+		if err := s.store.CreateUser(ctx, u); err != nil {
+			return fmt.Errorf("user %q: %w", name, err)
+		}
+		for _, t := range u.Teams {
+			if err := s.store.AddMember(ctx, t, KindUser+":"+name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, event(actor, ActionUserCreated, KindUser+":"+name, audit.Success, "role", string(role), "teams", strings.Join(u.Teams, ",")))
+	return u, err
+}
+
+// User returns a user with its teams.
+func (s *Service) User(ctx context.Context, name string) (User, error) {
+	u, err := s.store.User(ctx, name)
+	if err != nil {
+		return u, fmt.Errorf("user %q: %w", name, err)
+	}
+	u.Teams, err = s.store.TeamsOf(ctx, KindUser+":"+name)
+	return u, err
+}
+
+// Users lists the users with their teams.
+func (s *Service) Users(ctx context.Context) ([]User, error) {
+	us, err := s.store.Users(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range us {
+		if us[i].Teams, err = s.store.TeamsOf(ctx, KindUser+":"+us[i].Name); err != nil {
+			return nil, err
+		}
+	}
+	return us, nil
+}
+
+// DisableUser disables a user and revokes its tokens.
+func (s *Service) DisableUser(ctx context.Context, actor, name string) error {
+	return s.changed(ctx, func(ctx context.Context) error {
+		u, err := s.store.User(ctx, name)
+		if err != nil {
+			return fmt.Errorf("user %q: %w", name, err)
+		}
+		if u.DisabledAt.IsZero() {
+			u.DisabledAt = s.now().UTC()
+		}
+		u.Generation++
+		return s.store.UpdateUser(ctx, u)
+	}, event(actor, ActionUserDisabled, KindUser+":"+name, audit.Success))
+}
+
+// DeleteUser deletes a user, its memberships and its TOTP seed; its tokens stop working.
+func (s *Service) DeleteUser(ctx context.Context, actor, name string) error {
+	return s.changed(ctx, func(ctx context.Context) error {
+		if err := s.store.DeleteUser(ctx, name); err != nil {
+			return fmt.Errorf("user %q: %w", name, err)
+		}
+		return s.vault.DeleteBlob(ctx, totpBlob(name))
+	}, event(actor, ActionUserDeleted, KindUser+":"+name, audit.Success))
+}
+
+func totpBlob(user string) string { return "totp:" + user }
+
+// EnrollMFA gives a local user a new TOTP seed (RFC 6238: SHA-1, 6 digits, 30 s, as authenticator
+// apps expect) and returns it as an otpauth:// URI for the user's app. The seed is sealed in the
+// vault; the URI holds it, so it is shown to the user once and never logged.
+func (s *Service) EnrollMFA(ctx context.Context, actor, name string) (secret.Value, error) {
+	key, err := totp.Generate(totp.GenerateOpts{Issuer: "Keyward", AccountName: name, SecretSize: 20})
+	if err != nil {
+		return secret.Value{}, err
+	}
+	err = s.changed(ctx, func(ctx context.Context) error {
+		u, err := s.store.User(ctx, name)
+		if err != nil {
+			return fmt.Errorf("user %q: %w", name, err)
+		}
+		if u.PasswordHash == "" {
+			return fmt.Errorf("user %q signs in through OIDC: its identity provider asks for the second factor", name)
+		}
+		if err := s.vault.SealBlob(ctx, totpBlob(name), []byte(key.Secret())); err != nil {
+			return err
+		}
+		u.MFAEnrolled = true
+		u.Generation++ // tokens issued without the new factor's knowledge end now
+		return s.store.UpdateUser(ctx, u)
+	}, event(actor, ActionMFAEnrolled, KindUser+":"+name, audit.Success))
+	if err != nil {
+		return secret.Value{}, err
+	}
+	return secret.New(key.URL()), nil
+}
+
+// checkTOTP checks a code against a user's seed, allowing one 30-second step either way.
+func (s *Service) checkTOTP(ctx context.Context, name, code string) (bool, error) {
+	seed, err := s.vault.OpenBlob(ctx, totpBlob(name))
+	if err != nil {
+		return false, err
+	}
+	defer clear(seed)
+	ok, err := totp.ValidateCustom(code, string(seed), s.now().UTC(), totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
+	return ok && err == nil, nil
+}
+
+// AddTeam creates a team owning a cloud identity.
+func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, error) {
+	if err := ValidateName("team", t.Name); err != nil {
+		return Team{}, err
+	}
+	if err := t.Identity.Validate(); err != nil {
+		return Team{}, fmt.Errorf("team %q: %w", t.Name, err)
+	}
+	t.CreatedAt, t.Members = s.now().UTC(), nil
+	err := s.changed(ctx, func(ctx context.Context) error {
+		if err := s.store.CreateTeam(ctx, t); err != nil {
+			return fmt.Errorf("team %q (%s): %w", t.Name, t.Identity, err)
+		}
+		return nil
+	}, event(actor, ActionTeamCreated, "team:"+t.Name, audit.Success, "identity", t.Identity.String()))
+	return t, err
+}
+
+// DeleteTeam deletes a team and its memberships; its cloud identity and keys are left as they are.
+func (s *Service) DeleteTeam(ctx context.Context, actor, name string) error {
+	return s.changed(ctx, func(ctx context.Context) error {
+		if err := s.store.DeleteTeam(ctx, name); err != nil {
+			return fmt.Errorf("team %q: %w", name, err)
+		}
+		return nil
+	}, event(actor, ActionTeamDeleted, "team:"+name, audit.Success))
+}
+
+// AddMember adds a user or API key (principal id "user:alice", or a bare user name) to a team.
+func (s *Service) AddMember(ctx context.Context, actor, team, principal string) error {
+	if !strings.Contains(principal, ":") {
+		principal = KindUser + ":" + principal
+	}
+	kind, name, _ := strings.Cut(principal, ":")
+	return s.changed(ctx, func(ctx context.Context) error {
+		if _, err := s.store.Team(ctx, team); err != nil {
+			return fmt.Errorf("team %q: %w", team, err)
+		}
+		var err error
+		switch kind {
+		case KindUser:
+			_, err = s.store.User(ctx, name)
+		case KindAPIKey:
+			_, err = s.store.APIKey(ctx, name)
+		default:
+			err = fmt.Errorf("want user:NAME or apikey:NAME")
+		}
+		if err != nil {
+			return fmt.Errorf("member %q: %w", principal, err)
+		}
+		return s.store.AddMember(ctx, team, principal)
+	}, event(actor, ActionMemberAdded, "team:"+team, audit.Success, "member", principal))
+}
+
+// Team returns a team with its members.
+func (s *Service) Team(ctx context.Context, name string) (Team, error) {
+	t, err := s.store.Team(ctx, name)
+	if err != nil {
+		return t, fmt.Errorf("team %q: %w", name, err)
+	}
+	return t, nil
+}
+
+// Teams lists the teams with their members.
+func (s *Service) Teams(ctx context.Context) ([]Team, error) { return s.store.Teams(ctx) }
+
+// API keys are "kw_" + a 16-hex-digit id + "_" + 43 characters of base64url (256 random bits). The
+// id finds the key; only the SHA-256 of the whole key is stored (a random 256-bit key needs no slow
+// hash).
+const apiKeyPrefix = "kw_"
+
+func hashAPIKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+// CreateAPIKey makes an API key and returns it with its value, which is shown once and never stored.
+func (s *Service) CreateAPIKey(ctx context.Context, actor, name string, role Role, teams []string, cidrs []netip.Prefix, ttl time.Duration) (APIKey, secret.Value, error) {
+	if err := ValidateName("API key", name); err != nil {
+		return APIKey{}, secret.Value{}, err
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return APIKey{}, secret.Value{}, err
+	}
+	if ttl < 0 {
+		return APIKey{}, secret.Value{}, fmt.Errorf("expires: must not be negative")
+	}
+	id, raw := make([]byte, 8), make([]byte, 32)
+	_, _ = rand.Read(id)
+	_, _ = rand.Read(raw)
+	k := APIKey{Name: name, KeyID: hex.EncodeToString(id), Role: role, CIDRs: cidrs, CreatedAt: s.now().UTC(),
+		Teams: slices.Compact(slices.Sorted(slices.Values(teams)))}
+	value := apiKeyPrefix + k.KeyID + "_" + base64.RawURLEncoding.EncodeToString(raw)
+	k.Hash = hashAPIKey(value)
+	if ttl > 0 {
+		k.ExpiresAt = k.CreatedAt.Add(ttl)
+	}
+	cidrText := make([]string, len(cidrs))
+	for i, c := range cidrs {
+		cidrText[i] = c.String()
+	}
+	err := s.changed(ctx, func(ctx context.Context) error {
+		if err := s.checkTeams(ctx, k.Teams); err != nil {
+			return err
+		}
+		if err := s.store.CreateAPIKey(ctx, k); err != nil {
+			return fmt.Errorf("API key %q: %w", name, err)
+		}
+		for _, t := range k.Teams {
+			if err := s.store.AddMember(ctx, t, KindAPIKey+":"+name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, event(actor, ActionAPIKeyCreated, KindAPIKey+":"+name, audit.Success, "role", string(role), "key_id", k.KeyID,
+		"teams", strings.Join(k.Teams, ","), "cidrs", strings.Join(cidrText, ","), "expires_at", formatTime(k.ExpiresAt)))
+	if err != nil {
+		return APIKey{}, secret.Value{}, err
+	}
+	return k, secret.New(value), nil
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
+}
+
+// RevokeAPIKey revokes an API key and the tokens issued for it.
+func (s *Service) RevokeAPIKey(ctx context.Context, actor, name string) error {
+	return s.changed(ctx, func(ctx context.Context) error {
+		k, err := s.store.APIKey(ctx, name)
+		if err != nil {
+			return fmt.Errorf("API key %q: %w", name, err)
+		}
+		if k.RevokedAt.IsZero() {
+			k.RevokedAt = s.now().UTC()
+		}
+		k.Generation++
+		return s.store.UpdateAPIKey(ctx, k)
+	}, event(actor, ActionAPIKeyRevoked, KindAPIKey+":"+name, audit.Success))
+}
+
+// APIKeys lists the API keys (never their values) with their teams.
+func (s *Service) APIKeys(ctx context.Context) ([]APIKey, error) {
+	ks, err := s.store.APIKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range ks {
+		if ks[i].Teams, err = s.store.TeamsOf(ctx, KindAPIKey+":"+ks[i].Name); err != nil {
+			return nil, err
+		}
+	}
+	return ks, nil
+}

@@ -1,0 +1,229 @@
+package auth
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// PurposeToken is the purpose of the vault's signing keys that sign Keyward's tokens.
+const PurposeToken = "token"
+
+// TokenKeys is where the token signing keys live: the vault, which keeps their private halves sealed.
+type TokenKeys interface {
+	SigningKeys(ctx context.Context, purpose string) ([]vault.SigningKey, error)
+	NewSigningKey(ctx context.Context, purpose string) (vault.SigningKey, error)
+}
+
+// Claims are a Keyward token's claims.
+type Claims struct {
+	jwt.RegisteredClaims
+	// Generation is the principal's token generation at issue: logout and disabling move it on.
+	Generation int64 `json:"gen"`
+	// MFA: a second factor was given at login.
+	MFA bool `json:"mfa,omitempty"`
+}
+
+// Tokens issues and checks Keyward's tokens: JWTs signed with EdDSA (Ed25519) by a key from the
+// vault, replaced every KeyRotation; the keys still needed to check tokens are published as a JWKS.
+type Tokens struct {
+	keys        TokenKeys
+	issuer      string
+	audience    string
+	ttl         time.Duration
+	keyRotation time.Duration
+	now         func() time.Time
+
+	mu       sync.RWMutex
+	loaded   []vault.SigningKey // oldest first
+	byID     map[string]vault.SigningKey
+	loadedAt time.Time
+}
+
+// NewTokens returns the token service. ttl is a token's lifetime; keyRotation how long a signing key
+// signs before a new one takes over.
+func NewTokens(keys TokenKeys, issuer, audience string, ttl, keyRotation time.Duration, now func() time.Time) *Tokens {
+	if now == nil {
+		now = time.Now
+	}
+	return &Tokens{keys: keys, issuer: issuer, audience: audience, ttl: ttl, keyRotation: keyRotation, now: now}
+}
+
+// TTL is a token's lifetime.
+func (t *Tokens) TTL() time.Duration { return t.ttl }
+
+// reloadEvery bounds how often a token naming an unknown key makes Tokens read the keys again.
+const reloadEvery = 5 * time.Second
+
+// load reads the signing keys from the vault (at most every reloadEvery unless force).
+func (t *Tokens) load(ctx context.Context, force bool) error {
+	t.mu.RLock()
+	fresh := t.loaded != nil && t.now().Sub(t.loadedAt) < reloadEvery
+	t.mu.RUnlock()
+	if fresh && !force {
+		return nil
+	}
+	keys, err := t.keys.SigningKeys(ctx, PurposeToken)
+	if err != nil {
+		return fmt.Errorf("token signing keys: %w", err)
+	}
+	byID := make(map[string]vault.SigningKey, len(keys))
+	for _, k := range keys {
+		byID[k.ID] = k
+	}
+	t.mu.Lock()
+	t.loaded, t.byID, t.loadedAt = keys, byID, t.now()
+	t.mu.Unlock()
+	return nil
+}
+
+// signer returns the newest signing key, making a new one when there is none or it is due.
+func (t *Tokens) signer(ctx context.Context) (vault.SigningKey, error) {
+	if err := t.load(ctx, false); err != nil {
+		return vault.SigningKey{}, err
+	}
+	t.mu.RLock()
+	var newest vault.SigningKey
+	if n := len(t.loaded); n > 0 {
+		newest = t.loaded[n-1]
+	}
+	t.mu.RUnlock()
+	if newest.ID != "" && t.now().Sub(newest.CreatedAt) < t.keyRotation {
+		return newest, nil
+	}
+	if err := t.Rotate(ctx); err != nil {
+		return vault.SigningKey{}, err
+	}
+	return t.signer(ctx)
+}
+
+// Rotate makes a new signing key if the newest is due (or there is none). Older keys keep checking
+// the tokens they signed until those have expired.
+func (t *Tokens) Rotate(ctx context.Context) error {
+	if err := t.load(ctx, true); err != nil {
+		return err
+	}
+	t.mu.RLock()
+	due := len(t.loaded) == 0 || t.now().Sub(t.loaded[len(t.loaded)-1].CreatedAt) >= t.keyRotation
+	t.mu.RUnlock()
+	if !due {
+		return nil
+	}
+	if _, err := t.keys.NewSigningKey(ctx, PurposeToken); err != nil {
+		return fmt.Errorf("new token signing key: %w", err)
+	}
+	return t.load(ctx, true)
+}
+
+// live reports whether key i of keys may still have signed an unexpired token: it is the newest, or
+// its successor took over less than one token lifetime ago.
+func (t *Tokens) live(keys []vault.SigningKey, i int) bool {
+	return i == len(keys)-1 || t.now().Sub(keys[i+1].CreatedAt) <= t.ttl
+}
+
+// Issue signs a token for a principal (sub: its id) at its current generation.
+func (t *Tokens) Issue(ctx context.Context, subject string, generation int64, mfa bool) (string, time.Time, error) {
+	key, err := t.signer(ctx)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	now := t.now().UTC().Truncate(time.Second)
+	exp := now.Add(t.ttl)
+	jti := make([]byte, 16)
+	_, _ = rand.Read(jti)
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: t.issuer, Subject: subject, Audience: jwt.ClaimStrings{t.audience},
+			ExpiresAt: jwt.NewNumericDate(exp), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
+			ID: hex.EncodeToString(jti),
+		},
+		Generation: generation, MFA: mfa,
+	})
+	tok.Header["kid"] = key.ID
+	signed, err := tok.SignedString(key.Signer())
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
+	}
+	return signed, exp, nil
+}
+
+// Parse checks a token — signature by a live key of ours (EdDSA only), issuer, audience, expiry and
+// not-before, all required, with no leeway: Keyward checks its own tokens on its own clock — and
+// returns its claims. Any failure is ErrUnauthenticated (the reason is wrapped for logs).
+func (t *Tokens) Parse(ctx context.Context, token string) (Claims, error) {
+	var claims Claims
+	parser := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithIssuer(t.issuer),
+		jwt.WithAudience(t.audience), jwt.WithExpirationRequired(), jwt.WithNotBeforeRequired(), jwt.WithTimeFunc(t.now),
+		jwt.WithStrictDecoding())
+	_, err := parser.ParseWithClaims(token, &claims, func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		key, ok := t.key(kid)
+		if !ok {
+			// Perhaps a key another replica made a moment ago.
+			if err := t.load(ctx, false); err != nil {
+				return nil, err
+			}
+			if key, ok = t.key(kid); !ok {
+				return nil, errors.New("unknown signing key")
+			}
+		}
+		return key, nil
+	})
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: token: %v", ErrUnauthenticated, err)
+	}
+	if claims.Subject == "" {
+		return Claims{}, fmt.Errorf("%w: token without subject", ErrUnauthenticated)
+	}
+	return claims, nil
+}
+
+// key returns the public half of a live signing key by id.
+func (t *Tokens) key(kid string) (ed25519.PublicKey, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for i, k := range t.loaded {
+		if k.ID == kid {
+			return k.Public, t.live(t.loaded, i)
+		}
+	}
+	return nil, false
+}
+
+// JWKS returns the JSON Web Key Set of the live signing keys' public halves (RFC 8037 OKP keys).
+func (t *Tokens) JWKS(ctx context.Context) ([]byte, error) {
+	if _, err := t.signer(ctx); err != nil {
+		return nil, err
+	}
+	type jwk struct {
+		Kty string `json:"kty"`
+		Crv string `json:"crv"`
+		X   string `json:"x"`
+		Kid string `json:"kid"`
+		Alg string `json:"alg"`
+		Use string `json:"use"`
+	}
+	set := struct {
+		Keys []jwk `json:"keys"`
+	}{Keys: []jwk{}}
+	t.mu.RLock()
+	for i, k := range t.loaded {
+		if t.live(t.loaded, i) {
+			set.Keys = append(set.Keys, jwk{Kty: "OKP", Crv: "Ed25519", X: base64.RawURLEncoding.EncodeToString(k.Public),
+				Kid: k.ID, Alg: "EdDSA", Use: "sig"})
+		}
+	}
+	t.mu.RUnlock()
+	return json.Marshal(set)
+}

@@ -1,0 +1,44 @@
+package vault
+
+import (
+	"context"
+	"fmt"
+)
+
+// Sealed blobs are the small secrets Keyward keeps for itself besides cloud keys and signing keys
+// (users' TOTP seeds): sealed under the KEK like a credential's secret, their name bound into the
+// ciphertext so that a blob copied under another name does not open.
+
+func blobAAD(name string) []byte { return []byte("keyward/v1|blob|" + name) }
+
+// SealBlob seals plaintext and stores it under name, replacing what was there. Inside a unit of work
+// (Store.Atomically) it commits with it.
+func (v *Vault) SealBlob(ctx context.Context, name string, plaintext []byte) error {
+	sealed, err := v.sealBytes(ctx, blobAAD(name), plaintext)
+	if err != nil {
+		return fmt.Errorf("seal %s: %w", name, err)
+	}
+	if err := v.store.PutBlob(ctx, name, sealed, v.now().UTC()); err != nil {
+		return fmt.Errorf("store %s: %w", name, err)
+	}
+	return nil
+}
+
+// OpenBlob returns the plaintext of the blob stored under name. Errors: ErrNotFound. The caller
+// clears the plaintext when done with it.
+func (v *Vault) OpenBlob(ctx context.Context, name string) ([]byte, error) {
+	sealed, err := v.store.Blob(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	plain, err := v.openBytes(ctx, blobAAD(name), sealed)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	return plain, nil
+}
+
+// DeleteBlob removes the blob stored under name.
+func (v *Vault) DeleteBlob(ctx context.Context, name string) error {
+	return v.store.DeleteBlob(ctx, name)
+}
