@@ -107,6 +107,9 @@ func (a *app) rootCommand() *cobra.Command {
 		a.rotateCommand(),
 		a.statusCommand(),
 		a.auditCommand(),
+		a.userCommand(),
+		a.teamCommand(),
+		a.apikeyCommand(),
 	)
 	return root
 }

@@ -12,7 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyward/keyward/internal/access"
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/rotation"
@@ -151,7 +154,11 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
 	})()
 
-	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, Checks: []httpapi.Check{
+	api, err := a.api(ctx, v, db, engine)
+	if err != nil {
+		return err
+	}
+	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, API: api, Checks: []httpapi.Check{
 		{Name: "database", Func: db.Ready},
 		{Name: "rotation", Func: passes.check},
 		{Name: "notifications", Func: outboxCheck(db, a.cfg.Notify.StuckAfter.Std())},
@@ -168,7 +175,11 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	a.log.Info("listening", "addr", ln.Addr().String())
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	if a.cfg.Server.TLSCertFile != "" {
+		go func() { served <- srv.ServeTLS(ln, a.cfg.Server.TLSCertFile, a.cfg.Server.TLSKeyFile) }()
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+	}
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
@@ -185,6 +196,29 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	}
 	a.log.Info("stopped")
 	return nil
+}
+
+// api wires the REST API: authentication, access to teams' keys, SSO when configured.
+func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rotation.Engine) (*httpapi.API, error) {
+	svc, err := a.authService(v, db)
+	if err != nil {
+		return nil, err
+	}
+	trail := a.trail(db)
+	api := &httpapi.API{Auth: svc, Vault: v, Trail: trail,
+		Access:       &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail},
+		AllowedCIDRs: config.Prefixes(a.cfg.Auth.AllowedCIDRs), TrustedProxies: config.Prefixes(a.cfg.Server.TrustedProxies),
+		RatePerPrincipal: a.cfg.Server.RateLimit.PerPrincipal, RatePerIP: a.cfg.Server.RateLimit.PerIP, Version: version}
+	if o := a.cfg.Auth.OIDC; o.Issuer != "" {
+		rules := make([]httpapi.OIDCRule, len(o.Rules))
+		for i, r := range o.Rules {
+			rules[i] = httpapi.OIDCRule{Group: r.Group, Role: auth.Role(r.Role), Teams: r.Teams}
+		}
+		if api.OIDC, err = httpapi.NewOIDC(ctx, o.Issuer, o.ClientID, o.ClientSecret.Reveal(), o.RedirectURL, o.GroupsClaim, rules, nil); err != nil {
+			return nil, err
+		}
+	}
+	return api, nil
 }
 
 // serveMetrics makes the metrics of a serving process: key ages read from the vault at each scrape,

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -341,4 +342,54 @@ func UnmarshalDetail(s string) (map[string]string, error) {
 		return nil, fmt.Errorf("audit detail: %w", err)
 	}
 	return d, nil
+}
+
+// Filter selects records for Find. Empty fields match everything.
+type Filter struct {
+	After        int64 // records after this number (paging: the last number of the previous page)
+	Limit        int   // at most this many (default 100)
+	Since, Until time.Time
+	Actor        string
+	Action       string // an action, or a prefix ending in '.' ("auth.")
+	Target       string
+}
+
+func (f Filter) match(r Record) bool {
+	switch {
+	case !f.Since.IsZero() && r.Time.Before(f.Since), !f.Until.IsZero() && !r.Time.Before(f.Until):
+		return false
+	case f.Actor != "" && r.Actor != f.Actor, f.Target != "" && r.Target != f.Target:
+		return false
+	case f.Action != "" && r.Action != f.Action && !(strings.HasSuffix(f.Action, ".") && strings.HasPrefix(r.Action, f.Action)):
+		return false
+	}
+	return true
+}
+
+// Find returns a page of the records f selects, in order, and the number to pass as After for the
+// next page (0 when this one is the last).
+func (t *Trail) Find(ctx context.Context, f Filter) ([]Record, int64, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	var out []Record
+	var next int64
+	err := t.store.Records(ctx, f.After+1, 0, func(r Record) error {
+		if !f.Until.IsZero() && !r.Time.Before(f.Until) {
+			return errStop // times only grow along the trail
+		}
+		if !f.match(r) {
+			return nil
+		}
+		if len(out) == f.Limit {
+			next = out[len(out)-1].Seq
+			return errStop
+		}
+		out = append(out, r)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, 0, err
+	}
+	return out, next, nil
 }

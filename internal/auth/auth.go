@@ -29,7 +29,18 @@ var (
 	ErrForbidden = errors.New("forbidden")
 	// ErrMFARequired: the principal's role needs a second factor for this, and it has not given one.
 	ErrMFARequired = errors.New("a second factor is required")
+	// ErrInvalid: a value given (a name, a role, a password, a CIDR) is not acceptable; the error's
+	// message names it.
+	ErrInvalid = errors.New("invalid value")
 )
+
+// invalidError is a bad value, said in its own words, that is ErrInvalid.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalid(format string, args ...any) error { return &invalidError{msg: fmt.Sprintf(format, args...)} }
 
 // LockedError is ErrLocked with the time to wait.
 type LockedError struct{ RetryAfter time.Duration }
@@ -59,7 +70,7 @@ func ParseRole(s string) (Role, error) {
 	if r := Role(s); slices.Contains(Roles, r) {
 		return r, nil
 	}
-	return "", fmt.Errorf("role %q: want one of admin, operator, auditor, member", s)
+	return "", invalid("role %q: want one of admin, operator, auditor, member", s)
 }
 
 // Permission is what a route needs. Every route declares one; there is no default.
@@ -249,7 +260,7 @@ var (
 // decoding, so "Team-A" and "team-a%2F" are not "team-a".
 func ValidateName(kind, name string) error {
 	if !nameRe.MatchString(name) {
-		return fmt.Errorf("%s name %q: want 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", kind, name)
+		return invalid("%s name %q: want 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", kind, name)
 	}
 	return nil
 }

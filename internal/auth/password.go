@@ -40,10 +40,10 @@ const minPasswordLen = 12
 // CheckPassword rejects passwords too short to be worth hashing.
 func CheckPassword(pw secret.Value) error {
 	if n := len([]rune(pw.Reveal())); n < minPasswordLen {
-		return fmt.Errorf("password: want at least %d characters (got %d)", minPasswordLen, n)
+		return invalid("password: want at least %d characters (got %d)", minPasswordLen, n)
 	}
 	if len(pw.Reveal()) > 1024 {
-		return fmt.Errorf("password: want at most 1024 bytes")
+		return invalid("password: want at most 1024 bytes")
 	}
 	return nil
 }

@@ -247,7 +247,7 @@ func (s *Service) EnrollMFA(ctx context.Context, actor, name string) (secret.Val
 			return fmt.Errorf("user %q: %w", name, err)
 		}
 		if u.PasswordHash == "" {
-			return fmt.Errorf("user %q signs in through OIDC: its identity provider asks for the second factor", name)
+			return invalid("user %q signs in through OIDC: its identity provider asks for the second factor", name)
 		}
 		if err := s.vault.SealBlob(ctx, totpBlob(name), []byte(key.Secret())); err != nil {
 			return err
@@ -279,7 +279,7 @@ func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, erro
 		return Team{}, err
 	}
 	if err := t.Identity.Validate(); err != nil {
-		return Team{}, fmt.Errorf("team %q: %w", t.Name, err)
+		return Team{}, invalid("team %q: %v", t.Name, err)
 	}
 	t.CreatedAt, t.Members = s.now().UTC(), nil
 	err := s.changed(ctx, func(ctx context.Context) error {
@@ -318,7 +318,7 @@ func (s *Service) AddMember(ctx context.Context, actor, team, principal string) 
 		case KindAPIKey:
 			_, err = s.store.APIKey(ctx, name)
 		default:
-			err = fmt.Errorf("want user:NAME or apikey:NAME")
+			err = invalid("want user:NAME or apikey:NAME")
 		}
 		if err != nil {
 			return fmt.Errorf("member %q: %w", principal, err)
@@ -358,7 +358,7 @@ func (s *Service) CreateAPIKey(ctx context.Context, actor, name string, role Rol
 		return APIKey{}, secret.Value{}, err
 	}
 	if ttl < 0 {
-		return APIKey{}, secret.Value{}, fmt.Errorf("expires: must not be negative")
+		return APIKey{}, secret.Value{}, invalid("expires: must not be negative")
 	}
 	id, raw := make([]byte, 8), make([]byte, 32)
 	_, _ = rand.Read(id)
@@ -429,4 +429,90 @@ func (s *Service) APIKeys(ctx context.Context) ([]APIKey, error) {
 		}
 	}
 	return ks, nil
+}
+
+// ActionSSO is the audit action of a sign-in through the OIDC provider.
+const ActionSSO = "auth.sso"
+
+// SSOIdentity is what the OIDC provider said of a user, mapped to Keyward's terms.
+type SSOIdentity struct {
+	Subject string // the issuer's subject: the user's stable id
+	Name    string // a preferred user name, if any
+	Role    Role
+	Teams   []string
+	MFA     bool // the provider says it asked for a second factor
+}
+
+// SignInSSO signs in a user the OIDC provider vouched for: the user is created on first sign-in
+// (named after its preferred name when free, otherwise after its subject) and its role and teams
+// follow the provider's groups at every sign-in. A disabled user is refused.
+func (s *Service) SignInSSO(ctx context.Context, id SSOIdentity) (Token, error) {
+	var tok Token
+	err := s.store.Atomically(ctx, func(ctx context.Context) error {
+		u, err := s.store.UserBySubject(ctx, id.Subject)
+		if errors.Is(err, ErrNotFound) {
+			u = User{Name: ssoName(id), Role: id.Role, OIDCSubject: id.Subject, CreatedAt: s.now().UTC()}
+			if _, err := s.store.User(ctx, u.Name); err == nil {
+				u.Name = ssoName(SSOIdentity{Subject: id.Subject})
+			}
+			if err := s.store.CreateUser(ctx, u); err != nil {
+				return fmt.Errorf("user %q: %w", u.Name, err)
+			}
+			if err := s.record(ctx, event("sso:"+id.Subject, ActionUserCreated, KindUser+":"+u.Name, audit.Success, "role", string(u.Role), "via", "oidc")); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		if !u.DisabledAt.IsZero() {
+			return fmt.Errorf("%w: user disabled", ErrUnauthenticated)
+		}
+		if u.Role != id.Role {
+			u.Role = id.Role
+			if err := s.store.UpdateUser(ctx, u); err != nil {
+				return err
+			}
+		}
+		principal := KindUser + ":" + u.Name
+		have, err := s.store.TeamsOf(ctx, principal)
+		if err != nil {
+			return err
+		}
+		for _, t := range have {
+			if !slices.Contains(id.Teams, t) {
+				if err := s.store.RemoveMember(ctx, t, principal); err != nil {
+					return err
+				}
+			}
+		}
+		for _, t := range id.Teams {
+			if _, err := s.store.Team(ctx, t); err == nil && !slices.Contains(have, t) {
+				if err := s.store.AddMember(ctx, t, principal); err != nil {
+					return err
+				}
+			}
+		}
+		t, exp, err := s.tokens.Issue(ctx, principal, u.Generation, id.MFA)
+		if err != nil {
+			return err
+		}
+		tok = Token{Token: secret.New(t), ExpiresAt: exp}
+		return s.record(ctx, event(principal, ActionSSO, principal, audit.Success, "role", string(id.Role),
+			"teams", strings.Join(id.Teams, ","), "mfa", fmt.Sprint(id.MFA)))
+	})
+	return tok, err
+}
+
+// ssoName is a valid user name for an SSO identity: its preferred name, cleaned, or one derived
+// from its subject.
+func ssoName(id SSOIdentity) string {
+	name := strings.ToLower(id.Name)
+	if at := strings.IndexByte(name, '@'); at > 0 {
+		name = name[:at]
+	}
+	if ValidateName("user", name) == nil {
+		return name
+	}
+	sum := sha256.Sum256([]byte(id.Subject))
+	return "sso-" + hex.EncodeToString(sum[:6])
 }

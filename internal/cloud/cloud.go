@@ -75,6 +75,8 @@ type Provider interface {
 	// ListUsers calls fn for every user of an account, following the cloud's paging; an error from
 	// fn stops the listing and is returned.
 	ListUsers(ctx context.Context, accountID string, fn func(User) error) error
+	// GetUser returns one user, with its tags. ErrNoSuchEntity when there is none.
+	GetUser(ctx context.Context, accountID, userName string) (User, error)
 	// UserGroups lists the names of the groups a user belongs to.
 	UserGroups(ctx context.Context, accountID, userName string) ([]string, error)
 	// ListAccessKeys lists a user's keys, active and inactive.

@@ -55,6 +55,11 @@ func (o *observed) ListUsers(ctx context.Context, accountID string, fn func(User
 	return o.done("ListUsers", o.p.ListUsers(ctx, accountID, fn))
 }
 
+func (o *observed) GetUser(ctx context.Context, accountID, userName string) (User, error) {
+	u, err := o.p.GetUser(ctx, accountID, userName)
+	return u, o.done("GetUser", err)
+}
+
 func (o *observed) UserGroups(ctx context.Context, accountID, userName string) ([]string, error) {
 	g, err := o.p.UserGroups(ctx, accountID, userName)
 	return g, o.done("UserGroups", err)

@@ -1,5 +1,7 @@
-// Package httpapi is Keyward's HTTP interface. So far it serves the probes an orchestrator needs:
-// GET /healthz (the process runs) and GET /readyz (the process can do its work), and GET /metrics.
+// Package httpapi is Keyward's HTTP interface: the probes an orchestrator needs (GET /healthz, the
+// process runs; GET /readyz, it can do its work), GET /metrics, and the REST API under /v1. Every
+// route declares the permission it needs where it is registered (see route); every error is an RFC
+// 9457 problem document.
 package httpapi
 
 import (
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/metrics"
 )
 
@@ -29,15 +32,27 @@ type Options struct {
 	Checks []Check
 	// Metrics, when set, are served at /metrics and told of every request.
 	Metrics *metrics.Metrics
+	// API, when set, serves the REST API under /v1 (probes and metrics only otherwise).
+	API *API
 }
 
-// Handler returns the HTTP handler: probes and metrics now, the REST API as it lands.
-func Handler(o Options) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+// Handler returns the HTTP handler: the probes, metrics, and the REST API when o.API is set.
+func Handler(o Options) http.Handler { return observe(o.Log, o.Metrics, newServer(o)) }
+
+func newServer(o Options) *server {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &server{log: o.Log, api: o.API}
+	if s.api == nil {
+		s.api = &API{}
+	}
+	s.api.init()
+	s.route("GET /healthz", auth.Public, "Liveness: the process runs", func(w http.ResponseWriter, _ *http.Request, _ *auth.Principal) error {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return nil
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	s.route("GET /readyz", auth.Public, "Readiness: the database answers, passes happen, notifications leave", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		failed := map[string]string{}
@@ -49,14 +64,22 @@ func Handler(o Options) http.Handler {
 		if len(failed) > 0 {
 			o.Log.Warn("not ready", "failed", failed)
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "failed": failed})
-			return
+			return nil
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return nil
 	})
 	if o.Metrics != nil {
-		mux.Handle("GET /metrics", o.Metrics.Handler())
+		h := o.Metrics.Handler()
+		s.route("GET /metrics", auth.Public, "Prometheus metrics", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+			h.ServeHTTP(w, r)
+			return nil
+		})
 	}
-	return observe(o.Log, o.Metrics, mux)
+	if o.API != nil {
+		s.apiRoutes()
+	}
+	return s
 }
 
 type requestIDKey struct{}
@@ -75,7 +98,7 @@ var quiet = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /met
 // observe gives every request an id (the caller's X-Request-Id when it is sane, otherwise a new one),
 // echoed in the response and carried in the context; then it logs the request and, with metrics,
 // counts and times it by the route pattern it matched.
-func observe(log *slog.Logger, m *metrics.Metrics, next *http.ServeMux) http.Handler {
+func observe(log *slog.Logger, m *metrics.Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := r.Header.Get("X-Request-Id")
@@ -87,8 +110,9 @@ func observe(log *slog.Logger, m *metrics.Metrics, next *http.ServeMux) http.Han
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		var route string
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, &route))
 		next.ServeHTTP(sw, r)
-		route := r.Pattern // set by the mux on this request
 		if route == "" {
 			route = "unmatched"
 		}

@@ -496,6 +496,9 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 	if err == nil && adopt != nil {
 		res.Actions = append([]Action{{Kind: "adopted", KeyID: adopt.ID}}, res.Actions...)
 	}
+	if err == nil {
+		begun(ctx, rec)
+	}
 	switch {
 	case errors.Is(err, vault.ErrDuplicate), errors.Is(err, vault.ErrConflict):
 		res.Reason = "taken under management meanwhile by another process"

@@ -64,6 +64,8 @@ var (
 	ErrLeaseLost = errors.New("rotation lease lost")
 	// ErrStale: the key to be replaced is no longer current — another process rotated it meanwhile.
 	ErrStale = errors.New("key already replaced")
+	// ErrNotFound: no such rotation.
+	ErrNotFound = errors.New("not found")
 )
 
 // Store persists rotations. Every method is one durable transaction, unless called inside Atomically.
@@ -83,6 +85,8 @@ type Store interface {
 	// Save writes the rotation's step, phase and outcome, renewing the lease. ErrLeaseLost when the
 	// caller no longer holds it. Saving the finish is ordered with Begin for the same identity.
 	Save(ctx context.Context, r Record, owner string, leaseUntil time.Time) error
+	// Get returns a rotation by id. Errors: ErrNotFound.
+	Get(ctx context.Context, id int64) (Record, error)
 	// LastFinished returns the identity's most recent finished rotation, if any.
 	LastFinished(ctx context.Context, id vault.Identity) (Record, bool, error)
 }

@@ -51,6 +51,9 @@ func (s *Rotations) lockIdentity(ctx context.Context, tx *Tx, id vault.Identity)
 // looked, and finishing takes the same lock (see Save).
 func (s *Rotations) Begin(ctx context.Context, r rotation.Record, owner string, leaseUntil time.Time) (rotation.Record, error) {
 	err := s.db.inTx(ctx, func(tx *Tx) error {
+		if r.OldKeyID == "" {
+			return s.beginFirst(ctx, tx, &r, owner, leaseUntil)
+		}
 		identity, err := s.lockIdentity(ctx, tx, r.Identity)
 		if err != nil {
 			return err
@@ -78,6 +81,27 @@ func (s *Rotations) Begin(ctx context.Context, r rotation.Record, owner string, 
 		return r, fmt.Errorf("begin rotation of %s: %w", r.Identity, err)
 	}
 	return r, nil
+}
+
+// beginFirst begins the rotation that gives an identity its first key: only if it has no current
+// version, under the identity's lock (the identity is created if need be).
+func (s *Rotations) beginFirst(ctx context.Context, tx *Tx, r *rotation.Record, owner string, leaseUntil time.Time) error {
+	identity, err := s.db.Vault().identityID(ctx, tx, r.Identity, true, r.StartedAt)
+	if err != nil {
+		return err
+	}
+	var n int
+	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM credential_versions WHERE identity_id = $1 AND state IN ('current', 'pending')`,
+		identity).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return rotation.ErrStale
+	}
+	return tx.queryRow(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, attempt, lease_owner,
+		lease_until, started_at, step_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`,
+		r.Identity.Cloud, r.Identity.AccountID, r.Identity.UserName, r.Step, r.Phase, r.Attempt, owner,
+		micros(leaseUntil), micros(r.StartedAt), micros(r.StepAt)).Scan(&r.ID)
 }
 
 // Open implements rotation.Store.
@@ -136,6 +160,15 @@ func (s *Rotations) Save(ctx context.Context, r rotation.Record, owner string, l
 		}
 		return nil
 	})
+}
+
+// Get implements rotation.Store.
+func (s *Rotations) Get(ctx context.Context, id int64) (rotation.Record, error) {
+	r, err := scanRotation(s.db.queryRow(ctx, `SELECT `+rotationColumns+` FROM rotations WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("rotation %d: %w", id, rotation.ErrNotFound)
+	}
+	return r, err
 }
 
 // LastFinished implements rotation.Store.

@@ -232,6 +232,22 @@ func (p *Provider) ListUsers(ctx context.Context, accountID string, fn func(clou
 	return nil
 }
 
+// GetUser implements cloud.Provider: IAM's GetUser, and its tags.
+func (p *Provider) GetUser(ctx context.Context, accountID, userName string) (cloud.User, error) {
+	c := p.client(accountID)
+	out, err := c.GetUser(ctx, &iam.GetUserInput{UserName: aws.String(userName)})
+	if err != nil {
+		return cloud.User{}, p.wrap("get user "+userName, err)
+	}
+	u := out.User
+	user := cloud.User{AccountID: accountID, Name: aws.ToString(u.UserName), Path: aws.ToString(u.Path), ARN: aws.ToString(u.Arn)}
+	// GetUser returns at most some tags; the full list comes from ListUserTags.
+	if user.Tags, err = p.userTags(ctx, c, user.Name); err != nil {
+		return cloud.User{}, err
+	}
+	return user, nil
+}
+
 func (p *Provider) userTags(ctx context.Context, c *iam.Client, userName string) (map[string]string, error) {
 	tags := map[string]string{}
 	pages := iam.NewListUserTagsPaginator(c, &iam.ListUserTagsInput{UserName: aws.String(userName)})

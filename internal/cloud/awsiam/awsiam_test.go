@@ -93,6 +93,12 @@ func TestProviderAgainstMoto(t *testing.T) {
 	if i < 0 || users[i].Path != "/ci/" || users[i].Tags["keyward:rotate-after"] != "30d" || users[i].ARN != "arn:aws:iam::123456789012:user/ci/alice" {
 		t.Fatalf("ListUsers = %+v", users)
 	}
+	if u, err := p.GetUser(ctx, mainAccount, "alice"); err != nil || u.ARN != users[i].ARN || u.Path != "/ci/" || u.Tags["keyward:rotate-after"] != "30d" {
+		t.Fatalf("GetUser = %+v, %v", u, err)
+	}
+	if _, err := p.GetUser(ctx, mainAccount, "nobody"); !errors.Is(err, cloud.ErrNoSuchEntity) {
+		t.Fatalf("GetUser of nobody: %v", err)
+	}
 	if g, err := p.UserGroups(ctx, mainAccount, "alice"); err != nil || !slices.Equal(g, []string{"ops"}) {
 		t.Fatalf("UserGroups = %v, %v", g, err)
 	}

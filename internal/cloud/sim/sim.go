@@ -266,6 +266,22 @@ func (c *Cloud) listUsersPage(accountID, marker string) ([]cloud.User, string, e
 	return page, next, nil
 }
 
+// GetUser implements cloud.Provider.
+func (c *Cloud) GetUser(_ context.Context, accountID, userName string) (cloud.User, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("GetUser", accountID, userName); err != nil {
+		return cloud.User{}, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return cloud.User{}, err
+	}
+	out := u.User
+	out.Tags = maps.Clone(u.Tags)
+	return out, nil
+}
+
 // UserGroups implements cloud.Provider.
 func (c *Cloud) UserGroups(_ context.Context, accountID, userName string) ([]string, error) {
 	c.mu.Lock()

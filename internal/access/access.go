@@ -1,0 +1,233 @@
+// Package access hands teams' current keys to the principals allowed to have them, and starts
+// rotations for those allowed to: it joins auth (who may), the vault (the secret), the rotation
+// engine (a first key, a forced rotation) and the audit trail (every read, recorded before the secret
+// is handed over). The API calls it; it knows nothing of HTTP.
+package access
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// Errors, besides auth's ErrForbidden and ErrMFARequired.
+var (
+	ErrNoSuchTeam = errors.New("no such team")
+	// ErrUnavailable: the team's key cannot be handed out or rotated now; the error says why.
+	ErrUnavailable = errors.New("unavailable")
+	ErrNotFound    = errors.New("not found")
+)
+
+// ActionKeyRead is the audit action of a secret handed out.
+const ActionKeyRead = "key.read"
+
+// Recorder keeps the audit trail.
+type Recorder interface {
+	Record(ctx context.Context, events ...audit.Event) error
+}
+
+// Service is the access layer.
+type Service struct {
+	Auth   *auth.Service
+	Vault  *vault.Vault
+	Engine *rotation.Engine
+	Audit  Recorder
+	Now    func() time.Time
+}
+
+// Credential is a team's current key, with when its holder should fetch it again.
+type Credential struct {
+	Team string
+	vault.Credential
+	// Expiration is when the key is due to be replaced (its holder should fetch it again then);
+	// zero when the policy exempts it.
+	Expiration time.Time
+}
+
+func (s *Service) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+// team looks a team up after checking that p may use perm on it: a principal that may not learns
+// nothing about whether the team exists.
+func (s *Service) team(ctx context.Context, p *auth.Principal, perm auth.Permission, name string) (auth.Team, error) {
+	if err := p.Authorize(perm, name); err != nil {
+		return auth.Team{}, err
+	}
+	t, err := s.Auth.Team(ctx, name)
+	if errors.Is(err, auth.ErrNotFound) {
+		return t, fmt.Errorf("team %q: %w", name, ErrNoSuchTeam)
+	}
+	return t, err
+}
+
+// Credentials returns a team's current key to p, recording the read in the audit trail first. A team
+// whose IAM user has no key yet gets its first one from the rotation engine.
+func (s *Service) Credentials(ctx context.Context, p *auth.Principal, teamName string) (Credential, error) {
+	t, err := s.team(ctx, p, auth.ReadCredentials, teamName)
+	if err != nil {
+		return Credential{}, err
+	}
+	c, err := s.current(ctx, t)
+	if err != nil {
+		return Credential{}, err
+	}
+	err = s.Audit.Record(ctx, audit.Event{Actor: p.ID(), Action: ActionKeyRead, Target: t.Identity.String(), Outcome: audit.Success,
+		Detail: map[string]string{"team": t.Name, "access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number), "via": p.Via}})
+	if err != nil {
+		return Credential{}, err
+	}
+	return c, nil
+}
+
+// current returns a team's current key, provisioning the first one when there is none.
+func (s *Service) current(ctx context.Context, t auth.Team) (Credential, error) {
+	cred, err := s.Vault.Current(ctx, t.Identity)
+	if errors.Is(err, vault.ErrNotFound) {
+		u, err := s.user(ctx, t)
+		if err != nil {
+			return Credential{}, err
+		}
+		res, err := s.Engine.Provision(ctx, u)
+		if err != nil {
+			return Credential{}, fmt.Errorf("%w: first key for team %s: %v", ErrUnavailable, t.Name, err)
+		}
+		if res.Outcome == rotation.Failed {
+			return Credential{}, fmt.Errorf("%w: first key for team %s: %s", ErrUnavailable, t.Name, res.Reason)
+		}
+		cred, err = s.Vault.Current(ctx, t.Identity)
+		if err != nil {
+			return Credential{}, fmt.Errorf("%w: team %s has no key yet (%s): %v", ErrUnavailable, t.Name, res.Reason, err)
+		}
+	} else if errors.Is(err, vault.ErrNoSecret) {
+		return Credential{}, fmt.Errorf("%w: team %s: Keyward does not hold the secret of its current key; import it with keyward vault import", ErrUnavailable, t.Name)
+	} else if err != nil {
+		return Credential{}, err
+	}
+	return Credential{Team: t.Name, Credential: cred, Expiration: s.expiration(cred.Version)}, nil
+}
+
+// user reads the team's IAM user from the cloud (its tags carry policy).
+func (s *Service) user(ctx context.Context, t auth.Team) (cloud.User, error) {
+	u, err := s.Engine.Cloud.GetUser(ctx, t.Identity.AccountID, t.Identity.UserName)
+	if errors.Is(err, cloud.ErrNoSuchEntity) {
+		return u, fmt.Errorf("%w: team %s: IAM user %s does not exist", ErrUnavailable, t.Name, t.Identity)
+	}
+	return u, err
+}
+
+// expiration is when a version is due for rotation under the policy (by path and name; tags would
+// need a call to the cloud on every read). A version overdue (its rotation pending) expires in five
+// minutes, so that its holder comes back for the new key soon.
+func (s *Service) expiration(v vault.Version) time.Time {
+	pol, exempt, err := s.Engine.Policy.For(cloud.User{AccountID: v.Identity.AccountID, Name: v.Identity.UserName}, nil)
+	if err != nil || exempt {
+		return time.Time{}
+	}
+	due := v.CreatedAt.Add(pol.RotateAfter)
+	if soon := s.now().Add(5 * time.Minute); due.Before(soon) {
+		return soon.UTC().Truncate(time.Second)
+	}
+	return due.UTC()
+}
+
+// Export returns every team's current key to p (an admin who gave a second factor), recording one
+// read per team, all in one transaction, before any is handed over. Teams without a key are skipped.
+func (s *Service) Export(ctx context.Context, p *auth.Principal) ([]Credential, error) {
+	if err := p.Authorize(auth.Export, ""); err != nil {
+		return nil, err
+	}
+	teams, err := s.Auth.Teams(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Credential
+	var events []audit.Event
+	for _, t := range teams {
+		cred, err := s.Vault.Current(ctx, t.Identity)
+		if errors.Is(err, vault.ErrNotFound) || errors.Is(err, vault.ErrNoSecret) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, Credential{Team: t.Name, Credential: cred, Expiration: s.expiration(cred.Version)})
+		events = append(events, audit.Event{Actor: p.ID(), Action: ActionKeyRead, Target: t.Identity.String(), Outcome: audit.Success,
+			Detail: map[string]string{"team": t.Name, "access_key_id": cred.AccessKeyID, "version": fmt.Sprint(cred.Number),
+				"via": p.Via, "bulk": "export"}})
+	}
+	if err := s.Audit.Record(ctx, events...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Rotate starts a rotation of a team's key now, whatever its age, and returns the rotation's id as
+// soon as its beginning is recorded; the rotation goes on in the background (ctx's cancellation
+// does not stop it). A rotation that cannot begin (blocked, in progress elsewhere, exempt) is
+// ErrUnavailable with the engine's reason.
+func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string) (int64, error) {
+	t, err := s.team(ctx, p, auth.Rotate, teamName)
+	if err != nil {
+		return 0, err
+	}
+	u, err := s.user(ctx, t)
+	if err != nil {
+		return 0, err
+	}
+	started := make(chan int64, 1)
+	finished := make(chan rotation.Result, 1)
+	bg := rotation.WithBegun(context.WithoutCancel(ctx), func(r rotation.Record) { started <- r.ID })
+	go func() {
+		var res rotation.Result
+		var err error
+		if _, cerr := s.Vault.Current(bg, t.Identity); errors.Is(cerr, vault.ErrNotFound) {
+			res, err = s.Engine.Provision(bg, u)
+		} else {
+			res, err = s.Engine.Visit(bg, u, true)
+		}
+		if err != nil {
+			res.Outcome, res.Reason = rotation.Failed, err.Error()
+		}
+		finished <- res
+	}()
+	select {
+	case id := <-started:
+		return id, nil
+	case res := <-finished:
+		select {
+		case id := <-started:
+			return id, nil
+		default:
+		}
+		return 0, fmt.Errorf("%w: team %s: %s", ErrUnavailable, t.Name, orOutcome(res))
+	}
+}
+
+func orOutcome(res rotation.Result) string {
+	if res.Reason != "" {
+		return res.Reason
+	}
+	return string(res.Outcome)
+}
+
+// Rotation returns a rotation's record (operators and admins).
+func (s *Service) Rotation(ctx context.Context, p *auth.Principal, id int64) (rotation.Record, error) {
+	if err := p.Authorize(auth.Rotate, ""); err != nil {
+		return rotation.Record{}, err
+	}
+	r, err := s.Engine.Store.Get(ctx, id)
+	if errors.Is(err, rotation.ErrNotFound) {
+		return r, fmt.Errorf("rotation %d: %w", id, ErrNotFound)
+	}
+	return r, err
+}

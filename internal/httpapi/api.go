@@ -1,0 +1,548 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyward/keyward/internal/access"
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// API is what the REST API serves from.
+type API struct {
+	Auth   *auth.Service
+	Access *access.Service
+	Vault  *vault.Vault
+	Trail  *audit.Trail
+	// OIDC, when set, signs users in through the configured provider.
+	OIDC *OIDC
+	// AllowedCIDRs, when set, are the only networks served (403 otherwise).
+	AllowedCIDRs []netip.Prefix
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// RatePerPrincipal and RatePerIP are requests per second (0: no limit).
+	RatePerPrincipal, RatePerIP float64
+	// Version is Keyward's version, for /v1/status.
+	Version string
+
+	ipLimits, principalLimits *limiter
+}
+
+func (a *API) init() {
+	a.ipLimits, a.principalLimits = newLimiter(a.RatePerIP), newLimiter(a.RatePerPrincipal)
+}
+
+// authenticate finds the request's principal: a bearer token, or an API key in X-API-Key.
+func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
+	if a.Auth == nil {
+		return nil, auth.ErrUnauthenticated
+	}
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, token, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+			return nil, fmt.Errorf("%w: want Authorization: Bearer TOKEN", auth.ErrUnauthenticated)
+		}
+		return a.Auth.Authenticate(r.Context(), strings.TrimSpace(token))
+	}
+	if k := r.Header.Get("X-API-Key"); k != "" {
+		return a.Auth.AuthenticateAPIKey(r.Context(), k)
+	}
+	return nil, auth.ErrUnauthenticated
+}
+
+// maxBody bounds every request body.
+const maxBody = 64 << 10
+
+// decode reads a JSON request body into v, strictly: one object, known fields only. Its errors name
+// the field at fault.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return badf("Content-Type %q: want application/json", ct)
+		}
+	}
+	return decodeJSON(io.LimitReader(r.Body, maxBody+1), v)
+}
+
+// decodeJSON is decode's reader half, for the fuzz tests.
+func decodeJSON(body io.Reader, v any) error {
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		return badf("body: %v", err)
+	}
+	if len(raw) > maxBody {
+		return badf("body: larger than %d bytes", maxBody)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.Is(err, io.EOF):
+			return badf("body: want a JSON object, got nothing")
+		case errors.As(err, &syn):
+			return badf("body: not valid JSON at byte %d", syn.Offset)
+		case errors.As(err, &typ):
+			return badf("body.%s: want %s", typ.Field, typ.Type)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return badf("body: unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		}
+		return badf("body: %v", err)
+	}
+	if dec.More() {
+		return badf("body: want one JSON object")
+	}
+	return nil
+}
+
+func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+func writeJSONStatus(w http.ResponseWriter, status int, v any) error {
+	writeJSON(w, status, v)
+	return nil
+}
+
+// apiRoutes registers the REST API. Each route names its permission here, where it is registered.
+func (s *server) apiRoutes() {
+	a := s.api
+	s.route("GET /.well-known/jwks.json", auth.Public, "The public keys that check Keyward's tokens", a.jwks)
+	s.route("GET /v1/openapi.json", auth.Public, "This API's OpenAPI 3.1 document", serveOpenAPI)
+	s.route("POST /v1/auth/login", auth.Public, "Log in with a password (and TOTP code): a token", a.login)
+	s.route("POST /v1/auth/token", auth.Public, "Exchange an API key (X-API-Key) for a token", a.token)
+	s.route("GET /v1/auth/oidc/login", auth.Public, "Start single sign-on: redirects to the identity provider", a.oidcLogin)
+	s.route("GET /v1/auth/oidc/callback", auth.Public, "Finish single sign-on: a token", a.oidcCallback)
+	s.route("POST /v1/auth/logout", auth.Authenticated, "Revoke every token of the caller", a.logout)
+	s.route("GET /v1/me", auth.Authenticated, "Who the caller is", a.me)
+	s.route("GET /v1/teams/{team}/credentials", auth.ReadCredentials, "A team's current key", a.credentials)
+	s.route("POST /v1/teams/{team}/rotate", auth.Rotate, "Rotate a team's key now", a.rotate)
+	s.route("GET /v1/rotations/{id}", auth.Rotate, "A rotation's progress", a.rotation)
+	s.route("GET /v1/keys", auth.ReadInventory, "Every key Keyward holds, without secrets", a.keys)
+	s.route("GET /v1/status", auth.ReadInventory, "Keyward's state in numbers", a.status)
+	s.route("GET /v1/audit", auth.ReadAudit, "The audit trail, filtered and paged", a.audit)
+	s.route("GET /v1/export", auth.Export, "Every team's current key (admin with MFA)", a.export)
+	s.route("GET /v1/users", auth.Administer, "List users", a.listUsers)
+	s.route("POST /v1/users", auth.Administer, "Add a user", a.addUser)
+	s.route("DELETE /v1/users/{name}", auth.Administer, "Delete a user", a.deleteUser)
+	s.route("GET /v1/teams", auth.Administer, "List teams", a.listTeams)
+	s.route("POST /v1/teams", auth.Administer, "Add a team", a.addTeam)
+	s.route("DELETE /v1/teams/{team}", auth.Administer, "Delete a team", a.deleteTeam)
+	s.route("POST /v1/teams/{team}/members", auth.Administer, "Add a member to a team", a.addMember)
+	s.route("GET /v1/apikeys", auth.Administer, "List API keys", a.listAPIKeys)
+	s.route("POST /v1/apikeys", auth.Administer, "Create an API key", a.createAPIKey)
+	s.route("DELETE /v1/apikeys/{name}", auth.Administer, "Revoke an API key", a.revokeAPIKey)
+}
+
+func (a *API) jwks(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	raw, err := a.Auth.Tokens().JWKS(r.Context())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "max-age=60")
+	_, err = w.Write(raw)
+	return err
+}
+
+type tokenResponse struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func writeToken(w http.ResponseWriter, t auth.Token) error {
+	return writeJSONStatus(w, http.StatusOK, tokenResponse{Token: t.Token.Reveal(), ExpiresAt: t.ExpiresAt})
+}
+
+type loginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+	TOTP     string `json:"totp"`
+}
+
+func (a *API) login(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	var req loginRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if req.Username == "" || req.Password == "" {
+		return badf("body: username and password are required")
+	}
+	t, err := a.Auth.Login(r.Context(), req.Username, secret.New(req.Password), req.TOTP, clientIPOf(r).String())
+	if err != nil {
+		return err
+	}
+	return writeToken(w, t)
+}
+
+func (a *API) token(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	k := r.Header.Get("X-API-Key")
+	if k == "" {
+		return fmt.Errorf("%w: X-API-Key is required", auth.ErrUnauthenticated)
+	}
+	p, err := a.Auth.AuthenticateAPIKey(r.Context(), k)
+	if err != nil {
+		return err
+	}
+	if ip := clientIPOf(r); len(p.CIDRs) > 0 && !contains(p.CIDRs, ip) {
+		return auth.ErrForbidden
+	}
+	t, err := a.Auth.TokenForAPIKey(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	return writeToken(w, t)
+}
+
+func (a *API) logout(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	if err := a.Auth.Logout(r.Context(), p); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) me(w http.ResponseWriter, _ *http.Request, p *auth.Principal) error {
+	return writeJSONStatus(w, http.StatusOK, p)
+}
+
+// Credential formats: what consumers of a key read.
+var formats = map[string]func(w http.ResponseWriter, c access.Credential) error{
+	"json": func(w http.ResponseWriter, c access.Credential) error {
+		return writeJSONStatus(w, http.StatusOK, credentialDoc(c, 0))
+	},
+	// The AWS CLI and SDKs run a credential_process and read this document from its output.
+	"credential-process": func(w http.ResponseWriter, c access.Credential) error {
+		return writeJSONStatus(w, http.StatusOK, credentialDoc(c, 1))
+	},
+	"env": func(w http.ResponseWriter, c access.Credential) error {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, err := fmt.Fprintf(w, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n", c.AccessKeyID, c.SecretAccessKey.Reveal())
+		return err
+	},
+	"ini": func(w http.ResponseWriter, c access.Credential) error {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, err := fmt.Fprintf(w, "[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\n", c.Team, c.AccessKeyID, c.SecretAccessKey.Reveal())
+		return err
+	},
+}
+
+type credentialDocument struct {
+	Version         int    `json:"Version,omitempty"`
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string
+	Expiration      string `json:"Expiration,omitempty"`
+}
+
+func credentialDoc(c access.Credential, version int) credentialDocument {
+	d := credentialDocument{Version: version, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey.Reveal()}
+	if !c.Expiration.IsZero() {
+		d.Expiration = c.Expiration.UTC().Format(time.RFC3339)
+	}
+	return d
+}
+
+func (a *API) credentials(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	format := r.URL.Query().Get("format")
+	if format == "" {
+		format = "json"
+	}
+	write, ok := formats[format]
+	if !ok {
+		return badf("format %q: want json, credential-process, env or ini", format)
+	}
+	c, err := a.Access.Credentials(r.Context(), p, r.PathValue("team"))
+	if err != nil {
+		return err
+	}
+	return write(w, c)
+}
+
+func (a *API) rotate(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	id, err := a.Access.Rotate(r.Context(), p, r.PathValue("team"))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/rotations/"+strconv.FormatInt(id, 10))
+	return writeJSONStatus(w, http.StatusAccepted, map[string]any{"rotation_id": id, "status": "started"})
+}
+
+func (a *API) rotation(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return badf("rotation id %q: want a positive whole number", r.PathValue("id"))
+	}
+	rec, err := a.Access.Rotation(r.Context(), p, id)
+	if err != nil {
+		return err
+	}
+	status := "running"
+	if !rec.FinishedAt.IsZero() {
+		status = rec.Outcome
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"rotation_id": rec.ID, "identity": rec.Identity, "status": status,
+		"step": rec.Step, "phase": rec.Phase, "old_key_id": rec.OldKeyID, "new_key_id": rec.NewKeyID, "reason": rec.Reason,
+		"attempt": rec.Attempt, "started_at": rec.StartedAt, "finished_at": nullTime(rec.FinishedAt)})
+}
+
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+func (a *API) keys(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	versions, err := a.Vault.List(r.Context())
+	if err != nil {
+		return err
+	}
+	if versions == nil {
+		versions = []vault.Version{}
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"keys": versions})
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	versions, err := a.Vault.List(r.Context())
+	if err != nil {
+		return err
+	}
+	states := map[string]int{}
+	for _, v := range versions {
+		states[string(v.State)]++
+	}
+	teams, err := a.Auth.Teams(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"version": a.Version, "keys_by_state": states, "teams": len(teams)})
+}
+
+// audit serves the trail: GET /v1/audit?after=SEQ&limit=N&since=T&until=T&actor=&action=&target=.
+func (a *API) audit(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	q := r.URL.Query()
+	f := audit.Filter{Actor: q.Get("actor"), Action: q.Get("action"), Target: q.Get("target"), Limit: 100}
+	var err error
+	if v := q.Get("after"); v != "" {
+		if f.After, err = strconv.ParseInt(v, 10, 64); err != nil || f.After < 0 {
+			return badf("after %q: want a record number (0 or more)", v)
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 || f.Limit > 1000 {
+			return badf("limit %q: want 1 to 1000", v)
+		}
+	}
+	for name, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			if *dst, err = time.Parse(time.RFC3339, v); err != nil {
+				return badf("%s %q: want an RFC 3339 time such as 2026-11-22T10:00:00Z", name, v)
+			}
+		}
+	}
+	recs, next, err := a.Trail.Find(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	if recs == nil {
+		recs = []audit.Record{}
+	}
+	body := map[string]any{"records": recs}
+	if next > 0 {
+		body["next_after"] = next
+	}
+	return writeJSONStatus(w, http.StatusOK, body)
+}
+
+func (a *API) export(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	creds, err := a.Access.Export(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	type teamCredential struct {
+		Team     string         `json:"team"`
+		Identity vault.Identity `json:"identity"`
+		credentialDocument
+	}
+	out := make([]teamCredential, 0, len(creds))
+	for _, c := range creds {
+		out = append(out, teamCredential{Team: c.Team, Identity: c.Identity, credentialDocument: credentialDoc(c, 0)})
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"credentials": out})
+}
+
+func (a *API) listUsers(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	users, err := a.Auth.Users(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"users": orEmpty(users)})
+}
+
+func orEmpty[T any](list []T) []T {
+	if list == nil {
+		return []T{}
+	}
+	return list
+}
+
+type userRequest struct {
+	Name     string   `json:"name"`
+	Role     string   `json:"role"`
+	Teams    []string `json:"teams"`
+	Password string   `json:"password"`
+}
+
+func (a *API) addUser(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	var req userRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	role, err := auth.ParseRole(req.Role)
+	if err != nil {
+		return badf("body.role: %v", err)
+	}
+	if req.Password == "" {
+		return badf("body.password: required")
+	}
+	u, err := a.Auth.AddUser(r.Context(), p.ID(), req.Name, role, req.Teams, secret.New(req.Password))
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusCreated, u)
+}
+
+func (a *API) deleteUser(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	if err := a.Auth.DeleteUser(r.Context(), p.ID(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) listTeams(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	teams, err := a.Auth.Teams(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"teams": orEmpty(teams)})
+}
+
+type teamRequest struct {
+	Name      string `json:"name"`
+	IAMUser   string `json:"iam_user"`
+	AccountID string `json:"account_id"`
+}
+
+func (a *API) addTeam(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	var req teamRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if req.IAMUser == "" || req.AccountID == "" {
+		return badf("body: iam_user and account_id are required")
+	}
+	t, err := a.Auth.AddTeam(r.Context(), p.ID(), auth.Team{Name: req.Name,
+		Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: req.AccountID, UserName: req.IAMUser}})
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusCreated, t)
+}
+
+func (a *API) deleteTeam(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	if err := a.Auth.DeleteTeam(r.Context(), p.ID(), r.PathValue("team")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+type memberRequest struct {
+	Member string `json:"member"`
+}
+
+func (a *API) addMember(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	var req memberRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if req.Member == "" {
+		return badf("body.member: required (user:NAME or apikey:NAME)")
+	}
+	if err := a.Auth.AddMember(r.Context(), p.ID(), r.PathValue("team"), req.Member); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) listAPIKeys(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	keys, err := a.Auth.APIKeys(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"apikeys": orEmpty(keys)})
+}
+
+type apiKeyRequest struct {
+	Name    string   `json:"name"`
+	Role    string   `json:"role"`
+	Teams   []string `json:"teams"`
+	CIDRs   []string `json:"cidrs"`
+	Expires string   `json:"expires"`
+}
+
+func (a *API) createAPIKey(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	var req apiKeyRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	role, err := auth.ParseRole(req.Role)
+	if err != nil {
+		return badf("body.role: %v", err)
+	}
+	var cidrs []netip.Prefix
+	for i, c := range req.CIDRs {
+		pre, err := netip.ParsePrefix(c)
+		if err != nil {
+			return badf("body.cidrs[%d]: %q is not a CIDR such as 10.0.0.0/8", i, c)
+		}
+		cidrs = append(cidrs, pre.Masked())
+	}
+	var ttl time.Duration
+	if req.Expires != "" {
+		if ttl, err = time.ParseDuration(req.Expires); err != nil || ttl <= 0 {
+			return badf("body.expires %q: want a positive duration such as 2160h", req.Expires)
+		}
+	}
+	k, value, err := a.Auth.CreateAPIKey(r.Context(), p.ID(), req.Name, role, req.Teams, cidrs, ttl)
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusCreated, struct {
+		auth.APIKey
+		Key string `json:"key"`
+	}{k, value.Reveal()})
+}
+
+func (a *API) revokeAPIKey(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	if err := a.Auth.RevokeAPIKey(r.Context(), p.ID(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

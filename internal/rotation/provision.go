@@ -1,0 +1,95 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+type begunKey struct{}
+
+// WithBegun returns a context under which a visit that begins a rotation calls fn with its record
+// as soon as the beginning is durable (before the cloud is called): callers that start a rotation
+// and return at once (the API's POST /rotate) learn its id.
+func WithBegun(ctx context.Context, fn func(Record)) context.Context {
+	return context.WithValue(ctx, begunKey{}, fn)
+}
+
+func begun(ctx context.Context, rec Record) {
+	if fn, ok := ctx.Value(begunKey{}).(func(Record)); ok {
+		fn(rec)
+	}
+}
+
+// ErrHasForeignKey: the user already holds an active key that the vault has no secret for, so
+// Keyward cannot hand one out; import that key's secret, or delete the key, first.
+var ErrHasForeignKey = errors.New("the IAM user holds an active key whose secret Keyward does not have")
+
+// Provision gives a user that has no key yet its first one, through the same steps and records as
+// a rotation (begin, create, seal, verify, promote; the crash rules hold) with no old key. A user
+// that has a current key already is left alone; one whose active key Keyward does not hold is
+// ErrHasForeignKey. Whether a key was made or not, the user's current version is returned.
+func (e *Engine) Provision(ctx context.Context, u cloud.User) (Result, error) {
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
+	res := Result{Identity: id, Outcome: Skipped}
+	ctx = withOwners(ctx, u.Tags[TagOwner])
+	// An open rotation (a first provisioning interrupted, say) is finished first, as a visit would.
+	if _, open, err := e.Store.Open(ctx, id); err != nil {
+		return res, err
+	} else if open {
+		return e.Visit(ctx, u, false)
+	}
+	keys, versions, adopt, err := e.reconcile(ctx, id)
+	if err != nil {
+		return res, err
+	}
+	if current := currentVersion(versions); current != nil {
+		if !current.HasSecret {
+			return res, fmt.Errorf("%s: %w (%s): import it with keyward vault import", id, ErrHasForeignKey, current.AccessKeyID)
+		}
+		return res, nil
+	}
+	if adopt != nil || len(activeKeys(keys)) > 0 {
+		return res, fmt.Errorf("%s: %w: import its secret with keyward vault import, or delete the key", id, ErrHasForeignKey)
+	}
+	if len(keys) >= 2 {
+		return res, fmt.Errorf("%s: %w: it holds two inactive keys", id, ErrHasForeignKey)
+	}
+	var groups []string
+	if e.Policy.ExemptGroup != "" {
+		if groups, err = e.Cloud.UserGroups(ctx, u.AccountID, u.Name); err != nil {
+			return res, fmt.Errorf("list groups: %w", err)
+		}
+	}
+	pol, exempt, err := e.Policy.For(u, groups)
+	if err != nil {
+		return res, err
+	}
+	if exempt {
+		return res, fmt.Errorf("%s is exempt from rotation: Keyward does not create its keys", id)
+	}
+	now := e.now()
+	var rec Record
+	err = e.Store.Atomically(ctx, func(ctx context.Context) error {
+		var err error
+		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, Attempt: 1,
+			StartedAt: now, StepAt: now}, e.Owner, e.lease())
+		if err != nil {
+			return err
+		}
+		return e.record(ctx, e.event(ActionStarted, id, audit.Success, "rotation", fmt.Sprint(rec.ID), "reason", "first key"))
+	})
+	switch {
+	case errors.Is(err, ErrBusy), errors.Is(err, ErrStale):
+		res.Reason = "provisioned meanwhile by another process"
+		return res, nil
+	case err != nil:
+		return res, err
+	}
+	begun(ctx, rec)
+	return e.run(ctx, pol, rec, res, false)
+}
