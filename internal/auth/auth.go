@@ -40,7 +40,9 @@ type invalidError struct{ msg string }
 func (e *invalidError) Error() string        { return e.msg }
 func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
 
-func invalid(format string, args ...any) error { return &invalidError{msg: fmt.Sprintf(format, args...)} }
+func invalid(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
 
 // LockedError is ErrLocked with the time to wait.
 type LockedError struct{ RetryAfter time.Duration }

@@ -212,6 +212,11 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 	if r, done, err := e.retire(ctx, pol, id, versions, &res); err != nil || done {
 		return r, err
 	}
+	if len(res.Actions) > 0 { // a key was retired: what follows works on the keys as they are now
+		if keys, versions, adopt, err = e.reconcile(ctx, id); err != nil {
+			return e.cut(res, err)
+		}
+	}
 	current := currentVersion(versions)
 	if adopt != nil {
 		current = &vault.Version{Identity: id, AccessKeyID: adopt.ID, State: vault.StateCurrent, CreatedAt: adopt.CreatedAt.UTC()}
