@@ -37,7 +37,12 @@ type Options struct {
 }
 
 // Handler returns the HTTP handler: the probes, metrics, and the REST API when o.API is set.
-func Handler(o Options) http.Handler { return observe(o.Log, o.Metrics, newServer(o)) }
+func Handler(o Options) http.Handler {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return observe(o.Log, o.Metrics, newServer(o))
+}
 
 func newServer(o Options) *server {
 	if o.Log == nil {

@@ -1,0 +1,270 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+type credDoc struct {
+	Version         int
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string
+	Expiration      string
+}
+
+func (f *fixture) credentials(team string, h http.Header) (int, credDoc, []byte) {
+	f.t.Helper()
+	status, body := f.do("GET", "/v1/teams/"+team+"/credentials", h, nil)
+	var c credDoc
+	if status == http.StatusOK {
+		if err := json.Unmarshal(body, &c); err != nil {
+			f.t.Fatalf("credentials of %s: %s", team, body)
+		}
+	}
+	return status, c, body
+}
+
+// TestCredentialsRotateAndAudit: a team's first key is made on first access, formats, a rotation
+// through the API, the audit trail of it all, and no secret in any log line or audit record.
+func TestCredentialsRotateAndAudit(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		f := newFixture(t, d, nil)
+		status, first, body := f.credentials("payments", f.creds["member"])
+		if status != http.StatusOK || !strings.HasPrefix(first.AccessKeyID, "AKIA") || len(first.SecretAccessKey) != 40 {
+			t.Fatalf("first access: %d %s", status, body)
+		}
+		exp, err := time.Parse(time.RFC3339, first.Expiration)
+		if err != nil || exp.Sub(time.Now()) < 89*24*time.Hour {
+			t.Fatalf("expiration %q: %v", first.Expiration, err)
+		}
+		// The key is the one the cloud holds, and it works there.
+		keys := f.cloud.Keys(account, "payments-app")
+		if len(keys) != 1 || keys[0].ID != first.AccessKeyID || keys[0].Secret.Reveal() != first.SecretAccessKey {
+			t.Fatalf("cloud holds %+v", keys)
+		}
+		// The API key of the same team reads the same key.
+		if _, again, _ := f.credentials("payments", f.creds["apikey"]); again.AccessKeyID != first.AccessKeyID {
+			t.Fatalf("second read: %s, want %s", again.AccessKeyID, first.AccessKeyID)
+		}
+		// Formats.
+		for format, want := range map[string][]string{
+			"credential-process": {`"Version":1`, `"AccessKeyId":"` + first.AccessKeyID, `"Expiration":"`},
+			"env":                {"AWS_ACCESS_KEY_ID=" + first.AccessKeyID + "\n", "AWS_SECRET_ACCESS_KEY=" + first.SecretAccessKey},
+			"ini":                {"[payments]\naws_access_key_id = " + first.AccessKeyID},
+		} {
+			status, body := f.do("GET", "/v1/teams/payments/credentials?format="+format, f.creds["member"], nil)
+			for _, w := range want {
+				if status != 200 || !strings.Contains(string(body), w) {
+					t.Errorf("format %s: %d %s, want %q", format, status, body, w)
+				}
+			}
+		}
+
+		// An operator rotates; the new key is handed out once promoted, the old one stays active.
+		status, body = f.do("POST", "/v1/teams/payments/rotate", f.creds["operator"], nil)
+		var started struct {
+			RotationID int64 `json:"rotation_id"`
+		}
+		if status != http.StatusAccepted || json.Unmarshal(body, &started) != nil || started.RotationID == 0 {
+			t.Fatalf("rotate: %d %s", status, body)
+		}
+		if s := f.waitRotation(started.RotationID, f.creds["operator"]); s != "rotated" {
+			t.Fatalf("rotation ended %s", s)
+		}
+		_, second, _ := f.credentials("payments", f.creds["member"])
+		if second.AccessKeyID == first.AccessKeyID {
+			t.Fatal("the same key after a rotation")
+		}
+		if ks := f.cloud.Keys(account, "payments-app"); len(ks) != 2 || ks[0].Status != "Active" || ks[1].Status != "Active" {
+			t.Fatalf("after rotation the cloud holds %+v", ks)
+		}
+
+		// Export: admin with MFA, every team with a key.
+		status, body = f.do("GET", "/v1/export", f.creds["admin"], nil)
+		if status != 200 || !strings.Contains(string(body), second.AccessKeyID) || strings.Contains(string(body), "legacy") {
+			t.Fatalf("export: %d %s", status, body)
+		}
+
+		// The audit trail, through the API: reads, with who, which team, which key, from where.
+		status, body = f.do("GET", "/v1/audit?action=key.read&limit=2", f.creds["auditor"], nil)
+		var page struct {
+			Records []struct {
+				Seq                   int64
+				Actor, Action, Target string
+				SourceIP              string `json:"source_ip"`
+				RequestID             string `json:"request_id"`
+				Detail                map[string]string
+			}
+			NextAfter int64 `json:"next_after"`
+		}
+		if status != 200 || json.Unmarshal(body, &page) != nil || len(page.Records) != 2 || page.NextAfter == 0 {
+			t.Fatalf("audit page: %d %s", status, body)
+		}
+		r := page.Records[0]
+		if r.Actor != "user:member" || r.Detail["team"] != "payments" || r.Detail["access_key_id"] != first.AccessKeyID ||
+			r.Target != (vault.Identity{Cloud: "aws", AccountID: account, UserName: "payments-app"}).String() ||
+			r.SourceIP != "127.0.0.1" || r.RequestID == "" {
+			t.Fatalf("first read recorded as %+v", r)
+		}
+		status, body = f.do("GET", "/v1/audit?action=key.read&limit=1000&after="+itoa(page.NextAfter), f.creds["auditor"], nil)
+		var rest struct{ Records []struct{ Actor string } }
+		// Seven reads in all: the member's first, the API key's, three formats, one after the
+		// rotation, the export's of payments (search has no key yet, legacy's secret is unknown).
+		if status != 200 || json.Unmarshal(body, &rest) != nil || len(rest.Records) != 5 {
+			t.Fatalf("second page: %d %s", status, body)
+		}
+		status, body = f.do("GET", "/v1/audit?action=auth.&actor=user:operator", f.creds["admin"], nil)
+		if status != 200 || !strings.Contains(string(body), `"action":"auth.login"`) {
+			t.Fatalf("operator's logins: %d %s", status, body)
+		}
+
+		// No secret anywhere it must not be: log lines, audit records.
+		_, all := f.do("GET", "/v1/audit?limit=1000", f.creds["auditor"], nil)
+		for _, s := range []string{first.SecretAccessKey, second.SecretAccessKey, password.Reveal()} {
+			if strings.Contains(f.logs.String(), s) {
+				t.Errorf("a secret is in the logs")
+			}
+			if strings.Contains(string(all), s) {
+				t.Errorf("a secret is in the audit trail")
+			}
+		}
+	})
+}
+
+// TestTeamIsolation: a member of one team never gets another team's key, whatever the path says.
+func TestTeamIsolation(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	_, search, _ := f.credentials("search", f.creds["member-search"])
+	if search.AccessKeyID == "" {
+		t.Fatal("search has no key")
+	}
+	for _, path := range []string{
+		"search", "Search", "SEARCH", "search%00", "search%2F", "%73earch", "payments%2F..%2Fsearch", "payments/../search",
+		"./search", "search%20", "%20search", "sea%72ch", "search;payments", "search?x=payments", "3", "0",
+		"payments%2Fsearch", "..%2Fsearch", "payments/..%2Fsearch", "s%65arch", "search%23",
+	} {
+		resp := f.send("GET", "/v1/teams/"+path+"/credentials", f.creds["member"], nil)
+		var raw strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			raw.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		resp.Body.Close()
+		if strings.Contains(raw.String(), search.AccessKeyID) || strings.Contains(raw.String(), search.SecretAccessKey) {
+			t.Fatalf("%s: a member of payments got search's key", path)
+		}
+		if resp.StatusCode == http.StatusOK && !strings.HasPrefix(path, "payments") {
+			t.Errorf("%s: 200", path)
+		}
+	}
+}
+
+func prefixes(cidrs ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		out = append(out, netip.MustParsePrefix(c))
+	}
+	return out
+}
+
+// newServer serves a (changed) API anew.
+func newServer(t *testing.T, a *httpapi.API) *httptest.Server {
+	srv := httptest.NewServer(httpapi.Handler(httpapi.Options{API: a}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestNetworkRulesAndRateLimits(t *testing.T) {
+	t.Run("allowlist", func(t *testing.T) {
+		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+		f.api.AllowedCIDRs = prefixes("10.0.0.0/8")
+		f.srv = newServer(t, f.api)
+		status, body := f.do("GET", "/healthz", nil, nil)
+		if status != 403 || !strings.Contains(string(body), "127.0.0.1") {
+			t.Fatalf("from outside the allowlist: %d %s", status, body)
+		}
+	})
+	t.Run("proxies", func(t *testing.T) {
+		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, func(a *httpapi.API) {
+			a.AllowedCIDRs = prefixes("10.0.0.0/8", "127.0.0.1/32")
+			a.TrustedProxies = prefixes("127.0.0.1/32")
+		})
+		h := http.Header{"X-Forwarded-For": {"192.0.2.7, 10.1.2.3"}}
+		if status, _ := f.do("GET", "/healthz", h, nil); status != 200 {
+			t.Fatalf("through a trusted proxy from 10.1.2.3: %d", status)
+		}
+		h = http.Header{"X-Forwarded-For": {"10.1.2.3, 192.0.2.7"}}
+		if status, body := f.do("GET", "/healthz", h, nil); status != 403 || !strings.Contains(string(body), "192.0.2.7") {
+			t.Fatalf("through a trusted proxy from 192.0.2.7: %d %s", status, body)
+		}
+		// The address the audit trail records is the client's, not the proxy's.
+		h = f.creds["member"].Clone()
+		h.Set("X-Forwarded-For", "10.9.8.7")
+		if status, body := f.do("GET", "/v1/teams/payments/credentials", h, nil); status != 200 {
+			t.Fatalf("read through the proxy: %d %s", status, body)
+		}
+		_, body := f.do("GET", "/v1/audit?action=key.read", f.creds["auditor"], nil)
+		if !strings.Contains(string(body), `"source_ip":"10.9.8.7"`) {
+			t.Fatalf("audit: %s", body)
+		}
+	})
+	t.Run("untrusted X-Forwarded-For", func(t *testing.T) {
+		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, func(a *httpapi.API) {
+			a.AllowedCIDRs = prefixes("127.0.0.1/32")
+		})
+		if status, _ := f.do("GET", "/healthz", http.Header{"X-Forwarded-For": {"10.1.2.3"}}, nil); status != 200 {
+			t.Fatalf("a forged X-Forwarded-For from a non-proxy changed the address: %d", status)
+		}
+	})
+	t.Run("rate limits", func(t *testing.T) {
+		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+		f.api.RatePerPrincipal = 1 // takes effect on a new handler: build one
+		srv := f.srv
+		f.srv = newServer(t, f.api)
+		defer func() { f.srv = srv }()
+		codes := map[int]int{}
+		var retry string
+		for range 4 {
+			resp := f.send("GET", "/v1/me", f.creds["auditor"], nil)
+			codes[resp.StatusCode]++
+			if resp.StatusCode == 429 {
+				retry = resp.Header.Get("Retry-After")
+			}
+			resp.Body.Close()
+		}
+		if codes[200] != 2 || codes[429] != 2 || retry != "1" {
+			t.Fatalf("4 requests at 1/s (bursts of 2): %v, Retry-After %q", codes, retry)
+		}
+		// Another principal has its own budget.
+		if status, _ := f.do("GET", "/v1/me", f.creds["operator"], nil); status != 200 {
+			t.Fatalf("another principal: %d", status)
+		}
+	})
+	t.Run("login lockout", func(t *testing.T) {
+		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+		var statuses []int
+		var retry string
+		for range 4 {
+			resp := f.send("POST", "/v1/auth/login", nil, map[string]string{"username": "operator", "password": "wrong password!"})
+			statuses = append(statuses, resp.StatusCode)
+			retry = resp.Header.Get("Retry-After")
+			resp.Body.Close()
+		}
+		if len(statuses) != 4 || statuses[0] != 401 || statuses[2] != 401 || statuses[3] != 429 || retry == "" {
+			t.Fatalf("statuses %v, Retry-After %q", statuses, retry)
+		}
+	})
+}
