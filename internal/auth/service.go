@@ -281,7 +281,7 @@ func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, erro
 	if err := t.Identity.Validate(); err != nil {
 		return Team{}, invalid("team %q: %v", t.Name, err)
 	}
-	t.CreatedAt, t.Members = s.now().UTC(), nil
+	t.CreatedAt, t.Members = s.now().UTC(), []string{}
 	err := s.changed(ctx, func(ctx context.Context) error {
 		if err := s.store.CreateTeam(ctx, t); err != nil {
 			return fmt.Errorf("team %q (%s): %w", t.Name, t.Identity, err)

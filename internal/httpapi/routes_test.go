@@ -160,7 +160,7 @@ func TestRouteRoleTable(t *testing.T) {
 			if pattern == "POST /v1/auth/logout" && row[i] == 204 {
 				h = bearerOrKey(f, who) // a fresh token: logout revokes it
 			}
-			got, resp := f.do(method, path, h, reqBody)
+			got, resp := f.doChecked(method, path, h, reqBody)
 			if got != row[i] {
 				t.Errorf("%s as %s: %d, want %d: %s", pattern, who, got, row[i], resp)
 				continue

@@ -157,7 +157,11 @@ func (s *Auth) Team(ctx context.Context, name string) (auth.Team, error) {
 
 func (s *Auth) members(ctx context.Context, team string) ([]string, error) {
 	rows, err := s.db.query(ctx, `SELECT principal FROM team_members WHERE team = $1 ORDER BY principal`, team)
-	return collect(rows, err, scanString)
+	members, err := collect(rows, err, scanString)
+	if members == nil && err == nil {
+		members = []string{}
+	}
+	return members, err
 }
 
 func scanString(rows *sql.Rows) (string, error) {
