@@ -39,7 +39,7 @@ var password = secret.New("a long enough password")
 // fixture is a Keyward API over a real database and the simulated cloud, with a principal of every
 // kind signed in.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	db     *store.DB
 	vault  *vault.Vault
 	svc    *auth.Service
@@ -58,8 +58,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func testAuthConfig() auth.Config {
 	return auth.Config{Argon2: auth.Argon2Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1},
@@ -69,7 +73,7 @@ func testAuthConfig() auth.Config {
 }
 
 // newFixture starts the API on d; adjust may change the API's settings before it serves.
-func newFixture(t *testing.T, d testenv.Database, adjust func(*httpapi.API)) *fixture {
+func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	db := storetest.Open(t, d)
