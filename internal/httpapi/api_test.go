@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -180,10 +181,10 @@ func prefixes(cidrs ...string) []netip.Prefix {
 	return out
 }
 
-// newServer serves a (changed) API anew.
-func newServer(t *testing.T, a *httpapi.API) *httptest.Server {
-	srv := httptest.NewServer(httpapi.Handler(httpapi.Options{API: a}))
-	t.Cleanup(srv.Close)
+// reserve serves the (changed) API anew, logging to the fixture's log.
+func (f *fixture) reserve() *httptest.Server {
+	srv := httptest.NewServer(httpapi.Handler(httpapi.Options{API: f.api, Log: slog.New(slog.NewJSONHandler(f.logs, nil))}))
+	f.t.Cleanup(srv.Close)
 	return srv
 }
 
@@ -191,7 +192,7 @@ func TestNetworkRulesAndRateLimits(t *testing.T) {
 	t.Run("allowlist", func(t *testing.T) {
 		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
 		f.api.AllowedCIDRs = prefixes("10.0.0.0/8")
-		f.srv = newServer(t, f.api)
+		f.srv = f.reserve()
 		status, body := f.do("GET", "/healthz", nil, nil)
 		if status != 403 || !strings.Contains(string(body), "127.0.0.1") {
 			t.Fatalf("from outside the allowlist: %d %s", status, body)
@@ -233,7 +234,7 @@ func TestNetworkRulesAndRateLimits(t *testing.T) {
 		f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
 		f.api.RatePerPrincipal = 1 // takes effect on a new handler: build one
 		srv := f.srv
-		f.srv = newServer(t, f.api)
+		f.srv = f.reserve()
 		defer func() { f.srv = srv }()
 		codes := map[int]int{}
 		var retry string

@@ -147,6 +147,8 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &locked):
 		tooMany(w, r, locked.RetryAfter, "too many failed attempts")
 	case errors.Is(err, auth.ErrUnauthenticated):
+		// The caller is told nothing of why; the log says, for whoever runs Keyward.
+		s.log.Info("authentication failed", "request_id", RequestID(r.Context()), "reason", err.Error())
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keyward"`)
 		problem(w, r, http.StatusUnauthorized, "unauthenticated", "a valid token (Authorization: Bearer) or API key (X-API-Key) is required")
 	case errors.Is(err, auth.ErrMFARequired):
