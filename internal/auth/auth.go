@@ -229,9 +229,9 @@ type Store interface {
 	UpdateUser(ctx context.Context, u User) error // role, password hash, subject, MFA, disabled, generation
 	DeleteUser(ctx context.Context, name string) error
 
-	CreateTeam(ctx context.Context, t Team) error // ErrExists (the name, or the identity)
-	Team(ctx context.Context, name string) (Team, error)
-	Teams(ctx context.Context) ([]Team, error)
+	CreateTeam(ctx context.Context, t Team) error        // ErrExists (the name, or the identity)
+	Team(ctx context.Context, name string) (Team, error) // without its members (read on every request)
+	Teams(ctx context.Context) ([]Team, error)           // with their members
 	DeleteTeam(ctx context.Context, name string) error
 	AddMember(ctx context.Context, team, principal string) error
 	RemoveMember(ctx context.Context, team, principal string) error

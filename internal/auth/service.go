@@ -327,7 +327,7 @@ func (s *Service) AddMember(ctx context.Context, actor, team, principal string) 
 	}, event(actor, ActionMemberAdded, "team:"+team, audit.Success, "member", principal))
 }
 
-// Team returns a team with its members.
+// Team returns a team (without its members: see Teams).
 func (s *Service) Team(ctx context.Context, name string) (Team, error) {
 	t, err := s.store.Team(ctx, name)
 	if err != nil {

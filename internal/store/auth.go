@@ -147,12 +147,7 @@ func (s *Auth) CreateTeam(ctx context.Context, t auth.Team) error {
 
 // Team implements auth.Store.
 func (s *Auth) Team(ctx context.Context, name string) (auth.Team, error) {
-	t, err := scanTeam(s.db.queryRow(ctx, `SELECT `+teamColumns+` FROM teams WHERE name = $1`, name))
-	if err != nil {
-		return t, err
-	}
-	t.Members, err = s.members(ctx, name)
-	return t, err
+	return scanTeam(s.db.queryRow(ctx, `SELECT `+teamColumns+` FROM teams WHERE name = $1`, name))
 }
 
 func (s *Auth) members(ctx context.Context, team string) ([]string, error) {
