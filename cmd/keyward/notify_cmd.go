@@ -2,17 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/notify/awsnotify"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // notifier queues notices as the configuration routes them; nil when no channel is configured.
@@ -34,10 +37,19 @@ func (a *app) notifier(db *store.DB) *notify.Notifier {
 	for _, o := range n.Owners {
 		r.Owners = append(r.Owners, notify.OwnerRoute{Account: o.Account, UserGlob: o.UserGlob, Emails: o.Emails, Events: o.Events})
 	}
-	if len(r.Global) == 0 && len(r.Owners) == 0 && !emailConfigured(n) {
+	for _, t := range n.Teams {
+		r.Teams = append(r.Teams, notify.TeamRoute{Team: t.Team, Emails: t.Emails, Events: t.Events})
+	}
+	if len(r.Global) == 0 && len(r.Owners) == 0 && len(r.Teams) == 0 && !emailConfigured(n) {
 		return nil
 	}
-	return &notify.Notifier{Outbox: db.Outbox(), Router: r}
+	return &notify.Notifier{Outbox: db.Outbox(), Router: r, TeamOf: func(ctx context.Context, account, user string) (string, error) {
+		t, err := db.Auth().TeamOf(ctx, vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: user})
+		if errors.Is(err, auth.ErrNotFound) {
+			return "", nil
+		}
+		return t.Name, err
+	}}
 }
 
 // emailConfigured says whether e-mail can leave, so that owners named by tag can be told.

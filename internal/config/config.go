@@ -108,6 +108,8 @@ type Notify struct {
 	Admin NotifyRecipients `yaml:"admin"`
 	// Owners give the owners of matching users their address (besides the keyward:owner tag).
 	Owners []NotifyOwner `yaml:"owners"`
+	// Teams give Keyward teams (keyward team add) addresses for the events of the IAM user they own.
+	Teams []NotifyTeam `yaml:"teams"`
 	// OwnerEvents are the events owners named by a user's keyward:owner tag are told of.
 	OwnerEvents []string        `yaml:"owner_events"`
 	Email       NotifyEmail     `yaml:"email"`
@@ -129,6 +131,13 @@ type NotifyOwner struct {
 	UserGlob string   `yaml:"user_glob"`
 	Emails   []string `yaml:"emails"`
 	Events   []string `yaml:"events"`
+}
+
+// NotifyTeam gives a team's addresses and the events they want.
+type NotifyTeam struct {
+	Team   string   `yaml:"team"`
+	Emails []string `yaml:"emails"`
+	Events []string `yaml:"events"`
 }
 
 // NotifyEmail says how e-mail leaves: through an SMTP relay or AWS SES, from which address.
@@ -434,7 +443,10 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 }
 
-var accountRe = regexp.MustCompile(`^[0-9]{12}$`)
+var (
+	accountRe  = regexp.MustCompile(`^[0-9]{12}$`)
+	teamNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+)
 
 // checkKeyMaterial checks that v is the base64 of 32 bytes, without saying anything about its content.
 func checkKeyMaterial(v secret.Value) error {
@@ -504,6 +516,17 @@ func (n *Notify) validate(report func(key, format string, args ...any)) {
 			report(key+".emails", "list at least one address")
 		}
 		events(key+".events", o.Events)
+		wantsEmail = true
+	}
+	for i, t := range n.Teams {
+		key := fmt.Sprintf("notify.teams[%d]", i)
+		if !teamNameRe.MatchString(t.Team) {
+			report(key+".team", "want a team's name, as keyward team add made it (got %q)", t.Team)
+		}
+		if !emails(key+".emails", t.Emails) {
+			report(key+".emails", "list at least one address")
+		}
+		events(key+".events", t.Events)
 		wantsEmail = true
 	}
 	// Owners named by tag may appear at any time: e-mail must be set up to reach them.

@@ -44,7 +44,8 @@ type Notice struct {
 	Account   string            `json:"account"`
 	User      string            `json:"user"`
 	Identity  string            `json:"identity"`
-	Owners    []string          `json:"-"` // e-mail addresses of the identity's owners (its keyward:owner tag)
+	Owners    []string          `json:"-"`              // e-mail addresses of the identity's owners (its keyward:owner tag)
+	Team      string            `json:"team,omitempty"` // the Keyward team that owns the identity, if any
 	Detail    map[string]string `json:"detail,omitempty"`
 	Reason    string            `json:"reason,omitempty"`
 	KeyID     string            `json:"access_key_id,omitempty"`
@@ -86,6 +87,8 @@ func (r Route) Wants(event string) bool {
 type Router struct {
 	Global []Route
 	Owners []OwnerRoute
+	// Teams give the Keyward team that owns an identity its addresses.
+	Teams []TeamRoute
 	// OwnerEvents are what owners named by tag receive (none: all).
 	OwnerEvents []string
 }
@@ -96,6 +99,13 @@ type OwnerRoute struct {
 	UserGlob string
 	Emails   []string
 	Events   []string
+}
+
+// TeamRoute tells a team's addresses of the events (globs; none: all) of the identity it owns.
+type TeamRoute struct {
+	Team   string
+	Emails []string
+	Events []string
 }
 
 // Routes returns the notice's destinations, each once.
@@ -116,6 +126,13 @@ func (r *Router) Routes(n Notice) []Route {
 		if ok, _ := path.Match(o.UserGlob, n.User); ok && (o.Account == "" || o.Account == n.Account) {
 			for _, e := range o.Emails {
 				add(Route{Channel: channelEmail, Destination: e, Events: o.Events})
+			}
+		}
+	}
+	for _, t := range r.Teams {
+		if n.Team != "" && t.Team == n.Team {
+			for _, e := range t.Emails {
+				add(Route{Channel: channelEmail, Destination: e, Events: t.Events})
 			}
 		}
 	}
@@ -150,12 +167,21 @@ type Notifier struct {
 	Outbox Outbox
 	Router *Router
 	Now    func() time.Time
+	// TeamOf, when set, names the team that owns a notice's identity ("" none), for team routes.
+	TeamOf func(ctx context.Context, account, user string) (string, error)
 }
 
 // Notify queues the notice for each of its destinations (none: nothing to do).
 func (n *Notifier) Notify(ctx context.Context, notice Notice) error {
 	if notice.ID == "" || notice.Event == "" {
 		return errors.New("notice without an id or an event")
+	}
+	if n.TeamOf != nil && notice.Team == "" && len(n.Router.Teams) > 0 {
+		team, err := n.TeamOf(ctx, notice.Account, notice.User)
+		if err != nil {
+			return fmt.Errorf("team of %s: %w", notice.Identity, err)
+		}
+		notice.Team = team
 	}
 	var ds []Delivery
 	for _, rt := range n.Router.Routes(notice) {

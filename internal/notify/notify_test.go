@@ -27,11 +27,13 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 func notice(event, id string) notify.Notice {
@@ -378,4 +380,45 @@ func TestSlack(t *testing.T) {
 	if err := ch.Send(context.Background(), notify.Delivery{ID: "d2", Destination: "unknown"}, msg); !errors.As(err, &perm) {
 		t.Fatalf("an unknown Slack route: %v", err)
 	}
+}
+
+// TestTeamRoutes: a notice about an identity a Keyward team owns goes to the team's addresses (the
+// team found in the database), for the events the team wants; one about another identity does not.
+func TestTeamRoutes(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		db := storetest.Open(t, d)
+		if err := db.Auth().CreateTeam(ctx, auth.Team{Name: "deploy", CreatedAt: time.Now(),
+			Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: "123456789012", UserName: "ci-deploy"}}); err != nil {
+			t.Fatal(err)
+		}
+		n := &notify.Notifier{Outbox: db.Outbox(), Router: &notify.Router{Teams: []notify.TeamRoute{
+			{Team: "deploy", Emails: []string{"deploy-oncall@example.com"}, Events: []string{"rotation.*"}},
+			{Team: "other", Emails: []string{"other@example.com"}}}},
+			TeamOf: func(ctx context.Context, account, user string) (string, error) {
+				team, err := db.Auth().TeamOf(ctx, vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: user})
+				if errors.Is(err, auth.ErrNotFound) {
+					return "", nil
+				}
+				return team.Name, err
+			}}
+		for _, nt := range []notify.Notice{notice(notify.RotationFailed, "f1"), notice(notify.KeyRotated, "r1")} {
+			if err := n.Notify(ctx, nt); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stranger := notice(notify.RotationFailed, "f2")
+		stranger.User, stranger.Identity = "someone-else", "aws:123456789012:someone-else"
+		if err := n.Notify(ctx, stranger); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := db.Outbox().Claim(ctx, "test", time.Now().Add(time.Hour), time.Now().Add(2*time.Hour), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) != 1 || ds[0].Destination != "deploy-oncall@example.com" || ds[0].Notice.Event != notify.RotationFailed ||
+			ds[0].Notice.Team != "deploy" {
+			t.Fatalf("deliveries: %+v", ds)
+		}
+	})
 }
