@@ -52,13 +52,6 @@ func found(n int64, err error) error {
 	return err
 }
 
-func nullMicrosOf(t time.Time) sql.NullInt64 {
-	if t.IsZero() {
-		return sql.NullInt64{}
-	}
-	return sql.NullInt64{Int64: micros(t), Valid: true}
-}
-
 func boolInt(b bool) int64 {
 	if b {
 		return 1
@@ -87,7 +80,7 @@ func scanUser(row scanner) (auth.User, error) {
 func (s *Auth) CreateUser(ctx context.Context, u auth.User) error {
 	_, err := s.exec(ctx, `INSERT INTO users (`+userColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		u.Name, string(u.Role), nullString(u.PasswordHash), nullString(u.OIDCSubject), boolInt(u.MFAEnrolled),
-		nullMicrosOf(u.DisabledAt), u.Generation, micros(u.CreatedAt))
+		nullMicros(u.DisabledAt), u.Generation, micros(u.CreatedAt))
 	return err
 }
 
@@ -112,7 +105,7 @@ func (s *Auth) UpdateUser(ctx context.Context, u auth.User) error {
 	return found(s.exec(ctx, `UPDATE users SET role = $1, password_hash = $2, oidc_subject = $3, mfa_enrolled = $4,
 		disabled_at = $5, token_generation = $6 WHERE name = $7`,
 		string(u.Role), nullString(u.PasswordHash), nullString(u.OIDCSubject), boolInt(u.MFAEnrolled),
-		nullMicrosOf(u.DisabledAt), u.Generation, u.Name))
+		nullMicros(u.DisabledAt), u.Generation, u.Name))
 }
 
 // DeleteUser implements auth.Store.
@@ -157,12 +150,6 @@ func (s *Auth) members(ctx context.Context, team string) ([]string, error) {
 		members = []string{}
 	}
 	return members, err
-}
-
-func scanString(rows *sql.Rows) (string, error) {
-	var v string
-	err := rows.Scan(&v)
-	return v, err
 }
 
 // Teams implements auth.Store.
@@ -250,7 +237,7 @@ func (s *Auth) CreateAPIKey(ctx context.Context, k auth.APIKey) error {
 		cidrs[i] = c.String()
 	}
 	_, err := s.exec(ctx, `INSERT INTO api_keys (`+apiKeyColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		k.Name, k.KeyID, k.Hash, string(k.Role), strings.Join(cidrs, " "), nullMicrosOf(k.ExpiresAt), nullMicrosOf(k.RevokedAt),
+		k.Name, k.KeyID, k.Hash, string(k.Role), strings.Join(cidrs, " "), nullMicros(k.ExpiresAt), nullMicros(k.RevokedAt),
 		k.Generation, micros(k.CreatedAt))
 	return err
 }
@@ -274,7 +261,7 @@ func (s *Auth) APIKeys(ctx context.Context) ([]auth.APIKey, error) {
 // UpdateAPIKey implements auth.Store.
 func (s *Auth) UpdateAPIKey(ctx context.Context, k auth.APIKey) error {
 	return found(s.exec(ctx, `UPDATE api_keys SET revoked_at = $1, token_generation = $2 WHERE name = $3`,
-		nullMicrosOf(k.RevokedAt), k.Generation, k.Name))
+		nullMicros(k.RevokedAt), k.Generation, k.Name))
 }
 
 // LoginFailures implements auth.Store.
@@ -295,7 +282,7 @@ func (s *Auth) LoginFailures(ctx context.Context, subject string) (auth.Failures
 func (s *Auth) SetLoginFailures(ctx context.Context, subject string, f auth.Failures) error {
 	_, err := s.exec(ctx, `INSERT INTO login_failures (subject, failures, last_at, locked_until) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at,
-		locked_until = excluded.locked_until`, subject, f.Count, micros(f.LastAt), nullMicrosOf(f.LockedUntil))
+		locked_until = excluded.locked_until`, subject, f.Count, micros(f.LastAt), nullMicros(f.LockedUntil))
 	return err
 }
 

@@ -345,11 +345,7 @@ func (s *Vault) VersionByKey(ctx context.Context, accessKeyID string) (vault.Ver
 func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 	rows, err := s.db.query(ctx, `SELECT kek_id FROM credential_versions WHERE kek_id IS NOT NULL
 		UNION SELECT kek_id FROM signing_keys UNION SELECT kek_id FROM sealed_blobs ORDER BY kek_id`)
-	ids, err := collect(rows, err, func(rows *sql.Rows) (string, error) {
-		var id string
-		err := rows.Scan(&id)
-		return id, err
-	})
+	ids, err := collect(rows, err, scanString)
 	if err != nil {
 		return nil, fmt.Errorf("list key-encryption keys in use: %w", err)
 	}
@@ -451,6 +447,13 @@ func collect[T any](rows *sql.Rows, err error, scan func(*sql.Rows) (T, error)) 
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// scanString reads a row of one text column, for collect.
+func scanString(rows *sql.Rows) (string, error) {
+	var v string
+	err := rows.Scan(&v)
+	return v, err
 }
 
 const signingKeyColumns = `id, purpose, public_key, kek_id, wrapped_key, ciphertext, created_at`
