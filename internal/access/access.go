@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
@@ -190,7 +191,10 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 	go func() {
 		var res rotation.Result
 		var err error
-		if _, cerr := s.Vault.Current(bg, t.Identity); errors.Is(cerr, vault.ErrNotFound) {
+		// A team without a current key gets its first one; whether it has one is metadata: no secret
+		// is opened for it.
+		versions, verr := s.Vault.VersionsOf(bg, t.Identity)
+		if verr == nil && !slices.ContainsFunc(versions, func(v vault.Version) bool { return v.State == vault.StateCurrent }) {
 			res, err = s.Engine.Provision(bg, u)
 		} else {
 			res, err = s.Engine.Visit(bg, u, true)

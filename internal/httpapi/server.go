@@ -75,9 +75,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tooMany(w, r, wait, "too many requests from "+ip.String())
 		return
 	}
-	if _, pattern := s.mux.Handler(r); pattern == "" {
+	if h, pattern := s.mux.Handler(r); pattern == "" {
 		c := &capture{header: http.Header{}}
-		h, _ := s.mux.Handler(r)
 		h.ServeHTTP(c, r)
 		if allow := c.header.Get("Allow"); allow != "" {
 			w.Header().Set("Allow", allow)
