@@ -200,7 +200,7 @@ func TestKillDuringLargePass(t *testing.T) {
 
 	cmd := exec.Command(faultyKeyward(t), "rotate", "--once")
 	cmd.Dir, cmd.Env = w.env.dir, w.env.vars
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -359,21 +359,9 @@ func TestConcurrentMigrateProcesses(t *testing.T) {
 type serveProcess struct {
 	cmd  *exec.Cmd
 	addr string
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 	done chan error
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func startServe(t *testing.T, e *env) *serveProcess {
 	t.Helper()
@@ -386,7 +374,7 @@ func startServe(t *testing.T, e *env) *serveProcess {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &serveProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	p := &serveProcess{cmd: cmd, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -489,7 +477,7 @@ func TestServeDemo(t *testing.T) {
 	e := &env{dir: t.TempDir(), vars: append(baseVars(), "TMPDIR="+t.TempDir(), "KEYWARD_SERVER_LISTEN=127.0.0.1:0")}
 	cmd := exec.Command(binary, "serve", "--demo", "--log-format", "json")
 	cmd.Dir, cmd.Env = e.dir, e.vars
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,23 +46,11 @@ type fixture struct {
 	trail  *audit.Trail
 	api    *httpapi.API
 	srv    *httptest.Server
-	logs   *syncBuffer
+	logs   *testenv.SyncBuffer
 	creds  map[string]http.Header // principal → the headers it authenticates with
 	seeds  map[string]string      // user → TOTP seed
 	engine *rotation.Engine
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func testAuthConfig() auth.Config {
 	return auth.Config{Argon2: auth.Argon2Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1},
@@ -78,7 +65,7 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	ctx := context.Background()
 	db := storetest.Open(t, d)
 	v := storetest.Vault(t, db, nil)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	trail := audit.New(db.Audit(), nil, log)
 	svc, err := auth.New(testAuthConfig(), db.Auth(), v, trail, nil)
