@@ -44,6 +44,7 @@ type Tokens struct {
 	ttl         time.Duration
 	keyRotation time.Duration
 	now         func() time.Time
+	parser      *jwt.Parser
 
 	mu       sync.RWMutex
 	loaded   []vault.SigningKey // oldest first
@@ -57,7 +58,12 @@ func NewTokens(keys TokenKeys, issuer, audience string, ttl, keyRotation time.Du
 	if now == nil {
 		now = time.Now
 	}
-	return &Tokens{keys: keys, issuer: issuer, audience: audience, ttl: ttl, keyRotation: keyRotation, now: now}
+	// One parser for every token (it is read-only once made): EdDSA only; issuer, audience, expiry and
+	// not-before all required.
+	parser := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithIssuer(issuer),
+		jwt.WithAudience(audience), jwt.WithExpirationRequired(), jwt.WithNotBeforeRequired(), jwt.WithTimeFunc(now),
+		jwt.WithStrictDecoding())
+	return &Tokens{keys: keys, issuer: issuer, audience: audience, ttl: ttl, keyRotation: keyRotation, now: now, parser: parser}
 }
 
 // TTL is a token's lifetime.
@@ -163,10 +169,7 @@ func (t *Tokens) Issue(ctx context.Context, subject string, generation int64, mf
 // returns its claims. Any failure is ErrUnauthenticated (the reason is wrapped for logs).
 func (t *Tokens) Parse(ctx context.Context, token string) (Claims, error) {
 	var claims Claims
-	parser := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithIssuer(t.issuer),
-		jwt.WithAudience(t.audience), jwt.WithExpirationRequired(), jwt.WithNotBeforeRequired(), jwt.WithTimeFunc(t.now),
-		jwt.WithStrictDecoding())
-	_, err := parser.ParseWithClaims(token, &claims, func(tok *jwt.Token) (any, error) {
+	_, err := t.parser.ParseWithClaims(token, &claims, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)
 		key, ok := t.key(kid)
 		if !ok {
