@@ -151,12 +151,16 @@ func (db *DB) queryRow(ctx context.Context, query string, args ...any) *sql.Row 
 	return st.QueryRowContext(ctx, args...)
 }
 
-// query runs a many-row read, inside the unit of work ctx carries if any.
+// query runs a many-row read through a kept statement, inside the unit of work ctx carries if any.
 func (db *DB) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	if tx := db.txFrom(ctx); tx != nil {
-		return tx.QueryContext(ctx, query, args...)
+		return tx.query(ctx, query, args...)
 	}
-	return db.sql.QueryContext(ctx, query, args...)
+	st, err := db.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
 }
 
 // A transaction must never wait for a second connection: with SQLite, the other pooled connections

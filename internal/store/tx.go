@@ -69,6 +69,14 @@ func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row 
 	return tx.QueryRowContext(ctx, query, args...)
 }
 
+// query runs a many-row read in the transaction.
+func (tx *Tx) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, query, args...)
+}
+
 // inTx runs fn in one transaction, committed when fn returns nil; inside a unit of work (see
 // Atomically), fn runs in its transaction, which commits with the unit. On SQLite the transaction
 // may be shared with other callers' (see committer); fn's work stays all or nothing.
@@ -221,21 +229,21 @@ var errTxLost = errors.New("write transaction rolled back: try again")
 // transaction's memory (identity rows it looked up or created, the audit trail's end) goes with its
 // savepoint.
 func (tx *Tx) member(ctx context.Context, w *write) error {
-	if _, err := tx.ExecContext(ctx, "SAVEPOINT "+savepoint); err != nil {
+	if _, err := tx.exec(ctx, "SAVEPOINT "+savepoint); err != nil {
 		return fmt.Errorf("%w: %v", errTxLost, err)
 	}
 	identities, auditHead := maps.Clone(tx.identities), tx.auditHead
 	if err := w.fn(tx); err != nil {
 		tx.identities, tx.auditHead = identities, auditHead
-		if _, err2 := tx.ExecContext(ctx, "ROLLBACK TO "+savepoint); err2 != nil {
+		if _, err2 := tx.exec(ctx, "ROLLBACK TO "+savepoint); err2 != nil {
 			return fmt.Errorf("%w: %v", errTxLost, err2)
 		}
-		if _, err2 := tx.ExecContext(ctx, "RELEASE "+savepoint); err2 != nil {
+		if _, err2 := tx.exec(ctx, "RELEASE "+savepoint); err2 != nil {
 			return fmt.Errorf("%w: %v", errTxLost, err2)
 		}
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, "RELEASE "+savepoint); err != nil {
+	if _, err := tx.exec(ctx, "RELEASE "+savepoint); err != nil {
 		return fmt.Errorf("%w: %v", errTxLost, err)
 	}
 	return nil

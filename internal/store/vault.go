@@ -290,7 +290,7 @@ func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64,
 		if to == vault.StateDestroyed {
 			shred = ", kek_id = NULL, wrapped_key = NULL, ciphertext = NULL"
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE credential_versions SET state = $1, `+column+` = $2`+shred+`
+		res, err := tx.exec(ctx, `UPDATE credential_versions SET state = $1, `+column+` = $2`+shred+`
 			WHERE identity_id = $3 AND version = $4 AND state = $5`, to, micros(at), identity, number, from)
 		if err != nil {
 			return err
