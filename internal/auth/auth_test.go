@@ -507,3 +507,61 @@ func TestTokensRefused(t *testing.T) {
 	}
 	_ = fresh
 }
+
+// A token checked once is remembered, but only its signature check is spared: a changed byte, its
+// expiry and the retirement of the key that signed it each refuse it again.
+func TestRememberedTokensCheckedOnEveryUse(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
+	pw := secret.New("a long enough password")
+	if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+		t.Fatal(err)
+	}
+	login, err := w.svc.Login(ctx, "alice", pw, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := login.Token.Reveal()
+	keys, err := w.v.SigningKeys(ctx, auth.PurposeToken)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("%d keys: %v", len(keys), err)
+	}
+	now := w.clock.Now()
+	long := forged(t, jwt.SigningMethodEdDSA, keys[0].Signer(), keys[0].ID, jwt.MapClaims{"iss": "https://keyward.test",
+		"aud": "keyward", "sub": "user:alice", "gen": 0, "exp": now.Add(48 * time.Hour).Unix(), "nbf": now.Unix()})
+	accepted := func(name, tok string, want bool) {
+		t.Helper()
+		_, err := w.svc.Authenticate(ctx, tok)
+		if want && err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !want && !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("%s: accepted (%v)", name, err)
+		}
+	}
+	for range 2 {
+		accepted("the login's token", short, true)
+		accepted("a long-lived token", long, true)
+	}
+	// One byte of the signature changed (not the last character, whose low bits base64 ignores).
+	i := len(short) - 5
+	tampered := short[:i] + string("AB"[map[bool]int{true: 1}[short[i] == 'A']]) + short[i+1:]
+	accepted("the remembered token with its signature changed", tampered, false)
+	accepted("the login's token, after a changed copy was refused", short, true)
+
+	w.clock.Add(2*time.Minute + time.Second)
+	accepted("the login's token once expired", short, false)
+	accepted("a long-lived token after two minutes", long, true)
+
+	// A day later a new key signs; the old one checks its tokens for one token lifetime more.
+	w.clock.Add(24 * time.Hour)
+	if _, err := w.svc.Login(ctx, "alice", pw, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := w.v.SigningKeys(ctx, auth.PurposeToken); len(keys) != 2 {
+		t.Fatalf("%d signing keys after a day", len(keys))
+	}
+	accepted("a token of the previous key, just after rotation", long, true)
+	w.clock.Add(2*time.Minute + time.Second)
+	accepted("a token of a retired key, unexpired and remembered", long, false)
+}

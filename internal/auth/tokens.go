@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -50,7 +51,26 @@ type Tokens struct {
 	loaded   []vault.SigningKey // oldest first
 	byID     map[string]vault.SigningKey
 	loadedAt time.Time
+
+	verified verifiedTokens
 }
+
+// verifiedTokens remembers, by their SHA-256, tokens whose signature has been checked, so that a client
+// presenting the same token again costs a map lookup instead of an Ed25519 verification (a sixth of a
+// credential read's CPU). Only the signature check is spared: expiry, not-before and that the signing
+// key is still live are checked on every use, and the principal is read afresh by Authenticate.
+type verifiedTokens struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]verifiedToken
+}
+
+type verifiedToken struct {
+	claims Claims
+	kid    string
+}
+
+// maxVerifiedTokens bounds the memory remembered tokens take (a few hundred bytes each).
+const maxVerifiedTokens = 10_000
 
 // NewTokens returns the token service. ttl is a token's lifetime; keyRotation how long a signing key
 // signs before a new one takes over.
@@ -168,9 +188,14 @@ func (t *Tokens) Issue(ctx context.Context, subject string, generation int64, mf
 // not-before, all required, with no leeway: Keyward checks its own tokens on its own clock — and
 // returns its claims. Any failure is ErrUnauthenticated (the reason is wrapped for logs).
 func (t *Tokens) Parse(ctx context.Context, token string) (Claims, error) {
+	sum := sha256.Sum256([]byte(token))
+	if claims, ok := t.remembered(sum); ok {
+		return claims, nil
+	}
 	var claims Claims
+	var kid string
 	_, err := t.parser.ParseWithClaims(token, &claims, func(tok *jwt.Token) (any, error) {
-		kid, _ := tok.Header["kid"].(string)
+		kid, _ = tok.Header["kid"].(string)
 		key, ok := t.key(kid)
 		if !ok {
 			// Perhaps a key another replica made a moment ago.
@@ -189,7 +214,57 @@ func (t *Tokens) Parse(ctx context.Context, token string) (Claims, error) {
 	if claims.Subject == "" {
 		return Claims{}, fmt.Errorf("%w: token without subject", ErrUnauthenticated)
 	}
+	t.remember(sum, verifiedToken{claims: claims, kid: kid})
 	return claims, nil
+}
+
+// remembered returns the claims of a token verified before, if it is still within its validity
+// (the same bounds as the parser's, with no leeway) and its signing key is still live.
+func (t *Tokens) remembered(sum [sha256.Size]byte) (Claims, bool) {
+	t.verified.mu.Lock()
+	v, ok := t.verified.m[sum]
+	t.verified.mu.Unlock()
+	if !ok {
+		return Claims{}, false
+	}
+	now := t.now()
+	if !now.Before(v.claims.ExpiresAt.Time) || now.Before(v.claims.NotBefore.Time) {
+		t.forget(sum)
+		return Claims{}, false
+	}
+	if _, live := t.key(v.kid); !live {
+		t.forget(sum)
+		return Claims{}, false
+	}
+	return v.claims, true
+}
+
+// remember keeps a verified token's claims. When the memory is full, expired tokens are dropped; if
+// that is not enough, all are (they are verified again on their next use).
+func (t *Tokens) remember(sum [sha256.Size]byte, v verifiedToken) {
+	t.verified.mu.Lock()
+	defer t.verified.mu.Unlock()
+	if t.verified.m == nil {
+		t.verified.m = map[[sha256.Size]byte]verifiedToken{}
+	}
+	if len(t.verified.m) >= maxVerifiedTokens {
+		now := t.now()
+		for k, old := range t.verified.m {
+			if !now.Before(old.claims.ExpiresAt.Time) {
+				delete(t.verified.m, k)
+			}
+		}
+		if len(t.verified.m) >= maxVerifiedTokens {
+			clear(t.verified.m)
+		}
+	}
+	t.verified.m[sum] = v
+}
+
+func (t *Tokens) forget(sum [sha256.Size]byte) {
+	t.verified.mu.Lock()
+	delete(t.verified.m, sum)
+	t.verified.mu.Unlock()
 }
 
 // key returns the public half of a live signing key by id.
