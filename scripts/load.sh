@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Load test of GET /v1/teams/{team}/credentials with a valid token, over loopback, with wrk
-# (Debian: apt-get install wrk). It builds keyward, sets up a vault in a temporary directory (SQLite,
-# or PostgreSQL with --postgres: a throwaway server), a team with a key and an API key, starts
-# `keyward serve`, exchanges the API key for a token and runs wrk against the credentials route.
+# (Debian: apt-get install wrk), flat out or at a fixed rate (RATE, requests/s). It builds keyward,
+# sets up a vault in a temporary directory (SQLite, or PostgreSQL with --postgres: a throwaway
+# server), a team with a key and an API key, starts `keyward serve`, exchanges the API key for a
+# token and runs wrk against the credentials route.
 # Every request is a real read: authenticated, authorized, decrypted, and recorded in the audit
 # trail before the answer.
-#   scripts/load.sh                 # 30 s, 8 connections, 2 wrk threads
+#   scripts/load.sh                 # flat out: 30 s, 8 connections, 2 wrk threads
 #   DURATION=60s CONNECTIONS=16 scripts/load.sh
+#   RATE=2000 scripts/load.sh       # a fixed 2,000 requests/s instead of flat out
 #   scripts/load.sh --postgres
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +56,8 @@ echo 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' | kw vault import --user payment
   --access-key-id AKIAIOSFODNN7EXAMPLE --secret-stdin >/dev/null 2>&1
 apikey=$(kw apikey create --name load --role member --team payments -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 
-kw serve >"$work/serve.log" 2>&1 &
+# The binary itself in the background (not the kw function, whose subshell a kill would leave it behind).
+"$work/keyward" --config "$work/keyward.yaml" serve >"$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
@@ -65,11 +68,19 @@ token=$(curl -fsS -X POST -H "X-API-Key: $apikey" "http://127.0.0.1:$port/v1/aut
 url="http://127.0.0.1:$port/v1/teams/payments/credentials"
 curl -fsS -H "Authorization: Bearer $token" "$url" | grep -q AKIAIOSFODNN7EXAMPLE || { echo "load.sh: the credentials route does not answer" >&2; exit 1; }
 
-echo "wrk -t$threads -c$connections -d$duration --latency $url  ($driver, $(nproc) cores)"
-wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "Authorization: Bearer $token" "$url" | tee "$work/wrk.out"
+if [ -n "${RATE:-}" ]; then
+  # A fixed rate instead of flat out (scripts/paced.lua schedules each thread's requests).
+  echo "wrk -t$threads -c$connections -d$duration --latency -s scripts/paced.lua $url  ($driver, $(nproc) cores, $RATE requests/s asked)"
+  RATE=$RATE THREADS=$threads wrk -t"$threads" -c"$connections" -d"$duration" --latency -s scripts/paced.lua \
+    -H "Authorization: Bearer $token" "$url" | tee "$work/wrk.out"
+else
+  echo "wrk -t$threads -c$connections -d$duration --latency $url  ($driver, $(nproc) cores)"
+  wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "Authorization: Bearer $token" "$url" | tee "$work/wrk.out"
+fi
+echo "keyward serve's CPU: $(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f s", ($14 + $15) / hz}' "/proc/$pid/stat")"
 reads=$(kw audit export -o jsonl 2>/dev/null | grep -c '"action":"key.read"' || true)
 echo "audit trail: $reads key.read records"
-if grep -q "Non-2xx or 3xx responses" "$work/wrk.out"; then
+if grep -qE "Non-2xx or 3xx responses|Socket errors" "$work/wrk.out"; then
   echo "load.sh: some requests failed" >&2
   exit 1
 fi
