@@ -247,6 +247,9 @@ type Store interface {
 	LoginFailures(ctx context.Context, subject string) (Failures, error) // zero when none
 	SetLoginFailures(ctx context.Context, subject string, f Failures) error
 	ClearLoginFailures(ctx context.Context, subject string) error
+	// UseTOTPStep records that a TOTP code of the given time step signed the user in, and reports
+	// false when a code of that step or a later one already did.
+	UseTOTPStep(ctx context.Context, user string, step int64) (bool, error)
 
 	PutOIDCLogin(ctx context.Context, l OIDCLogin) error
 	// TakeOIDCLogin returns and deletes a sign-in under way: it can be used once. ErrNotFound.

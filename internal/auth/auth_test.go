@@ -310,6 +310,32 @@ func TestMFA(t *testing.T) {
 		if err := p.Authorize(auth.ReadCredentials, "payments"); err != nil {
 			t.Fatal(err)
 		}
+
+		// Each code signs in once (RFC 6238 §5.2); a code older than the last one used never does.
+		login := func(at time.Time) error {
+			code, err := totp.GenerateCode(seed, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = w.svc.Login(ctx, "carol", pw, code, "")
+			return err
+		}
+		if err := login(w.clock.Now()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("the same code again: %v", err)
+		}
+		if err := login(w.clock.Now().Add(-30 * time.Second)); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("the previous step's code, after a later one was used: %v", err)
+		}
+		w.clock.Add(30 * time.Second)
+		if err := login(w.clock.Now()); err != nil {
+			t.Fatalf("the next step's code: %v", err)
+		}
+		if err := login(w.clock.Now().Add(30 * time.Second)); err != nil {
+			t.Fatalf("a code one step ahead (a phone's clock runs fast): %v", err)
+		}
+		if err := login(w.clock.Now()); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("the current step's code after the next step's was used: %v", err)
+		}
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -269,9 +270,26 @@ func (s *Service) checkTOTP(ctx context.Context, name, code string) (bool, error
 		return false, err
 	}
 	defer clear(seed)
-	ok, err := totp.ValidateCustom(code, string(seed), s.now().UTC(), totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	return ok && err == nil, nil
+	// The code of the current 30-second step or of either neighbour (clock drift), each accepted once:
+	// a code already used, or older than the last one used, is refused (RFC 6238 §5.2).
+	now := s.now().UTC()
+	step := now.Unix() / totpPeriod
+	for _, d := range []int64{-1, 0, 1} {
+		want, err := totp.GenerateCodeCustom(string(seed), time.Unix((step+d)*totpPeriod, 0), totpOpts)
+		if err != nil {
+			return false, nil
+		}
+		if subtle.ConstantTimeCompare([]byte(code), []byte(want)) == 1 {
+			return s.store.UseTOTPStep(ctx, name, step+d)
+		}
+	}
+	return false, nil
 }
+
+// totpPeriod and totpOpts are the TOTP parameters every authenticator app assumes (RFC 6238's).
+const totpPeriod = 30
+
+var totpOpts = totp.ValidateOpts{Period: totpPeriod, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
 
 // AddTeam creates a team owning a cloud identity.
 func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, error) {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,12 +51,25 @@ type fixture struct {
 	creds  map[string]http.Header // principal → the headers it authenticates with
 	seeds  map[string]string      // user → TOTP seed
 	engine *rotation.Engine
+	clock  *totpClock // the auth service's
+}
+
+// totpClock is the auth service's clock in these tests: real time, moved on by one TOTP step before
+// every login with a code, so that each login has a code of its own (a code signs in once).
+type totpClock struct{ offset atomic.Int64 }
+
+func (c *totpClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// nextStep moves the clock on by one TOTP step and returns the new time.
+func (c *totpClock) nextStep() time.Time {
+	c.offset.Add(int64(30 * time.Second))
+	return c.Now()
 }
 
 func testAuthConfig() auth.Config {
 	return auth.Config{Argon2: auth.Argon2Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1},
 		RequireMFA: []auth.Role{auth.RoleAdmin, auth.RoleMember}, Issuer: "https://keyward.test", Audience: "keyward",
-		TokenTTL: 2 * time.Minute, KeyRotation: 24 * time.Hour,
+		TokenTTL: 12 * time.Hour, KeyRotation: 24 * time.Hour, // long enough for the clock's TOTP shifts (see totpClock)
 		Lockout: auth.Lockout{MaxFailures: 3, IPMaxFailures: 100, Duration: time.Minute, Delay: time.Millisecond, MaxDelay: 2 * time.Millisecond}}
 }
 
@@ -68,7 +82,8 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	logs := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	trail := audit.New(db.Audit(), nil, log)
-	svc, err := auth.New(testAuthConfig(), db.Auth(), v, trail, nil)
+	clock := &totpClock{}
+	svc, err := auth.New(testAuthConfig(), db.Auth(), v, trail, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +96,7 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	engine := rotation.New(rotation.Engine{Cloud: c, Vault: v, Store: db.Rotations(), Owner: "test", Log: log, Audit: trail,
 		Policy:         rotation.Policy{RotateAfter: 90 * 24 * time.Hour, DeactivateAfter: 0, DeleteAfter: time.Hour, VerifyTimeout: 10 * time.Second},
 		VerifyInterval: time.Millisecond})
-	f := &fixture{t: t, db: db, vault: v, svc: svc, cloud: c, trail: trail, logs: logs, engine: engine,
+	f := &fixture{t: t, db: db, vault: v, svc: svc, cloud: c, trail: trail, logs: logs, engine: engine, clock: clock,
 		creds: map[string]http.Header{}, seeds: map[string]string{}}
 	f.api = &httpapi.API{Auth: svc, Vault: v, Trail: trail, Version: "test",
 		Access: &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail}}
@@ -159,7 +174,7 @@ func (f *fixture) login(name string) string {
 	f.t.Helper()
 	body := map[string]string{"username": name, "password": password.Reveal()}
 	if seed := f.seeds[name]; seed != "" {
-		code, err := totp.GenerateCode(seed, time.Now())
+		code, err := totp.GenerateCode(seed, f.clock.nextStep())
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -185,10 +200,10 @@ func (f *fixture) forgeTokens() {
 		f.t.Fatalf("token keys: %v", err)
 	}
 	key := keys[len(keys)-1]
-	now := time.Now()
+	now := f.clock.Now()
 	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
 		c := jwt.MapClaims{"iss": "https://keyward.test", "aud": "keyward", "sub": "user:admin", "gen": 1, "mfa": true,
-			"exp": now.Add(time.Minute).Unix(), "nbf": now.Unix(), "iat": now.Unix()}
+			"exp": now.Add(time.Hour).Unix(), "nbf": now.Unix(), "iat": now.Unix()}
 		mod(c)
 		return c
 	}

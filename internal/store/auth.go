@@ -292,6 +292,14 @@ func (s *Auth) ClearLoginFailures(ctx context.Context, subject string) error {
 	return err
 }
 
+// UseTOTPStep implements auth.Store: one conditional update, so that of two logins racing with the
+// same code (on any replica) only one wins.
+func (s *Auth) UseTOTPStep(ctx context.Context, user string, step int64) (bool, error) {
+	n, err := s.exec(ctx, `UPDATE users SET totp_last_step = $1
+		WHERE name = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)`, step, user)
+	return n == 1, err
+}
+
 // PutOIDCLogin implements auth.Store.
 func (s *Auth) PutOIDCLogin(ctx context.Context, l auth.OIDCLogin) error {
 	return s.db.Atomically(ctx, func(ctx context.Context) error {
