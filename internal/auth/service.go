@@ -238,7 +238,8 @@ func totpBlob(user string) string { return "totp:" + user }
 // apps expect) and returns it as an otpauth:// URI for the user's app. The seed is sealed in the
 // vault; the URI holds it, so it is shown to the user once and never logged.
 func (s *Service) EnrollMFA(ctx context.Context, actor, name string) (secret.Value, error) {
-	key, err := totp.Generate(totp.GenerateOpts{Issuer: "Keyward", AccountName: name, SecretSize: 20})
+	key, err := totp.Generate(totp.GenerateOpts{Issuer: "Keyward", AccountName: name, SecretSize: 20,
+		Period: totpOpts.Period, Digits: totpOpts.Digits, Algorithm: totpOpts.Algorithm})
 	if err != nil {
 		return secret.Value{}, err
 	}
@@ -272,8 +273,7 @@ func (s *Service) checkTOTP(ctx context.Context, name, code string) (bool, error
 	defer clear(seed)
 	// The code of the current 30-second step or of either neighbour (clock drift), each accepted once:
 	// a code already used, or older than the last one used, is refused (RFC 6238 §5.2).
-	now := s.now().UTC()
-	step := now.Unix() / totpPeriod
+	step := s.now().Unix() / totpPeriod
 	for _, d := range []int64{-1, 0, 1} {
 		want, err := totp.GenerateCodeCustom(string(seed), time.Unix((step+d)*totpPeriod, 0), totpOpts)
 		if err != nil {
@@ -286,7 +286,8 @@ func (s *Service) checkTOTP(ctx context.Context, name, code string) (bool, error
 	return false, nil
 }
 
-// totpPeriod and totpOpts are the TOTP parameters every authenticator app assumes (RFC 6238's).
+// totpPeriod and totpOpts are the TOTP parameters every authenticator app assumes (RFC 6238's), for
+// enrolment and for checking codes alike.
 const totpPeriod = 30
 
 var totpOpts = totp.ValidateOpts{Period: totpPeriod, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}

@@ -69,6 +69,9 @@ type verifiedToken struct {
 	kid    string
 }
 
+// expired reports whether the token's lifetime is over at now (the parser's bound: exp excluded).
+func (v verifiedToken) expired(now time.Time) bool { return !now.Before(v.claims.ExpiresAt.Time) }
+
 // maxVerifiedTokens bounds the memory remembered tokens take (a few hundred bytes each).
 const maxVerifiedTokens = 10_000
 
@@ -228,7 +231,7 @@ func (t *Tokens) remembered(sum [sha256.Size]byte) (Claims, bool) {
 		return Claims{}, false
 	}
 	now := t.now()
-	if !now.Before(v.claims.ExpiresAt.Time) || now.Before(v.claims.NotBefore.Time) {
+	if v.expired(now) || now.Before(v.claims.NotBefore.Time) {
 		t.forget(sum)
 		return Claims{}, false
 	}
@@ -250,7 +253,7 @@ func (t *Tokens) remember(sum [sha256.Size]byte, v verifiedToken) {
 	if len(t.verified.m) >= maxVerifiedTokens {
 		now := t.now()
 		for k, old := range t.verified.m {
-			if !now.Before(old.claims.ExpiresAt.Time) {
+			if old.expired(now) {
 				delete(t.verified.m, k)
 			}
 		}
