@@ -88,7 +88,8 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
 	if db.driver == SQLite {
 		return db.commits.do(db, w)
 	}
-	db.writeGroup(ctx, []*write{w})
+	done, _ := db.writeGroup(ctx, db.sql, []*write{w}, nil)
+	done.finish(ctx, nil) // PostgreSQL's commit returns once it is durable
 	return <-w.done
 }
 
@@ -99,11 +100,24 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
 // its own savepoint, with one commit: group commit. A caller whose work fails has its savepoint
 // rolled back, not the others'; no caller returns before its own work is durable or undone.
 // (Writers in other processes still meet at SQLite's lock.)
+//
+// The fsync is made outside the lock. SQLite commits without one (synchronous=NORMAL, see
+// sqliteDSN); the group's writer lets the lock go, fsyncs the write-ahead log itself (see walFile),
+// and only then answers its members. Meanwhile the next writer runs its group's statements, and
+// takes in whoever queues, until that fsync is done; then it commits. So the disk's time overlaps
+// the next group's work, and there is still one commit per fsync. A commit may be seen by a reader
+// of this database one fsync before it is durable; no caller hears of it, and so nothing is done in
+// a cloud on the strength of it, before that fsync. A power cut in between loses the commit whole
+// (SQLite's log is checksummed), never part of it.
 type committer struct {
-	once  sync.Once
-	lock  chan struct{} // holds a token while a group is written
-	mu    sync.Mutex
-	queue []*write
+	once    sync.Once
+	lock    chan struct{} // holds a token while a group is written
+	conn    *sql.Conn     // the connection groups are written on, while lock is held
+	syncing chan struct{} // closed when the last group's fsync is done (nil before the first)
+
+	mu      sync.Mutex
+	queue   []*write
+	arrived chan struct{} // a token when a write was queued
 }
 
 // write is one caller's transaction: its work, and where its outcome is sent.
@@ -124,50 +138,174 @@ func (w *write) answer(err error) {
 // errPanicked is what the other members of a group hear when one's work panicked.
 var errPanicked = errors.New("write transaction abandoned: another write in it panicked; try again")
 
+func (c *committer) init() {
+	c.once.Do(func() {
+		c.lock = make(chan struct{}, 1)
+		c.arrived = make(chan struct{}, 1)
+	})
+}
+
 func (c *committer) do(db *DB, w *write) error {
-	c.once.Do(func() { c.lock = make(chan struct{}, 1) })
+	c.init()
 	c.mu.Lock()
 	c.queue = append(c.queue, w)
 	c.mu.Unlock()
 	select {
+	case c.arrived <- struct{}{}:
+	default:
+	}
+	select {
 	case err := <-w.done: // another caller wrote it in its group
 		return err
 	case c.lock <- struct{}{}:
-		// Every group taken before this one was finished, outcomes sent, before the lock was let
-		// go: w is either done already or still queued.
-		c.mu.Lock()
-		group := c.queue
-		c.queue = nil
-		c.mu.Unlock()
+		// w is still queued, or in a group taken before, which answers it once that is durable.
+		var (
+			done   committed
+			synced chan struct{}
+		)
 		func() {
 			defer func() { <-c.lock }() // even when a member's work panics (an HTTP handler may recover)
-			if len(group) > 0 {
-				db.writeGroup(context.Background(), group)
+			if group := c.take(); len(group) > 0 {
+				done = c.write(db, group)
+			}
+			if len(done.members) > 0 {
+				synced = make(chan struct{})
+				c.syncing = synced
 			}
 		}()
+		if synced != nil {
+			err := db.syncWAL()
+			close(synced)
+			if err != nil {
+				err = fmt.Errorf("commit not known to be durable: %w", err)
+			}
+			done.finish(context.Background(), err)
+		}
 		return <-w.done
 	}
+}
+
+// take returns the writes queued, and empties the queue.
+func (c *committer) take() []*write {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	group := c.queue
+	c.queue = nil
+	return group
+}
+
+// more is what a group's writer asks before it commits: while the last group's fsync goes on, it
+// waits for writes to queue and hands them over, to be written in the same transaction; once that
+// fsync is done it hands over what queued meanwhile, then nil: time to commit. So one fsync is made
+// at a time, and a group is held open no longer than one.
+func (c *committer) more() []*write {
+	if c.syncing == nil {
+		return nil
+	}
+	select {
+	case <-c.syncing:
+		c.syncing = nil
+		return nil
+	default:
+	}
+	for {
+		select {
+		case <-c.syncing:
+			c.syncing = nil
+			return c.take()
+		case <-c.arrived:
+			if group := c.take(); len(group) > 0 {
+				return group
+			}
+		}
+	}
+}
+
+// write writes a group on the committer's own connection. SQLite throws away a connection's page
+// cache whenever another connection has written since its last transaction; writing every group on
+// one connection keeps the pages that writes touch (the b-trees' upper levels, the tables' last
+// pages) cached between them, instead of reading them again from the WAL on whichever pooled
+// connection comes next.
+func (c *committer) write(db *DB, group []*write) committed {
+	ctx := context.Background()
+	if c.conn == nil {
+		conn, err := db.sql.Conn(ctx)
+		if err != nil {
+			for _, w := range group {
+				w.answer(fmt.Errorf("begin: %w", err))
+			}
+			return committed{}
+		}
+		c.conn = conn
+		db.wal.reset() // the log may be another since the last connection was let go
+	}
+	done, began := db.writeGroup(ctx, c.conn, group, c.more)
+	if !began {
+		// The connection failed to begin a transaction: let it go, and take another next time.
+		_ = c.conn.Close()
+		c.conn = nil
+	}
+	return done
+}
+
+// close lets the committer's connection go.
+func (c *committer) close() {
+	c.init()
+	c.lock <- struct{}{}
+	defer func() { <-c.lock }()
+	if c.conn != nil {
+		_ = c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// beginner begins transactions: the pool (*sql.DB) or one of its connections (*sql.Conn).
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
 }
 
 // savepoint names the savepoint of each member of a group (released before the next one begins).
 const savepoint = "keyward_write"
 
-// writeGroup runs the group's work in one transaction and sends each member its outcome. One
-// member's work runs without a savepoint. ctx is for the transaction itself; each member's
-// statements run under the member's own context.
-func (db *DB) writeGroup(ctx context.Context, group []*write) {
+// committed is what is left of a group once its transaction has committed: the members whose work
+// is in it, not answered yet, and the hooks their work left.
+type committed struct {
+	members []*write
+	hooks   []func(context.Context)
+}
+
+// finish runs the hooks (unless err) and answers the members with err: nil once the commit is
+// durable, or why it is not known to be.
+func (c committed) finish(ctx context.Context, err error) {
+	if err == nil {
+		for _, f := range c.hooks {
+			f(context.WithoutCancel(ctx))
+		}
+	}
+	for _, w := range c.members {
+		w.answer(err)
+	}
+}
+
+// writeGroup runs the group's work in one transaction on one connection, and then, before it
+// commits, the work more gives it (more may be nil). It answers the members whose work failed, and
+// all of them when the transaction does; it returns those whose work committed, for the caller to
+// answer once the commit is durable, and whether a transaction could be begun at all. A member alone
+// in the transaction so far runs without a savepoint. ctx is for the transaction itself; each
+// member's statements run under the member's own context.
+func (db *DB) writeGroup(ctx context.Context, on beginner, group []*write, more func() []*write) (done committed, began bool) {
 	fail := func(members []*write, err error) {
 		for _, w := range members {
 			w.answer(err)
 		}
 	}
-	sqlTx, err := db.sql.BeginTx(ctx, nil)
+	sqlTx, err := on.BeginTx(ctx, nil)
 	if err != nil {
 		fail(group, fmt.Errorf("begin: %w", err))
-		return
+		return committed{}, false
 	}
 	tx := &Tx{Tx: sqlTx, db: db}
-	all := group
+	var all, written []*write // all: every member taken in, for when one panics
 	defer func() {
 		if r := recover(); r != nil {
 			_ = tx.Rollback()
@@ -180,23 +318,27 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 			_, _ = db.stmt(context.WithoutCancel(ctx), q) // a failure here only means the next call parses again
 		}
 	}()
-	if len(group) == 1 {
-		if err := group[0].fn(tx); err != nil {
-			_ = tx.Rollback()
-			fail(group, err)
-			return
+	for batch := group; len(batch) > 0; batch = next(more) {
+		alone := len(all) == 0 && len(batch) == 1
+		all = append(all, batch...)
+		if alone {
+			if err := batch[0].fn(tx); err != nil {
+				_ = tx.Rollback()
+				fail(batch, err)
+				return committed{}, true
+			}
+			written = append(written, batch[0])
+			continue
 		}
-	} else {
-		var written []*write
-		for i, w := range group {
+		for i, w := range batch {
 			hooks := len(tx.afterCommit)
 			err := tx.member(ctx, w)
 			if errors.Is(err, errTxLost) {
 				// An interrupted statement rolled the whole transaction back: nobody's work is in it.
 				_ = tx.Rollback()
 				fail(written, err)
-				fail(group[i:], err)
-				return
+				fail(batch[i:], err)
+				return committed{}, true
 			}
 			if err != nil {
 				tx.afterCommit = tx.afterCommit[:hooks]
@@ -205,20 +347,24 @@ func (db *DB) writeGroup(ctx context.Context, group []*write) {
 			}
 			written = append(written, w)
 		}
-		group = written
-		if len(group) == 0 {
-			_ = tx.Rollback()
-			return
-		}
+	}
+	if len(written) == 0 {
+		_ = tx.Rollback()
+		return committed{}, true
 	}
 	if err := tx.Commit(); err != nil {
-		fail(group, fmt.Errorf("commit: %w", err))
-		return
+		fail(written, fmt.Errorf("commit: %w", err))
+		return committed{}, true
 	}
-	for _, f := range tx.afterCommit {
-		f(context.WithoutCancel(ctx))
+	return committed{members: written, hooks: tx.afterCommit}, true
+}
+
+// next calls more, if there is one.
+func next(more func() []*write) []*write {
+	if more == nil {
+		return nil
 	}
-	fail(group, nil)
+	return more()
 }
 
 // errTxLost: the group's transaction is gone (SQLite rolls a whole transaction back when one of its

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -316,5 +318,180 @@ func TestGroupedAuditAppendsKeepOneChain(t *testing.T) {
 	_ = trail.Export(context.Background(), time.Time{}, time.Time{}, func(r audit.Record) error { actors = append(actors, r.Actor); return nil })
 	if slices.Contains(actors, "b") {
 		t.Fatalf("the failed member's record was kept: %v", actors)
+	}
+}
+
+// TestCommitAnsweredOnceDurable: SQLite commits without an fsync and the committer fsyncs the log
+// after letting the write lock go. A writer is answered only once that fsync is done; meanwhile the
+// next writer's work runs, and it commits only after that fsync.
+func TestCommitAnsweredOnceDurable(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "d.db")})
+	ctx := context.Background()
+	syncing, release := make(chan struct{}), make(chan struct{})
+	var syncs atomic.Int32
+	syncLog := db.syncWAL
+	db.syncWAL = func() error {
+		if syncs.Add(1) == 1 {
+			close(syncing)
+			<-release
+		}
+		return syncLog()
+	}
+	first := make(chan error, 1)
+	go func() { first <- db.inTx(ctx, func(tx *Tx) error { return addIdentity(ctx, tx, "first") }) }()
+	<-syncing
+	if !identityNames(t, db)["first"] {
+		t.Fatal("the first write is not committed while its fsync runs")
+	}
+
+	secondRan, second := make(chan struct{}), make(chan error, 1)
+	go func() {
+		second <- db.inTx(ctx, func(tx *Tx) error {
+			close(secondRan)
+			return addIdentity(ctx, tx, "second")
+		})
+	}()
+	select {
+	case <-secondRan: // the next group's work runs while the fsync goes on
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second write's work did not run while the first's fsync went on")
+	}
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case err := <-first:
+		t.Fatalf("the first writer was answered (%v) before its fsync was done", err)
+	case err := <-second:
+		t.Fatalf("the second writer was answered (%v) before any fsync was done", err)
+	default:
+	}
+	if identityNames(t, db)["second"] {
+		t.Fatal("the second write committed while the first's fsync was not done")
+	}
+
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n != 2 {
+		t.Fatalf("%d fsyncs for two commits", n)
+	}
+}
+
+// TestCommitNotDurable: when the fsync after a commit fails, the writer hears so, and its commit
+// hooks do not run.
+func TestCommitNotDurable(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "n.db")})
+	ctx := context.Background()
+	db.syncWAL = func() error { return errors.New("input/output error") }
+	hookRan := false
+	err := db.Atomically(ctx, func(ctx context.Context) error {
+		db.onCommit(ctx, func(context.Context) { hookRan = true })
+		return addIdentity(ctx, db.txFrom(ctx), "lost?")
+	})
+	if err == nil || !strings.Contains(err.Error(), "not known to be durable") || !strings.Contains(err.Error(), "input/output error") {
+		t.Fatalf("write with a failed fsync: %v", err)
+	}
+	if hookRan {
+		t.Fatal("a commit hook ran although the commit is not known to be durable")
+	}
+}
+
+// TestWALSyncsTheLog: the file the committer fsyncs is the database's write-ahead log, opened again
+// after a reset (when the committer takes a connection), and a log that is gone needs no fsync.
+func TestWALSyncsTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "w.db")
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: path})
+	if err := db.inTx(context.Background(), func(tx *Tx) error { return addIdentity(context.Background(), tx, "x") }); err != nil {
+		t.Fatal(err)
+	}
+	sameFile := func(f *os.File, path string) bool {
+		t.Helper()
+		held, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		now, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return os.SameFile(held, now)
+	}
+	if db.wal.f == nil || !sameFile(db.wal.f, path+"-wal") {
+		t.Fatalf("the committer synced %v, not %s", db.wal.f, path+"-wal")
+	}
+
+	w := &walFile{path: filepath.Join(t.TempDir(), "other.db-wal")}
+	if err := w.sync(); err != nil {
+		t.Fatalf("sync of a log that is not there: %v", err)
+	}
+	if err := os.WriteFile(w.path, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.sync(); err != nil || !sameFile(w.f, w.path) {
+		t.Fatalf("sync of a new log: %v", err)
+	}
+	old := w.f
+	if err := os.Remove(w.path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(w.path, []byte("two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.reset() // as the committer does when it takes a connection
+	if err := w.sync(); err != nil || w.f == old || !sameFile(w.f, w.path) {
+		t.Fatalf("after the log was replaced, sync kept the old file (%v)", err)
+	}
+	w.close()
+}
+
+// TestGroupAnsweredOnceDurable: no member of a group, the writer or the others, is answered before
+// the fsync after the group's commit is done.
+func TestGroupAnsweredOnceDurable(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "g.db")})
+	ctx := context.Background()
+	var calls, done atomic.Int32
+	syncing, release := make(chan struct{}), make(chan struct{})
+	syncLog := db.syncWAL
+	db.syncWAL = func() error {
+		if calls.Add(1) == 2 { // the group's: the first is the write that held the lock
+			close(syncing)
+			<-release
+		}
+		defer done.Add(1)
+		return syncLog()
+	}
+	answered := make(chan int, 2)
+	var wg sync.WaitGroup
+	hold, held := make(chan struct{}), make(chan struct{})
+	wg.Go(func() {
+		_ = db.inTx(ctx, func(tx *Tx) error { close(held); <-hold; return addIdentity(ctx, tx, "first") })
+	})
+	<-held
+	for i := range 2 {
+		wg.Go(func() {
+			if err := db.inTx(ctx, func(tx *Tx) error { return addIdentity(ctx, tx, fmt.Sprint("member-", i)) }); err != nil {
+				t.Error(err)
+			}
+			answered <- int(done.Load())
+		})
+	}
+	waitQueued(t, db, 2)
+	close(hold)
+	<-syncing
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case n := <-answered:
+		t.Fatalf("a member was answered while its group's fsync was not done (%d fsyncs done)", n)
+	default:
+	}
+	close(release)
+	wg.Wait()
+	for range 2 {
+		if n := <-answered; n < 2 {
+			t.Fatalf("a member was answered after %d fsyncs, want its group's (the second)", n)
+		}
 	}
 }
