@@ -61,7 +61,7 @@ func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit
 	})
 }
 
-func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string, ...any) *sql.Row) (audit.Head, error) {
+func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string, ...any) scanner) (audit.Head, error) {
 	h := audit.Head{Hash: audit.Genesis}
 	err := queryRow(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -100,7 +100,7 @@ func (s *Audit) Records(ctx context.Context, from, to int64, fn func(audit.Recor
 	}
 }
 
-func scanAudit(rows *sql.Rows) (audit.Record, error) {
+func scanAudit(rows scanner) (audit.Record, error) {
 	var r audit.Record
 	var at int64
 	var detail string
@@ -136,7 +136,7 @@ func scanCheckpoint(row scanner) (audit.Checkpoint, error) {
 // Checkpoints implements audit.Store.
 func (s *Audit) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
 	rows, err := s.db.query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY seq, time`)
-	return collect(rows, err, func(rows *sql.Rows) (audit.Checkpoint, error) { return scanCheckpoint(rows) })
+	return collect(rows, err, func(rows scanner) (audit.Checkpoint, error) { return scanCheckpoint(rows) })
 }
 
 // LatestCheckpoint implements audit.Store.

@@ -97,7 +97,7 @@ func (s *Auth) UserBySubject(ctx context.Context, subject string) (auth.User, er
 // Users implements auth.Store.
 func (s *Auth) Users(ctx context.Context) ([]auth.User, error) {
 	rows, err := s.db.query(ctx, `SELECT `+userColumns+` FROM users ORDER BY name`)
-	return collect(rows, err, func(rows *sql.Rows) (auth.User, error) { return scanUser(rows) })
+	return collect(rows, err, func(rows scanner) (auth.User, error) { return scanUser(rows) })
 }
 
 // UpdateUser implements auth.Store.
@@ -155,7 +155,7 @@ func (s *Auth) members(ctx context.Context, team string) ([]string, error) {
 // Teams implements auth.Store.
 func (s *Auth) Teams(ctx context.Context) ([]auth.Team, error) {
 	rows, err := s.db.query(ctx, `SELECT `+teamColumns+` FROM teams ORDER BY name`)
-	teams, err := collect(rows, err, func(rows *sql.Rows) (auth.Team, error) { return scanTeam(rows) })
+	teams, err := collect(rows, err, func(rows scanner) (auth.Team, error) { return scanTeam(rows) })
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +255,7 @@ func (s *Auth) APIKeyByID(ctx context.Context, keyID string) (auth.APIKey, error
 // APIKeys implements auth.Store.
 func (s *Auth) APIKeys(ctx context.Context) ([]auth.APIKey, error) {
 	rows, err := s.db.query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY name`)
-	return collect(rows, err, func(rows *sql.Rows) (auth.APIKey, error) { return scanAPIKey(rows) })
+	return collect(rows, err, func(rows scanner) (auth.APIKey, error) { return scanAPIKey(rows) })
 }
 
 // UpdateAPIKey implements auth.Store.

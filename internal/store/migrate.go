@@ -107,24 +107,24 @@ func (db *DB) Migrate(ctx context.Context) ([]Migration, error) {
 		did := false
 		err := db.inTx(ctx, func(tx *Tx) error {
 			if db.driver == Postgres {
-				if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
+				if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
 					return fmt.Errorf("take migration lock: %w", err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
+			if _, err := tx.execScript(ctx, createMigrationsTable); err != nil {
 				return fmt.Errorf("create schema_migrations: %w", err)
 			}
 			var n int
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, m.Version).Scan(&n); err != nil {
+			if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, m.Version).Scan(&n); err != nil {
 				return err
 			}
 			if n > 0 {
 				return nil // another process applied it while we waited for the lock
 			}
-			if _, err := tx.ExecContext(ctx, db.dialect(m.sql)); err != nil {
+			if _, err := tx.execScript(ctx, db.dialect(m.sql)); err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
+			if _, err := tx.exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
 				m.Version, m.Name, time.Now().UnixMicro()); err != nil {
 				return err
 			}

@@ -40,10 +40,10 @@ func (s *Outbox) Enqueue(ctx context.Context, ds []notify.Delivery, at time.Time
 func (s *Outbox) Claim(ctx context.Context, owner string, now, leaseUntil time.Time, n int) ([]notify.Delivery, error) {
 	var out []notify.Delivery
 	err := s.db.inTx(ctx, func(tx *Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, channel, destination, notice, attempts, created_at FROM notification_outbox
+		rows, err := tx.query(ctx, `SELECT id, channel, destination, notice, attempts, created_at FROM notification_outbox
 			WHERE state = 'pending' AND next_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1)
 			ORDER BY next_at LIMIT $2`+s.skipLocked(), micros(now), n)
-		out, err = collect(rows, err, func(rows *sql.Rows) (notify.Delivery, error) {
+		out, err = collect(rows, err, func(rows scanner) (notify.Delivery, error) {
 			var d notify.Delivery
 			var notice string
 			var created int64

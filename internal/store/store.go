@@ -154,7 +154,7 @@ func (db *DB) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 }
 
 // queryRow runs a one-row read through a kept statement, inside the unit of work ctx carries if any.
-func (db *DB) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+func (db *DB) queryRow(ctx context.Context, query string, args ...any) scanner {
 	if tx := db.txFrom(ctx); tx != nil {
 		return tx.queryRow(ctx, query, args...)
 	}
@@ -166,7 +166,7 @@ func (db *DB) queryRow(ctx context.Context, query string, args ...any) *sql.Row 
 }
 
 // query runs a many-row read through a kept statement, inside the unit of work ctx carries if any.
-func (db *DB) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+func (db *DB) query(ctx context.Context, query string, args ...any) (rowsScanner, error) {
 	if tx := db.txFrom(ctx); tx != nil {
 		return tx.query(ctx, query, args...)
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"maps"
@@ -12,9 +13,11 @@ import (
 	"github.com/keyward/keyward/internal/vault"
 )
 
-// Tx is a transaction that runs its statements through kept statements.
+// Tx is a transaction that runs its statements through kept statements: on PostgreSQL a
+// database/sql transaction, on SQLite the committer's connection (see raw.go).
 type Tx struct {
-	*sql.Tx
+	sql         *sql.Tx  // PostgreSQL
+	raw         *rawConn // SQLite, inside BEGIN IMMEDIATE
 	db          *DB
 	missed      []string
 	afterCommit []func(context.Context)
@@ -55,26 +58,66 @@ func (db *DB) onCommit(ctx context.Context, fn func(context.Context)) {
 
 // exec runs a statement in the transaction.
 func (tx *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+	if tx.raw != nil {
+		return tx.raw.exec(ctx, query, args)
+	}
+	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
-	return tx.ExecContext(ctx, query, args...)
+	return tx.sql.ExecContext(ctx, query, args...)
+}
+
+// execScript runs SQL that may hold several statements (a migration) in the transaction, unprepared.
+func (tx *Tx) execScript(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if tx.raw != nil {
+		return tx.raw.execScript(ctx, query, args)
+	}
+	return tx.sql.ExecContext(ctx, query, args...)
 }
 
 // queryRow runs a one-row read in the transaction.
-func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) scanner {
+	if tx.raw != nil {
+		rows, err := tx.raw.query(ctx, query, args)
+		return rawRow{rows: rows, err: err}
+	}
+	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}
-	return tx.QueryRowContext(ctx, query, args...)
+	return tx.sql.QueryRowContext(ctx, query, args...)
 }
 
 // query runs a many-row read in the transaction.
-func (tx *Tx) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if st := tx.db.txStmt(ctx, tx.Tx, query, &tx.missed); st != nil {
+func (tx *Tx) query(ctx context.Context, query string, args ...any) (rowsScanner, error) {
+	if tx.raw != nil {
+		rows, err := tx.raw.query(ctx, query, args)
+		if err != nil {
+			return nil, err
+		}
+		return rows, nil
+	}
+	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
-	return tx.QueryContext(ctx, query, args...)
+	return tx.sql.QueryContext(ctx, query, args...)
+}
+
+// commit commits the transaction.
+func (tx *Tx) commit(ctx context.Context) error {
+	if tx.raw != nil {
+		_, err := tx.raw.exec(ctx, "COMMIT", nil)
+		return err
+	}
+	return tx.sql.Commit()
+}
+
+// rollback rolls the transaction back; a transaction SQLite already rolled back is no error.
+func (tx *Tx) rollback(ctx context.Context) {
+	if tx.raw != nil {
+		_, _ = tx.raw.exec(context.WithoutCancel(ctx), "ROLLBACK", nil)
+		return
+	}
+	_ = tx.sql.Rollback()
 }
 
 // inTx runs fn in one transaction, committed when fn returns nil; inside a unit of work (see
@@ -88,7 +131,14 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
 	if db.driver == SQLite {
 		return db.commits.do(db, w)
 	}
-	done, _ := db.writeGroup(ctx, db.sql, []*write{w}, nil)
+	begin := func(ctx context.Context) (*Tx, error) {
+		sqlTx, err := db.sql.BeginTx(ctx, nil)
+		if err != nil {
+			return nil, err
+		}
+		return &Tx{sql: sqlTx, db: db}, nil
+	}
+	done, _ := db.writeGroup(ctx, begin, []*write{w}, nil)
 	done.finish(ctx, nil) // PostgreSQL's commit returns once it is durable
 	return <-w.done
 }
@@ -113,6 +163,7 @@ type committer struct {
 	once    sync.Once
 	lock    chan struct{} // holds a token while a group is written
 	conn    *sql.Conn     // the connection groups are written on, while lock is held
+	raw     *rawConn      // conn as the driver sees it, with its kept statements
 	syncing chan struct{} // closed when the last group's fsync is done (nil before the first)
 
 	mu      sync.Mutex
@@ -221,47 +272,86 @@ func (c *committer) more() []*write {
 	}
 }
 
-// write writes a group on the committer's own connection. SQLite throws away a connection's page
-// cache whenever another connection has written since its last transaction; writing every group on
-// one connection keeps the pages that writes touch (the b-trees' upper levels, the tables' last
-// pages) cached between them, instead of reading them again from the WAL on whichever pooled
-// connection comes next.
+// write writes a group on the committer's own connection, through the driver (see raw.go). SQLite
+// throws away a connection's page cache whenever another connection has written since its last
+// transaction; writing every group on one connection keeps the pages that writes touch (the
+// b-trees' upper levels, the tables' last pages) cached between them, instead of reading them again
+// from the WAL on whichever pooled connection comes next.
 func (c *committer) write(db *DB, group []*write) committed {
 	ctx := context.Background()
-	if c.conn == nil {
-		conn, err := db.sql.Conn(ctx)
-		if err != nil {
+	for attempt := 1; ; attempt++ {
+		if c.conn == nil {
+			conn, err := db.sql.Conn(ctx)
+			if err != nil {
+				for _, w := range group {
+					w.answer(fmt.Errorf("begin: %w", err))
+				}
+				return committed{}
+			}
+			c.conn = conn
+			db.wal.reset() // the log may be another since the last connection was let go
+		}
+		var (
+			done     committed
+			began    bool
+			panicked any
+		)
+		err := c.conn.Raw(func(dc any) error {
+			// A member's work that panics has had the transaction rolled back (see writeGroup):
+			// the connection is fine, so the panic goes on only once Raw has returned.
+			defer func() { panicked = recover() }()
+			if c.raw == nil || c.raw.conn != dc {
+				c.raw = newRawConn(dc.(driver.Conn))
+			}
+			begin := func(ctx context.Context) (*Tx, error) {
+				if _, err := c.raw.exec(ctx, "BEGIN IMMEDIATE", nil); err != nil {
+					return nil, err
+				}
+				return &Tx{raw: c.raw, db: db}, nil
+			}
+			done, began = db.writeGroup(ctx, begin, group, c.more)
+			return nil
+		})
+		if panicked != nil {
+			panic(panicked)
+		}
+		if err == nil {
+			if !began {
+				// The connection could not begin a transaction: let it go, and take another next time.
+				c.drop()
+			}
+			return done
+		}
+		// Raw itself failed: the connection is gone. Nobody's work was run; try once on another.
+		c.drop()
+		if attempt == 2 {
 			for _, w := range group {
 				w.answer(fmt.Errorf("begin: %w", err))
 			}
 			return committed{}
 		}
-		c.conn = conn
-		db.wal.reset() // the log may be another since the last connection was let go
 	}
-	done, began := db.writeGroup(ctx, c.conn, group, c.more)
-	if !began {
-		// The connection failed to begin a transaction: let it go, and take another next time.
-		_ = c.conn.Close()
-		c.conn = nil
-	}
-	return done
 }
 
-// close lets the committer's connection go.
+// drop lets the committer's connection go, with its statements.
+func (c *committer) drop() {
+	if c.conn == nil {
+		return
+	}
+	if c.raw != nil {
+		_ = c.conn.Raw(func(any) error { c.raw.close(); return nil })
+		c.raw = nil
+	}
+	_ = c.conn.Close()
+	c.conn = nil
+}
+
+// close lets the committer's connection go, once no group is being written.
 func (c *committer) close() {
 	c.init()
 	c.lock <- struct{}{}
 	defer func() { <-c.lock }()
-	if c.conn != nil {
-		_ = c.conn.Close()
-		c.conn = nil
-	}
-}
-
-// beginner begins transactions: the pool (*sql.DB) or one of its connections (*sql.Conn).
-type beginner interface {
-	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+	c.drop()
 }
 
 // savepoint names the savepoint of each member of a group (released before the next one begins).
@@ -293,22 +383,21 @@ func (c committed) finish(ctx context.Context, err error) {
 // answer once the commit is durable, and whether a transaction could be begun at all. A member alone
 // in the transaction so far runs without a savepoint. ctx is for the transaction itself; each
 // member's statements run under the member's own context.
-func (db *DB) writeGroup(ctx context.Context, on beginner, group []*write, more func() []*write) (done committed, began bool) {
+func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, error), group []*write, more func() []*write) (done committed, began bool) {
 	fail := func(members []*write, err error) {
 		for _, w := range members {
 			w.answer(err)
 		}
 	}
-	sqlTx, err := on.BeginTx(ctx, nil)
+	tx, err := begin(ctx)
 	if err != nil {
 		fail(group, fmt.Errorf("begin: %w", err))
 		return committed{}, false
 	}
-	tx := &Tx{Tx: sqlTx, db: db}
 	var all, written []*write // all: every member taken in, for when one panics
 	defer func() {
 		if r := recover(); r != nil {
-			_ = tx.Rollback()
+			tx.rollback(ctx)
 			fail(all, errPanicked) // those already answered keep their answer
 			panic(r)
 		}
@@ -323,7 +412,7 @@ func (db *DB) writeGroup(ctx context.Context, on beginner, group []*write, more 
 		all = append(all, batch...)
 		if alone {
 			if err := batch[0].fn(tx); err != nil {
-				_ = tx.Rollback()
+				tx.rollback(ctx)
 				fail(batch, err)
 				return committed{}, true
 			}
@@ -335,7 +424,7 @@ func (db *DB) writeGroup(ctx context.Context, on beginner, group []*write, more 
 			err := tx.member(ctx, w)
 			if errors.Is(err, errTxLost) {
 				// An interrupted statement rolled the whole transaction back: nobody's work is in it.
-				_ = tx.Rollback()
+				tx.rollback(ctx)
 				fail(written, err)
 				fail(batch[i:], err)
 				return committed{}, true
@@ -349,10 +438,11 @@ func (db *DB) writeGroup(ctx context.Context, on beginner, group []*write, more 
 		}
 	}
 	if len(written) == 0 {
-		_ = tx.Rollback()
+		tx.rollback(ctx)
 		return committed{}, true
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.commit(ctx); err != nil {
+		tx.rollback(ctx) // SQLite keeps a transaction whose commit failed open
 		fail(written, fmt.Errorf("commit: %w", err))
 		return committed{}, true
 	}

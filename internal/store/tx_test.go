@@ -141,7 +141,7 @@ func TestGroupCommitLostTransaction(t *testing.T) {
 	release, errs := queueWhileBusy(t, db,
 		func(tx *Tx) error { return addIdentity(ctx, tx, "before") },
 		func(tx *Tx) error {
-			_, err := tx.ExecContext(ctx, "ROLLBACK")
+			_, err := tx.exec(ctx, "ROLLBACK")
 			return err
 		},
 		func(tx *Tx) error { return addIdentity(ctx, tx, "after") },

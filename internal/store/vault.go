@@ -208,7 +208,7 @@ func (s *Vault) Identities(ctx context.Context, userName, accountID string) ([]v
 	rows, err := s.db.query(ctx, `SELECT cloud, account_id, user_name FROM identities
 		WHERE ($1 = '' OR user_name = $1) AND ($2 = '' OR account_id = $2)
 		ORDER BY cloud, account_id, user_name`, userName, accountID)
-	ids, err := collect(rows, err, func(rows *sql.Rows) (vault.Identity, error) {
+	ids, err := collect(rows, err, func(rows scanner) (vault.Identity, error) {
 		var id vault.Identity
 		err := rows.Scan(&id.Cloud, &id.AccountID, &id.UserName)
 		return id, err
@@ -244,8 +244,8 @@ func (s *Vault) VersionsOf(ctx context.Context, id vault.Identity) ([]vault.Vers
 }
 
 // scanListedVersion reads a listed version (see scanVersion) and whether it holds a secret.
-func scanListedVersion(id *vault.Identity) func(*sql.Rows) (vault.Version, error) {
-	return func(rows *sql.Rows) (vault.Version, error) {
+func scanListedVersion(id *vault.Identity) func(scanner) (vault.Version, error) {
+	return func(rows scanner) (vault.Version, error) {
 		var hasSecret bool
 		v, err := scanVersion(rows, id, &hasSecret)
 		v.HasSecret = hasSecret
@@ -299,7 +299,7 @@ func (s *Vault) transition(ctx context.Context, id vault.Identity, number int64,
 			return err
 		} else if n == 0 {
 			var state string
-			err := tx.QueryRowContext(ctx, `SELECT state FROM credential_versions WHERE identity_id = $1 AND version = $2`,
+			err := tx.queryRow(ctx, `SELECT state FROM credential_versions WHERE identity_id = $1 AND version = $2`,
 				identity, number).Scan(&state)
 			if errors.Is(err, sql.ErrNoRows) {
 				return vault.ErrNotFound
@@ -359,14 +359,14 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 	n := 0
 	err := s.db.inTx(ctx, func(tx *Tx) error {
 		// Read everything first: one connection cannot interleave a result set with updates.
-		rows, err := tx.QueryContext(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
+		rows, err := tx.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
 			FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 			WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
-		recs, err := collect(rows, err, func(rows *sql.Rows) (vault.Record, error) { return scanRecord(rows, nil) })
+		recs, err := collect(rows, err, func(rows scanner) (vault.Record, error) { return scanRecord(rows, nil) })
 		if err != nil {
 			return err
 		}
-		rows, err = tx.QueryContext(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
+		rows, err = tx.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
 		keys, err := collect(rows, err, scanSigningKey)
 		if err != nil {
 			return err
@@ -375,8 +375,8 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			name   string
 			sealed vault.Sealed
 		}
-		rows, err = tx.QueryContext(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
-		blobs, err := collect(rows, err, func(rows *sql.Rows) (blob, error) {
+		rows, err = tx.query(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
+		blobs, err := collect(rows, err, func(rows scanner) (blob, error) {
 			var b blob
 			err := rows.Scan(&b.name, &b.sealed.KEKID, &b.sealed.WrappedKey, &b.sealed.Ciphertext)
 			return b, err
@@ -396,7 +396,7 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2
+			if _, err := tx.exec(ctx, `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2
 				WHERE access_key_id = $3`, kekID, wrapped, rec.AccessKeyID); err != nil {
 				return err
 			}
@@ -407,7 +407,7 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3`,
+			if _, err := tx.exec(ctx, `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3`,
 				kekID, wrapped, key.ID); err != nil {
 				return err
 			}
@@ -418,7 +418,7 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3`,
+			if _, err := tx.exec(ctx, `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3`,
 				kekID, wrapped, b.name); err != nil {
 				return err
 			}
@@ -433,7 +433,7 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 }
 
 // collect reads every row of a query (its rows and error) with scan, and closes the rows.
-func collect[T any](rows *sql.Rows, err error, scan func(*sql.Rows) (T, error)) ([]T, error) {
+func collect[T any](rows rowsScanner, err error, scan func(scanner) (T, error)) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -450,7 +450,7 @@ func collect[T any](rows *sql.Rows, err error, scan func(*sql.Rows) (T, error)) 
 }
 
 // scanString reads a row of one text column, for collect.
-func scanString(rows *sql.Rows) (string, error) {
+func scanString(rows scanner) (string, error) {
 	var v string
 	err := rows.Scan(&v)
 	return v, err
@@ -458,7 +458,7 @@ func scanString(rows *sql.Rows) (string, error) {
 
 const signingKeyColumns = `id, purpose, public_key, kek_id, wrapped_key, ciphertext, created_at`
 
-func scanSigningKey(rows *sql.Rows) (vault.SealedSigningKey, error) {
+func scanSigningKey(rows scanner) (vault.SealedSigningKey, error) {
 	var k vault.SealedSigningKey
 	var pub []byte
 	var created int64
