@@ -495,3 +495,63 @@ func TestGroupAnsweredOnceDurable(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupCommitUnderContention: many writers, some of whose work fails, with fsyncs slow enough
+// that writes queue behind every one of them (and are taken into the group that waits for it):
+// exactly the work that succeeded is in the database, and every writer hears its own outcome.
+func TestGroupCommitUnderContention(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "c.db")})
+	ctx := context.Background()
+	var syncs atomic.Int32
+	syncLog := db.syncWAL
+	db.syncWAL = func() error {
+		syncs.Add(1)
+		time.Sleep(2 * time.Millisecond)
+		return syncLog()
+	}
+	refused := errors.New("refused")
+	const writers, each = 8, 40
+	var wg sync.WaitGroup
+	var kept sync.Map
+	for g := range writers {
+		wg.Go(func() {
+			for i := range each {
+				name := fmt.Sprintf("w%d-%d", g, i)
+				fail := (g+i)%7 == 0
+				err := db.inTx(ctx, func(tx *Tx) error {
+					if err := addIdentity(ctx, tx, name); err != nil {
+						return err
+					}
+					if fail {
+						return refused
+					}
+					return nil
+				})
+				switch {
+				case fail && !errors.Is(err, refused):
+					t.Errorf("%s: %v, want its own refusal", name, err)
+				case !fail && err != nil:
+					t.Errorf("%s: %v", name, err)
+				case !fail:
+					kept.Store(name, true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got := identityNames(t, db)
+	want := 0
+	kept.Range(func(k, _ any) bool {
+		want++
+		if !got[k.(string)] {
+			t.Errorf("%s was answered as written but is not in the database", k)
+		}
+		return true
+	})
+	if len(got) != want {
+		t.Fatalf("%d rows, want the %d writes that succeeded", len(got), want)
+	}
+	if n := syncs.Load(); n >= writers*each/2 {
+		t.Errorf("%d fsyncs for %d writes: writers did not share them", n, writers*each)
+	}
+}
