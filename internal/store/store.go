@@ -91,11 +91,12 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 	return s, nil
 }
 
-// sqliteDSN turns a path into a modernc.org/sqlite connection string: WAL journal, synchronous=NORMAL
-// (SQLite does not fsync a commit: the committer fsyncs the log after it, outside SQLite's write
-// lock, before any writer is answered, so a stored secret still survives a power cut), a busy timeout instead of
-// immediate SQLITE_BUSY, foreign keys, secure_delete (shredded secrets are overwritten, not left in
-// free pages), and BEGIN IMMEDIATE so that write transactions queue rather than deadlock.
+// sqliteDSN turns a path into a modernc.org/sqlite connection string: WAL journal,
+// synchronous=NORMAL (SQLite does not fsync a commit: the committer fsyncs the log after it, outside
+// SQLite's write lock, before any writer is answered, so a stored secret still survives a power cut),
+// a busy timeout instead of immediate SQLITE_BUSY, foreign keys, secure_delete (shredded secrets are
+// overwritten, not left in free pages), and BEGIN IMMEDIATE so that write transactions queue rather
+// than deadlock.
 func sqliteDSN(dsn string) (string, error) {
 	path, query, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
 	if path == "" {

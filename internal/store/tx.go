@@ -186,6 +186,13 @@ func (w *write) answer(err error) {
 	}
 }
 
+// answerAll sends each of ws the same outcome (those answered already keep theirs).
+func answerAll(ws []*write, err error) {
+	for _, w := range ws {
+		w.answer(err)
+	}
+}
+
 // errPanicked is what the other members of a group hear when one's work panicked.
 var errPanicked = errors.New("write transaction abandoned: another write in it panicked; try again")
 
@@ -283,9 +290,7 @@ func (c *committer) write(db *DB, group []*write) committed {
 		if c.conn == nil {
 			conn, err := db.sql.Conn(ctx)
 			if err != nil {
-				for _, w := range group {
-					w.answer(fmt.Errorf("begin: %w", err))
-				}
+				answerAll(group, fmt.Errorf("begin: %w", err))
 				return committed{}
 			}
 			c.conn = conn
@@ -325,9 +330,7 @@ func (c *committer) write(db *DB, group []*write) committed {
 		// Raw itself failed: the connection is gone. Nobody's work was run; try once on another.
 		c.drop()
 		if attempt == 2 {
-			for _, w := range group {
-				w.answer(fmt.Errorf("begin: %w", err))
-			}
+			answerAll(group, fmt.Errorf("begin: %w", err))
 			return committed{}
 		}
 	}
@@ -372,9 +375,7 @@ func (c committed) finish(ctx context.Context, err error) {
 			f(context.WithoutCancel(ctx))
 		}
 	}
-	for _, w := range c.members {
-		w.answer(err)
-	}
+	answerAll(c.members, err)
 }
 
 // writeGroup runs the group's work in one transaction on one connection, and then, before it
@@ -384,21 +385,16 @@ func (c committed) finish(ctx context.Context, err error) {
 // in the transaction so far runs without a savepoint. ctx is for the transaction itself; each
 // member's statements run under the member's own context.
 func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, error), group []*write, more func() []*write) (done committed, began bool) {
-	fail := func(members []*write, err error) {
-		for _, w := range members {
-			w.answer(err)
-		}
-	}
 	tx, err := begin(ctx)
 	if err != nil {
-		fail(group, fmt.Errorf("begin: %w", err))
+		answerAll(group, fmt.Errorf("begin: %w", err))
 		return committed{}, false
 	}
 	var all, written []*write // all: every member taken in, for when one panics
 	defer func() {
 		if r := recover(); r != nil {
 			tx.rollback(ctx)
-			fail(all, errPanicked) // those already answered keep their answer
+			answerAll(all, errPanicked) // those already answered keep their answer
 			panic(r)
 		}
 	}()
@@ -413,7 +409,7 @@ func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, 
 		if alone {
 			if err := batch[0].fn(tx); err != nil {
 				tx.rollback(ctx)
-				fail(batch, err)
+				answerAll(batch, err)
 				return committed{}, true
 			}
 			written = append(written, batch[0])
@@ -425,8 +421,8 @@ func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, 
 			if errors.Is(err, errTxLost) {
 				// An interrupted statement rolled the whole transaction back: nobody's work is in it.
 				tx.rollback(ctx)
-				fail(written, err)
-				fail(batch[i:], err)
+				answerAll(written, err)
+				answerAll(batch[i:], err)
 				return committed{}, true
 			}
 			if err != nil {
@@ -443,7 +439,7 @@ func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, 
 	}
 	if err := tx.commit(ctx); err != nil {
 		tx.rollback(ctx) // SQLite keeps a transaction whose commit failed open
-		fail(written, fmt.Errorf("commit: %w", err))
+		answerAll(written, fmt.Errorf("commit: %w", err))
 		return committed{}, true
 	}
 	return committed{members: written, hooks: tx.afterCommit}, true

@@ -19,7 +19,7 @@ type walFile struct {
 
 	mu       sync.Mutex
 	f        *os.File
-	replaced []*os.File // logs unlinked since they were opened; closed with the database
+	replaced []*os.File // files set aside by reset; closed with the database
 }
 
 // openWAL finds the log of the main database db is connected to.
