@@ -420,17 +420,25 @@ func forged(t *testing.T, method jwt.SigningMethod, key any, kid string, claims 
 	return s
 }
 
+// signInAlice adds alice, an auditor with password pw, to w and returns the token of her login.
+func signInAlice(t *testing.T, w *world, pw secret.Value) auth.Token {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := w.svc.Login(ctx, "alice", pw, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 func TestTokensRefused(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
 	pw := secret.New("a long enough password")
-	if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
-		t.Fatal(err)
-	}
-	good, err := w.svc.Login(ctx, "alice", pw, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := signInAlice(t, w, pw)
 	var set struct {
 		Keys []struct{ Kty, Crv, X, Kid, Alg string }
 	}
@@ -455,13 +463,7 @@ func TestTokensRefused(t *testing.T) {
 	_, otherKey, _ := ed25519.GenerateKey(nil)
 	// Another Keyward instance: its own vault, its own key.
 	other := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/other.db"})
-	if _, err := other.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
-		t.Fatal(err)
-	}
-	foreign, err := other.svc.Login(ctx, "alice", pw, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	foreign := signInAlice(t, other, pw)
 	noneTok := forged(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, kid, claims(nil))
 	for name, tok := range map[string]string{
 		"alg none":                        noneTok,
@@ -540,13 +542,7 @@ func TestRememberedTokensCheckedOnEveryUse(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
 	pw := secret.New("a long enough password")
-	if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
-		t.Fatal(err)
-	}
-	login, err := w.svc.Login(ctx, "alice", pw, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	login := signInAlice(t, w, pw)
 	short := login.Token.Reveal()
 	keys, err := w.v.SigningKeys(ctx, auth.PurposeToken)
 	if err != nil || len(keys) != 1 {
