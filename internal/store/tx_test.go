@@ -555,3 +555,146 @@ func TestGroupCommitUnderContention(t *testing.T) {
 		t.Errorf("%d fsyncs for %d writes: writers did not share them", n, writers*each)
 	}
 }
+
+// TestAsyncCommit: a write committed asynchronously (AtomicallyAsync) is answered once it has
+// committed, before its fsync, whether it writes its own group or is a member of another writer's;
+// it still commits only after the previous commit's fsync; a durable member of its group still
+// waits for the fsync; closing the database waits for it.
+func TestAsyncCommit(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "a.db")})
+	ctx := context.Background()
+	var held atomic.Bool // while set, each fsync says so on entered and waits for a token
+	entered, token := make(chan struct{}, 8), make(chan struct{})
+	syncLog := db.syncWAL
+	db.syncWAL = func() error {
+		if held.Load() {
+			entered <- struct{}{}
+			<-token
+		}
+		return syncLog()
+	}
+	async := func(user string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			done <- db.AtomicallyAsync(ctx, func(ctx context.Context) error { return addIdentity(ctx, db.txFrom(ctx), user) })
+		}()
+		return done
+	}
+	answered := func(what string, done chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s was not answered", what)
+		}
+	}
+	waiting := func(what string, done chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			t.Fatalf("%s was answered (%v) too early", what, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	held.Store(true)
+	defer func() { // let any fsync still held go, so that the database can close
+		held.Store(false)
+		for {
+			select {
+			case token <- struct{}{}:
+			default:
+				return
+			}
+		}
+	}()
+
+	// Alone in its group: answered while the fsync of its commit is held.
+	alone := async("alone")
+	<-entered
+	answered("an asynchronous write alone in its group, while its fsync is held,", alone)
+	if !identityNames(t, db)["alone"] {
+		t.Fatal("the asynchronous write was answered but not committed")
+	}
+	token <- struct{}{}
+
+	// Queued behind a durable write that holds the lock: it is written in the next group, with a
+	// durable writer; that group commits once the first write's fsync is done.
+	started, hold := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- db.inTx(ctx, func(tx *Tx) error {
+			close(started)
+			<-hold
+			return addIdentity(ctx, tx, "first")
+		})
+	}()
+	<-started
+	member := async("member")
+	other := make(chan error, 1)
+	go func() { other <- db.inTx(ctx, func(tx *Tx) error { return addIdentity(ctx, tx, "other") }) }()
+	waitQueued(t, db, 2)
+	close(hold)
+	<-entered // the first write's fsync
+	waiting("the first writer, before its fsync,", first)
+	waiting("an asynchronous write whose group waits for the previous fsync", member)
+	token <- struct{}{}
+	answered("the first writer", first)
+	<-entered // the next group's fsync
+	answered("an asynchronous member of a group, while the group's fsync is held,", member)
+	waiting("a durable member of the same group, before its fsync,", other)
+	token <- struct{}{}
+	answered("the durable member", other)
+	if names := identityNames(t, db); !names["first"] || !names["member"] || !names["other"] {
+		t.Fatalf("stored: %v", names)
+	}
+
+	// Closing the database waits for the fsync of an asynchronous commit.
+	last := async("last")
+	<-entered
+	answered("the last asynchronous write", last)
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	waiting("closing the database while an fsync is held", closed)
+	token <- struct{}{}
+	answered("closing the database", closed)
+}
+
+// TestAsyncCommitPostgres: on PostgreSQL an asynchronous commit is the transaction's own
+// synchronous_commit=off, and the next transaction is durable again.
+func TestAsyncCommitPostgres(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: Postgres, DSN: testenv.PostgresDSN(t)})
+	ctx := context.Background()
+	setting := func(ctx context.Context) (string, error) {
+		var v string
+		err := db.queryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v)
+		return v, err
+	}
+	var inside, after string
+	err := db.AtomicallyAsync(ctx, func(ctx context.Context) error {
+		var err error
+		if inside, err = setting(ctx); err != nil {
+			return err
+		}
+		return addIdentity(ctx, db.txFrom(ctx), "async")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Atomically(ctx, func(ctx context.Context) error {
+		var err error
+		after, err = setting(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inside != "off" || after != "on" {
+		t.Fatalf("synchronous_commit: %q in the asynchronous transaction, %q in the next (want off, on)", inside, after)
+	}
+	if !identityNames(t, db)["async"] {
+		t.Fatal("the asynchronous transaction's write is not stored")
+	}
+}
