@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"strings"
@@ -103,12 +104,20 @@ func sqliteDSN(dsn string) (string, error) {
 		return "", errors.New("sqlite: empty database path")
 	}
 	if path != ":memory:" && !strings.HasPrefix(dsn, "file:") {
-		// Create the file ourselves so that it is private from the start; SQLite would use the umask.
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
+		// Create a missing file ourselves so that it is private from the start; SQLite would use the
+		// umask. An existing file is left alone: closing a descriptor of it would drop every lock
+		// this process holds on it (POSIX), SQLite's included, were the database open here already.
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		switch {
+		case err == nil:
+			f.Close()
+		case !errors.Is(err, fs.ErrExist):
 			return "", fmt.Errorf("sqlite: %w", err)
+		default:
+			if info, err := os.Stat(path); err == nil && info.IsDir() {
+				return "", fmt.Errorf("sqlite: %s is a directory, not a database file", path)
+			}
 		}
-		f.Close()
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
