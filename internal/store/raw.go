@@ -47,19 +47,27 @@ func (c *rawConn) stmt(ctx context.Context, query string) (driver.Stmt, error) {
 	return st, nil
 }
 
-// prepared returns the kept statement for query and its arguments as the driver takes them.
-func (c *rawConn) prepared(ctx context.Context, query string, args []any) (driver.Stmt, []driver.NamedValue, error) {
+// prepared returns the kept statement for query and its arguments as the driver takes them, and
+// the context to run it under: ctx without its cancellation, once ctx has been checked. The driver
+// watches a cancellable context with a goroutine of its own for every statement, and a progress
+// handler, so as to interrupt it; that cost about as much as a write's short statements themselves.
+// So a write whose context ends fails at its next statement instead of within one.
+func (c *rawConn) prepared(ctx context.Context, query string, args []any) (driver.Stmt, []driver.NamedValue, context.Context, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, nil, err
+	}
+	ctx = context.WithoutCancel(ctx)
 	st, err := c.stmt(ctx, query)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	nv, err := namedValues(args)
-	return st, nv, err
+	return st, nv, ctx, err
 }
 
 // exec runs one statement through its kept prepared statement.
 func (c *rawConn) exec(ctx context.Context, query string, args []any) (driver.Result, error) {
-	st, nv, err := c.prepared(ctx, query, args)
+	st, nv, ctx, err := c.prepared(ctx, query, args)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +85,7 @@ func (c *rawConn) execScript(ctx context.Context, query string, args []any) (dri
 
 // query runs a read (or a write with RETURNING) through its kept prepared statement.
 func (c *rawConn) query(ctx context.Context, query string, args []any) (*rawRows, error) {
-	st, nv, err := c.prepared(ctx, query, args)
+	st, nv, ctx, err := c.prepared(ctx, query, args)
 	if err != nil {
 		return nil, err
 	}

@@ -698,3 +698,25 @@ func TestAsyncCommitPostgres(t *testing.T) {
 		t.Fatal("the asynchronous transaction's write is not stored")
 	}
 }
+
+// A write whose context ends fails at its next statement, and none of its work is kept.
+func TestWriteCancelledBetweenStatements(t *testing.T) {
+	db := mustOpen(t, testenv.Database{Driver: SQLite, DSN: filepath.Join(t.TempDir(), "k.db")})
+	ctx, cancel := context.WithCancel(context.Background())
+	err := db.inTx(ctx, func(tx *Tx) error {
+		if err := addIdentity(ctx, tx, "before"); err != nil {
+			return err
+		}
+		cancel()
+		return addIdentity(ctx, tx, "after")
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("write: %v; want context.Canceled", err)
+	}
+	if names := identityNames(t, db); len(names) != 0 {
+		t.Errorf("identities %v kept from a cancelled write", names)
+	}
+	if err := db.inTx(context.Background(), func(tx *Tx) error { return addIdentity(ctx, tx, "next") }); !errors.Is(err, context.Canceled) {
+		t.Errorf("a statement under an ended context: %v; want context.Canceled", err)
+	}
+}
