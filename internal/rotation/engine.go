@@ -575,11 +575,8 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 			if err := e.crashAt("promote"); err != nil {
 				return res, err
 			}
-			// Promotion is local and atomic: it is recorded in the transaction that makes it, with the
-			// finish. No cloud call follows it in this rotation, and every later step that acts in a
-			// cloud (deactivation, deletion) is recorded durably before it runs, which makes this
-			// commit durable first; so this one is not waited for.
-			err := e.Store.AtomicallyAsync(ctx, func(ctx context.Context) error {
+			// Promotion is local and atomic: it is recorded in the transaction that makes it, with the finish.
+			err := e.Store.Atomically(ctx, func(ctx context.Context) error {
 				if resumed {
 					versions, err := e.Vault.VersionsOf(ctx, id)
 					if err != nil {

@@ -74,10 +74,6 @@ type Store interface {
 	// through this Store and through the vault (which shares its database), commit together or not
 	// at all. This is how a rotation needs three transactions, not seven.
 	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
-	// AtomicallyAsync is Atomically, but returns once the transaction has committed, before it is
-	// durable: the next durable transaction makes it durable too. For a last step that no cloud call
-	// follows; a crash of the process loses nothing, a power cut may lose it whole.
-	AtomicallyAsync(ctx context.Context, fn func(ctx context.Context) error) error
 	// Begin opens a new rotation holding the lease, provided r.OldKeyID is still the identity's current
 	// key. ErrBusy when a rotation is open for the identity, ErrStale when the key was replaced.
 	Begin(ctx context.Context, r Record, owner string, leaseUntil time.Time) (Record, error)

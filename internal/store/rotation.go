@@ -189,8 +189,3 @@ func (s *Rotations) LastFinished(ctx context.Context, id vault.Identity) (rotati
 func (s *Rotations) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
 	return s.db.Atomically(ctx, fn)
 }
-
-// AtomicallyAsync implements rotation.Store.
-func (s *Rotations) AtomicallyAsync(ctx context.Context, fn func(ctx context.Context) error) error {
-	return s.db.AtomicallyAsync(ctx, fn)
-}

@@ -47,23 +47,6 @@ func (db *DB) Atomically(ctx context.Context, fn func(ctx context.Context) error
 	return db.inTx(ctx, func(tx *Tx) error { return fn(context.WithValue(ctx, txKey{}, tx)) })
 }
 
-// AtomicallyAsync is Atomically with an asynchronous commit: it returns once the transaction has
-// committed, without waiting for the commit to be durable (on PostgreSQL, synchronous_commit=off for
-// this transaction). The commit is durable after the next fsync of the log (SQLite: the one the
-// committer starts at once; PostgreSQL: its WAL writer's, within 3 × wal_writer_delay), and at the
-// latest once any later transaction, of any process, is: the log is one sequence, and a durable
-// commit makes every commit before it durable. A crash of Keyward's process loses nothing; a crash
-// of the machine (or of the PostgreSQL server) before that fsync loses the transaction whole. It is
-// for work that nothing outside the database acts on at once, such as the last step of a rotation:
-// every later step that acts in a cloud is recorded durably before it runs, which makes this one
-// durable first. Inside a unit of work it joins it, which stays as durable as it was.
-func (db *DB) AtomicallyAsync(ctx context.Context, fn func(ctx context.Context) error) error {
-	if db.txFrom(ctx) != nil {
-		return fn(ctx)
-	}
-	return db.inTxAsync(ctx, true, func(tx *Tx) error { return fn(context.WithValue(ctx, txKey{}, tx)) })
-}
-
 // onCommit runs fn once the transaction ctx carries has committed (at once outside a unit of work).
 func (db *DB) onCommit(ctx context.Context, fn func(context.Context)) {
 	if tx := db.txFrom(ctx); tx != nil {
@@ -141,15 +124,10 @@ func (tx *Tx) rollback(ctx context.Context) {
 // Atomically), fn runs in its transaction, which commits with the unit. On SQLite the transaction
 // may be shared with other callers' (see committer); fn's work stays all or nothing.
 func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
-	return db.inTxAsync(ctx, false, fn)
-}
-
-// inTxAsync is inTx, with an asynchronous commit when async is set (see AtomicallyAsync).
-func (db *DB) inTxAsync(ctx context.Context, async bool, fn func(tx *Tx) error) error {
 	if tx := db.txFrom(ctx); tx != nil {
 		return fn(tx)
 	}
-	w := &write{fn: fn, done: make(chan error, 1), async: async}
+	w := &write{fn: fn, done: make(chan error, 1)}
 	if db.driver == SQLite {
 		return db.commits.do(db, w)
 	}
@@ -158,14 +136,7 @@ func (db *DB) inTxAsync(ctx context.Context, async bool, fn func(tx *Tx) error) 
 		if err != nil {
 			return nil, err
 		}
-		tx := &Tx{sql: sqlTx, db: db}
-		if async {
-			if _, err := tx.exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-				_ = sqlTx.Rollback()
-				return nil, err
-			}
-		}
-		return tx, nil
+		return &Tx{sql: sqlTx, db: db}, nil
 	}
 	done, _ := db.writeGroup(ctx, begin, []*write{w}, nil)
 	done.finish(ctx, nil) // PostgreSQL's commit returns once it is durable
@@ -204,7 +175,6 @@ type committer struct {
 type write struct {
 	fn       func(tx *Tx) error
 	done     chan error // buffered: the writer of the group never waits for the caller
-	async    bool       // answered once committed, before the commit is durable (see AtomicallyAsync)
 	answered bool
 }
 
@@ -261,23 +231,13 @@ func (c *committer) do(db *DB, w *write) error {
 				c.syncing = synced
 			}
 		}()
-		if synced == nil {
-			return <-w.done
-		}
-		done.answerAsync()
-		sync := func() {
+		if synced != nil {
 			err := db.syncWAL()
 			close(synced)
 			if err != nil {
 				err = fmt.Errorf("commit not known to be durable: %w", err)
 			}
 			done.finish(context.Background(), err)
-		}
-		if w.async {
-			// Nobody this writer answers waits for the fsync but the group's other members.
-			go sync()
-		} else {
-			sync()
 		}
 		return <-w.done
 	}
@@ -394,9 +354,6 @@ func (c *committer) close() {
 	c.init()
 	c.lock <- struct{}{}
 	defer func() { <-c.lock }()
-	if c.syncing != nil {
-		<-c.syncing // an asynchronous commit's fsync
-	}
 	c.drop()
 }
 
@@ -408,15 +365,6 @@ const savepoint = "keyward_write"
 type committed struct {
 	members []*write
 	hooks   []func(context.Context)
-}
-
-// answerAsync answers the members whose commit is asynchronous: they are committed.
-func (c *committed) answerAsync() {
-	for _, w := range c.members {
-		if w.async {
-			w.answer(nil)
-		}
-	}
 }
 
 // finish runs the hooks (unless err) and answers the members with err: nil once the commit is
