@@ -4,7 +4,7 @@
 # engine's simulated pass; PKG and BENCHTIME choose another package's benchmark.
 #   scripts/bench-ab.sh fd4f92a                                   # 4 runs each, 1,000 users, SQLite
 #   scripts/bench-ab.sh fd4f92a 2 'PassSim/users=10000$/sqlite'   # 2 runs each, 10,000 users
-#   PKG=./internal/store/ BENCHTIME=6000x scripts/bench-ab.sh fd4f92a 4 VaultPutVsFsync
+#   PKG=./internal/store/ BENCHTIME=6000x scripts/bench-ab.sh fd4f92a 4 VaultPutVsFsync/durable
 # Prints, per run, which binary ran and the benchmark's line.
 set -euo pipefail
 cd "$(dirname "$0")/.."

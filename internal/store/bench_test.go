@@ -42,14 +42,23 @@ func benchIdentity(i int) vault.Identity {
 
 // BenchmarkFsync writes one 4 KiB page and fsyncs it, next to where the SQLite database lives.
 func BenchmarkFsync(b *testing.B) {
-	f, err := os.Create(filepath.Join(b.TempDir(), "fsync.bin"))
+	fsync := pageSyncer(b, b.TempDir())
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		fsync(i)
+	}
+}
+
+// pageSyncer returns the reference fsync the Put is compared with: its i-th call writes a 4 KiB page
+// (one of 256) of a file in dir, and fsyncs the file.
+func pageSyncer(b *testing.B, dir string) func(i int) {
+	f, err := os.Create(filepath.Join(dir, "fsync.bin"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
+	b.Cleanup(func() { f.Close() })
 	page := make([]byte, 4096)
-	b.ResetTimer()
-	for i := 0; b.Loop(); i++ {
+	return func(i int) {
 		if _, err := f.WriteAt(page, int64(i%256)*4096); err != nil {
 			b.Fatal(err)
 		}
@@ -157,8 +166,11 @@ func sqlImport(b *testing.B, db *DB) func(i int) error {
 			return err
 		}
 		var n sql.NullInt64
-		if err := byKey.QueryRow(id).Scan(&n); !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("lookup of %s: %v", id, err)
+		switch err := byKey.QueryRow(id).Scan(&n); {
+		case err == nil:
+			return fmt.Errorf("%s is stored already", id)
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("lookup of %s: %w", id, err)
 		}
 		if err := next.QueryRow(who.Cloud, who.AccountID, who.UserName).Scan(&n); err != nil {
 			return err
@@ -185,12 +197,7 @@ func sqlImport(b *testing.B, db *DB) func(i int) error {
 // putVsFsync alternates put with a 4 KiB write and fsync of a file in dir (see
 // BenchmarkVaultPutVsFsync) and reports both.
 func putVsFsync(b *testing.B, dir string, put func(i int) error) {
-	f, err := os.Create(filepath.Join(dir, "fsync.bin"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	page := make([]byte, 4096)
+	fsync := pageSyncer(b, dir)
 	var total, sync time.Duration
 	var puts []time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -201,12 +208,7 @@ func putVsFsync(b *testing.B, dir string, put func(i int) error) {
 		puts = append(puts, time.Since(start))
 		total += puts[i]
 		start = time.Now()
-		if _, err := f.WriteAt(page, int64(i%256)*4096); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			b.Fatal(err)
-		}
+		fsync(i)
 		sync += time.Since(start)
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "put-ns")
@@ -225,21 +227,11 @@ func putVsFsync(b *testing.B, dir string, put func(i int) error) {
 func BenchmarkVaultPutParallel(b *testing.B) {
 	db, dir := benchSQLite(b)
 	put := vaultImport(b, db)
-	f, err := os.Create(filepath.Join(dir, "fsync.bin"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	page := make([]byte, 4096)
+	fsync := pageSyncer(b, dir)
 	fsyncs := func() time.Duration {
 		start := time.Now()
 		for i := range 200 {
-			if _, err := f.WriteAt(page, int64(i%256)*4096); err != nil {
-				b.Fatal(err)
-			}
-			if err := f.Sync(); err != nil {
-				b.Fatal(err)
-			}
+			fsync(i)
 		}
 		return time.Since(start) / 200
 	}
