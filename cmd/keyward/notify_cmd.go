@@ -29,7 +29,7 @@ func (a *app) notifier(db *store.DB) *notify.Notifier {
 		r.Global = append(r.Global, notify.Route{Channel: "sns", Destination: t.TopicARN, Events: t.Events})
 	}
 	for _, h := range n.Webhooks {
-		r.Global = append(r.Global, notify.Route{Channel: "webhook", Destination: h.URL, Events: h.Events})
+		r.Global = append(r.Global, notify.Route{Channel: "webhook", Destination: h.DestinationName(), Events: h.Events})
 	}
 	for _, s := range n.Slack {
 		r.Global = append(r.Global, notify.Route{Channel: "slack", Destination: s.Name, Events: s.Events})
@@ -64,11 +64,11 @@ func (a *app) dispatcher(ctx context.Context, db *store.DB, owner string, observ
 	}
 	channels := map[string]notify.Channel{}
 	if len(n.Webhooks) > 0 {
-		secrets := map[string]secret.Value{}
+		hooks := map[string]notify.WebhookTarget{}
 		for _, h := range n.Webhooks {
-			secrets[h.URL] = h.Secret
+			hooks[h.DestinationName()] = notify.WebhookTarget{URL: h.URL, Secret: h.Secret}
 		}
-		channels["webhook"] = &notify.Webhook{Client: httpClient(), Secrets: secrets}
+		channels["webhook"] = &notify.Webhook{Client: httpClient(), Hooks: hooks}
 	}
 	if len(n.Slack) > 0 {
 		urls := map[string]secret.Value{}

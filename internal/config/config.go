@@ -162,12 +162,25 @@ type NotifySNS struct {
 	Events   []string `yaml:"events"`
 }
 
-// NotifyWebhook is a URL that notices are POSTed to as JSON, signed with Secret.
+// NotifyWebhook is a URL that notices are POSTed to as JSON, signed with Secret. The URL may carry
+// a token, so it is treated as a secret: logs, errors and the outbox name the webhook by Name.
 type NotifyWebhook struct {
-	URL        string       `yaml:"url"`
+	Name       string       `yaml:"name"` // default: the URL's host
+	URL        secret.Value `yaml:"url"`
 	Secret     secret.Value `yaml:"secret"`
 	SecretFile string       `yaml:"secret_file"`
 	Events     []string     `yaml:"events"`
+}
+
+// DestinationName is the webhook's name in routes, the outbox and logs: Name, or the URL's host.
+func (h NotifyWebhook) DestinationName() string {
+	if h.Name != "" {
+		return h.Name
+	}
+	if u, err := url.Parse(h.URL.Reveal()); err == nil {
+		return u.Host
+	}
+	return ""
 }
 
 // NotifySlack is a Slack-compatible incoming webhook: its URL is the secret, Name stands for it.
@@ -552,9 +565,16 @@ func (n *Notify) validate(report func(key, format string, args ...any)) {
 			report(key, "want an http(s) URL") // not quoted: it may hold a token
 		}
 	}
+	hookNames := map[string]bool{}
 	for i, h := range n.Webhooks {
 		key := fmt.Sprintf("notify.webhooks[%d]", i)
-		httpURL(key+".url", h.URL)
+		httpURL(key+".url", h.URL.Reveal())
+		if name := h.DestinationName(); name != "" {
+			if hookNames[name] {
+				report(key+".name", fmt.Sprintf("%q is taken by another webhook: give each a name of its own", name))
+			}
+			hookNames[name] = true
+		}
 		if h.Secret.IsZero() {
 			report(key+".secret", "required: receivers check the signature made with it")
 		}

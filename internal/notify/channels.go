@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"net/smtp"
 	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -33,10 +35,18 @@ type WebhookBody struct {
 
 // Webhook POSTs JSON to URLs, signed: X-Keyward-Signature is sha256=<hex HMAC-SHA256 of the
 // timestamp, ".", and the body>, keyed by the route's secret; X-Keyward-Timestamp is that Unix time.
+// A route's destination is the webhook's name: its URL may carry a token, so it is kept here only,
+// never in the outbox, a log line or an error.
 type Webhook struct {
-	Client  *http.Client
-	Secrets map[string]secret.Value // URL → signing secret
-	Now     func() time.Time
+	Client *http.Client
+	Hooks  map[string]WebhookTarget // name → URL and signing secret
+	Now    func() time.Time
+}
+
+// WebhookTarget is where a named webhook posts, and the key it signs with.
+type WebhookTarget struct {
+	URL    secret.Value
+	Secret secret.Value
 }
 
 // Name implements Channel.
@@ -62,9 +72,13 @@ func (w *Webhook) Send(ctx context.Context, d Delivery, msg Message) error {
 		now = w.Now
 	}
 	ts := strconv.FormatInt(now().Unix(), 10)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Destination, bytes.NewReader(body))
+	hook, ok := w.Hooks[d.Destination]
+	if !ok {
+		return &PermanentError{fmt.Errorf("no webhook named %s", d.Destination)}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hook.URL.Reveal(), bytes.NewReader(body))
 	if err != nil {
-		return &PermanentError{err}
+		return &PermanentError{fmt.Errorf("webhook %s: bad URL", d.Destination)} // never quote the URL: it may hold a token
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Keyward")
@@ -72,20 +86,21 @@ func (w *Webhook) Send(ctx context.Context, d Delivery, msg Message) error {
 	req.Header.Set("X-Keyward-Delivery", d.ID)
 	req.Header.Set("Idempotency-Key", d.ID)
 	req.Header.Set("X-Keyward-Event", d.Notice.Event)
-	if key, ok := w.Secrets[d.Destination]; ok && !key.IsZero() {
-		req.Header.Set("X-Keyward-Signature", Sign(key, ts, body))
+	if !hook.Secret.IsZero() {
+		req.Header.Set("X-Keyward-Signature", Sign(hook.Secret, ts, body))
 	}
 	return post(w.Client, req)
 }
 
 // post sends a request: 2xx is delivered; 429 and 5xx are worth a retry; any other answer is not.
+// Its errors name the host only: the URL's path and query may be the secret (Slack's always is).
 func post(client *http.Client, req *http.Request) error {
 	if client == nil {
 		client = http.DefaultClient
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("post to %s: %w", req.URL.Host, err)
+		return hostOnly(req.URL, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
@@ -215,3 +230,34 @@ func MIME(from, to, id string, msg Message) ([]byte, error) {
 	}
 	return append([]byte(header), buf.Bytes()...), nil
 }
+
+// hostOnly says why a request to u failed, naming u's host and nothing else of it. A *url.Error's
+// text is the whole URL, so its cause is taken instead, and any trace of the URL in that cause is
+// cut out as well. The result does not wrap err, so that no caller can reach the URL through it.
+func hostOnly(u *url.URL, err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	msg := err.Error()
+	for _, part := range []string{u.String(), u.RequestURI(), u.EscapedPath(), u.Path, u.RawQuery, u.User.String()} {
+		if part != "" && part != "/" {
+			msg = strings.ReplaceAll(msg, part, "[redacted]")
+		}
+	}
+	return &OutboundError{Host: u.Host, Reason: msg, Timeout: isTimeout(err)}
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &t) && t.Timeout())
+}
+
+// OutboundError is a call to another system that did not get an answer. It names the host only.
+type OutboundError struct {
+	Host    string
+	Reason  string
+	Timeout bool
+}
+
+func (e *OutboundError) Error() string { return "post to " + e.Host + ": " + e.Reason }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -176,8 +177,8 @@ func TestWebhookRetriesUntilDelivered(t *testing.T) {
 	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
 		key := secret.New("webhook-signing-key-0123456789")
 		hook := newHookServer(t, key, http.StatusServiceUnavailable, http.StatusTooManyRequests)
-		w := newWorld(t, d, []notify.Route{{Channel: "webhook", Destination: hook.URL, Events: []string{"key.*"}}},
-			&notify.Webhook{Secrets: map[string]secret.Value{hook.URL: key}})
+		w := newWorld(t, d, []notify.Route{{Channel: "webhook", Destination: "ops-hook", Events: []string{"key.*"}}},
+			&notify.Webhook{Hooks: map[string]notify.WebhookTarget{"ops-hook": {URL: secret.New(hook.URL), Secret: key}}})
 		ctx := context.Background()
 		for range 2 {
 			if err := w.notifier.Notify(ctx, notice(notify.KeyRotated, "key.rotated|AKIANEW")); err != nil {
@@ -221,7 +222,8 @@ func TestPermanentRefusalGivesUp(t *testing.T) {
 	key := secret.New("webhook-signing-key-0123456789")
 	hook := newHookServer(t, key, http.StatusBadRequest)
 	w := newWorld(t, testenv.Database{Driver: store.SQLite, DSN: filepath.Join(t.TempDir(), "n.db")},
-		[]notify.Route{{Channel: "webhook", Destination: hook.URL}}, &notify.Webhook{Secrets: map[string]secret.Value{hook.URL: key}})
+		[]notify.Route{{Channel: "webhook", Destination: "ops-hook"}},
+		&notify.Webhook{Hooks: map[string]notify.WebhookTarget{"ops-hook": {URL: secret.New(hook.URL), Secret: key}}})
 	if err := w.notifier.Notify(context.Background(), notice(notify.KeyDeleted, "deleted|1")); err != nil {
 		t.Fatal(err)
 	}
@@ -362,6 +364,60 @@ func TestSlack(t *testing.T) {
 	var perm *notify.PermanentError
 	if err := ch.Send(context.Background(), notify.Delivery{ID: "d2", Destination: "unknown"}, msg); !errors.As(err, &perm) {
 		t.Fatalf("an unknown Slack route: %v", err)
+	}
+}
+
+// TestFailedPostsNeverShowTheURL: when the network fails — connection refused, a TLS failure, a
+// timeout — a Slack webhook's URL (whose path is its secret) and a webhook URL carrying a token reach
+// no log line, no error and no outbox column: errors name the host only.
+func TestFailedPostsNeverShowTheURL(t *testing.T) {
+	refused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedURL := "http://" + refused.Addr().String()
+	refused.Close()
+	untrusted := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer untrusted.Close()
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer slow.Close()
+	const slackPath, hookPath, hookToken = "/services/T0/B0/slack-sekrit-path", "/hooks/hook-sekrit-path", "hook-sekrit-token"
+	for name, base := range map[string]string{"refused": refusedURL, "tls": untrusted.URL, "timeout": slow.URL} {
+		t.Run(name, func(t *testing.T) {
+			testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+				var logs testenv.SyncBuffer
+				client := &http.Client{Timeout: 300 * time.Millisecond}
+				w := newWorld(t, d, []notify.Route{{Channel: "slack", Destination: "platform"}, {Channel: "webhook", Destination: "ops-hook"}},
+					&notify.Slack{Client: client, URLs: map[string]secret.Value{"platform": secret.New(base + slackPath)}},
+					&notify.Webhook{Client: client, Hooks: map[string]notify.WebhookTarget{
+						"ops-hook": {URL: secret.New(base + hookPath + "?token=" + hookToken), Secret: secret.New("signing-key-0123456789")}}})
+				w.disp.Log = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+				if err := w.notifier.Notify(context.Background(), notice(notify.RotationFailed, "failed|1")); err != nil {
+					t.Fatal(err)
+				}
+				if n := w.deliver(t); n != 0 {
+					t.Fatalf("%d delivered through a failing network", n)
+				}
+				if fmt.Sprint(w.outcomes) != "[slack:retry webhook:retry]" && fmt.Sprint(w.outcomes) != "[webhook:retry slack:retry]" {
+					t.Fatalf("outcomes %v", w.outcomes)
+				}
+				host := strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+				if !strings.Contains(logs.String(), host) {
+					t.Fatalf("the log does not name the host %s: %s", host, logs.String())
+				}
+				everything := logs.String() + testenv.DatabaseText(t, d)
+				for _, s := range []string{"sekrit", "slack-sekrit-path", hookPath, hookToken} {
+					if strings.Contains(everything, s) {
+						t.Fatalf("%q reached the log or the database:\n%s", s, logs.String())
+					}
+				}
+			})
+		})
 	}
 }
 

@@ -255,3 +255,51 @@ func (c *Clock) Add(d time.Duration) {
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
 }
+
+// DatabaseText returns everything a database holds, as text to search for secrets that must not be
+// there in the clear: for SQLite the bytes of its file and its write-ahead log (as a reader of the
+// disk would see them), for PostgreSQL every row of every table of the test's schema.
+func DatabaseText(t testing.TB, d Database) string {
+	t.Helper()
+	if d.Driver == "sqlite" {
+		var all []byte
+		for _, suffix := range []string{"", "-wal"} {
+			b, err := os.ReadFile(d.DSN + suffix)
+			if err != nil && !os.IsNotExist(err) {
+				t.Fatalf("read %s: %v", d.DSN+suffix, err)
+			}
+			all = append(all, b...)
+		}
+		return string(all)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, d.DSN)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	var buf bytes.Buffer
+	for _, table := range tables {
+		rows, err := conn.Query(ctx, "SELECT t::text FROM "+pgx.Identifier{table}.Sanitize()+" t")
+		if err != nil {
+			t.Fatalf("read %s: %v", table, err)
+		}
+		texts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatalf("read %s: %v", table, err)
+		}
+		for _, row := range texts {
+			buf.WriteString(table + ": " + row + "\n")
+		}
+	}
+	return buf.String()
+}
