@@ -127,7 +127,8 @@ type Principal struct {
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// via says how the principal authenticated: token or apikey.
 	Via string `json:"via"`
-	// requireMFA: the role needs MFA before a secret is read.
+	// requireMFA: the role is one of require_mfa: it needs a second factor for what can lead to a
+	// secret (see Authorize).
 	requireMFA bool
 }
 
@@ -145,6 +146,11 @@ func (p *Principal) InTeam(team string) bool { return slices.Contains(p.Teams, t
 
 // Authorize says whether p may use a permission; team is the team the request is about ("" none).
 // It returns nil, ErrForbidden or ErrMFARequired.
+//
+// A second factor, for the roles in require_mfa, guards every permission that can lead to a secret:
+// reading one, and administration (a new user, API key, team or membership is a way to read one).
+// An API key is a machine and cannot give a second factor: it reads only its own teams' keys,
+// whatever its role, never exports, and administers only when its role needs no second factor.
 func (p *Principal) Authorize(perm Permission, team string) error {
 	if perm == Public {
 		return nil
@@ -154,9 +160,13 @@ func (p *Principal) Authorize(perm Permission, team string) error {
 	}
 	switch perm {
 	case ReadCredentials:
-		if p.Role != RoleAdmin && !p.InTeam(team) {
+		if !p.InTeam(team) && (p.Role != RoleAdmin || p.Kind != KindUser) {
 			return ErrForbidden
 		}
+		if p.Kind == KindUser && p.requireMFA && !p.MFA {
+			return ErrMFARequired
+		}
+	case Administer:
 		if p.requireMFA && !p.MFA {
 			return ErrMFARequired
 		}

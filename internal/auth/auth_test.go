@@ -121,7 +121,11 @@ func TestAuthorize(t *testing.T) {
 		{&auth.Principal{Role: auth.RoleOperator}, auth.ReadAudit, "", auth.ErrForbidden},
 		{&auth.Principal{Kind: auth.KindUser, Role: auth.RoleAdmin}, auth.Export, "", auth.ErrMFARequired},
 		{&auth.Principal{Kind: auth.KindUser, Role: auth.RoleAdmin, MFA: true}, auth.Export, "", nil},
-		{&auth.Principal{Role: auth.RoleAdmin}, auth.ReadCredentials, "search", nil},
+		{&auth.Principal{Kind: auth.KindUser, Role: auth.RoleAdmin}, auth.ReadCredentials, "search", nil},
+		// An API key reads its own teams' keys only, whatever its role, and never exports.
+		{&auth.Principal{Kind: auth.KindAPIKey, Role: auth.RoleAdmin}, auth.ReadCredentials, "search", auth.ErrForbidden},
+		{&auth.Principal{Kind: auth.KindAPIKey, Role: auth.RoleAdmin, Teams: []string{"search"}}, auth.ReadCredentials, "search", nil},
+		{&auth.Principal{Kind: auth.KindAPIKey, Role: auth.RoleAdmin}, auth.Export, "", auth.ErrMFARequired},
 		{&auth.Principal{Role: "root"}, auth.Authenticated, "", auth.ErrForbidden},
 	} {
 		if err := c.p.Authorize(c.perm, c.team); !errors.Is(err, c.want) || (c.want == nil && err != nil) {

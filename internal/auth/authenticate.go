@@ -218,7 +218,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 			return nil, err
 		}
 		gen = k.Generation
-		p = &Principal{Kind: KindAPIKey, Name: k.Name, Role: k.Role, CIDRs: k.CIDRs}
+		p = &Principal{Kind: KindAPIKey, Name: k.Name, Role: k.Role, CIDRs: k.CIDRs, requireMFA: slices.Contains(s.cfg.RequireMFA, k.Role)}
 	default:
 		return nil, fmt.Errorf("%w: token subject of unknown kind", ErrUnauthenticated)
 	}
@@ -268,7 +268,8 @@ func (s *Service) AuthenticateAPIKey(ctx context.Context, value string) (*Princi
 	if k, err = s.apiKeyUsable(ctx, k.Name); err != nil {
 		return nil, err
 	}
-	p := &Principal{Kind: KindAPIKey, Name: k.Name, Role: k.Role, CIDRs: k.CIDRs, Via: "apikey", ExpiresAt: k.ExpiresAt}
+	p := &Principal{Kind: KindAPIKey, Name: k.Name, Role: k.Role, CIDRs: k.CIDRs, Via: "apikey", ExpiresAt: k.ExpiresAt,
+		requireMFA: slices.Contains(s.cfg.RequireMFA, k.Role)}
 	if p.Teams, err = s.store.TeamsOf(ctx, p.ID()); err != nil {
 		return nil, err
 	}

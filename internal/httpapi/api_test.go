@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
@@ -268,4 +270,56 @@ func TestNetworkRulesAndRateLimits(t *testing.T) {
 			t.Fatalf("statuses %v, Retry-After %q", statuses, retry)
 		}
 	})
+}
+
+// TestMFAGuardsEveryWayToASecret: an admin signed in without a second factor, refused a team's key,
+// cannot get one another way either — no API key, user, team or membership of its making — and an
+// admin API key reads only its own teams' keys and administers nothing while admins need MFA.
+func TestMFAGuardsEveryWayToASecret(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	nomfa := f.creds["admin-nomfa"]
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{"GET", "/v1/teams/payments/credentials", nil},
+		{"POST", "/v1/apikeys", map[string]any{"name": "sneaky", "role": "admin"}},
+		{"POST", "/v1/users", map[string]any{"name": "sneaky", "role": "operator", "teams": []string{"payments"}, "password": password.Reveal()}},
+		{"POST", "/v1/teams", map[string]any{"name": "sneaky", "iam_user": "payments-app2", "account_id": account}},
+		{"POST", "/v1/teams/payments/members", map[string]string{"member": "user:admin-nomfa"}},
+		{"GET", "/v1/export", nil},
+	} {
+		status, body := f.do(c.method, c.path, nomfa, c.body)
+		if status != http.StatusForbidden || !strings.Contains(string(body), "mfa-required") {
+			t.Errorf("admin without MFA: %s %s: %d %s", c.method, c.path, status, body)
+		}
+	}
+	ctx := context.Background()
+	_, adminKey, err := f.svc.CreateAPIKey(ctx, "cli:test", "admin-ci", auth.RoleAdmin, nil, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, teamKey, err := f.svc.CreateAPIKey(ctx, "cli:test", "admin-ci-payments", auth.RoleAdmin, []string{"payments"}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := http.Header{"X-Api-Key": {adminKey.Reveal()}}
+	for path, want := range map[string]int{"/v1/teams/payments/credentials": 403, "/v1/teams/search/credentials": 403, "/v1/export": 403,
+		"/v1/users": 403, "/v1/keys": 200, "/v1/audit": 200} {
+		if status, body := f.do("GET", path, ak, nil); status != want {
+			t.Errorf("admin API key without teams: GET %s: %d %s, want %d", path, status, body, want)
+		}
+	}
+	if status, body := f.do("POST", "/v1/apikeys", ak, map[string]any{"name": "sneaky2", "role": "member", "teams": []string{"payments"}}); status != 403 {
+		t.Errorf("admin API key creates an API key: %d %s", status, body)
+	}
+	if status, body := f.do("GET", "/v1/teams/payments/credentials", http.Header{"X-Api-Key": {teamKey.Reveal()}}, nil); status != 200 {
+		t.Errorf("admin API key of team payments: %d %s", status, body)
+	}
+	if status, body := f.do("GET", "/v1/teams/search/credentials", http.Header{"X-Api-Key": {teamKey.Reveal()}}, nil); status != 403 {
+		t.Errorf("admin API key of team payments reads search: %d %s", status, body)
+	}
+	if status, body := f.do("POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "fine", "role": "member"}); status != 201 {
+		t.Errorf("admin with MFA: %d %s", status, body)
+	}
 }
