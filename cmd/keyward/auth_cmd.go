@@ -29,6 +29,7 @@ func authConfig(c config.Auth) auth.Config {
 		Issuer: c.Issuer, Audience: c.Audience, TokenTTL: c.TokenTTL.Std(), KeyRotation: c.SigningKeyRotation.Std(),
 		Lockout: auth.Lockout{MaxFailures: int64(c.Lockout.MaxFailures), IPMaxFailures: int64(c.Lockout.IPMaxFailures),
 			Duration: c.Lockout.Duration.Std(), Delay: c.Lockout.Delay.Std(), MaxDelay: c.Lockout.MaxDelay.Std()},
+		MaxConcurrentHashes: c.MaxConcurrentHashes,
 	}
 	for _, r := range c.RequireMFA {
 		cfg.RequireMFA = append(cfg.RequireMFA, auth.Role(r))

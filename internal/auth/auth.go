@@ -44,6 +44,15 @@ func invalid(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}
 }
 
+// ErrBusy: too many logins at once; RetryAfter (a *BusyError) says when to try again.
+var ErrBusy = errors.New("busy: too many logins at once")
+
+// BusyError is ErrBusy with the time to wait.
+type BusyError struct{ RetryAfter time.Duration }
+
+func (e *BusyError) Error() string { return ErrBusy.Error() }
+func (e *BusyError) Unwrap() error { return ErrBusy }
+
 // LockedError is ErrLocked with the time to wait.
 type LockedError struct{ RetryAfter time.Duration }
 
@@ -255,7 +264,12 @@ type Store interface {
 	UpdateAPIKey(ctx context.Context, k APIKey) error // revoked, generation
 
 	LoginFailures(ctx context.Context, subject string) (Failures, error) // zero when none
-	SetLoginFailures(ctx context.Context, subject string, f Failures) error
+	// ReserveLoginAttempt counts an attempt of subject before its password is checked, atomically
+	// however many race: it returns the attempt's place in the count, or 0 and the lock's end when
+	// the subject is locked now. The attempt that reaches limit (0: none) locks it for window.
+	ReserveLoginAttempt(ctx context.Context, subject string, limit int64, now time.Time, window time.Duration) (int64, time.Time, error)
+	// ReleaseLoginAttempt gives back a reserved place (the attempt succeeded).
+	ReleaseLoginAttempt(ctx context.Context, subject string, limit int64) error
 	ClearLoginFailures(ctx context.Context, subject string) error
 	// UseTOTPStep records that a TOTP code of the given time step signed the user in, and reports
 	// false when a code of that step or a later one already did.

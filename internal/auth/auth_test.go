@@ -6,9 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -590,4 +594,135 @@ func TestRememberedTokensCheckedOnEveryUse(t *testing.T) {
 	accepted("a token of the previous key, just after rotation", long, true)
 	w.clock.Add(2*time.Minute + time.Second)
 	accepted("a token of a retired key, unexpired and remembered", long, false)
+}
+
+// TestLockoutCannotBeRaced: many logins at once for one name — from many addresses, the right
+// password among wrong ones — and from one address, on both databases: no more guesses are checked
+// than the limits allow, whatever the concurrency, because each attempt is counted before its
+// password is checked.
+func TestLockoutCannotBeRaced(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		w := newWorld(t, d) // max_failures 3, ip_max_failures 5
+		pw := secret.New("a long enough password")
+		if _, err := w.svc.AddUser(ctx, "cli:test", "alice", auth.RoleAuditor, nil, pw); err != nil {
+			t.Fatal(err)
+		}
+		count := func(n int, attempt func(i int) error) map[string]int {
+			var mu sync.Mutex
+			got := map[string]int{}
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := attempt(i)
+					kind := "ok"
+					var locked *auth.LockedError
+					switch {
+					case errors.As(err, &locked):
+						kind = "locked"
+					case errors.Is(err, auth.ErrUnauthenticated):
+						kind = "wrong"
+					case err != nil:
+						kind = err.Error()
+					}
+					mu.Lock()
+					got[kind]++
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			return got
+		}
+		// 40 addresses, one name: 39 wrong passwords and the right one.
+		got := count(40, func(i int) error {
+			p := secret.New("wrong password number " + fmt.Sprint(i))
+			if i == 20 {
+				p = pw
+			}
+			_, err := w.svc.Login(ctx, "alice", p, "", fmt.Sprintf("198.51.100.%d", i+1))
+			return err
+		})
+		if got["wrong"] > 3 || got["wrong"]+got["ok"]+got["locked"] != 40 {
+			t.Fatalf("40 racing logins for one name: %v (at most 3 wrong guesses may be checked)", got)
+		}
+		// One address, many names: at most five guesses.
+		got = count(80, func(i int) error {
+			_, err := w.svc.Login(ctx, fmt.Sprintf("user%d", i), secret.New("wrong password here"), "", "192.0.2.66")
+			return err
+		})
+		if got["wrong"] > 5 || got["wrong"]+got["locked"] != 80 {
+			t.Fatalf("80 racing logins from one address: %v (at most 5 may be checked)", got)
+		}
+	})
+}
+
+// TestPasswordHashesBounded: 200 logins at once with made-up names, each an Argon2id hash of 19 MiB,
+// keep the heap within the bound of hashes computed at once (two here) plus a margin; those that find
+// no place are turned away with ErrBusy before any hashing.
+func TestPasswordHashesBounded(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Open(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
+	cfg := testConfig()
+	cfg.Argon2 = auth.DefaultArgon2 // 19 MiB a hash
+	cfg.MaxConcurrentHashes = 2
+	cfg.Lockout = auth.Lockout{Duration: time.Minute}
+	svc, err := auth.New(cfg, db.Auth(), storetest.Vault(t, db, nil), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&m)
+			if m.HeapAlloc > peak.Load() {
+				peak.Store(m.HeapAlloc)
+			}
+		}
+	}()
+	var busy, refused atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := svc.Login(ctx, fmt.Sprintf("nobody%d", i), secret.New("wrong password here"), "", fmt.Sprintf("10.1.%d.%d", i/250, i%250))
+			var b *auth.BusyError
+			switch {
+			case errors.As(err, &b) && b.RetryAfter > 0:
+				busy.Add(1)
+			case errors.Is(err, auth.ErrUnauthenticated):
+				refused.Add(1)
+			default:
+				t.Errorf("login %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	// The collector lets the heap reach twice what is live before it runs (GOGC=100): the bound is
+	// twice the hashes' budget, plus a margin for everything else.
+	const budget, margin = 2 * 19 << 20, 24 << 20
+	grew := int64(peak.Load()) - int64(before.HeapAlloc)
+	t.Logf("200 logins: %d checked, %d turned away; heap grew by at most %d MiB", refused.Load(), busy.Load(), grew>>20)
+	if grew > 2*budget+margin {
+		t.Fatalf("the heap grew by %d MiB with 2 hashes of 19 MiB allowed at once", grew>>20)
+	}
+	if busy.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("checked %d, turned away %d: want both", refused.Load(), busy.Load())
+	}
 }

@@ -23,21 +23,29 @@ type Token struct {
 // token. Every failure is the same ErrUnauthenticated, answered after the same work whether the user
 // exists or not, and after a delay that grows with the failures in a row; too many lock the user name
 // and the source address (ErrLocked, a *LockedError). Success and failure are audited.
+//
+// An attempt takes its place in the count of its name and its address before its password is
+// checked (Store.ReserveLoginAttempt), so that however many race, on however many replicas, no more
+// than the limits' worth of guesses are ever checked. Before that, it waits for a place among the
+// hashes computed at once (ErrBusy when none comes soon): Argon2id's memory is bounded.
 func (s *Service) Login(ctx context.Context, name string, password secret.Value, code, sourceIP string) (Token, error) {
-	subjects := []string{"user:" + strings.ToLower(name)}
-	if sourceIP != "" {
-		subjects = append(subjects, "ip:"+sourceIP)
-	}
 	target := KindUser + ":" + name
 	if err := ValidateName("user", name); err != nil {
 		target = "user:?" // never write what was typed into a name field that may have been a password
 	}
-	now := s.now()
-	if wait, err := s.locked(ctx, subjects, now); err != nil {
+	release, err := s.hashSlot(ctx)
+	if err != nil {
 		return Token{}, err
-	} else if wait > 0 {
+	}
+	defer release()
+	now := s.now()
+	userCount, err := s.reserve(ctx, name, sourceIP, now)
+	var locked *LockedError
+	if errors.As(err, &locked) {
 		_ = s.record(ctx, event("anonymous", ActionLogin, target, audit.Denied, "reason", "locked"))
-		return Token{}, &LockedError{RetryAfter: wait}
+		return Token{}, err
+	} else if err != nil {
+		return Token{}, err
 	}
 
 	u, err := s.store.User(ctx, name)
@@ -50,6 +58,7 @@ func (s *Service) Login(ctx context.Context, name string, password secret.Value,
 		hash = s.dummy
 	}
 	ok := VerifyPassword(password, hash) && found && u.PasswordHash != "" && u.DisabledAt.IsZero()
+	release()
 	mfa := false
 	if ok && u.MFAEnrolled {
 		if mfa, err = s.checkTOTP(ctx, u.Name, code); err != nil {
@@ -58,79 +67,64 @@ func (s *Service) Login(ctx context.Context, name string, password secret.Value,
 		ok = mfa
 	}
 	if !ok {
-		failures, err := s.failed(ctx, subjects, now)
-		if err != nil {
-			return Token{}, err
-		}
+		// The attempt's reserved place is its failure.
 		if err := s.record(ctx, event("anonymous", ActionLogin, target, audit.Failure)); err != nil {
 			return Token{}, err
 		}
-		s.sleep(ctx, s.delay(failures))
+		s.sleep(ctx, s.delay(userCount))
 		return Token{}, ErrUnauthenticated
 	}
-	var tok Token
+	t, exp, err := s.tokens.Issue(ctx, target, u.Generation, mfa)
+	if err != nil {
+		return Token{}, err
+	}
 	err = s.store.Atomically(ctx, func(ctx context.Context) error {
-		if err := s.store.ClearLoginFailures(ctx, subjects[0]); err != nil {
+		if err := s.store.ClearLoginFailures(ctx, userSubject(name)); err != nil {
 			return err
 		}
-		t, exp, err := s.tokens.Issue(ctx, target, u.Generation, mfa)
-		if err != nil {
-			return err
+		if sourceIP != "" {
+			if err := s.store.ReleaseLoginAttempt(ctx, "ip:"+sourceIP, s.cfg.Lockout.IPMaxFailures); err != nil {
+				return err
+			}
 		}
-		tok = Token{Token: secret.New(t), ExpiresAt: exp}
 		return s.record(ctx, event(target, ActionLogin, target, audit.Success, "mfa", fmt.Sprint(mfa)))
 	})
-	return tok, err
+	if err != nil {
+		return Token{}, err
+	}
+	return Token{Token: secret.New(t), ExpiresAt: exp}, nil
 }
 
-// locked returns how long the longest lock on any of subjects lasts from now (0: none).
-func (s *Service) locked(ctx context.Context, subjects []string, now time.Time) (time.Duration, error) {
-	var wait time.Duration
-	for _, sub := range subjects {
-		f, err := s.store.LoginFailures(ctx, sub)
-		if err != nil {
+func userSubject(name string) string { return "user:" + strings.ToLower(name) }
+
+// reserve takes an attempt's place in the count of its address, then of its user name, and returns
+// the name's count; a *LockedError when either is locked (an address locked counts nothing more).
+func (s *Service) reserve(ctx context.Context, name, sourceIP string, now time.Time) (int64, error) {
+	lo := s.cfg.Lockout
+	if sourceIP != "" {
+		if n, until, err := s.store.ReserveLoginAttempt(ctx, "ip:"+sourceIP, lo.IPMaxFailures, now, lo.Duration); err != nil {
 			return 0, err
-		}
-		if d := f.LockedUntil.Sub(now); d > wait {
-			wait = d
+		} else if n == 0 {
+			return 0, &LockedError{RetryAfter: until.Sub(now)}
 		}
 	}
-	return wait, nil
+	n, until, err := s.store.ReserveLoginAttempt(ctx, userSubject(name), lo.MaxFailures, now, lo.Duration)
+	if err != nil {
+		return 0, err
+	} else if n == 0 {
+		return 0, &LockedError{RetryAfter: until.Sub(now)}
+	}
+	return n, nil
 }
 
-// failed counts a failure for each subject, locking those over their limit, and returns the user
-// name's count of failures in a row.
-func (s *Service) failed(ctx context.Context, subjects []string, now time.Time) (int64, error) {
-	lo := s.cfg.Lockout
-	var userCount int64
-	err := s.store.Atomically(ctx, func(ctx context.Context) error {
-		for i, sub := range subjects {
-			f, err := s.store.LoginFailures(ctx, sub)
-			if err != nil {
-				return err
-			}
-			if now.Sub(f.LastAt) > lo.Duration { // old failures are forgotten
-				f = Failures{}
-			}
-			f.Count++
-			f.LastAt = now
-			limit := lo.MaxFailures
-			if i > 0 {
-				limit = lo.IPMaxFailures
-			}
-			if limit > 0 && f.Count >= limit {
-				f.LockedUntil = now.Add(lo.Duration)
-			}
-			if i == 0 {
-				userCount = f.Count
-			}
-			if err := s.store.SetLoginFailures(ctx, sub, f); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return userCount, err
+// AddressLocked says how long logins from an address stay locked (0: they are not), so that the API
+// can refuse one before it reads the request's body.
+func (s *Service) AddressLocked(ctx context.Context, sourceIP string) (time.Duration, error) {
+	f, err := s.store.LoginFailures(ctx, "ip:"+sourceIP)
+	if err != nil {
+		return 0, err
+	}
+	return max(f.LockedUntil.Sub(s.now()), 0), nil
 }
 
 // delay is how long the answer to the n-th failure in a row waits.

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pquerna/otp"
@@ -65,6 +66,22 @@ type Config struct {
 	TokenTTL    time.Duration
 	KeyRotation time.Duration
 	Lockout     Lockout
+	// MaxConcurrentHashes bounds the password hashes computed at once, each of Argon2.MemoryKiB
+	// (0: as many as fit in DefaultHashMemoryBudget).
+	MaxConcurrentHashes int
+}
+
+// DefaultHashMemoryBudget is the memory the password hashes computed at once may take, when the
+// configuration does not bound their number.
+const DefaultHashMemoryBudget = 256 << 20
+
+// HashSlots is how many password hashes of p may be computed at once: limit, or as many as fit in
+// DefaultHashMemoryBudget, and at least one.
+func HashSlots(limit int, p Argon2Params) int {
+	if limit > 0 {
+		return limit
+	}
+	return int(max(1, DefaultHashMemoryBudget/(int64(p.MemoryKiB)<<10)))
 }
 
 // Service manages principals and authenticates them.
@@ -78,6 +95,29 @@ type Service struct {
 	sleep  func(ctx context.Context, d time.Duration)
 	// dummy is a hash checked when a login names nobody, so that it takes as long as a wrong password.
 	dummy string
+	// hashes holds a token per password hash being computed (see hashSlot).
+	hashes chan struct{}
+}
+
+// hashWait is how long a login waits for a place among the hashes computed at once before it is
+// turned away (ErrBusy).
+const hashWait = 500 * time.Millisecond
+
+// hashSlot waits briefly for a place among the password hashes computed at once, so that Argon2's
+// memory stays bounded whatever the number of logins; it returns a *BusyError when none comes. The
+// release it returns may be called more than once.
+func (s *Service) hashSlot(ctx context.Context) (func(), error) {
+	t := time.NewTimer(hashWait)
+	defer t.Stop()
+	select {
+	case s.hashes <- struct{}{}:
+	case <-t.C:
+		return nil, &BusyError{RetryAfter: time.Second}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-s.hashes }) }, nil
 }
 
 // New returns the service. audit may be nil (records nothing); now may be nil.
@@ -90,6 +130,7 @@ func New(cfg Config, st Store, v *vault.Vault, rec Recorder, now func() time.Tim
 		return nil, err
 	}
 	return &Service{cfg: cfg, store: st, vault: v, audit: rec, now: now, dummy: dummy,
+		hashes: make(chan struct{}, HashSlots(cfg.MaxConcurrentHashes, cfg.Argon2)),
 		tokens: NewTokens(v, cfg.Issuer, cfg.Audience, cfg.TokenTTL, cfg.KeyRotation, now),
 		sleep: func(ctx context.Context, d time.Duration) {
 			t := time.NewTimer(d)
@@ -160,7 +201,12 @@ func (s *Service) AddUser(ctx context.Context, actor, name string, role Role, te
 		if err := CheckPassword(password); err != nil {
 			return User{}, err
 		}
+		release, err := s.hashSlot(ctx)
+		if err != nil {
+			return User{}, err
+		}
 		h, err := HashPassword(password, s.cfg.Argon2)
+		release()
 		if err != nil {
 			return User{}, err
 		}

@@ -55,6 +55,9 @@ func (a *Auth) validate(report func(key, format string, args ...any)) {
 	if g.MemoryKiB < 8*max(g.Parallelism, 1) || g.MemoryKiB > 4*1024*1024 {
 		report("auth.argon2.memory_kib", "want 8×parallelism to 4194304 (got %d)", g.MemoryKiB)
 	}
+	if a.MaxConcurrentHashes < 0 || a.MaxConcurrentHashes > 1024 {
+		report("auth.max_concurrent_hashes", "want 0 (fit 256 MiB) to 1024 (got %d)", a.MaxConcurrentHashes)
+	}
 	l := a.Lockout
 	if l.MaxFailures < 0 {
 		report("auth.lockout.max_failures", "must not be negative (0: never lock)")

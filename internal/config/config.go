@@ -56,6 +56,9 @@ type Auth struct {
 	Argon2       AuthArgon2  `yaml:"argon2"`
 	Lockout      AuthLockout `yaml:"lockout"`
 	OIDC         AuthOIDC    `yaml:"oidc"`
+	// MaxConcurrentHashes bounds the password hashes computed at once (0: as many as fit in
+	// 256 MiB at argon2.memory_kib each); logins beyond it wait half a second, then get 429.
+	MaxConcurrentHashes int `yaml:"max_concurrent_hashes"`
 }
 
 // AuthArgon2 are the password hash's cost parameters.

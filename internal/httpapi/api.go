@@ -171,6 +171,12 @@ type loginRequest struct {
 }
 
 func (a *API) login(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	// A locked address is refused before its body is read.
+	if wait, err := a.Auth.AddressLocked(r.Context(), clientIPOf(r).String()); err != nil {
+		return err
+	} else if wait > 0 {
+		return &auth.LockedError{RetryAfter: wait}
+	}
 	var req loginRequest
 	if err := decode(r, &req); err != nil {
 		return err

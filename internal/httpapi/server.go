@@ -139,12 +139,15 @@ func (s *server) guard(pattern string, perm auth.Permission, h handlerFunc) http
 // text is safe to show; an unexpected one is logged and shown as an internal error.
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var locked *auth.LockedError
+	var busy *auth.BusyError
 	var bad *badRequest
 	switch {
 	case errors.As(err, &bad):
 		problem(w, r, http.StatusBadRequest, "bad-request", bad.Error())
 	case errors.As(err, &locked):
 		tooMany(w, r, locked.RetryAfter, "too many failed attempts")
+	case errors.As(err, &busy):
+		tooMany(w, r, busy.RetryAfter, "too many logins at once: try again shortly")
 	case errors.Is(err, auth.ErrUnauthenticated):
 		// The caller is told nothing of why; the log says, for whoever runs Keyward.
 		s.log.Info("authentication failed", "request_id", RequestID(r.Context()), "reason", err.Error())

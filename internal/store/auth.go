@@ -278,11 +278,42 @@ func (s *Auth) LoginFailures(ctx context.Context, subject string) (auth.Failures
 	return f, err
 }
 
-// SetLoginFailures implements auth.Store.
-func (s *Auth) SetLoginFailures(ctx context.Context, subject string, f auth.Failures) error {
-	_, err := s.exec(ctx, `INSERT INTO login_failures (subject, failures, last_at, locked_until) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at,
-		locked_until = excluded.locked_until`, subject, f.Count, micros(f.LastAt), nullMicros(f.LockedUntil))
+// ReserveLoginAttempt implements auth.Store: one statement, so that however many logins race (on
+// any replica) each takes its own place in the count before its password is checked. The count
+// starts again once window has passed since the last attempt or a lock ran out; the attempt that
+// reaches limit (0: none) locks the subject until now + window. A subject locked now is left as it
+// is and reported with the lock's end.
+func (s *Auth) ReserveLoginAttempt(ctx context.Context, subject string, limit int64, now time.Time, window time.Duration) (int64, time.Time, error) {
+	var count int64
+	var lockedUntil time.Time
+	err := s.db.inTx(ctx, func(tx *Tx) error {
+		const fresh = `CASE WHEN login_failures.last_at <= CAST($5 AS BIGINT) OR login_failures.locked_until IS NOT NULL
+			THEN 1 ELSE login_failures.failures + 1 END`
+		err := tx.queryRow(ctx, `INSERT INTO login_failures (subject, failures, last_at, locked_until)
+			VALUES ($1, 1, CAST($2 AS BIGINT), CASE WHEN CAST($3 AS BIGINT) = 1 THEN CAST($4 AS BIGINT) END)
+			ON CONFLICT (subject) DO UPDATE SET failures = `+fresh+`, last_at = CAST($2 AS BIGINT),
+				locked_until = CASE WHEN CAST($3 AS BIGINT) > 0 AND `+fresh+` >= CAST($3 AS BIGINT) THEN CAST($4 AS BIGINT) END
+			WHERE login_failures.locked_until IS NULL OR login_failures.locked_until <= CAST($2 AS BIGINT)
+			RETURNING failures`, subject, micros(now), limit, micros(now.Add(window)), micros(now.Add(-window))).Scan(&count)
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		var locked sql.NullInt64
+		if err := tx.queryRow(ctx, `SELECT locked_until FROM login_failures WHERE subject = $1`, subject).Scan(&locked); err != nil {
+			return err
+		}
+		lockedUntil = fromMicros(locked)
+		return nil
+	})
+	return count, lockedUntil, err
+}
+
+// ReleaseLoginAttempt implements auth.Store: an attempt that succeeded gives its place back, and a
+// lock it set is lifted once the count is under limit again.
+func (s *Auth) ReleaseLoginAttempt(ctx context.Context, subject string, limit int64) error {
+	_, err := s.exec(ctx, `UPDATE login_failures SET failures = failures - 1,
+		locked_until = CASE WHEN failures - 1 < CAST($2 AS BIGINT) THEN NULL ELSE locked_until END
+		WHERE subject = $1 AND failures > 0`, subject, limit)
 	return err
 }
 
