@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/testenv"
 )
 
@@ -357,10 +359,11 @@ func TestConcurrentMigrateProcesses(t *testing.T) {
 
 // serveProcess is a running keyward serve.
 type serveProcess struct {
-	cmd  *exec.Cmd
-	addr string
-	logs *testenv.SyncBuffer
-	done chan error
+	cmd     *exec.Cmd
+	addr    string
+	metrics chan string // the address of /metrics's own listener, when it has one
+	logs    *testenv.SyncBuffer
+	done    chan error
 }
 
 func startServe(t *testing.T, e *env) *serveProcess {
@@ -374,7 +377,7 @@ func startServe(t *testing.T, e *env) *serveProcess {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &serveProcess{cmd: cmd, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
+	p := &serveProcess{cmd: cmd, logs: &testenv.SyncBuffer{}, done: make(chan error, 1), metrics: make(chan string, 1)}
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -383,7 +386,11 @@ func startServe(t *testing.T, e *env) *serveProcess {
 			p.logs.Write([]byte(line + "\n"))
 			var rec map[string]any
 			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "listening" {
-				addr <- rec["addr"].(string)
+				if rec["for"] == "server.metrics_listen" {
+					p.metrics <- rec["addr"].(string)
+				} else {
+					addr <- rec["addr"].(string)
+				}
 			}
 		}
 		p.done <- cmd.Wait()
@@ -397,9 +404,16 @@ func startServe(t *testing.T, e *env) *serveProcess {
 	return p
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
+func httpGet(t *testing.T, url string, header ...string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +425,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // TestServe starts the service, probes it, and stops it with SIGTERM.
 func TestServe(t *testing.T) {
 	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
-		e := newEnv(t, db)
+		e := newEnv(t, db).with("KEYWARD_SERVER_METRICS_LISTEN=127.0.0.1:0", "KEYWARD_SERVER_METRICS_TOKEN=metrics-token-for-the-test")
 		p := startServe(t, e)
 		if code, _ := httpGet(t, "http://"+p.addr+"/healthz"); code != http.StatusOK {
 			t.Fatalf("/healthz = %d", code)
@@ -419,7 +433,20 @@ func TestServe(t *testing.T) {
 		if code, body := httpGet(t, "http://"+p.addr+"/readyz"); code != http.StatusOK {
 			t.Fatalf("/readyz = %d %s", code, body)
 		}
-		code, body := httpGet(t, "http://"+p.addr+"/metrics")
+		// /metrics is on its own listener, and only with its token.
+		var metricsAddr string
+		select {
+		case metricsAddr = <-p.metrics:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no metrics listener:\n%s", p.logs.String())
+		}
+		if code, _ := httpGet(t, "http://"+p.addr+"/metrics"); code != http.StatusNotFound {
+			t.Fatalf("/metrics on the API's listener = %d, want 404", code)
+		}
+		if code, _ := httpGet(t, "http://"+metricsAddr+"/metrics", "Authorization", "Bearer wrong"); code != http.StatusUnauthorized {
+			t.Fatalf("/metrics with a wrong token = %d, want 401", code)
+		}
+		code, body := httpGet(t, "http://"+metricsAddr+"/metrics", "Authorization", "Bearer metrics-token-for-the-test")
 		for _, want := range []string{`keyward_http_requests_total{code="200",method="GET",route="GET /readyz"} 1`,
 			"keyward_last_pass_timestamp_seconds", "keyward_outbox_pending 0", "go_goroutines"} {
 			if code != http.StatusOK || !strings.Contains(body, want) {
@@ -430,7 +457,7 @@ func TestServe(t *testing.T) {
 			// Take the schema away under the running service: it must say it is not ready.
 			dropTables(t, db.DSN)
 			code, body := httpGet(t, "http://"+p.addr+"/readyz")
-			if code != http.StatusServiceUnavailable || !strings.Contains(body, "not migrated") {
+			if code != http.StatusServiceUnavailable || !strings.Contains(body, `"reasons":["migrations"]`) || strings.Contains(body, "version") {
 				t.Fatalf("/readyz without a schema = %d %s", code, body)
 			}
 			if code, _ := httpGet(t, "http://"+p.addr+"/healthz"); code != http.StatusOK {
@@ -502,18 +529,60 @@ func TestServeDemo(t *testing.T) {
 	}
 }
 
-// TestReadinessFollowsPasses: not ready once no pass has finished for three intervals.
+// TestReadinessFollowsPasses: not ready once no pass has finished for three intervals (pass_overdue),
+// nor while the last pass could not list the cloud's users (cloud_unavailable).
 func TestReadinessFollowsPasses(t *testing.T) {
 	p := &passWatch{interval: time.Minute, since: time.Now().Add(-2 * time.Minute)}
 	if err := p.check(context.Background()); err != nil {
 		t.Fatalf("two intervals without a pass: %v", err)
 	}
 	p.since = time.Now().Add(-4 * time.Minute)
-	if err := p.check(context.Background()); err == nil || !strings.Contains(err.Error(), "no rotation pass has finished for 4m0s") {
+	var nr *httpapi.NotReady
+	if err := p.check(context.Background()); !errors.As(err, &nr) || nr.Reason != "pass_overdue" ||
+		!strings.Contains(err.Error(), "no rotation pass has finished for 4m0s") {
 		t.Fatalf("four intervals without a pass: %v", err)
 	}
-	p.finished(time.Now())
+	p.finished(time.Now(), nil)
 	if err := p.check(context.Background()); err != nil {
 		t.Fatalf("right after a pass: %v", err)
+	}
+	p.finished(time.Now(), []string{"list users of 123456789012: connection refused"})
+	if err := p.check(context.Background()); !errors.As(err, &nr) || nr.Reason != "cloud_unavailable" {
+		t.Fatalf("after a pass that could not list users: %v", err)
+	}
+}
+
+// TestSlowBodyIsCutOff: a client that sends its request body a byte at a time does not hold its
+// connection: server.read_timeout bounds the whole request.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}).with("KEYWARD_SERVER_READ_TIMEOUT=2s")
+	p := startServe(t, e)
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "POST /v1/auth/login HTTP/1.1\r\nHost: keyward\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		_, _ = io.Copy(io.Discard, conn) // returns when the server closes the connection
+	}()
+	start := time.Now()
+	for {
+		select {
+		case <-closed:
+			if took := time.Since(start); took > 30*time.Second {
+				t.Fatalf("the connection was held for %s", took)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Since(start) > 60*time.Second {
+			t.Fatal("a body sent a byte at a time still holds its connection after 60 s (read_timeout 2s)")
+		}
+		_, _ = conn.Write([]byte(" "))
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/notify/awsnotify"
 	"github.com/keyward/keyward/internal/secret"
@@ -107,10 +108,11 @@ func outboxCheck(db *store.DB, stuckAfter time.Duration) func(context.Context) e
 	return func(ctx context.Context) error {
 		n, oldest, err := db.Outbox().Pending(ctx)
 		if err != nil {
-			return err
+			return &httpapi.NotReady{Reason: "database", Err: err}
 		}
 		if n > 0 && time.Since(oldest) > stuckAfter {
-			return fmt.Errorf("%d notifications waiting, the oldest since %s (more than %s)", n, oldest.Format(time.RFC3339), stuckAfter)
+			return &httpapi.NotReady{Reason: "notifications_stuck",
+				Err: fmt.Errorf("%d notifications waiting, the oldest since %s (more than %s)", n, oldest.Format(time.RFC3339), stuckAfter)}
 		}
 		return nil
 	}

@@ -82,11 +82,15 @@ func ownerGone(owner string) bool {
 }
 
 // newEngine builds the rotation engine over an open vault and a cloud.
+// onDemandDeadline bounds a rotation asked for through the API; one cut off resumes from its records.
+const onDemandDeadline = 10 * time.Minute
+
 func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
 	e := rotation.New(rotation.Engine{
 		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
 		Owner: processOwner(), OwnerGone: ownerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
 		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
+		OnDemand: rotation.NewOnDemand(a.cfg.Rotation.Concurrency, onDemandDeadline),
 	})
 	if n := a.notifier(db); n != nil { // a nil *Notifier in the interface would not be nil
 		e.Notifier = n

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,7 +143,7 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		demoAfter = afterPass(engine)
 	}
 	after := func(rep rotation.Report, err error) {
-		passes.finished(time.Now())
+		passes.finished(time.Now(), rep.Errors)
 		m.LastPass.SetToCurrentTime()
 		if demoAfter != nil {
 			demoAfter(rep, err)
@@ -154,48 +155,101 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
 	})()
 
+	// Rotations asked for through the API run on the engine's on-demand runner, stopped (and waited
+	// for) before the database closes.
+	defer engine.OnDemand.Stop()
+
 	api, err := a.api(ctx, v, db, engine)
 	if err != nil {
 		return err
 	}
-	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, API: api, Checks: []httpapi.Check{
-		{Name: "database", Func: db.Ready},
-		{Name: "rotation", Func: passes.check},
-		{Name: "notifications", Func: outboxCheck(db, a.cfg.Notify.StuckAfter.Std())},
-	}})
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+	sc := a.cfg.Server
+	metricsElsewhere := sc.MetricsListen != ""
+	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, MetricsToken: sc.MetricsToken, MetricsElsewhere: metricsElsewhere,
+		API: api, Checks: []httpapi.Check{
+			{Name: "database", Func: databaseCheck(db)},
+			{Name: "rotation", Func: passes.check},
+			{Name: "notifications", Func: outboxCheck(db, a.cfg.Notify.StuckAfter.Std())},
+		}})
+	servers := []*listener{{key: "server.listen", addr: sc.Listen, handler: handler, tls: sc.TLSCertFile != ""}}
+	if metricsElsewhere {
+		servers = append(servers, &listener{key: "server.metrics_listen", addr: sc.MetricsListen, tls: sc.TLSCertFile != "",
+			handler: httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, MetricsToken: sc.MetricsToken})})
 	}
-	ln, err := net.Listen("tcp", a.cfg.Server.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s (server.listen): %w", a.cfg.Server.Listen, err)
-	}
-	a.log.Info("listening", "addr", ln.Addr().String())
+	return a.listen(ctx, servers)
+}
 
-	served := make(chan error, 1)
-	if a.cfg.Server.TLSCertFile != "" {
-		go func() { served <- srv.ServeTLS(ln, a.cfg.Server.TLSCertFile, a.cfg.Server.TLSKeyFile) }()
-	} else {
-		go func() { served <- srv.Serve(ln) }()
+// listener is one HTTP server of serve's: the API, or the metrics on an address of their own.
+type listener struct {
+	key, addr string
+	handler   http.Handler
+	tls       bool
+	srv       *http.Server
+	served    chan error
+}
+
+// listen serves on every listener until ctx ends or one fails, then shuts them all down gracefully.
+func (a *app) listen(ctx context.Context, servers []*listener) error {
+	sc := a.cfg.Server
+	failed := make(chan error, len(servers))
+	for _, l := range servers {
+		// Every phase of a request is bounded: a client that trickles its headers or body, or never
+		// reads its answer, or sits idle, does not hold a connection for ever.
+		l.srv = &http.Server{Handler: l.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: sc.ReadTimeout.Std(),
+			WriteTimeout: sc.WriteTimeout.Std(), IdleTimeout: sc.IdleTimeout.Std(), MaxHeaderBytes: 64 << 10}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (%s): %w", l.addr, l.key, err)
+		}
+		defer ln.Close()
+		a.log.Info("listening", "addr", ln.Addr().String(), "for", l.key)
+		l.served = make(chan error, 1)
+		go func() {
+			var err error
+			if l.tls {
+				err = l.srv.ServeTLS(ln, sc.TLSCertFile, sc.TLSKeyFile)
+			} else {
+				err = l.srv.Serve(ln)
+			}
+			l.served <- err
+			if !errors.Is(err, http.ErrServerClosed) {
+				failed <- fmt.Errorf("serve %s: %w", l.key, err)
+			}
+		}()
 	}
 	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
+	case err := <-failed:
+		return err
 	case <-ctx.Done():
 	}
-	a.log.Info("shutting down", "timeout", a.cfg.Server.ShutdownTimeout.String())
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Server.ShutdownTimeout.Std())
+	a.log.Info("shutting down", "timeout", sc.ShutdownTimeout.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), sc.ShutdownTimeout.Std())
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("graceful shutdown: %w", err)
-	}
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", err)
+	for _, l := range servers {
+		if err := l.srv.Shutdown(shutdownCtx); err != nil {
+			return fmt.Errorf("graceful shutdown: %w", err)
+		}
+		if err := <-l.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", l.key, err)
+		}
 	}
 	a.log.Info("stopped")
 	return nil
+}
+
+// databaseCheck is the readiness condition on the database: it answers (reason database) and its
+// schema is the one this binary needs (reason migrations).
+func databaseCheck(db *store.DB) func(context.Context) error {
+	return func(ctx context.Context) error {
+		err := db.Ready(ctx)
+		switch {
+		case errors.Is(err, store.ErrNotMigrated):
+			return &httpapi.NotReady{Reason: "migrations", Err: err}
+		case err != nil:
+			return &httpapi.NotReady{Reason: "database", Err: err}
+		}
+		return nil
+	}
 }
 
 // api wires the REST API: authentication, access to teams' keys, SSO when configured.
@@ -234,7 +288,7 @@ func serveMetrics(v *vault.Vault, db *store.DB, provider cloud.Provider) *metric
 		for _, ver := range versions {
 			if ver.State != vault.StateDestroyed {
 				ages = append(ages, metrics.KeyAge{Account: ver.Identity.AccountID, User: ver.Identity.UserName,
-					AccessKeyID: ver.AccessKeyID, State: string(ver.State), Age: now.Sub(ver.CreatedAt)})
+					State: string(ver.State), Age: now.Sub(ver.CreatedAt)})
 			}
 		}
 		return ages, nil
@@ -249,24 +303,31 @@ func serveMetrics(v *vault.Vault, db *store.DB, provider cloud.Provider) *metric
 }
 
 // passWatch tells readiness whether rotation passes are happening: not ready once no pass has
-// finished for three intervals (counted from the start until the first one finishes).
+// finished for three intervals (counted from the start until the first one finishes), nor while
+// the last pass could not list the cloud's users.
 type passWatch struct {
 	interval time.Duration
 	mu       sync.Mutex
 	since    time.Time // the last pass's end, or the start
+	unlisted []string  // what the last pass could not list
 }
 
-func (p *passWatch) finished(at time.Time) {
+func (p *passWatch) finished(at time.Time, unlisted []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.since = at
+	p.since, p.unlisted = at, unlisted
 }
 
 func (p *passWatch) check(context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if late := time.Since(p.since); late > 3*p.interval {
-		return fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)
+		return &httpapi.NotReady{Reason: "pass_overdue",
+			Err: fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)}
+	}
+	if len(p.unlisted) > 0 {
+		return &httpapi.NotReady{Reason: "cloud_unavailable",
+			Err: fmt.Errorf("the last pass could not list: %s", strings.Join(p.unlisted, "; "))}
 	}
 	return nil
 }

@@ -21,10 +21,47 @@ import (
 // Errors, besides auth's ErrForbidden and ErrMFARequired.
 var (
 	ErrNoSuchTeam = errors.New("no such team")
-	// ErrUnavailable: the team's key cannot be handed out or rotated now; the error says why.
+	// ErrUnavailable: the team's key cannot be handed out or rotated now, for a reason of Keyward's
+	// own (blocked, exempt, in progress elsewhere); the error's public message says which.
 	ErrUnavailable = errors.New("unavailable")
-	ErrNotFound    = errors.New("not found")
+	// ErrCloudUnavailable: the cloud (or the rotation it needed) did not answer as it should; trying
+	// again later may work. The cloud's own words are in the error's cause, for the log only.
+	ErrCloudUnavailable = errors.New("cloud unavailable")
+	// ErrBusy: too many rotations under way at once; try again shortly.
+	ErrBusy     = errors.New("busy")
+	ErrNotFound = errors.New("not found")
 )
+
+// Error is a failure with two faces: Public tells the caller what failed and what to do, and holds
+// nothing but Keyward's own words; Cause — the cloud's or the database's error text, which may name
+// hosts, ARNs or request ids — is for the log only. Kind is one of this package's errors.
+type Error struct {
+	Kind   error
+	Public string
+	Cause  error
+}
+
+func (e *Error) Error() string {
+	if e.Cause == nil {
+		return e.Public
+	}
+	return e.Public + ": " + e.Cause.Error()
+}
+
+// Unwrap gives errors.Is and errors.As the kind and the cause.
+func (e *Error) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{e.Kind}
+	}
+	return []error{e.Kind, e.Cause}
+}
+
+// PublicMessage is what the caller may be told.
+func (e *Error) PublicMessage() string { return e.Public }
+
+func failure(kind, cause error, format string, args ...any) error {
+	return &Error{Kind: kind, Public: fmt.Sprintf(format, args...), Cause: cause}
+}
 
 // ActionKeyRead is the audit action of a secret handed out.
 const ActionKeyRead = "key.read"
@@ -99,19 +136,22 @@ func (s *Service) current(ctx context.Context, t auth.Team) (Credential, error) 
 		if err != nil {
 			return Credential{}, err
 		}
-		res, err := s.Engine.Provision(ctx, u)
-		if err != nil {
-			return Credential{}, fmt.Errorf("%w: first key for team %s: %v", ErrUnavailable, t.Name, err)
-		}
-		if res.Outcome == rotation.Failed {
-			return Credential{}, fmt.Errorf("%w: first key for team %s: %s", ErrUnavailable, t.Name, res.Reason)
+		res, err := s.Engine.Provision(ctx, u, rotation.VisitOptions{})
+		if errors.Is(err, rotation.ErrHasForeignKey) {
+			return Credential{}, failure(ErrUnavailable, err, "team %s: its IAM user holds a key whose secret Keyward does not have: "+
+				"import it with keyward vault import, or delete the key", t.Name)
+		} else if errors.Is(err, rotation.ErrExempt) {
+			return Credential{}, failure(ErrUnavailable, err, "team %s: its IAM user is exempt from rotation, so Keyward does not create its keys", t.Name)
+		} else if err != nil || res.Outcome == rotation.Failed {
+			return Credential{}, failure(ErrCloudUnavailable, orReason(err, res), "team %s: its first key could not be made; try again later "+
+				"(operators find why in the log under this request's id)", t.Name)
 		}
 		cred, err = s.Vault.Current(ctx, t.Identity)
 		if err != nil {
-			return Credential{}, fmt.Errorf("%w: team %s has no key yet (%s): %v", ErrUnavailable, t.Name, res.Reason, err)
+			return Credential{}, failure(ErrUnavailable, err, "team %s has no key yet: %s", t.Name, orOutcome(res))
 		}
 	} else if errors.Is(err, vault.ErrNoSecret) {
-		return Credential{}, fmt.Errorf("%w: team %s: Keyward does not hold the secret of its current key; import it with keyward vault import", ErrUnavailable, t.Name)
+		return Credential{}, failure(ErrUnavailable, nil, "team %s: Keyward does not hold the secret of its current key; import it with keyward vault import", t.Name)
 	} else if err != nil {
 		return Credential{}, err
 	}
@@ -122,9 +162,19 @@ func (s *Service) current(ctx context.Context, t auth.Team) (Credential, error) 
 func (s *Service) user(ctx context.Context, t auth.Team) (cloud.User, error) {
 	u, err := s.Engine.Cloud.GetUser(ctx, t.Identity.AccountID, t.Identity.UserName)
 	if errors.Is(err, cloud.ErrNoSuchEntity) {
-		return u, fmt.Errorf("%w: team %s: IAM user %s does not exist", ErrUnavailable, t.Name, t.Identity)
+		return u, failure(ErrUnavailable, nil, "team %s: IAM user %s does not exist", t.Name, t.Identity)
+	} else if err != nil && ctx.Err() == nil {
+		return u, failure(ErrCloudUnavailable, err, "team %s: the cloud did not answer when asked for IAM user %s; try again later", t.Name, t.Identity)
 	}
 	return u, err
+}
+
+// orReason is err, or else a failed result's reason as an error.
+func orReason(err error, res rotation.Result) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(res.Reason)
 }
 
 // expiration is when a version is due for rotation under the policy (by path and name; tags would
@@ -172,10 +222,15 @@ func (s *Service) Export(ctx context.Context, p *auth.Principal) ([]Credential, 
 	return out, nil
 }
 
+// onDemandWait is how long Rotate waits for a place on the engine's on-demand runner.
+const onDemandWait = 5 * time.Second
+
 // Rotate starts a rotation of a team's key now, whatever its age, and returns the rotation's id as
-// soon as its beginning is recorded; the rotation goes on in the background (ctx's cancellation
-// does not stop it). A rotation that cannot begin (blocked, in progress elsewhere, exempt) is
-// ErrUnavailable with the engine's reason.
+// soon as its beginning is recorded — or the id of the rotation already open for the team's
+// identity, here or elsewhere. The rotation goes on in the background on the engine's on-demand
+// runner (bounded, stopped at shutdown); ctx's end does not stop it. A rotation that cannot begin
+// (blocked, exempt) is ErrUnavailable with the engine's reason; a cloud that does not answer is
+// ErrCloudUnavailable.
 func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string) (int64, error) {
 	t, err := s.team(ctx, p, auth.Rotate, teamName)
 	if err != nil {
@@ -187,23 +242,31 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 	}
 	started := make(chan int64, 1)
 	finished := make(chan rotation.Result, 1)
-	bg := rotation.WithBegun(context.WithoutCancel(ctx), func(r rotation.Record) { started <- r.ID })
-	go func() {
+	opts := rotation.VisitOptions{Force: true, OnBegin: func(r rotation.Record) {
+		select {
+		case started <- r.ID:
+		default:
+		}
+	}}
+	err = s.Engine.OnDemand.Go(onDemandWait, func(ctx context.Context) {
 		var res rotation.Result
 		var err error
 		// A team without a current key gets its first one; whether it has one is metadata: no secret
 		// is opened for it.
-		versions, verr := s.Vault.VersionsOf(bg, t.Identity)
+		versions, verr := s.Vault.VersionsOf(ctx, t.Identity)
 		if verr == nil && !slices.ContainsFunc(versions, func(v vault.Version) bool { return v.State == vault.StateCurrent }) {
-			res, err = s.Engine.Provision(bg, u)
+			res, err = s.Engine.Provision(ctx, u, opts)
 		} else {
-			res, err = s.Engine.Visit(bg, u, true)
+			res, err = s.Engine.Visit(ctx, u, opts)
 		}
 		if err != nil {
 			res.Outcome, res.Reason = rotation.Failed, err.Error()
 		}
 		finished <- res
-	}()
+	})
+	if err != nil {
+		return 0, failure(ErrBusy, err, "too many rotations are under way; try again shortly")
+	}
 	select {
 	case id := <-started:
 		return id, nil
@@ -213,7 +276,13 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 			return id, nil
 		default:
 		}
-		return 0, fmt.Errorf("%w: team %s: %s", ErrUnavailable, t.Name, orOutcome(res))
+		if res.Outcome == rotation.Failed {
+			return 0, failure(ErrCloudUnavailable, errors.New(res.Reason), "team %s: the rotation could not begin; try again later "+
+				"(operators find why in the log under this request's id)", t.Name)
+		}
+		return 0, failure(ErrUnavailable, nil, "team %s: %s", t.Name, orOutcome(res))
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -226,6 +227,16 @@ type Server struct {
 	// TrustedProxies are the addresses (CIDRs) whose X-Forwarded-For is believed.
 	TrustedProxies []string  `yaml:"trusted_proxies"`
 	RateLimit      RateLimit `yaml:"rate_limit"`
+	// MetricsListen, when set, is where /metrics is served instead of on Listen.
+	MetricsListen string `yaml:"metrics_listen"`
+	// MetricsToken, when set (or read from MetricsTokenFile), is the bearer token /metrics needs.
+	MetricsToken     secret.Value `yaml:"metrics_token"`
+	MetricsTokenFile string       `yaml:"metrics_token_file"`
+	// ReadTimeout bounds reading a whole request, body included; WriteTimeout writing the answer;
+	// IdleTimeout how long a kept-alive connection waits for its next request.
+	ReadTimeout  Duration `yaml:"read_timeout"`
+	WriteTimeout Duration `yaml:"write_timeout"`
+	IdleTimeout  Duration `yaml:"idle_timeout"`
 }
 
 // RateLimit is in requests per second (bursts of twice that); 0 turns a limit off.
@@ -320,6 +331,7 @@ func Default() Config {
 	return Config{
 		Cloud: "aws",
 		Server: Server{Listen: "127.0.0.1:8080", ShutdownTimeout: Duration(30 * time.Second),
+			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second), IdleTimeout: Duration(2 * time.Minute),
 			RateLimit: RateLimit{PerPrincipal: 50, PerIP: 100}},
 		Log: Log{Level: "info", Format: "json"},
 		Vault: Vault{
@@ -346,10 +358,31 @@ func Default() Config {
 	}
 }
 
+// listenAddr checks an address to listen on: host:port, the port a number from 0 to 65535.
+func listenAddr(report func(key, format string, args ...any), key, addr string) {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		var n uint64
+		if n, err = strconv.ParseUint(port, 10, 16); err == nil && n > 65535 {
+			err = strconv.ErrRange
+		}
+	}
+	if err != nil {
+		report(key, "want host:port with a port from 0 to 65535, such as 127.0.0.1:8080 (got %q)", addr)
+	}
+}
+
 // validate checks values and their combinations; it reports every problem it finds.
 func (c *Config) validate(report func(key, format string, args ...any)) {
-	if _, port, err := net.SplitHostPort(c.Server.Listen); err != nil || port == "" {
-		report("server.listen", "want host:port, such as 127.0.0.1:8080 (got %q)", c.Server.Listen)
+	listenAddr(report, "server.listen", c.Server.Listen)
+	if c.Server.MetricsListen != "" {
+		listenAddr(report, "server.metrics_listen", c.Server.MetricsListen)
+	}
+	for key, d := range map[string]Duration{"server.read_timeout": c.Server.ReadTimeout, "server.write_timeout": c.Server.WriteTimeout,
+		"server.idle_timeout": c.Server.IdleTimeout} {
+		if d < Duration(time.Second) {
+			report(key, "want at least 1s (got %s)", d)
+		}
 	}
 	if c.Server.ShutdownTimeout <= 0 {
 		report("server.shutdown_timeout", "must be positive")

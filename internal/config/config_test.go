@@ -209,6 +209,12 @@ func TestProblems(t *testing.T) {
 			want:    []string{"environment KEYWARD_SERVER_LISTEN: server.listen: want host:port"},
 		},
 		{
+			name: "listen port out of range",
+			yaml: "server:\n  listen: 127.0.0.1:99999\n  metrics_listen: 127.0.0.1:-1\n",
+			want: []string{`keyward.yaml:2: server.listen: want host:port with a port from 0 to 65535, such as 127.0.0.1:8080 (got "127.0.0.1:99999")`,
+				`keyward.yaml:3: server.metrics_listen: want host:port with a port from 0 to 65535`},
+		},
+		{
 			name:    "missing master key variable",
 			yaml:    "vault:\n  master_key:\n    source: env\n    env: MY_KEK\n",
 			want:    []string{"vault.master_key.env: environment variable MY_KEK: is not set"},

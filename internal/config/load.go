@@ -375,6 +375,7 @@ func (l *loader) readSecretFiles(cfg *Config) {
 		{"vault.dsn", "vault.dsn_file", &cfg.Vault.DSN, cfg.Vault.DSNFile},
 		{"notify.smtp.password", "notify.smtp.password_file", &cfg.Notify.SMTP.Password, cfg.Notify.SMTP.PasswordFile},
 		{"auth.oidc.client_secret", "auth.oidc.client_secret_file", &cfg.Auth.OIDC.ClientSecret, cfg.Auth.OIDC.ClientSecretFile},
+		{"server.metrics_token", "server.metrics_token_file", &cfg.Server.MetricsToken, cfg.Server.MetricsTokenFile},
 	}
 	for i := range cfg.Notify.Webhooks {
 		key := fmt.Sprintf("notify.webhooks[%d].", i)

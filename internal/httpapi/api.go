@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -94,8 +95,10 @@ func decodeJSON(body io.Reader, v any) error {
 			return badf("body: want a JSON object, got nothing")
 		case errors.As(err, &syn):
 			return badf("body: not valid JSON at byte %d", syn.Offset)
+		case errors.As(err, &typ) && typ.Field == "":
+			return badf("body: want a JSON object, got a JSON %s", typ.Value)
 		case errors.As(err, &typ):
-			return badf("body.%s: want %s", typ.Field, typ.Type)
+			return badf("body.%s: want a JSON %s, got a JSON %s", typ.Field, jsonKind(typ.Type), typ.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			return badf("body: unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 		}
@@ -105,6 +108,24 @@ func decodeJSON(body io.Reader, v any) error {
 		return badf("body: want one JSON object")
 	}
 	return nil
+}
+
+// jsonKind names a Go type as the JSON a client should send: never a Go type's name.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Slice, reflect.Array:
+		return "array"
+	case reflect.Map, reflect.Struct:
+		return "object"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16,
+		reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return "number"
+	}
+	return "value of another kind"
 }
 
 func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }

@@ -3,16 +3,21 @@ package httpapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -321,5 +326,104 @@ func TestMFAGuardsEveryWayToASecret(t *testing.T) {
 	}
 	if status, body := f.do("POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "fine", "role": "member"}); status != 201 {
 		t.Errorf("admin with MFA: %d %s", status, body)
+	}
+}
+
+// flaky is a cloud that stops answering when down is set, with an error whose text is what an SDK
+// would say of an unreachable endpoint: nothing a caller of the API may see.
+type flaky struct {
+	cloud.Provider
+	down atomic.Bool
+}
+
+const unreachable = "dial tcp 10.9.9.9:443: i/o timeout (iam.internal-endpoint.example, request id 7f3e-secret-ish)"
+
+func (f *flaky) GetUser(ctx context.Context, account, user string) (cloud.User, error) {
+	if f.down.Load() {
+		return cloud.User{}, errors.New(unreachable)
+	}
+	return f.Provider.GetUser(ctx, account, user)
+}
+
+// TestCloudDownIsA503WithAPublicMessage: when the cloud does not answer, a team's first read and a
+// rotation are 503 with Retry-After and Keyward's own words; the cloud's text goes to the log under
+// the request's id, never to the caller.
+func TestCloudDownIsA503WithAPublicMessage(t *testing.T) {
+	var fl *flaky
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, func(a *httpapi.API) {
+		fl = &flaky{Provider: a.Access.Engine.Cloud}
+		a.Access.Engine.Cloud = fl
+	})
+	fl.down.Store(true)
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1/teams/search/credentials"},
+		{"POST", "/v1/teams/payments/rotate"},
+	} {
+		h := f.creds["admin"].Clone()
+		h.Set("X-Request-Id", "req-"+strings.ReplaceAll(c.path, "/", "-"))
+		resp := f.send(c.method, c.path, h, nil)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			!strings.Contains(string(body), "try again later") || strings.Contains(string(body), "10.9.9.9") ||
+			strings.Contains(string(body), "secret-ish") || strings.Contains(string(body), "dial tcp") {
+			t.Errorf("%s %s with the cloud down: %d %s", c.method, c.path, resp.StatusCode, body)
+		}
+		if !strings.Contains(f.logs.String(), h.Get("X-Request-Id")) || !strings.Contains(f.logs.String(), "10.9.9.9") {
+			t.Errorf("the log does not hold the cause under request id %s", h.Get("X-Request-Id"))
+		}
+	}
+}
+
+// TestRotateAnswers202WithTheOpenRotation: a rotation already open for the team's identity — held
+// by another replica, or interrupted here — is answered at once with 202 and that rotation's id.
+func TestRotateAnswers202WithTheOpenRotation(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	ctx := context.Background()
+	if status, body := f.do("GET", "/v1/teams/search/credentials", f.creds["member-search"], nil); status != 200 {
+		t.Fatalf("first key: %d %s", status, body)
+	}
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "search-app"}
+	current, err := f.vault.Current(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	begin := func(owner string, lease time.Time) rotation.Record {
+		var rec rotation.Record
+		err := f.engine.Store.Atomically(ctx, func(ctx context.Context) error {
+			var err error
+			rec, err = f.engine.Store.Begin(ctx, rotation.Record{Identity: id, Step: rotation.StepCreate, Phase: rotation.PhaseStarted,
+				OldKeyID: current.AccessKeyID, Attempt: 1, StartedAt: time.Now().UTC(), StepAt: time.Now().UTC()}, owner, lease)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	rotate := func() (int, int64) {
+		status, body := f.do("POST", "/v1/teams/search/rotate", f.creds["admin"], nil)
+		var r struct {
+			RotationID int64 `json:"rotation_id"`
+		}
+		_ = json.Unmarshal(body, &r)
+		return status, r.RotationID
+	}
+	// Another replica holds it: 202 with its id, at once.
+	held := begin("other-replica", time.Now().Add(time.Hour))
+	if status, got := rotate(); status != http.StatusAccepted || got != held.ID {
+		t.Fatalf("a rotation held elsewhere: %d, rotation %d, want 202 and %d", status, got, held.ID)
+	}
+	// Its lease runs out: this replica resumes it, and answers 202 with the same id.
+	if err := f.engine.Store.Atomically(ctx, func(ctx context.Context) error {
+		return f.engine.Store.Resume(ctx, held.ID, "other-replica", time.Now(), time.Now().Add(-time.Minute), "other-replica")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if status, got := rotate(); status != http.StatusAccepted || got != held.ID {
+		t.Fatalf("a rotation resumed: %d, rotation %d, want 202 and %d", status, got, held.ID)
+	}
+	if s := f.waitRotation(held.ID, f.creds["admin"]); s != "rotated" {
+		t.Fatalf("the resumed rotation ended %s", s)
 	}
 }

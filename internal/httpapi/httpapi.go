@@ -7,8 +7,10 @@ package httpapi
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -17,14 +19,26 @@ import (
 
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/secret"
 )
 
-// Check is one readiness condition: nil when met, otherwise an error that says what is wrong and
-// holds no secret (it is shown to whoever asks /readyz).
+// Check is one readiness condition: nil when met, otherwise an error. /readyz answers with the
+// reason code only — a *NotReady's Reason, or else the check's Name — and the error's text goes to
+// the log: it may name hosts, databases or the cloud's words, which are nobody's business outside.
 type Check struct {
 	Name string
 	Func func(ctx context.Context) error
 }
+
+// NotReady is a failed readiness check with its reason code (database, migrations, pass_overdue,
+// cloud_unavailable, notifications_stuck).
+type NotReady struct {
+	Reason string
+	Err    error
+}
+
+func (n *NotReady) Error() string { return n.Reason + ": " + n.Err.Error() }
+func (n *NotReady) Unwrap() error { return n.Err }
 
 // Options configure the handler.
 type Options struct {
@@ -32,8 +46,29 @@ type Options struct {
 	Checks []Check
 	// Metrics, when set, are served at /metrics and told of every request.
 	Metrics *metrics.Metrics
+	// MetricsToken, when set, is the bearer token /metrics needs.
+	MetricsToken secret.Value
+	// MetricsElsewhere: /metrics is served on a listener of its own (MetricsHandler), not here.
+	MetricsElsewhere bool
 	// API, when set, serves the REST API under /v1 (probes and metrics only otherwise).
 	API *API
+}
+
+// MetricsHandler serves the metrics; with a token, only to requests that bear it (401 otherwise).
+func MetricsHandler(m *metrics.Metrics, token secret.Value) http.Handler {
+	h := m.Handler()
+	if token.IsZero() {
+		return h
+	}
+	want := []byte("Bearer " + token.Reveal())
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keyward-metrics"`)
+			problem(w, r, http.StatusUnauthorized, "unauthenticated", "/metrics needs its bearer token (server.metrics_token)")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the HTTP handler: the probes, metrics, and the REST API when o.API is set.
@@ -60,23 +95,28 @@ func newServer(o Options) *server {
 	s.route("GET /readyz", auth.Public, "Readiness: the database answers, passes happen, notifications leave", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		failed := map[string]string{}
+		reasons := []string{}
 		for _, c := range o.Checks {
 			if err := c.Func(ctx); err != nil {
-				failed[c.Name] = err.Error()
+				reason := c.Name
+				var nr *NotReady
+				if errors.As(err, &nr) {
+					reason = nr.Reason
+				}
+				reasons = append(reasons, reason)
+				o.Log.Warn("not ready", "request_id", RequestID(r.Context()), "check", c.Name, "reason", reason, "error", err.Error())
 			}
 		}
-		if len(failed) > 0 {
-			o.Log.Warn("not ready", "failed", failed)
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "failed": failed})
+		if len(reasons) > 0 {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reasons": reasons})
 			return nil
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		return nil
 	})
-	if o.Metrics != nil {
-		h := o.Metrics.Handler()
-		s.route("GET /metrics", auth.Public, "Prometheus metrics", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	if o.Metrics != nil && !o.MetricsElsewhere {
+		h := MetricsHandler(o.Metrics, o.MetricsToken)
+		s.route("GET /metrics", auth.Public, "Prometheus metrics (with server.metrics_token: that bearer token)", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
 			h.ServeHTTP(w, r)
 			return nil
 		})
@@ -113,6 +153,10 @@ func observe(log *slog.Logger, m *metrics.Metrics, next http.Handler) http.Handl
 			id = hex.EncodeToString(b)
 		}
 		w.Header().Set("X-Request-Id", id)
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		var route string

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -20,7 +21,9 @@ func TestProbes(t *testing.T) {
 	var dbErr error
 	m := metrics.New(metrics.Sources{
 		KeyAges: func(context.Context) ([]metrics.KeyAge, error) {
-			return []metrics.KeyAge{{Account: "123456789012", User: "alice", AccessKeyID: "AKIAEXAMPLE", State: "current", Age: 90 * time.Second}}, nil
+			return []metrics.KeyAge{{Account: "123456789012", User: "alice", State: "current", Age: 90 * time.Second},
+				{Account: "123456789012", User: "alice", State: "previous", Age: 9 * time.Second},
+				{Account: "123456789012", User: "alice", State: "previous", Age: 99 * time.Second}}, nil
 		},
 		Throttles: func() float64 { return 3 },
 	})
@@ -57,13 +60,21 @@ func TestProbes(t *testing.T) {
 	if code, _ := get("/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz while ready = %d", code)
 	}
-	dbErr = errors.New("database schema is not migrated")
+	// Not ready: the answer is a reason code, never the error's text (which goes to the log).
+	dbErr = &httpapi.NotReady{Reason: "migrations", Err: errors.New("schema of db.internal.example:5432 at version 3, want 7")}
 	code, body := get("/readyz")
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz while not ready = %d", code)
 	}
-	if failed, _ := body["failed"].(map[string]any); failed["database"] != "database schema is not migrated" {
-		t.Fatalf("/readyz does not say what failed: %v", body)
+	if fmt.Sprint(body["reasons"]) != "[migrations]" || len(body) != 2 {
+		t.Fatalf("/readyz does not say what failed by its code alone: %v", body)
+	}
+	if !strings.Contains(logs.String(), "db.internal.example") {
+		t.Fatalf("the log does not say why: %s", logs.String())
+	}
+	dbErr = errors.New("connection refused by db.internal.example")
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || fmt.Sprint(body["reasons"]) != "[database]" {
+		t.Fatalf("a check without a reason code answers by its name: %d %v", code, body)
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/healthz", nil))
@@ -75,12 +86,13 @@ func TestProbes(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	text := rec.Body.String()
 	for _, want := range []string{
-		`keyward_access_key_age_seconds{access_key_id="AKIAEXAMPLE",account="123456789012",state="current",user="alice"} 90`,
+		`keyward_access_key_age_seconds{account="123456789012",state="current",user="alice"} 90`,
+		`keyward_access_key_age_seconds{account="123456789012",state="previous",user="alice"} 99`,
 		`keyward_rotations_total{outcome="rotated"} 1`,
 		`keyward_rotation_duration_seconds_count 1`,
 		`keyward_cloud_api_calls_total{operation="CreateAccessKey",outcome="ok"} 1`,
 		`keyward_cloud_throttles_total 3`,
-		`keyward_http_requests_total{code="503",method="GET",route="GET /readyz"} 1`,
+		`keyward_http_requests_total{code="503",method="GET",route="GET /readyz"} 2`,
 		`keyward_http_requests_total{code="405",method="POST",route="unmatched"} 1`,
 		`keyward_http_request_duration_seconds_count{route="GET /healthz"} 1`,
 		`keyward_outbox_pending 0`,

@@ -202,7 +202,8 @@ func TestProblemDocuments(t *testing.T) {
 		{"GET", "/v1/nothing-here", nil, nil, 404, "GET /v1/nothing-here: not found"},
 		{"PUT", "/v1/me", f.creds["admin"], nil, 405, "method not allowed"},
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "x", "rol": "admin"}, 400, `unknown field "rol"`},
-		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": 7}, 400, "body.name: want string"},
+		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": 7}, 400, "body.name: want a JSON string, got a JSON number"},
+		{"POST", "/v1/auth/login", nil, []int{1}, 400, "body: want a JSON object, got a JSON array"},
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "Bad Name", "role": "member", "password": password.Reveal()}, 400, `user name "Bad Name"`},
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "bob", "role": "root", "password": password.Reveal()}, 400, `body.role: role "root"`},
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "bob", "role": "member", "password": "short"}, 400, "password: want at least 12"},
@@ -226,6 +227,7 @@ func TestProblemDocuments(t *testing.T) {
 		err := json.NewDecoder(resp.Body).Decode(&p)
 		resp.Body.Close()
 		if resp.StatusCode != c.status || err != nil || p.Status != c.status || !strings.Contains(p.Detail, c.detail) ||
+			strings.Contains(p.Detail, "httpapi.") || resp.Header.Get("X-Content-Type-Options") != "nosniff" ||
 			resp.Header.Get("Content-Type") != "application/problem+json" {
 			t.Errorf("%s %s: %d %s %+v (%v), want %d with %q", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"), p, err, c.status, c.detail)
 		}

@@ -135,12 +135,24 @@ func (s *server) guard(pattern string, perm auth.Permission, h handlerFunc) http
 	})
 }
 
-// fail writes err as a problem document. Errors Keyward makes never hold secret material, so their
-// text is safe to show; an unexpected one is logged and shown as an internal error.
+// fail writes err as a problem document. Auth's errors and bad requests are Keyward's own words,
+// safe to show. A domain error with a public message (access.Error) shows that message only: its
+// cause — the cloud's or the database's text — goes to the log under the request's id. Anything
+// else is logged and shown as an internal error.
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var locked *auth.LockedError
 	var busy *auth.BusyError
 	var bad *badRequest
+	var pub interface{ PublicMessage() string }
+	detail := func() string {
+		if errors.As(err, &pub) {
+			return pub.PublicMessage()
+		}
+		return err.Error()
+	}
+	if errors.As(err, &pub) && err.Error() != pub.PublicMessage() { // it has a cause
+		s.log.Warn("request refused", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
+	}
 	switch {
 	case errors.As(err, &bad):
 		problem(w, r, http.StatusBadRequest, "bad-request", bad.Error())
@@ -160,11 +172,14 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, auth.ErrInvalid):
 		problem(w, r, http.StatusBadRequest, "bad-request", err.Error())
 	case errors.Is(err, auth.ErrNotFound), errors.Is(err, access.ErrNoSuchTeam), errors.Is(err, access.ErrNotFound):
-		problem(w, r, http.StatusNotFound, "not-found", err.Error())
+		problem(w, r, http.StatusNotFound, "not-found", detail())
 	case errors.Is(err, auth.ErrExists):
 		problem(w, r, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, access.ErrUnavailable):
-		problem(w, r, http.StatusConflict, "unavailable", err.Error())
+		problem(w, r, http.StatusConflict, "unavailable", detail())
+	case errors.Is(err, access.ErrCloudUnavailable), errors.Is(err, access.ErrBusy):
+		w.Header().Set("Retry-After", "30")
+		problem(w, r, http.StatusServiceUnavailable, "unavailable", detail())
 	case errors.Is(err, context.Canceled):
 		problem(w, r, 499, "", "request cancelled")
 	default:

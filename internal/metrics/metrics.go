@@ -25,10 +25,11 @@ type Metrics struct {
 	LastPass         prometheus.Gauge
 }
 
-// KeyAge is the age of one access key that Keyward accounts for.
+// KeyAge is the age of an identity's access key in one vault state. No label carries an access key
+// id: metrics are read by more people than keys are, and an id is half of a credential.
 type KeyAge struct {
-	Account, User, AccessKeyID, State string
-	Age                               time.Duration
+	Account, User, State string
+	Age                  time.Duration
 }
 
 // Sources are read at each scrape.
@@ -90,8 +91,8 @@ func (m *Metrics) CloudCall(operation, outcome string) {
 
 var (
 	keyAgeDesc = prometheus.NewDesc("keyward_access_key_age_seconds",
-		"Age of each access key Keyward accounts for, by identity, key and vault state.",
-		[]string{"account", "user", "access_key_id", "state"}, nil)
+		"Age of the access keys Keyward accounts for, by identity and vault state (the oldest of a state).",
+		[]string{"account", "user", "state"}, nil)
 	outboxDesc = prometheus.NewDesc("keyward_outbox_pending",
 		"Notifications waiting in the outbox to be delivered.", nil, nil)
 )
@@ -109,8 +110,21 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(keyAgeDesc, err)
 		}
+		// One series per identity and state: the oldest key of that state.
+		type series struct{ account, user, state string }
+		oldest := map[series]time.Duration{}
+		var order []series
 		for _, a := range ages {
-			ch <- prometheus.MustNewConstMetric(keyAgeDesc, prometheus.GaugeValue, a.Age.Seconds(), a.Account, a.User, a.AccessKeyID, a.State)
+			k := series{a.Account, a.User, a.State}
+			if age, ok := oldest[k]; !ok {
+				order = append(order, k)
+				oldest[k] = a.Age
+			} else if a.Age > age {
+				oldest[k] = a.Age
+			}
+		}
+		for _, k := range order {
+			ch <- prometheus.MustNewConstMetric(keyAgeDesc, prometheus.GaugeValue, oldest[k].Seconds(), k.account, k.user, k.state)
 		}
 	}
 	pending := 0.0

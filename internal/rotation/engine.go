@@ -105,6 +105,9 @@ type Engine struct {
 	VerifyInterval time.Duration
 	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
 	RetryBackoff time.Duration
+	// OnDemand runs the rotations asked for now (default: 4 at once, 10 minutes each); whoever runs
+	// the engine stops it before closing the database.
+	OnDemand *OnDemand
 }
 
 // New returns an engine with defaults filled in for the fields left zero.
@@ -136,6 +139,9 @@ func New(e Engine) *Engine {
 	if e.RetryBackoff == 0 {
 		e.RetryBackoff = 10 * time.Minute
 	}
+	if e.OnDemand == nil {
+		e.OnDemand = NewOnDemand(4, 10*time.Minute)
+	}
 	return &e
 }
 
@@ -160,7 +166,7 @@ var ErrCrashed = errors.New("stopped by hook")
 // Visit brings one user up to date: reconcile cloud and vault, resume an open rotation, retire old
 // keys that are due, and rotate when the key is due (or force). It returns an error only when the
 // visit was cut short (a hook, a cancelled context); a failed rotation is a Result, not an error.
-func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, error) {
+func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
 	ctx = withOwners(ctx, u.Tags[TagOwner])
@@ -196,10 +202,12 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 		}
 		if errors.Is(err, ErrBusy) {
 			res.Reason = "rotation in progress elsewhere"
+			opts.begun(rec)
 			return res, nil
 		} else if err != nil {
 			return fail("%v", err)
 		}
+		opts.begun(rec)
 		return e.run(ctx, pol, rec, res, true)
 	}
 
@@ -233,20 +241,20 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, force bool) (Result, e
 		return res, nil
 	}
 	age := e.now().Sub(current.CreatedAt)
-	if !force && age < pol.RotateAfter {
+	if !opts.Force && age < pol.RotateAfter {
 		return adoptAlone(res)
 	}
 	attempt := 1
 	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
 		return fail("%v", err)
 	} else if ok && last.Outcome == OutcomeFailed {
-		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); !force && e.now().Before(wait) {
+		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); !opts.Force && e.now().Before(wait) {
 			res.Reason = fmt.Sprintf("backing off after %d failed attempts until %s", last.Attempt, wait.Format(time.RFC3339))
 			return adoptAlone(res)
 		}
 		attempt = last.Attempt + 1
 	}
-	return e.rotate(ctx, pol, id, current, adopt, attempt, keys, versions, res)
+	return e.rotate(ctx, pol, id, current, adopt, attempt, keys, versions, res, opts)
 }
 
 // cut turns an error that stops a visit into its result: a hook's crash is returned as an error,
@@ -449,7 +457,7 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 
 // rotate makes room for a new key and starts a rotation; attempt counts consecutive tries. A key to
 // adopt (the user's first rotation) is recorded in the same transaction as the rotation's start.
-func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, adopt *cloud.AccessKey, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result) (Result, error) {
+func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, adopt *cloud.AccessKey, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result, opts VisitOptions) (Result, error) {
 	if len(keys) >= 2 {
 		room := pol.roomFor(keys, keyStates(versions), e.now())
 		if room == nil {
@@ -502,7 +510,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 		res.Actions = append([]Action{{Kind: "adopted", KeyID: adopt.ID}}, res.Actions...)
 	}
 	if err == nil {
-		begun(ctx, rec)
+		opts.begun(rec)
 	}
 	switch {
 	case errors.Is(err, vault.ErrDuplicate), errors.Is(err, vault.ErrConflict):

@@ -86,7 +86,7 @@ func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 
 func (w *world) visit(user string, force bool) rotation.Result {
 	w.t.Helper()
-	res, err := w.engine("main", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: user, Tags: w.tags(user)}, force)
+	res, err := w.engine("main", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: user, Tags: w.tags(user)}, rotation.VisitOptions{Force: force})
 	if err != nil {
 		w.t.Fatalf("visit %s: %v", user, err)
 	}
@@ -422,18 +422,18 @@ func TestCrashAtEveryPoint(t *testing.T) {
 						return crashed
 					}
 					return nil
-				}).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false)
+				}).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, rotation.VisitOptions{})
 				if !errors.Is(err, rotation.ErrCrashed) {
 					t.Fatalf("the hook at %q did not stop the visit: %v", point, err)
 				}
 				// A restart: the old lease must run out before another process may take over.
-				if r, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false); err != nil ||
+				if r, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, rotation.VisitOptions{}); err != nil ||
 					(r.Outcome != rotation.Skipped && point != "deactivate" && point != "deactivated" && point != "delete" && point != "deleted") {
 					t.Fatalf("another process took over a leased rotation: %+v %v", r, err)
 				}
 				w.clock.Add(6 * time.Minute)
 				for range 2 {
-					if _, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false); err != nil {
+					if _, err := w.engine("second", nil).Visit(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, rotation.VisitOptions{}); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -483,7 +483,7 @@ func TestConcurrentEnginesNeverRotateTwice(t *testing.T) {
 			e := w.engine(owner, nil)
 			wg.Go(func() {
 				for i := range users {
-					if _, err := e.Visit(context.Background(), cloud.User{AccountID: acct, Name: fmt.Sprintf("user-%02d", i)}, false); err != nil {
+					if _, err := e.Visit(context.Background(), cloud.User{AccountID: acct, Name: fmt.Sprintf("user-%02d", i)}, rotation.VisitOptions{}); err != nil {
 						t.Error(err)
 					}
 				}

@@ -96,7 +96,7 @@ func (m *motoEngine) user(t *testing.T, name string, keys ...iamtypes.StatusType
 
 func (m *motoEngine) visit(t *testing.T, name string, force bool) rotation.Result {
 	t.Helper()
-	r, err := m.e.Visit(context.Background(), cloud.User{AccountID: "123456789012", Name: name}, force)
+	r, err := m.e.Visit(context.Background(), cloud.User{AccountID: "123456789012", Name: name}, rotation.VisitOptions{Force: force})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 	for range opts.Concurrency {
 		wg.Go(func() {
 			for u := range users {
-				res, err := e.Visit(ctx, u, opts.Force)
+				res, err := e.Visit(ctx, u, VisitOptions{Force: opts.Force})
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err

@@ -10,18 +10,20 @@ import (
 	"github.com/keyward/keyward/internal/vault"
 )
 
-type begunKey struct{}
-
-// WithBegun returns a context under which a visit that begins a rotation calls fn with its record
-// as soon as the beginning is durable (before the cloud is called): callers that start a rotation
-// and return at once (the API's POST /rotate) learn its id.
-func WithBegun(ctx context.Context, fn func(Record)) context.Context {
-	return context.WithValue(ctx, begunKey{}, fn)
+// VisitOptions say how a visit goes beyond what the policy decides.
+type VisitOptions struct {
+	// Force rotates whatever the key's age (and past a failure's backoff).
+	Force bool
+	// OnBegin, when set, is called with the record of the rotation the visit begins — as soon as its
+	// beginning is durable, before the cloud is called — or of the rotation already open for the
+	// user that the visit resumes or finds running elsewhere: callers that start a rotation and
+	// return at once (the API's POST /rotate) learn its id.
+	OnBegin func(Record)
 }
 
-func begun(ctx context.Context, rec Record) {
-	if fn, ok := ctx.Value(begunKey{}).(func(Record)); ok {
-		fn(rec)
+func (o VisitOptions) begun(rec Record) {
+	if o.OnBegin != nil {
+		o.OnBegin(rec)
 	}
 }
 
@@ -29,11 +31,14 @@ func begun(ctx context.Context, rec Record) {
 // Keyward cannot hand one out; import that key's secret, or delete the key, first.
 var ErrHasForeignKey = errors.New("the IAM user holds an active key whose secret Keyward does not have")
 
+// ErrExempt: the policy exempts the user, so Keyward does not create its keys.
+var ErrExempt = errors.New("exempt from rotation: Keyward does not create its keys")
+
 // Provision gives a user that has no key yet its first one, through the same steps and records as
 // a rotation (begin, create, seal, verify, promote; the crash rules hold) with no old key. A user
 // that has a current key already is left alone; one whose active key Keyward does not hold is
 // ErrHasForeignKey. Whether a key was made or not, the user's current version is returned.
-func (e *Engine) Provision(ctx context.Context, u cloud.User) (Result, error) {
+func (e *Engine) Provision(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
 	ctx = withOwners(ctx, u.Tags[TagOwner])
@@ -41,7 +46,7 @@ func (e *Engine) Provision(ctx context.Context, u cloud.User) (Result, error) {
 	if _, open, err := e.Store.Open(ctx, id); err != nil {
 		return res, err
 	} else if open {
-		return e.Visit(ctx, u, false)
+		return e.Visit(ctx, u, VisitOptions{OnBegin: opts.OnBegin})
 	}
 	keys, versions, adopt, err := e.reconcile(ctx, id)
 	if err != nil {
@@ -70,7 +75,7 @@ func (e *Engine) Provision(ctx context.Context, u cloud.User) (Result, error) {
 		return res, err
 	}
 	if exempt {
-		return res, fmt.Errorf("%s is exempt from rotation: Keyward does not create its keys", id)
+		return res, fmt.Errorf("%s is %w", id, ErrExempt)
 	}
 	now := e.now()
 	var rec Record
@@ -90,6 +95,6 @@ func (e *Engine) Provision(ctx context.Context, u cloud.User) (Result, error) {
 	case err != nil:
 		return res, err
 	}
-	begun(ctx, rec)
+	opts.begun(rec)
 	return e.run(ctx, pol, rec, res, false)
 }
