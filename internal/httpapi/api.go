@@ -38,10 +38,12 @@ type API struct {
 	Version string
 
 	ipLimits, principalLimits *limiter
+	denials                   *denials
 }
 
 func (a *API) init() {
 	a.ipLimits, a.principalLimits = newLimiter(a.RatePerIP), newLimiter(a.RatePerPrincipal)
+	a.denials = &denials{trail: a.Trail}
 }
 
 // authenticate finds the request's principal: a bearer token, or an API key in X-API-Key.

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/httpapi"
@@ -425,5 +427,48 @@ func TestRotateAnswers202WithTheOpenRotation(t *testing.T) {
 	}
 	if s := f.waitRotation(held.ID, f.creds["admin"]); s != "rotated" {
 		t.Fatalf("the resumed rotation ended %s", s)
+	}
+}
+
+// TestRefusalsAreAudited: a 403 of an authenticated principal — another team's key, a missing
+// second factor, an API key used from outside its networks — is an access.denied record with the
+// principal, route, team and reason; a loop of refusals is recorded a bounded number of times, and
+// what was dropped is counted in the next record.
+func TestRefusalsAreAudited(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	ctx := context.Background()
+	denied := func(actor string) []audit.Record {
+		recs, _, err := f.trail.Find(ctx, audit.Filter{Action: httpapi.ActionAccessDenied, Actor: actor, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	f.do("GET", "/v1/teams/payments/credentials", f.creds["member-nomfa"], nil)
+	f.do("GET", "/v1/teams/payments/credentials", f.creds["outside-cidr"], nil)
+	for who, want := range map[string]string{"user:member-nomfa": "mfa_required", "apikey:far-ci": "network"} {
+		recs := denied(who)
+		if len(recs) != 1 || recs[0].Detail["reason"] != want || recs[0].Detail["team"] != "payments" ||
+			recs[0].Detail["route"] != "GET /v1/teams/{team}/credentials" || recs[0].Outcome != audit.Denied || recs[0].SourceIP == "" {
+			t.Fatalf("%s refused: %+v", who, recs)
+		}
+	}
+	const tries = 40
+	for range tries {
+		if status, _ := f.do("GET", "/v1/teams/payments/credentials", f.creds["member-search"], nil); status != http.StatusForbidden {
+			t.Fatalf("another team's key: %d", status)
+		}
+	}
+	recs := denied("user:member-search")
+	if len(recs) < 10 || len(recs) >= tries || recs[0].Detail["reason"] != "forbidden" {
+		t.Fatalf("%d refusals recorded %d times: want a bounded number (the burst, 10, and a few more)", tries, len(recs))
+	}
+	time.Sleep(1100 * time.Millisecond)
+	f.do("GET", "/v1/teams/payments/credentials", f.creds["member-search"], nil)
+	recs = denied("user:member-search")
+	last := recs[len(recs)-1]
+	dropped, _ := strconv.Atoi(last.Detail["dropped_before"])
+	if dropped < 1 || len(recs)+dropped != tries+1 {
+		t.Fatalf("after the loop: %d records, the last says %q dropped: want records + dropped = %d", len(recs), last.Detail["dropped_before"], tries+1)
 	}
 }

@@ -116,6 +116,7 @@ func (s *server) guard(pattern string, perm auth.Permission, h handlerFunc) http
 			}
 			ip := clientIPOf(r)
 			if len(p.CIDRs) > 0 && !contains(p.CIDRs, ip) {
+				s.api.denials.record(r, p, pattern, "network")
 				problem(w, r, http.StatusForbidden, "forbidden-network", fmt.Sprintf("API key %s may not be used from %s", p.Name, ip))
 				return
 			}
@@ -124,6 +125,11 @@ func (s *server) guard(pattern string, perm auth.Permission, h handlerFunc) http
 				return
 			}
 			if err := p.Authorize(perm, r.PathValue("team")); err != nil {
+				reason := "forbidden"
+				if errors.Is(err, auth.ErrMFARequired) {
+					reason = "mfa_required"
+				}
+				s.api.denials.record(r, p, pattern, reason)
 				s.fail(w, r, err)
 				return
 			}
