@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -371,6 +372,9 @@ func (f Filter) match(r Record) bool {
 func (t *Trail) Find(ctx context.Context, f Filter) ([]Record, int64, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
+	}
+	if f.After == math.MaxInt64 { // nothing comes after the last possible number (After+1 would wrap)
+		return nil, 0, nil
 	}
 	var out []Record
 	var next int64

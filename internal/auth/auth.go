@@ -29,6 +29,8 @@ var (
 	ErrForbidden = errors.New("forbidden")
 	// ErrMFARequired: the principal's role needs a second factor for this, and it has not given one.
 	ErrMFARequired = errors.New("a second factor is required")
+	// ErrLastAdmin: the change would leave no enabled admin.
+	ErrLastAdmin = errors.New("is the last enabled admin: add another admin first")
 	// ErrInvalid: a value given (a name, a role, a password, a CIDR) is not acceptable; the error's
 	// message names it.
 	ErrInvalid = errors.New("invalid value")

@@ -253,12 +253,33 @@ func (s *Service) Users(ctx context.Context) ([]User, error) {
 	return us, nil
 }
 
-// DisableUser disables a user and revokes its tokens.
+// notLastAdmin refuses to take away the last enabled admin (ErrLastAdmin): nobody could then
+// administer Keyward but through the database.
+func (s *Service) notLastAdmin(ctx context.Context, u User) error {
+	if u.Role != RoleAdmin || !u.DisabledAt.IsZero() {
+		return nil
+	}
+	users, err := s.store.Users(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range users {
+		if o.Name != u.Name && o.Role == RoleAdmin && o.DisabledAt.IsZero() {
+			return nil
+		}
+	}
+	return fmt.Errorf("user %q: %w", u.Name, ErrLastAdmin)
+}
+
+// DisableUser disables a user and revokes its tokens; the last enabled admin is refused (ErrLastAdmin).
 func (s *Service) DisableUser(ctx context.Context, actor, name string) error {
 	return s.changed(ctx, func(ctx context.Context) error {
 		u, err := s.store.User(ctx, name)
 		if err != nil {
 			return fmt.Errorf("user %q: %w", name, err)
+		}
+		if err := s.notLastAdmin(ctx, u); err != nil {
+			return err
 		}
 		if u.DisabledAt.IsZero() {
 			u.DisabledAt = s.now().UTC()
@@ -268,9 +289,17 @@ func (s *Service) DisableUser(ctx context.Context, actor, name string) error {
 	}, event(actor, ActionUserDisabled, KindUser+":"+name, audit.Success))
 }
 
-// DeleteUser deletes a user, its memberships and its TOTP seed; its tokens stop working.
+// DeleteUser deletes a user, its memberships and its TOTP seed; its tokens stop working. The last
+// enabled admin is refused (ErrLastAdmin).
 func (s *Service) DeleteUser(ctx context.Context, actor, name string) error {
 	return s.changed(ctx, func(ctx context.Context) error {
+		u, err := s.store.User(ctx, name)
+		if err != nil {
+			return fmt.Errorf("user %q: %w", name, err)
+		}
+		if err := s.notLastAdmin(ctx, u); err != nil {
+			return err
+		}
 		if err := s.store.DeleteUser(ctx, name); err != nil {
 			return fmt.Errorf("user %q: %w", name, err)
 		}

@@ -472,3 +472,34 @@ func TestRefusalsAreAudited(t *testing.T) {
 		t.Fatalf("after the loop: %d records, the last says %q dropped: want records + dropped = %d", len(recs), last.Detail["dropped_before"], tries+1)
 	}
 }
+
+// TestAuditPagingPastTheEnd: a page after the last possible record number is empty, not the first.
+func TestAuditPagingPastTheEnd(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	status, body := f.do("GET", "/v1/audit?after=9223372036854775807", f.creds["auditor"], nil)
+	var page struct{ Records []audit.Record }
+	if err := json.Unmarshal(body, &page); status != 200 || err != nil || len(page.Records) != 0 {
+		t.Fatalf("after the largest number: %d, %d records (%v)", status, len(page.Records), err)
+	}
+	if status, body := f.do("GET", "/v1/audit?after=9223372036854775808", f.creds["auditor"], nil); status != 400 {
+		t.Fatalf("after a number too large: %d %s", status, body)
+	}
+}
+
+// TestLastAdminStays: the last enabled admin can be neither deleted nor disabled.
+func TestLastAdminStays(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	if status, body := f.do("DELETE", "/v1/users/admin-nomfa", f.creds["admin"], nil); status != http.StatusNoContent {
+		t.Fatalf("delete another admin: %d %s", status, body)
+	}
+	status, body := f.do("DELETE", "/v1/users/admin", f.creds["admin"], nil)
+	if status != http.StatusConflict || !strings.Contains(string(body), "last enabled admin") {
+		t.Fatalf("delete the last admin: %d %s", status, body)
+	}
+	if err := f.svc.DisableUser(context.Background(), "cli:test", "admin"); !errors.Is(err, auth.ErrLastAdmin) {
+		t.Fatalf("disable the last admin: %v", err)
+	}
+	if status, _ := f.do("GET", "/v1/me", f.creds["admin"], nil); status != http.StatusOK {
+		t.Fatalf("the last admin was lost: %d", status)
+	}
+}

@@ -179,7 +179,7 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		problem(w, r, http.StatusBadRequest, "bad-request", err.Error())
 	case errors.Is(err, auth.ErrNotFound), errors.Is(err, access.ErrNoSuchTeam), errors.Is(err, access.ErrNotFound):
 		problem(w, r, http.StatusNotFound, "not-found", detail())
-	case errors.Is(err, auth.ErrExists):
+	case errors.Is(err, auth.ErrExists), errors.Is(err, auth.ErrLastAdmin):
 		problem(w, r, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, access.ErrUnavailable):
 		problem(w, r, http.StatusConflict, "unavailable", detail())
