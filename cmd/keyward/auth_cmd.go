@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
@@ -37,9 +39,34 @@ func authConfig(c config.Auth) auth.Config {
 	return cfg
 }
 
-// authService opens the auth service over an open vault.
-func (a *app) authService(v *vault.Vault, db *store.DB) (*auth.Service, error) {
-	return auth.New(authConfig(a.cfg.Auth), db.Auth(), v, a.trail(db), nil)
+// authService opens the auth service over an open vault. provider, when set, is the cloud whose
+// accounts a team may name; nil: the configured cloud, made on first need.
+func (a *app) authService(v *vault.Vault, db *store.DB, provider cloud.Provider) (*auth.Service, error) {
+	cfg := authConfig(a.cfg.Auth)
+	cfg.AccountManaged = a.accountManaged(provider)
+	return auth.New(cfg, db.Auth(), v, a.trail(db), nil)
+}
+
+// accountManaged says whether Keyward manages an account: one of aws.accounts when they are listed,
+// otherwise one the cloud lists (the organization's, or the ambient credentials' own).
+func (a *app) accountManaged(provider cloud.Provider) func(ctx context.Context, id string) (bool, error) {
+	return func(ctx context.Context, id string) (bool, error) {
+		if len(a.cfg.AWS.Accounts) > 0 {
+			return slices.ContainsFunc(a.cfg.AWS.Accounts, func(acct config.AWSAccount) bool { return acct.ID == id }), nil
+		}
+		p := provider
+		if p == nil {
+			var err error
+			if p, err = a.provider(ctx); err != nil {
+				return false, err
+			}
+		}
+		accts, err := p.Accounts(ctx)
+		if err != nil {
+			return false, err
+		}
+		return slices.ContainsFunc(accts, func(acct cloud.Account) bool { return acct.ID == id }), nil
+	}
 }
 
 // withAuth loads the configuration, opens the vault and the auth service, runs fn, and signs the
@@ -50,7 +77,7 @@ func (a *app) withAuth(ctx context.Context, fn func(svc *auth.Service, v *vault.
 		return err
 	}
 	defer closeQuietly(db)
-	svc, err := a.authService(v, db)
+	svc, err := a.authService(v, db, nil)
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, client *htt
 // disabling and revoking take effect on the running server at once.
 func TestBootstrapThenServeOverHTTPS(t *testing.T) {
 	testenv.ForEachDatabase(t, func(t *testing.T, db testenv.Database) {
-		e := newEnv(t, db)
+		e := newEnv(t, db).with(`KEYWARD_AWS_ACCOUNTS=[{id: "123456789012"}]`)
 		pw := "correct horse battery staple"
 		e.must(t, 0, "", "team", "add", "payments", "--iam-user", "payments-app", "--account", "123456789012")
 		for _, bad := range []struct {
@@ -48,6 +48,7 @@ func TestBootstrapThenServeOverHTTPS(t *testing.T) {
 			{[]string{"team", "add", "search", "--account", "123456789012"}, "", "--iam-user is required"},
 			{[]string{"team", "add", "search", "--iam-user", "x", "--account", "12"}, "", "--account"},
 			{[]string{"team", "add", "payments", "--iam-user", "other", "--account", "123456789012"}, "", "already exists"},
+			{[]string{"team", "add", "elsewhere", "--iam-user", "x", "--account", "999999999999"}, "", "account 999999999999 is not one Keyward manages"},
 			{[]string{"user", "add", "alice", "--role", "admin"}, pw, "--password-stdin is required"},
 			{[]string{"user", "add", "alice", "--role", "root", "--password-stdin"}, pw, `--role: role "root"`},
 			{[]string{"user", "add", "alice", "--role", "admin", "--password-stdin"}, "short", "password: want at least 12"},

@@ -254,7 +254,7 @@ func databaseCheck(db *store.DB) func(context.Context) error {
 
 // api wires the REST API: authentication, access to teams' keys, SSO when configured.
 func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rotation.Engine) (*httpapi.API, error) {
-	svc, err := a.authService(v, db)
+	svc, err := a.authService(v, db, engine.Cloud)
 	if err != nil {
 		return nil, err
 	}

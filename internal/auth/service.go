@@ -66,6 +66,9 @@ type Config struct {
 	TokenTTL    time.Duration
 	KeyRotation time.Duration
 	Lockout     Lockout
+	// AccountManaged, when set, says whether Keyward manages a cloud account: a team may own an
+	// identity in such an account only.
+	AccountManaged func(ctx context.Context, accountID string) (bool, error)
 	// MaxConcurrentHashes bounds the password hashes computed at once, each of Argon2.MemoryKiB
 	// (0: as many as fit in DefaultHashMemoryBudget).
 	MaxConcurrentHashes int
@@ -374,6 +377,16 @@ func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, erro
 	}
 	if err := t.Identity.Validate(); err != nil {
 		return Team{}, invalid("team %q: %v", t.Name, err)
+	}
+	if s.cfg.AccountManaged != nil { // asked before the transaction: it may call the cloud
+		ok, err := s.cfg.AccountManaged(ctx, t.Identity.AccountID)
+		if err != nil {
+			return Team{}, fmt.Errorf("team %q: cannot tell whether Keyward manages account %s: %w", t.Name, t.Identity.AccountID, err)
+		}
+		if !ok {
+			return Team{}, invalid("team %q: account %s is not one Keyward manages (aws.accounts, or the organization's accounts)",
+				t.Name, t.Identity.AccountID)
+		}
 	}
 	t.CreatedAt, t.Members = s.now().UTC(), []string{}
 	err := s.changed(ctx, func(ctx context.Context) error {

@@ -16,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -554,8 +555,9 @@ func (a *API) createAPIKey(w http.ResponseWriter, r *http.Request, p *auth.Princ
 	}
 	var ttl time.Duration
 	if req.Expires != "" {
-		if ttl, err = time.ParseDuration(req.Expires); err != nil || ttl <= 0 {
-			return badf("body.expires %q: want a positive duration such as 2160h", req.Expires)
+		// The same syntax as the CLI's --expires and the configuration's durations: 90d, 36h, 1d12h.
+		if ttl, err = config.ParseDuration(req.Expires); err != nil || ttl <= 0 {
+			return badf("body.expires %q: want a positive duration such as 90d or 12h", req.Expires)
 		}
 	}
 	k, value, err := a.Auth.CreateAPIKey(r.Context(), p.ID(), req.Name, role, req.Teams, cidrs, ttl)

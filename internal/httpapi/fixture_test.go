@@ -83,7 +83,9 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	trail := audit.New(db.Audit(), nil, log)
 	clock := &totpClock{}
-	svc, err := auth.New(testAuthConfig(), db.Auth(), v, trail, clock.Now)
+	cfg := testAuthConfig()
+	cfg.AccountManaged = func(_ context.Context, id string) (bool, error) { return id == account, nil }
+	svc, err := auth.New(cfg, db.Auth(), v, trail, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

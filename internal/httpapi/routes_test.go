@@ -75,7 +75,7 @@ func (f *fixture) request(pattern, who string, rotationID int64) (method, path s
 	case "POST /v1/teams":
 		body = map[string]any{"name": "t-" + uniq, "iam_user": "app-" + uniq, "account_id": account}
 	case "POST /v1/apikeys":
-		body = map[string]any{"name": "k-" + uniq, "role": "member", "teams": []string{"search"}, "cidrs": []string{"10.0.0.0/8"}}
+		body = map[string]any{"name": "k-" + uniq, "role": "member", "teams": []string{"search"}, "cidrs": []string{"10.0.0.0/8"}, "expires": "90d"}
 	case "POST /v1/teams/{team}/members":
 		body = map[string]string{"member": "user:member-search"}
 		path = strings.Replace(path, "{team}", "legacy", 1)
@@ -210,6 +210,8 @@ func TestProblemDocuments(t *testing.T) {
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "admin", "role": "member", "password": password.Reveal()}, 409, "already exists"},
 		{"POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "x", "iam_user": "u", "account_id": "12"}, 400, `account id "12": want 12 digits`},
 		{"POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "k", "role": "member", "cidrs": []string{"10.0.0.0/33"}}, 400, `body.cidrs[0]: "10.0.0.0/33"`},
+		{"POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "x", "iam_user": "u", "account_id": "999999999999"}, 400, "account 999999999999 is not one Keyward manages"},
+		{"POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "k", "role": "member", "expires": "soon"}, 400, `body.expires "soon"`},
 		{"GET", "/v1/teams/payments/credentials?format=yaml", f.creds["member"], nil, 400, `format "yaml"`},
 		{"GET", "/v1/rotations/abc", f.creds["admin"], nil, 400, `rotation id "abc"`},
 		{"GET", "/v1/rotations/999", f.creds["admin"], nil, 404, "rotation 999"},
