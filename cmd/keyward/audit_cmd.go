@@ -97,7 +97,7 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			v, db, err := a.loadAndOpenVault(ctx)
+			v, db, err := a.loadAndOpenVault(ctx, dbExisting)
 			if err != nil {
 				return err
 			}
@@ -181,7 +181,7 @@ func (a *app) auditExportCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			db, err := a.openDB(ctx, false)
+			db, err := a.openDB(ctx, dbExisting)
 			if err != nil {
 				return err
 			}

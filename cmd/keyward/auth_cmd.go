@@ -72,7 +72,7 @@ func (a *app) accountManaged(provider cloud.Provider) func(ctx context.Context, 
 // withAuth loads the configuration, opens the vault and the auth service, runs fn, and signs the
 // audit trail's new end (every command here changes who may do what).
 func (a *app) withAuth(ctx context.Context, fn func(svc *auth.Service, v *vault.Vault, db *store.DB) error) error {
-	v, db, err := a.loadAndOpenVault(ctx)
+	v, db, err := a.loadAndOpenVault(ctx, dbCreate)
 	if err != nil {
 		return err
 	}

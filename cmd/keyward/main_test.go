@@ -586,3 +586,44 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 		_, _ = conn.Write([]byte(" "))
 	}
 }
+
+// TestReadOnlyCommandsNeverCreateADatabase: status, vault list and get, and audit verify on a
+// missing or empty database say so and leave it as it is; with the key file present, a missing
+// database is an error for every command but serve and migrate (the vault was moved or lost).
+func TestReadOnlyCommandsNeverCreateADatabase(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vault.db")
+	e := &env{dir: dir, vars: append(baseVars(), "KEYWARD_VAULT_DRIVER=sqlite", "KEYWARD_VAULT_DSN="+path, "KEYWARD_CLOUD=sim")}
+	for _, args := range [][]string{{"status"}, {"vault", "list"}, {"vault", "get", "alice"}, {"audit", "verify"}} {
+		r := e.must(t, 1, "", args...)
+		if !strings.Contains(r.stderr, "does not exist or is empty: a read-only command never creates one") {
+			t.Errorf("keyward %s on no database: %s", strings.Join(args, " "), r.stderr)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Fatalf("keyward %s made %s", strings.Join(args, " "), path)
+		}
+	}
+	e.must(t, 0, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n", "vault", "import", "--user", "alice", "--account", "123456789012",
+		"--access-key-id", "AKIAIOSFODNN7EXAMPLE", "--secret-stdin")
+	e.must(t, 0, "", "vault", "list")
+	// The database goes (moved, lost); the key file stays.
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		_ = os.Remove(path + suffix)
+	}
+	for _, args := range [][]string{{"status"}, {"team", "list"}} {
+		r := e.must(t, 1, "", args...)
+		if !strings.Contains(r.stderr, "keyward.key exists, so the vault it protects was probably moved or lost") {
+			t.Errorf("keyward %s with the database gone: %s", strings.Join(args, " "), r.stderr)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Fatalf("keyward %s made %s", strings.Join(args, " "), path)
+		}
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.must(t, 1, "", "status")
+	if info, err := os.Stat(path); err != nil || info.Size() != 0 {
+		t.Fatalf("status wrote to an empty database file: %v %v", info, err)
+	}
+}

@@ -99,8 +99,8 @@ func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *
 }
 
 // openEngine opens the vault and the configured cloud, and the engine over them.
-func (a *app) openEngine(ctx context.Context) (*rotation.Engine, *store.DB, error) {
-	v, db, err := a.openVault(ctx, false)
+func (a *app) openEngine(ctx context.Context, mode dbMode) (*rotation.Engine, *store.DB, error) {
+	v, db, err := a.openVault(ctx, mode)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -157,7 +157,7 @@ func (a *app) rotateCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx)
+			engine, db, err := a.openEngine(ctx, dbCreate) // --dry-run too: it is how a first look at an account starts
 			if err != nil {
 				return err
 			}
@@ -269,7 +269,7 @@ func (a *app) statusCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx)
+			engine, db, err := a.openEngine(ctx, dbExisting)
 			if err != nil {
 				return err
 			}

@@ -88,7 +88,7 @@ Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look 
 func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func(*rotation.Engine) func(rotation.Report, error)) error {
 	a.log.Info("configuration loaded", "cloud", a.cfg.Cloud, "vault_driver", a.cfg.Vault.Driver,
 		"key_source", a.cfg.Vault.MasterKey.Source, "listen", a.cfg.Server.Listen)
-	v, db, err := a.openVault(ctx, true)
+	v, db, err := a.openVault(ctx, dbMigrate)
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (a *app) vaultImportCommand() *cobra.Command {
 			}
 
 			ctx := cmd.Context()
-			v, db, err := a.loadAndOpenVault(ctx)
+			v, db, err := a.loadAndOpenVault(ctx, dbCreate)
 			if err != nil {
 				return err
 			}
@@ -176,7 +176,7 @@ func (a *app) vaultGetCommand() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			ctx := cmd.Context()
-			v, db, err := a.loadAndOpenVault(ctx)
+			v, db, err := a.loadAndOpenVault(ctx, dbExisting)
 			if err != nil {
 				return err
 			}
@@ -230,7 +230,7 @@ func (a *app) vaultListCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			db, err := a.openDB(ctx, false)
+			db, err := a.openDB(ctx, dbExisting)
 			if err != nil {
 				return err
 			}
@@ -317,7 +317,7 @@ point vault.master_key at the new KEK; the old one can then be retired.`,
 				return usageErr("aws.region must be set to rewrap under an AWS KMS key")
 			}
 			ctx := cmd.Context()
-			v, db, err := a.openVault(ctx, false)
+			v, db, err := a.openVault(ctx, dbExisting)
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -15,10 +16,30 @@ import (
 	"github.com/keyward/keyward/internal/vault/awskms"
 )
 
-// openDB opens the database. With migrate set it applies pending migrations; otherwise it migrates
-// only an empty database (first use) and refuses one whose schema is behind, so that a read-only
-// command never changes a production schema as a side effect.
-func (a *app) openDB(ctx context.Context, migrate bool) (*store.DB, error) {
+// dbMode says what opening the database may do to it.
+type dbMode int
+
+const (
+	// dbMigrate applies pending migrations (serve).
+	dbMigrate dbMode = iota
+	// dbCreate migrates an empty database (first use: the bootstrap commands, rotate) — unless the
+	// key file exists, which says the vault was moved or lost rather than never made — and refuses
+	// one whose schema is behind, so that a command never changes a production schema as a side effect.
+	dbCreate
+	// dbExisting needs a database with this Keyward's schema, and never creates one: read-only
+	// commands (status, vault get and list, audit verify and export).
+	dbExisting
+)
+
+// openDB opens the database as mode allows.
+func (a *app) openDB(ctx context.Context, mode dbMode) (*store.DB, error) {
+	if mode != dbMigrate && a.cfg.Vault.Driver == store.SQLite {
+		if path := store.SQLitePath(a.cfg.Vault.DSN.Reveal()); path != "" {
+			if info, err := os.Stat(path); (err != nil || info.Size() == 0) && (mode == dbExisting || a.keyFileExists()) {
+				return nil, a.noDatabase(mode, fmt.Sprintf("the vault database %s does not exist or is empty", path))
+			}
+		}
+	}
 	db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal())
 	if err != nil {
 		return nil, err
@@ -28,7 +49,11 @@ func (a *app) openDB(ctx context.Context, migrate bool) (*store.DB, error) {
 		db.Close()
 		return nil, err
 	}
-	if migrate || v == 0 {
+	if v == 0 && (mode == dbExisting || (mode == dbCreate && a.keyFileExists())) {
+		db.Close()
+		return nil, a.noDatabase(mode, "the vault database holds no Keyward schema")
+	}
+	if mode == dbMigrate || v == 0 {
 		applied, err := db.Migrate(ctx)
 		if err != nil {
 			db.Close()
@@ -49,9 +74,34 @@ func (a *app) openDB(ctx context.Context, migrate bool) (*store.DB, error) {
 	return db, nil
 }
 
+// noDatabase is the error of a read-only command that finds no database: it never makes one, and a
+// key file that exists says the database was likely moved or lost rather than never made.
+func (a *app) noDatabase(mode dbMode, what string) error {
+	msg := what
+	if mode == dbExisting {
+		msg += ": a read-only command never creates one"
+	}
+	if a.keyFileExists() {
+		msg += "; the key file " + a.cfg.Vault.MasterKey.File + " exists, so the vault it protects was probably moved or lost: check vault.dsn"
+	} else {
+		msg += ": check vault.dsn (keyward serve or keyward migrate makes a new one)"
+	}
+	return errors.New(msg)
+}
+
+// keyFileExists says whether the configured key-encryption key is a file that exists.
+func (a *app) keyFileExists() bool {
+	mk := a.cfg.Vault.MasterKey
+	if mk.Source != config.KeySourceFile {
+		return false
+	}
+	_, err := os.Stat(mk.File)
+	return err == nil
+}
+
 // openVault opens the database and the vault over it with the configured key-encryption key.
-func (a *app) openVault(ctx context.Context, migrate bool) (*vault.Vault, *store.DB, error) {
-	db, err := a.openDB(ctx, migrate)
+func (a *app) openVault(ctx context.Context, mode dbMode) (*vault.Vault, *store.DB, error) {
+	db, err := a.openDB(ctx, mode)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -69,11 +119,11 @@ func (a *app) openVault(ctx context.Context, migrate bool) (*vault.Vault, *store
 }
 
 // loadAndOpenVault loads the configuration and opens the vault, for the commands that only use it.
-func (a *app) loadAndOpenVault(ctx context.Context) (*vault.Vault, *store.DB, error) {
+func (a *app) loadAndOpenVault(ctx context.Context, mode dbMode) (*vault.Vault, *store.DB, error) {
 	if err := a.loadConfig(); err != nil {
 		return nil, nil, err
 	}
-	return a.openVault(ctx, false)
+	return a.openVault(ctx, mode)
 }
 
 // openKEK returns the key-encryption key a master_key configuration names. A missing key file is

@@ -92,6 +92,15 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 	return s, nil
 }
 
+// SQLitePath is the file an SQLite DSN names ("" for an in-memory database).
+func SQLitePath(dsn string) string {
+	path, _, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
+	if path == ":memory:" {
+		return ""
+	}
+	return path
+}
+
 // sqliteDSN turns a path into a modernc.org/sqlite connection string: WAL journal,
 // synchronous=NORMAL (SQLite does not fsync a commit: the committer fsyncs the log after it, outside
 // SQLite's write lock, before any writer is answered, so a stored secret still survives a power cut),
