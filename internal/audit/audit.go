@@ -295,6 +295,11 @@ func (t *Trail) Verify(ctx context.Context, verify Verifier, progress func(seq i
 		}
 		return nil
 	})
+	var unreadable *UnreadableError
+	if errors.As(err, &unreadable) {
+		rep.BadSeq, rep.Problem = unreadable.Seq, fmt.Sprintf("record %d was changed: %v", unreadable.Seq, unreadable.Err)
+		return rep, nil
+	}
 	if err != nil && !errors.Is(err, errStop) {
 		return rep, err
 	}
@@ -313,6 +318,16 @@ func (t *Trail) Verify(ctx context.Context, verify Verifier, progress func(seq i
 }
 
 var errStop = errors.New("stop")
+
+// UnreadableError is a stored record that cannot be read back as a record (its detail is not the
+// JSON object Keyward wrote): a Store's Records returns it, naming the record.
+type UnreadableError struct {
+	Seq int64
+	Err error
+}
+
+func (e *UnreadableError) Error() string { return fmt.Sprintf("audit record %d is unreadable: %v", e.Seq, e.Err) }
+func (e *UnreadableError) Unwrap() error { return e.Err }
 
 // Export calls fn for every record whose time is in [since, until) (a zero bound is open), in order.
 func (t *Trail) Export(ctx context.Context, since, until time.Time, fn func(Record) error) error {
@@ -340,6 +355,14 @@ func UnmarshalDetail(s string) (map[string]string, error) {
 	}
 	var d map[string]string
 	if err := json.Unmarshal([]byte(s), &d); err != nil {
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syn):
+			return nil, fmt.Errorf("its detail is not valid JSON (at byte %d)", syn.Offset)
+		case errors.As(err, &typ):
+			return nil, fmt.Errorf("its detail is not a JSON object of strings (a %s at %q)", typ.Value, typ.Field)
+		}
 		return nil, fmt.Errorf("audit detail: %w", err)
 	}
 	return d, nil

@@ -138,6 +138,12 @@ func TestTamperingIsDetected(t *testing.T) {
 		{"changed detail", func(t *testing.T, w *world) {
 			w.exec(t, `UPDATE audit_events SET detail = '{"new_key_id":"AKIAOTHER"}' WHERE seq = 2`)
 		}, 2, "was changed"},
+		{"detail not JSON", func(t *testing.T, w *world) {
+			w.exec(t, `UPDATE audit_events SET detail = 'not json at all' WHERE seq = 2`)
+		}, 2, "record 2 was changed: its detail is not valid JSON"},
+		{"detail not an object of strings", func(t *testing.T, w *world) {
+			w.exec(t, `UPDATE audit_events SET detail = '{"n": 7}' WHERE seq = 3`)
+		}, 3, "record 3 was changed: its detail is not a JSON object of strings"},
 		{"removed", func(t *testing.T, w *world) {
 			w.exec(t, `DELETE FROM audit_events WHERE seq = 3`)
 		}, 3, "missing"},

@@ -110,8 +110,11 @@ func scanAudit(rows scanner) (audit.Record, error) {
 	}
 	r.Time = time.UnixMicro(at).UTC()
 	d, err := audit.UnmarshalDetail(detail)
+	if err != nil {
+		return r, &audit.UnreadableError{Seq: r.Seq, Err: err}
+	}
 	r.Detail = d
-	return r, err
+	return r, nil
 }
 
 // AddCheckpoint implements audit.Store.
