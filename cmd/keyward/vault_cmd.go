@@ -91,10 +91,15 @@ func (a *app) vaultImportCommand() *cobra.Command {
 				}
 				id = found
 			}
+			prepared, err := v.Prepare(ctx, id, keyID, sec) // before the transaction: the KEK may be AWS KMS
+			if err != nil {
+				return err
+			}
+			defer prepared.Clear()
 			var ver vault.Version
 			err = db.Atomically(ctx, func(ctx context.Context) error {
 				var err error
-				if ver, err = v.Import(ctx, id, keyID, sec); err != nil {
+				if ver, err = v.ImportPrepared(ctx, prepared); err != nil {
 					return err
 				}
 				return a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionKeyImported, Target: id.String(),

@@ -326,7 +326,9 @@ type UnreadableError struct {
 	Err error
 }
 
-func (e *UnreadableError) Error() string { return fmt.Sprintf("audit record %d is unreadable: %v", e.Seq, e.Err) }
+func (e *UnreadableError) Error() string {
+	return fmt.Sprintf("audit record %d is unreadable: %v", e.Seq, e.Err)
+}
 func (e *UnreadableError) Unwrap() error { return e.Err }
 
 // Export calls fn for every record whose time is in [since, until) (a zero bound is open), in order.

@@ -726,3 +726,64 @@ func TestPasswordHashesBounded(t *testing.T) {
 		t.Fatalf("checked %d, turned away %d: want both", refused.Load(), busy.Load())
 	}
 }
+
+// countingKEK counts the calls to a key-encryption key that open data keys (AWS KMS Decrypt calls).
+type countingKEK struct {
+	vault.KEK
+	unwraps atomic.Int64
+}
+
+func (c *countingKEK) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
+	c.unwraps.Add(1)
+	return c.KEK.Unwrap(ctx, wrapped, aad)
+}
+
+// TestSigningKeyOpenedOnce: tokens are checked with public keys only, and the newest private key is
+// opened once — one call to the KEK, shared by concurrent signers — and kept until it changes.
+func TestSigningKeyOpenedOnce(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Open(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
+	local, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := &countingKEK{KEK: local}
+	v, err := vault.New(ctx, db.Vault(), storetest.GuardKEK(t, kek))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := auth.NewTokens(v, "https://keyward.test", "keyward", time.Minute, 24*time.Hour, nil)
+	tok, _, err := first.Issue(ctx, "user:alice", 1, false) // makes the first key, and keeps it opened
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another replica: it checks the token without opening anything, and opens the key once to sign.
+	second := auth.NewTokens(v, "https://keyward.test", "keyward", time.Minute, 24*time.Hour, nil)
+	before := kek.unwraps.Load()
+	if _, err := second.Parse(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if n := kek.unwraps.Load() - before; n != 0 {
+		t.Fatalf("checking a token opened %d keys", n)
+	}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, _, err := second.Issue(ctx, "user:bob", 1, false); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := kek.unwraps.Load() - before; n != 1 {
+		t.Fatalf("20 tokens signed at once opened the key %d times, want once", n)
+	}
+	for range 5 {
+		if _, _, err := first.Issue(ctx, "user:carol", 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := kek.unwraps.Load() - before; n != 1 {
+		t.Fatalf("a key made here is kept opened: %d openings", n)
+	}
+}

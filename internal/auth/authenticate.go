@@ -146,20 +146,19 @@ func (s *Service) TokenForAPIKey(ctx context.Context, p *Principal) (Token, erro
 	if err != nil {
 		return Token{}, err
 	}
-	var tok Token
-	err = s.store.Atomically(ctx, func(ctx context.Context) error {
-		t, exp, err := s.tokens.Issue(ctx, p.ID(), k.Generation, false)
-		if err != nil {
-			return err
-		}
-		if !k.ExpiresAt.IsZero() && exp.After(k.ExpiresAt) {
-			// A token never outlives its key.
-			return fmt.Errorf("%w: the API key expires before a token would", ErrUnauthenticated)
-		}
-		tok = Token{Token: secret.New(t), ExpiresAt: exp}
-		return s.record(ctx, event(p.ID(), ActionTokenIssued, p.ID(), audit.Success, "expires_at", exp.Format(time.RFC3339)))
-	})
-	return tok, err
+	// Signed before it is recorded, outside the transaction: signing may call the KEK.
+	t, exp, err := s.tokens.Issue(ctx, p.ID(), k.Generation, false)
+	if err != nil {
+		return Token{}, err
+	}
+	if !k.ExpiresAt.IsZero() && exp.After(k.ExpiresAt) {
+		// A token never outlives its key.
+		return Token{}, fmt.Errorf("%w: the API key expires before a token would", ErrUnauthenticated)
+	}
+	if err := s.record(ctx, event(p.ID(), ActionTokenIssued, p.ID(), audit.Success, "expires_at", exp.Format(time.RFC3339))); err != nil {
+		return Token{}, err
+	}
+	return Token{Token: secret.New(t), ExpiresAt: exp}, nil
 }
 
 // Logout revokes every token of the principal.

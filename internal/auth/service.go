@@ -321,6 +321,11 @@ func (s *Service) EnrollMFA(ctx context.Context, actor, name string) (secret.Val
 	if err != nil {
 		return secret.Value{}, err
 	}
+	// Sealed before the transaction: the KEK may be AWS KMS.
+	sealed, err := s.vault.SealedBlob(ctx, totpBlob(name), []byte(key.Secret()))
+	if err != nil {
+		return secret.Value{}, err
+	}
 	err = s.changed(ctx, func(ctx context.Context) error {
 		u, err := s.store.User(ctx, name)
 		if err != nil {
@@ -329,7 +334,7 @@ func (s *Service) EnrollMFA(ctx context.Context, actor, name string) (secret.Val
 		if u.PasswordHash == "" {
 			return invalid("user %q signs in through OIDC: its identity provider asks for the second factor", name)
 		}
-		if err := s.vault.SealBlob(ctx, totpBlob(name), []byte(key.Secret())); err != nil {
+		if err := s.vault.PutBlob(ctx, totpBlob(name), sealed); err != nil {
 			return err
 		}
 		u.MFAEnrolled = true
@@ -554,7 +559,8 @@ type SSOIdentity struct {
 // (named after its preferred name when free, otherwise after its subject) and its role and teams
 // follow the provider's groups at every sign-in. A disabled user is refused.
 func (s *Service) SignInSSO(ctx context.Context, id SSOIdentity) (Token, error) {
-	var tok Token
+	var principal string
+	var generation int64
 	err := s.store.Atomically(ctx, func(ctx context.Context) error {
 		u, err := s.store.UserBySubject(ctx, id.Subject)
 		if errors.Is(err, ErrNotFound) {
@@ -580,7 +586,7 @@ func (s *Service) SignInSSO(ctx context.Context, id SSOIdentity) (Token, error) 
 				return err
 			}
 		}
-		principal := KindUser + ":" + u.Name
+		principal, generation = KindUser+":"+u.Name, u.Generation
 		have, err := s.store.TeamsOf(ctx, principal)
 		if err != nil {
 			return err
@@ -599,15 +605,18 @@ func (s *Service) SignInSSO(ctx context.Context, id SSOIdentity) (Token, error) 
 				}
 			}
 		}
-		t, exp, err := s.tokens.Issue(ctx, principal, u.Generation, id.MFA)
-		if err != nil {
-			return err
-		}
-		tok = Token{Token: secret.New(t), ExpiresAt: exp}
 		return s.record(ctx, event(principal, ActionSSO, principal, audit.Success, "role", string(id.Role),
 			"teams", strings.Join(id.Teams, ","), "mfa", fmt.Sprint(id.MFA)))
 	})
-	return tok, err
+	if err != nil {
+		return Token{}, err
+	}
+	// Signed once the sign-in is recorded, outside the transaction: signing may call the KEK.
+	t, exp, err := s.tokens.Issue(ctx, principal, generation, id.MFA)
+	if err != nil {
+		return Token{}, err
+	}
+	return Token{Token: secret.New(t), ExpiresAt: exp}, nil
 }
 
 // ssoName is a valid user name for an SSO identity: its preferred name, cleaned, or one derived

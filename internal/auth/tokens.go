@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -22,8 +23,11 @@ import (
 const PurposeToken = "token"
 
 // TokenKeys is where the token signing keys live: the vault, which keeps their private halves sealed.
+// Checking a token needs the public halves only; signing one needs the newest key opened, which
+// calls the KEK (perhaps AWS KMS), so it is opened once and kept until a newer key takes over.
 type TokenKeys interface {
-	SigningKeys(ctx context.Context, purpose string) ([]vault.SigningKey, error)
+	PublicSigningKeys(ctx context.Context, purpose string) ([]vault.SigningKey, error)
+	OpenSigningKey(ctx context.Context, purpose, id string) (vault.SigningKey, error)
 	NewSigningKey(ctx context.Context, purpose string) (vault.SigningKey, error)
 }
 
@@ -48,9 +52,13 @@ type Tokens struct {
 	parser      *jwt.Parser
 
 	mu       sync.RWMutex
-	loaded   []vault.SigningKey // oldest first
+	loaded   []vault.SigningKey // oldest first, public halves only
 	byID     map[string]vault.SigningKey
 	loadedAt time.Time
+	private  vault.SigningKey // the newest key, opened (zero until first needed)
+
+	// opening makes concurrent openings of one key one call to the KEK.
+	opening singleflight.Group
 
 	verified verifiedTokens
 }
@@ -103,7 +111,7 @@ func (t *Tokens) load(ctx context.Context, force bool) error {
 	if fresh && !force {
 		return nil
 	}
-	keys, err := t.keys.SigningKeys(ctx, PurposeToken)
+	keys, err := t.keys.PublicSigningKeys(ctx, PurposeToken)
 	if err != nil {
 		return fmt.Errorf("token signing keys: %w", err)
 	}
@@ -117,24 +125,62 @@ func (t *Tokens) load(ctx context.Context, force bool) error {
 	return nil
 }
 
-// signer returns the newest signing key, making a new one when there is none or it is due.
+// signer returns the newest signing key, opened, making a new one when there is none or it is due.
+// The opened key is kept until a newer one takes over: the KEK is called once per key, and
+// concurrent callers share that call.
 func (t *Tokens) signer(ctx context.Context) (vault.SigningKey, error) {
+	newest, err := t.newest(ctx)
+	if err != nil {
+		return vault.SigningKey{}, err
+	}
+	if newest.ID == "" || t.now().Sub(newest.CreatedAt) >= t.keyRotation {
+		if err := t.Rotate(ctx); err != nil {
+			return vault.SigningKey{}, err
+		}
+		if newest, err = t.newest(ctx); err != nil {
+			return vault.SigningKey{}, err
+		}
+	}
+	t.mu.RLock()
+	cached := t.private
+	t.mu.RUnlock()
+	if cached.ID == newest.ID {
+		return cached, nil
+	}
+	v, err, _ := t.opening.Do(newest.ID, func() (any, error) {
+		k, err := t.keys.OpenSigningKey(ctx, PurposeToken, newest.ID)
+		if err != nil {
+			return nil, err
+		}
+		t.keep(k)
+		return k, nil
+	})
+	if err != nil {
+		return vault.SigningKey{}, fmt.Errorf("open token signing key: %w", err)
+	}
+	return v.(vault.SigningKey), nil
+}
+
+// newest returns the newest signing key's public half (zero when there is none).
+func (t *Tokens) newest(ctx context.Context) (vault.SigningKey, error) {
 	if err := t.load(ctx, false); err != nil {
 		return vault.SigningKey{}, err
 	}
 	t.mu.RLock()
-	var newest vault.SigningKey
+	defer t.mu.RUnlock()
 	if n := len(t.loaded); n > 0 {
-		newest = t.loaded[n-1]
+		return t.loaded[n-1], nil
 	}
-	t.mu.RUnlock()
-	if newest.ID != "" && t.now().Sub(newest.CreatedAt) < t.keyRotation {
-		return newest, nil
+	return vault.SigningKey{}, nil
+}
+
+// keep remembers an opened key as the one to sign with, unless a newer one is kept already.
+func (t *Tokens) keep(k vault.SigningKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.private.ID == "" || !k.CreatedAt.Before(t.private.CreatedAt) {
+		t.private = k
 	}
-	if err := t.Rotate(ctx); err != nil {
-		return vault.SigningKey{}, err
-	}
-	return t.signer(ctx)
 }
 
 // Rotate makes a new signing key if the newest is due (or there is none). Older keys keep checking
@@ -149,9 +195,11 @@ func (t *Tokens) Rotate(ctx context.Context) error {
 	if !due {
 		return nil
 	}
-	if _, err := t.keys.NewSigningKey(ctx, PurposeToken); err != nil {
+	k, err := t.keys.NewSigningKey(ctx, PurposeToken)
+	if err != nil {
 		return fmt.Errorf("new token signing key: %w", err)
 	}
+	t.keep(k)
 	return t.load(ctx, true)
 }
 

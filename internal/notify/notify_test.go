@@ -410,7 +410,7 @@ func TestFailedPostsNeverShowTheURL(t *testing.T) {
 				if !strings.Contains(logs.String(), host) {
 					t.Fatalf("the log does not name the host %s: %s", host, logs.String())
 				}
-				everything := logs.String() + testenv.DatabaseText(t, d)
+				everything := logs.String() + storetest.Dump(t, d)
 				for _, s := range []string{"sekrit", "slack-sekrit-path", hookPath, hookToken} {
 					if strings.Contains(everything, s) {
 						t.Fatalf("%q reached the log or the database:\n%s", s, logs.String())

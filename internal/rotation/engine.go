@@ -621,9 +621,15 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 // whoever holds the rotation then takes it up, so the key never goes unaccounted for.
 func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) (Record, error) {
 	id := rec.Identity
+	// The data key is made first, outside the transaction: the KEK may be AWS KMS.
+	p, err := e.Vault.Prepare(ctx, id, nk.ID, nk.Secret)
+	if err != nil {
+		return rec, fmt.Errorf("store new key %s: %w", nk.ID, err)
+	}
+	defer p.Clear()
 	sealed := false
-	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
-		ver, err := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret)
+	err = e.Store.Atomically(ctx, func(ctx context.Context) error {
+		ver, err := e.Vault.AddPendingPrepared(ctx, p)
 		if err != nil {
 			return fmt.Errorf("store new key %s: %w", nk.ID, err)
 		}
@@ -639,7 +645,7 @@ func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) 
 			"version", fmt.Sprint(ver.Number), "rotation", fmt.Sprint(rec.ID)))
 	})
 	if err != nil && sealed && !errors.Is(err, ErrCrashed) {
-		if _, err2 := e.Vault.AddPending(ctx, id, nk.ID, nk.Secret); err2 != nil {
+		if _, err2 := e.Vault.AddPendingPrepared(ctx, p); err2 != nil {
 			return rec, fmt.Errorf("%w; and storing new key %s alone failed: %v", err, nk.ID, err2)
 		}
 	}

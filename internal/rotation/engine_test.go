@@ -69,7 +69,7 @@ func sqlite(t *testing.T) testenv.Database {
 // engine returns an engine as a (re)started process would have: its own owner id.
 func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 	return rotation.New(rotation.Engine{
-		Cloud: w.cloud, Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
+		Cloud: storetest.GuardCloud(w.t, w.cloud), Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
 		Notifier: w.notifier, NoticeLead: w.noticeLead,
 		Now:   w.clock.Now,
 		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },

@@ -45,7 +45,7 @@ func newMotoEngine(t *testing.T, refuseSTS bool) *motoEngine {
 	v := storetest.Vault(t, db, nil)
 	pol := rotation.DefaultPolicy()
 	pol.RotateAfter, pol.DeactivateAfter, pol.DeleteAfter, pol.VerifyTimeout = time.Hour, time.Second, time.Second, 2*time.Second
-	e := rotation.New(rotation.Engine{Cloud: awsiam.New(providerCfg, awsiam.Options{MaxRPS: 100}), Vault: v,
+	e := rotation.New(rotation.Engine{Cloud: storetest.GuardCloud(t, awsiam.New(providerCfg, awsiam.Options{MaxRPS: 100})), Vault: v,
 		Store: db.Rotations(), Policy: pol, Owner: "test", VerifyInterval: 50 * time.Millisecond, Audit: audit.New(db.Audit(), nil, nil)})
 	return &motoEngine{e: e, iam: iam.NewFromConfig(admin), vault: v}
 }

@@ -28,6 +28,14 @@ type Tx struct {
 // txKey is the context key of the unit of work (see Atomically).
 type txKey struct{}
 
+// InWriteTransaction says whether ctx carries an open unit of work (Atomically) of any database. No
+// cloud or KMS call may happen then — it would hold the database's write lock (all of SQLite's) for
+// a network round trip — and the tests check it with the guards of storetest.
+func InWriteTransaction(ctx context.Context) bool {
+	_, ok := ctx.Value(txKey{}).(*Tx)
+	return ok
+}
+
 // txFrom returns the transaction of the unit of work ctx carries on this database, or nil.
 func (db *DB) txFrom(ctx context.Context) *Tx {
 	if tx, ok := ctx.Value(txKey{}).(*Tx); ok && tx.db == db {

@@ -352,84 +352,112 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// Rewrap implements vault.Store.
+// Rewrap implements vault.Store, in two phases, so that no KEK (perhaps AWS KMS) is called while the
+// write transaction is open: everything is read and rewrapped first, outside any transaction; then
+// one transaction writes every new wrapped key, each only where the old one is still in place. An
+// item changed meanwhile, or one written under the old KEK meanwhile, fails the whole rewrap (run it
+// again): all are rewrapped or none.
 func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error),
 	fnKey func(vault.SealedSigningKey) (string, []byte, error), fnBlob func(string, vault.Sealed) (string, []byte, error),
 	progress func(done, total int)) (int, error) {
-	n := 0
-	err := s.db.inTx(ctx, func(tx *Tx) error {
-		// Read everything first: one connection cannot interleave a result set with updates.
-		rows, err := tx.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
-			FROM credential_versions v JOIN identities i ON i.id = v.identity_id
-			WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
-		recs, err := collect(rows, err, func(rows scanner) (vault.Record, error) { return scanRecord(rows, nil) })
+	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
+		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
+		WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
+	recs, err := collect(rows, err, func(rows scanner) (vault.Record, error) { return scanRecord(rows, nil) })
+	if err != nil {
+		return 0, err
+	}
+	rows, err = s.db.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
+	keys, err := collect(rows, err, scanSigningKey)
+	if err != nil {
+		return 0, err
+	}
+	type blob struct {
+		name   string
+		sealed vault.Sealed
+	}
+	rows, err = s.db.query(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
+	blobs, err := collect(rows, err, func(rows scanner) (blob, error) {
+		var b blob
+		err := rows.Scan(&b.name, &b.sealed.KEKID, &b.sealed.WrappedKey, &b.sealed.Ciphertext)
+		return b, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	// One update per item: its table and key, the wrapped key it replaces, and the new one.
+	type update struct {
+		query         string
+		key           string
+		oldKEK, kekID string
+		old, wrapped  []byte
+	}
+	total := len(recs) + len(keys) + len(blobs)
+	updates := make([]update, 0, total)
+	add := func(query, key, oldKEK string, old []byte, kekID string, wrapped []byte, err error) error {
 		if err != nil {
 			return err
 		}
-		rows, err = tx.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
-		keys, err := collect(rows, err, scanSigningKey)
-		if err != nil {
-			return err
+		updates = append(updates, update{query: query, key: key, oldKEK: oldKEK, kekID: kekID, old: old, wrapped: wrapped})
+		if progress != nil {
+			progress(len(updates), total)
 		}
-		type blob struct {
-			name   string
-			sealed vault.Sealed
+		return nil
+	}
+	const (
+		versionUpdate = `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2 WHERE access_key_id = $3 AND kek_id = $4 AND wrapped_key = $5`
+		keyUpdate     = `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3 AND kek_id = $4 AND wrapped_key = $5`
+		blobUpdate    = `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3 AND kek_id = $4 AND wrapped_key = $5`
+	)
+	for _, rec := range recs {
+		kekID, wrapped, err := fn(rec)
+		if err := add(versionUpdate, rec.AccessKeyID, rec.Sealed.KEKID, rec.Sealed.WrappedKey, kekID, wrapped, err); err != nil {
+			return 0, err
 		}
-		rows, err = tx.query(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
-		blobs, err := collect(rows, err, func(rows scanner) (blob, error) {
-			var b blob
-			err := rows.Scan(&b.name, &b.sealed.KEKID, &b.sealed.WrappedKey, &b.sealed.Ciphertext)
-			return b, err
-		})
-		if err != nil {
-			return err
+	}
+	for _, key := range keys {
+		kekID, wrapped, err := fnKey(key)
+		if err := add(keyUpdate, key.ID, key.Sealed.KEKID, key.Sealed.WrappedKey, kekID, wrapped, err); err != nil {
+			return 0, err
 		}
-		total := len(recs) + len(keys) + len(blobs)
-		step := func() {
-			n++
-			if progress != nil {
-				progress(n, total)
-			}
+	}
+	for _, b := range blobs {
+		kekID, wrapped, err := fnBlob(b.name, b.sealed)
+		if err := add(blobUpdate, b.name, b.sealed.KEKID, b.sealed.WrappedKey, kekID, wrapped, err); err != nil {
+			return 0, err
 		}
-		for _, rec := range recs {
-			kekID, wrapped, err := fn(rec)
+	}
+	err = s.db.inTx(ctx, func(tx *Tx) error {
+		oldKEKs := map[string]bool{}
+		for _, u := range updates {
+			res, err := tx.exec(ctx, u.query, u.kekID, u.wrapped, u.key, u.oldKEK, u.old)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.exec(ctx, `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2
-				WHERE access_key_id = $3`, kekID, wrapped, rec.AccessKeyID); err != nil {
+			if n, err := res.RowsAffected(); err != nil {
 				return err
+			} else if n != 1 {
+				return fmt.Errorf("%s changed while it was being rewrapped: run the rewrap again", u.key)
 			}
-			step()
+			oldKEKs[u.oldKEK] = true
 		}
-		for _, key := range keys {
-			kekID, wrapped, err := fnKey(key)
-			if err != nil {
+		for kek := range oldKEKs {
+			var left int64
+			if err := tx.queryRow(ctx, `SELECT (SELECT COUNT(*) FROM credential_versions WHERE kek_id = $1)
+				+ (SELECT COUNT(*) FROM signing_keys WHERE kek_id = $1) + (SELECT COUNT(*) FROM sealed_blobs WHERE kek_id = $1)`,
+				kek).Scan(&left); err != nil {
 				return err
 			}
-			if _, err := tx.exec(ctx, `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3`,
-				kekID, wrapped, key.ID); err != nil {
-				return err
+			if left > 0 {
+				return fmt.Errorf("%d items were written under %s while the rewrap ran: run it again", left, kek)
 			}
-			step()
-		}
-		for _, b := range blobs {
-			kekID, wrapped, err := fnBlob(b.name, b.sealed)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.exec(ctx, `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3`,
-				kekID, wrapped, b.name); err != nil {
-				return err
-			}
-			step()
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	return n, nil
+	return len(updates), nil
 }
 
 // collect reads every row of a query (its rows and error) with scan, and closes the rows.

@@ -11,9 +11,6 @@ import (
 	"github.com/keyward/keyward/internal/secret"
 )
 
-// sealedFormat is the first byte of every ciphertext, so the format can change later.
-const sealedFormat = 1
-
 // Vault stores and reveals credentials. It is safe for concurrent use.
 type Vault struct {
 	store Store
@@ -70,16 +67,26 @@ func pause(ctx context.Context, attempt int) error {
 // Import stores a key whose secret an operator already has, as the identity's current version; the
 // version that was current becomes previous. For a key Keyward adopted (it predates Keyward and its
 // secret was unknown), the secret is attached to that version instead, whatever its state.
+// It makes the data key first (Prepare), so it is not for inside a write transaction: there, use
+// ImportPrepared with what Prepare made before it.
 func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
-	if err := ValidateSecret(s); err != nil {
+	p, err := v.Prepare(ctx, id, accessKeyID, s)
+	if err != nil {
 		return Version{}, err
 	}
+	defer p.Clear()
+	return v.ImportPrepared(ctx, p)
+}
+
+// ImportPrepared is Import of what Prepare made, outside the transaction this may be part of.
+func (v *Vault) ImportPrepared(ctx context.Context, p *Prepared) (Version, error) {
+	id, accessKeyID := p.id, p.accessKeyID
 	var out Version
 	err := v.atomically(ctx, func(ctx context.Context) error {
 		existing, err := v.store.VersionByKey(ctx, accessKeyID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			out, err = v.put(ctx, id, accessKeyID, s, StateCurrent, OriginImported)
+			out, err = v.put(ctx, p, StateCurrent, OriginImported)
 			return err
 		case err != nil:
 			return err
@@ -88,9 +95,9 @@ func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s s
 		case existing.Origin != OriginAdopted || existing.HasSecret || existing.State == StateDestroyed:
 			return fmt.Errorf("%s: %w", accessKeyID, ErrDuplicate)
 		}
-		sealed, err := v.seal(ctx, id, existing.Number, accessKeyID, s)
+		sealed, err := p.sealAs(existing.Number)
 		if err != nil {
-			return fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+			return err
 		}
 		if err := v.store.AttachSecret(ctx, id, existing.Number, sealed); err != nil {
 			return fmt.Errorf("attach the secret of %s: %w", accessKeyID, err)
@@ -102,31 +109,34 @@ func (v *Vault) Import(ctx context.Context, id Identity, accessKeyID string, s s
 	return out, err
 }
 
-// AddPending stores a key Keyward has just created, before anything else is done with it.
+// AddPending stores a key Keyward has just created, before anything else is done with it. It makes
+// the data key first, so it is not for inside a write transaction: there, use AddPendingPrepared.
 func (v *Vault) AddPending(ctx context.Context, id Identity, accessKeyID string, s secret.Value) (Version, error) {
+	p, err := v.Prepare(ctx, id, accessKeyID, s)
+	if err != nil {
+		return Version{}, err
+	}
+	defer p.Clear()
+	return v.AddPendingPrepared(ctx, p)
+}
+
+// AddPendingPrepared is AddPending of what Prepare made, outside the transaction this may be part of.
+func (v *Vault) AddPendingPrepared(ctx context.Context, p *Prepared) (Version, error) {
 	var out Version
 	err := v.atomically(ctx, func(ctx context.Context) error {
 		var err error
-		out, err = v.put(ctx, id, accessKeyID, s, StatePending, OriginCreated)
+		out, err = v.put(ctx, p, StatePending, OriginCreated)
 		return err
 	})
 	return out, err
 }
 
-func (v *Vault) put(ctx context.Context, id Identity, accessKeyID string, s secret.Value, state State, origin Origin) (Version, error) {
-	if err := id.Validate(); err != nil {
-		return Version{}, err
-	}
-	if err := ValidateAccessKeyID(accessKeyID); err != nil {
-		return Version{}, err
-	}
-	if err := ValidateSecret(s); err != nil {
-		return Version{}, err
-	}
+func (v *Vault) put(ctx context.Context, p *Prepared, state State, origin Origin) (Version, error) {
+	id, accessKeyID := p.id, p.accessKeyID
 	return v.create(ctx, id, accessKeyID, func(number int64) (Record, error) {
-		sealed, err := v.seal(ctx, id, number, accessKeyID, s)
+		sealed, err := p.sealAs(number)
 		if err != nil {
-			return Record{}, fmt.Errorf("seal %s for %s: %w", accessKeyID, id, err)
+			return Record{}, err
 		}
 		now := v.now().UTC()
 		rec := Record{
@@ -310,7 +320,7 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 		return next.ID(), rewrapped, nil
 	}
 	n, err := v.store.Rewrap(ctx, func(rec Record) (string, []byte, error) {
-		return rewrap(fmt.Sprintf("version %d of %s", rec.Number, rec.Identity), aad(rec.Identity, rec.Number, rec.AccessKeyID),
+		return rewrap(fmt.Sprintf("version %d of %s", rec.Number, rec.Identity), versionWrapAD(rec),
 			rec.Sealed.WrappedKey, rec.Sealed.KEKID)
 	}, func(key SealedSigningKey) (string, []byte, error) {
 		return rewrap("signing key "+key.ID, signingKeyAAD(key.Purpose, key.ID), key.Sealed.WrappedKey, key.Sealed.KEKID)
@@ -324,49 +334,48 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 	return n, nil
 }
 
-func (v *Vault) seal(ctx context.Context, id Identity, number int64, accessKeyID string, s secret.Value) (Sealed, error) {
-	return v.sealBytes(ctx, aad(id, number, accessKeyID), []byte(s.Reveal()))
+// sealBytes encrypts plaintext under a fresh data key wrapped by the KEK, with ad bound into both
+// (formatBound: for what is named before its transaction, blobs and signing keys). It calls the KEK:
+// never while a write transaction is open.
+func (v *Vault) sealBytes(ctx context.Context, ad, plaintext []byte) (Sealed, error) {
+	k, err := v.newDataKey(ctx, ad)
+	if err != nil {
+		return Sealed{}, err
+	}
+	defer clear(k.plain)
+	return k.seal(formatBound, ad, plaintext)
 }
 
-// sealBytes encrypts plaintext under a fresh data key wrapped by the KEK, with ad bound into both.
-func (v *Vault) sealBytes(ctx context.Context, ad, plaintext []byte) (Sealed, error) {
-	var dek, wrapped []byte
-	var err error
-	if gen, ok := v.kek.(DataKeyGenerator); ok {
-		dek, wrapped, err = gen.GenerateDataKey(ctx, ad)
-	} else {
-		dek = randomBytes(32)
-		wrapped, err = v.kek.Wrap(ctx, dek, ad)
+// versionWrapAD is the associated data a version's data key was wrapped with, by its format.
+func versionWrapAD(rec Record) []byte {
+	if ct := rec.Sealed.Ciphertext; len(ct) > 0 && ct[0] == formatPrepared {
+		return versionWrapAAD(rec.Identity, rec.AccessKeyID)
 	}
-	if err != nil {
-		return Sealed{}, fmt.Errorf("data key: %w", err)
-	}
-	defer clear(dek)
-	aead, err := newAEAD(dek)
-	if err != nil {
-		return Sealed{}, err
-	}
-	ct, err := sealAEAD(aead, plaintext, ad)
-	if err != nil {
-		return Sealed{}, err
-	}
-	return Sealed{KEKID: v.kek.ID(), WrappedKey: wrapped, Ciphertext: append([]byte{sealedFormat}, ct...)}, nil
+	return aad(rec.Identity, rec.Number, rec.AccessKeyID)
 }
 
 func (v *Vault) open(ctx context.Context, rec Record) ([]byte, error) {
-	return v.openBytes(ctx, aad(rec.Identity, rec.Number, rec.AccessKeyID), rec.Sealed)
+	return v.openSealed(ctx, versionWrapAD(rec), aad(rec.Identity, rec.Number, rec.AccessKeyID), rec.Sealed)
 }
 
 // openBytes reverses sealBytes.
 func (v *Vault) openBytes(ctx context.Context, ad []byte, sealed Sealed) ([]byte, error) {
+	if ct := sealed.Ciphertext; len(ct) > 0 && ct[0] != formatBound {
+		return nil, errors.New("unknown ciphertext format")
+	}
+	return v.openSealed(ctx, ad, ad, sealed)
+}
+
+// openSealed unwraps sealed's data key under wrapAD and opens its ciphertext under ad.
+func (v *Vault) openSealed(ctx context.Context, wrapAD, ad []byte, sealed Sealed) ([]byte, error) {
 	if sealed.KEKID != v.kek.ID() {
 		return nil, fmt.Errorf("%w (%s, configured %s)", ErrKEKMismatch, sealed.KEKID, v.kek.ID())
 	}
 	ct := sealed.Ciphertext
-	if len(ct) == 0 || ct[0] != sealedFormat {
+	if len(ct) == 0 || (ct[0] != formatBound && ct[0] != formatPrepared) {
 		return nil, errors.New("unknown ciphertext format")
 	}
-	dek, err := v.kek.Unwrap(ctx, sealed.WrappedKey, ad)
+	dek, err := v.kek.Unwrap(ctx, sealed.WrappedKey, wrapAD)
 	if err != nil {
 		return nil, fmt.Errorf("unwrap data key: %w", err)
 	}

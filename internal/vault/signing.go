@@ -92,8 +92,9 @@ func (v *Vault) NewSigningKey(ctx context.Context, purpose string) (SigningKey, 
 	return SigningKey{ID: id, Purpose: purpose, Public: pub, CreatedAt: now, private: priv}, nil
 }
 
-// SigningKeys returns every signing key for purpose, oldest first, opened. A key whose sealed half
-// does not open, or does not match its public half, is an error: it was tampered with.
+// SigningKeys returns every signing key for purpose, oldest first, opened (a call to the KEK each).
+// A key whose sealed half does not open, or does not match its public half, is an error: it was
+// tampered with.
 func (v *Vault) SigningKeys(ctx context.Context, purpose string) ([]SigningKey, error) {
 	sealed, err := v.store.SigningKeys(ctx, purpose)
 	if err != nil {
@@ -101,20 +102,63 @@ func (v *Vault) SigningKeys(ctx context.Context, purpose string) ([]SigningKey, 
 	}
 	keys := make([]SigningKey, 0, len(sealed))
 	for _, s := range sealed {
-		seed, err := v.openBytes(ctx, signingKeyAAD(s.Purpose, s.ID), s.Sealed)
+		k, err := v.openSigningKey(ctx, s)
 		if err != nil {
-			return nil, fmt.Errorf("open signing key %s: %w", s.ID, err)
+			return nil, err
 		}
-		if len(seed) != ed25519.SeedSize {
-			return nil, fmt.Errorf("signing key %s: %w", s.ID, errors.New("bad seed length"))
-		}
-		priv := ed25519.NewKeyFromSeed(seed)
-		clear(seed)
-		pub := priv.Public().(ed25519.PublicKey)
-		if !bytes.Equal(pub, s.Public) || signingKeyID(s.Purpose, pub) != s.ID {
-			return nil, fmt.Errorf("signing key %s: its public half does not match its private half", s.ID)
-		}
-		keys = append(keys, SigningKey{ID: s.ID, Purpose: s.Purpose, Public: pub, CreatedAt: s.CreatedAt, private: priv})
+		keys = append(keys, k)
 	}
 	return keys, nil
 }
+
+// PublicSigningKeys returns every signing key for purpose, oldest first, with its public half only:
+// what checking signatures needs, read without a call to the KEK. Such a key cannot sign.
+func (v *Vault) PublicSigningKeys(ctx context.Context, purpose string) ([]SigningKey, error) {
+	sealed, err := v.store.SigningKeys(ctx, purpose)
+	if err != nil {
+		return nil, fmt.Errorf("%s signing keys: %w", purpose, err)
+	}
+	keys := make([]SigningKey, 0, len(sealed))
+	for _, s := range sealed {
+		if signingKeyID(s.Purpose, s.Public) != s.ID {
+			return nil, fmt.Errorf("signing key %s: its id does not match its public half", s.ID)
+		}
+		keys = append(keys, SigningKey{ID: s.ID, Purpose: s.Purpose, Public: s.Public, CreatedAt: s.CreatedAt})
+	}
+	return keys, nil
+}
+
+// OpenSigningKey returns one signing key for purpose by id, opened (one call to the KEK).
+// ErrNotFound when there is none.
+func (v *Vault) OpenSigningKey(ctx context.Context, purpose, id string) (SigningKey, error) {
+	sealed, err := v.store.SigningKeys(ctx, purpose)
+	if err != nil {
+		return SigningKey{}, fmt.Errorf("%s signing keys: %w", purpose, err)
+	}
+	for _, s := range sealed {
+		if s.ID == id {
+			return v.openSigningKey(ctx, s)
+		}
+	}
+	return SigningKey{}, fmt.Errorf("signing key %s: %w", id, ErrNotFound)
+}
+
+func (v *Vault) openSigningKey(ctx context.Context, s SealedSigningKey) (SigningKey, error) {
+	seed, err := v.openBytes(ctx, signingKeyAAD(s.Purpose, s.ID), s.Sealed)
+	if err != nil {
+		return SigningKey{}, fmt.Errorf("open signing key %s: %w", s.ID, err)
+	}
+	if len(seed) != ed25519.SeedSize {
+		return SigningKey{}, fmt.Errorf("signing key %s: %w", s.ID, errors.New("bad seed length"))
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	clear(seed)
+	pub := priv.Public().(ed25519.PublicKey)
+	if !bytes.Equal(pub, s.Public) || signingKeyID(s.Purpose, pub) != s.ID {
+		return SigningKey{}, fmt.Errorf("signing key %s: its public half does not match its private half", s.ID)
+	}
+	return SigningKey{ID: s.ID, Purpose: s.Purpose, Public: pub, CreatedAt: s.CreatedAt, private: priv}, nil
+}
+
+// CanSign says whether the key holds its private half.
+func (k SigningKey) CanSign() bool { return k.private != nil }

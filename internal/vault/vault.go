@@ -215,8 +215,9 @@ type Store interface {
 	// KEKIDs lists the distinct ids of the KEKs that wrap stored data keys (signing keys' included).
 	KEKIDs(ctx context.Context) ([]string, error)
 	// Rewrap replaces every stored wrapped data key with what fn (for versions), fnKey (for signing
-	// keys) or fnBlob (for sealed blobs) returns, in one transaction: all are rewrapped or none.
-	// progress, when not nil, is told how many of how many are done.
+	// keys) or fnBlob (for sealed blobs) returns: all are rewrapped or none. The functions call the
+	// KEK, so they run before the write transaction, never in it. progress, when not nil, is told how
+	// many of how many are done.
 	Rewrap(ctx context.Context, fn func(Record) (kekID string, wrapped []byte, err error),
 		fnKey func(SealedSigningKey) (kekID string, wrapped []byte, err error),
 		fnBlob func(name string, s Sealed) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)

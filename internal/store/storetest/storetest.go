@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
@@ -32,13 +33,15 @@ func Open(t testing.TB, d testenv.Database) *store.DB {
 	return db
 }
 
-// Vault returns a vault on db under a fresh local key-encryption key; now may be nil.
+// Vault returns a vault on db under a fresh local key-encryption key, guarded (GuardKEK); now may be
+// nil.
 func Vault(t testing.TB, db *store.DB, now func() time.Time) *vault.Vault {
 	t.Helper()
-	kek, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
+	local, err := vault.NewLocalKEK(vault.GenerateKeyMaterial())
 	if err != nil {
 		t.Fatal(err)
 	}
+	kek := GuardKEK(t, local)
 	var opts []vault.Option
 	if now != nil {
 		opts = append(opts, vault.WithClock(now))
@@ -100,4 +103,55 @@ func Dump(t testing.TB, d testenv.Database) string {
 		rows.Close()
 	}
 	return b.String()
+}
+
+// GuardKEK wraps a key-encryption key so that a call to it while a write transaction is open fails
+// the test: the KEK may be AWS KMS, whose round trip must never hold the database's write lock.
+func GuardKEK(t testing.TB, k vault.KEK) vault.KEK {
+	g := &guardedKEK{t: t, KEK: k}
+	if gen, ok := k.(vault.DataKeyGenerator); ok {
+		return &guardedGenerator{guardedKEK: g, gen: gen}
+	}
+	return g
+}
+
+type guardedKEK struct {
+	vault.KEK
+	t testing.TB
+}
+
+func (g *guardedKEK) check(ctx context.Context, op string) {
+	if store.InWriteTransaction(ctx) {
+		g.t.Errorf("the key-encryption key was called (%s) while a write transaction was open", op)
+	}
+}
+
+func (g *guardedKEK) Wrap(ctx context.Context, dataKey, aad []byte) ([]byte, error) {
+	g.check(ctx, "Wrap")
+	return g.KEK.Wrap(ctx, dataKey, aad)
+}
+
+func (g *guardedKEK) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
+	g.check(ctx, "Unwrap")
+	return g.KEK.Unwrap(ctx, wrapped, aad)
+}
+
+type guardedGenerator struct {
+	*guardedKEK
+	gen vault.DataKeyGenerator
+}
+
+func (g *guardedGenerator) GenerateDataKey(ctx context.Context, aad []byte) ([]byte, []byte, error) {
+	g.check(ctx, "GenerateDataKey")
+	return g.gen.GenerateDataKey(ctx, aad)
+}
+
+// GuardCloud wraps a cloud provider so that a call to it while a write transaction is open fails
+// the test.
+func GuardCloud(t testing.TB, p cloud.Provider) cloud.Provider {
+	return cloud.Guarded(p, func(ctx context.Context, op string) {
+		if store.InWriteTransaction(ctx) {
+			t.Errorf("the cloud was called (%s) while a write transaction was open", op)
+		}
+	})
 }

@@ -21,7 +21,7 @@ import (
 func openVault(t *testing.T, kek vault.KEK) (*vault.Vault, *store.DB) {
 	t.Helper()
 	db := storetest.Open(t, testenv.Database{Driver: store.SQLite, DSN: filepath.Join(t.TempDir(), "k.db")})
-	v, err := vault.New(context.Background(), db.Vault(), kek)
+	v, err := vault.New(context.Background(), db.Vault(), storetest.GuardKEK(t, kek)) // KMS never called in a write transaction
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,14 +105,14 @@ func TestRewrapBetweenLocalAndKMS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := v.Rewrap(ctx, first, nil); err != nil || n != 1 {
+	if n, err := v.Rewrap(ctx, storetest.GuardKEK(t, first), nil); err != nil || n != 1 {
 		t.Fatalf("rewrap local → KMS: %d, %v", n, err)
 	}
 	second, err := awskms.New(ctx, cfg, testenv.CreateKMSKey(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := v.Rewrap(ctx, second, nil); err != nil || n != 1 {
+	if n, err := v.Rewrap(ctx, storetest.GuardKEK(t, second), nil); err != nil || n != 1 {
 		t.Fatalf("rewrap KMS → KMS: %d, %v", n, err)
 	}
 	if _, err := vault.New(ctx, db.Vault(), first); !errors.Is(err, vault.ErrKEKMismatch) {
