@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and .ci/run run it: starts a throwaway PostgreSQL and
-# moto_server (scripts/testenv.sh), checks formatting, runs go vet and go test -race, and stops what it
+# moto_server (scripts/testenv.sh), checks formatting, runs go vet, staticcheck and go test -race, and stops what it
 # started. Where PostgreSQL or moto cannot be started, their tests skip with a message — unless
 # KEYWARD_TEST_REQUIRE_SERVICES=1 (as in CI), where that is a failure.
 set -euo pipefail
@@ -37,6 +37,10 @@ fi
 
 echo "== go vet"
 go vet ./...
+
+echo "== staticcheck"
+# Pinned in go.mod's tool block (honnef.co/go/tools); any finding fails the suite.
+go tool staticcheck ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m "$@" ./...
