@@ -369,7 +369,8 @@ type serveProcess struct {
 func startServe(t *testing.T, e *env) *serveProcess {
 	t.Helper()
 	cmd := exec.Command(binary, "serve")
-	cmd.Dir, cmd.Env = e.dir, append(e.vars, "KEYWARD_SERVER_LISTEN=127.0.0.1:0", "KEYWARD_CLOUD=sim")
+	// The simulated cloud unless the environment names another (the last of a name wins).
+	cmd.Dir, cmd.Env = e.dir, append(append([]string{"KEYWARD_CLOUD=sim"}, e.vars...), "KEYWARD_SERVER_LISTEN=127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
