@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -91,7 +92,7 @@ type Notifier interface {
 func (e *Engine) noticeFor(ctx context.Context, s step) (notify.Notice, bool) {
 	d := s.Detail
 	n := notify.Notice{Time: e.now(), Account: s.id.AccountID, User: s.id.UserName, Identity: s.id.String(),
-		Owners: ownersFrom(ctx), Reason: d["reason"]}
+		Owners: e.owners, Reason: d["reason"]}
 	day := n.Time.Format("2006-01-02")
 	switch s.Action {
 	case ActionRotated:
@@ -126,24 +127,18 @@ func (e *Engine) upcoming(ctx context.Context, id vault.Identity, keyID string, 
 		return nil
 	}
 	return e.Notifier.Notify(ctx, notify.Notice{ID: notify.KeyDeactivationComing + "|" + keyID, Event: notify.KeyDeactivationComing,
-		Time: e.now(), Account: id.AccountID, User: id.UserName, Identity: id.String(), Owners: ownersFrom(ctx),
+		Time: e.now(), Account: id.AccountID, User: id.UserName, Identity: id.String(), Owners: e.owners,
 		KeyID: keyID, Scheduled: at})
 }
 
 // TagOwner is the IAM user tag that names its owners: e-mail addresses, separated by spaces.
 const TagOwner = "keyward:owner"
 
-type ownersKey struct{}
-
-// withOwners carries the visited user's owners (from its tag) for the notices of the visit.
-func withOwners(ctx context.Context, tag string) context.Context {
-	if tag == "" {
-		return ctx
-	}
-	return context.WithValue(ctx, ownersKey{}, strings.Fields(tag))
-}
-
-func ownersFrom(ctx context.Context) []string {
-	owners, _ := ctx.Value(ownersKey{}).([]string)
-	return owners
+// forUser returns the engine a visit of u runs on: a copy that knows u's owners (from its tag), for
+// the notices of the visit. Visits of different users run on different copies, so this is no shared
+// state; the copy shares everything else (the store, the cloud, the runner) with e.
+func (e *Engine) forUser(u cloud.User) *Engine {
+	v := *e
+	v.owners = strings.Fields(u.Tags[TagOwner])
+	return &v
 }

@@ -105,6 +105,9 @@ type Engine struct {
 	VerifyInterval time.Duration
 	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
 	RetryBackoff time.Duration
+	// owners are the visited user's owners, in the copy of the engine a visit runs on (forUser).
+	owners []string
+
 	// OnDemand runs the rotations asked for now (default: 4 at once, 10 minutes each); whoever runs
 	// the engine stops it before closing the database.
 	OnDemand *OnDemand
@@ -169,7 +172,7 @@ var ErrCrashed = errors.New("stopped by hook")
 func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
-	ctx = withOwners(ctx, u.Tags[TagOwner])
+	e = e.forUser(u)
 	fail := func(format string, args ...any) (Result, error) {
 		res.Outcome, res.Reason = Failed, fmt.Sprintf(format, args...)
 		return res, nil

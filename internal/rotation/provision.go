@@ -41,7 +41,7 @@ var ErrExempt = errors.New("exempt from rotation: Keyward does not create its ke
 func (e *Engine) Provision(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
-	ctx = withOwners(ctx, u.Tags[TagOwner])
+	e = e.forUser(u)
 	// An open rotation (a first provisioning interrupted, say) is finished first, as a visit would.
 	if _, open, err := e.Store.Open(ctx, id); err != nil {
 		return res, err
