@@ -38,6 +38,8 @@ if [ "${1:-}" = --postgres ]; then
 fi
 cat >"$work/keyward.yaml" <<EOF
 cloud: sim
+aws:
+  accounts: [{id: "123456789012"}]
 server:
   listen: 127.0.0.1:$port
   rate_limit: {per_principal: 0, per_ip: 0}
@@ -51,7 +53,7 @@ auth:
 EOF
 kw() { "$work/keyward" --config "$work/keyward.yaml" "$@"; }
 kw migrate >/dev/null 2>&1
-kw team add payments --iam-user payments-app --account 123456789012 >/dev/null 2>&1
+kw team add payments --iam-user payments-app --account 123456789012 >/dev/null
 echo 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' | kw vault import --user payments-app --account 123456789012 \
   --access-key-id AKIAIOSFODNN7EXAMPLE --secret-stdin >/dev/null 2>&1
 apikey=$(kw apikey create --name load --role member --team payments -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
