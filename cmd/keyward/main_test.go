@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -626,5 +627,46 @@ func TestReadOnlyCommandsNeverCreateADatabase(t *testing.T) {
 	e.must(t, 1, "", "status")
 	if info, err := os.Stat(path); err != nil || info.Size() != 0 {
 		t.Fatalf("status wrote to an empty database file: %v %v", info, err)
+	}
+}
+
+// TestServePurgesPastRetention: serve purges, as it starts, a delivered notification older than
+// retention.horizon, and keeps a recent one.
+func TestServePurgesPastRetention(t *testing.T) {
+	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}).with("KEYWARD_RETENTION_HORIZON=30d")
+	e.must(t, 0, "", "migrate")
+	db, err := sql.Open("sqlite", e.dbPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for id, at := range map[string]time.Time{"old": time.Now().Add(-31 * 24 * time.Hour), "recent": time.Now().Add(-29 * 24 * time.Hour)} {
+		if _, err := db.Exec(`INSERT INTO notification_outbox (id, channel, destination, notice, state, attempts, next_at, created_at, sent_at)
+			VALUES ($1, 'webhook', 'ops', '{}', 'sent', 1, 0, $2, $2)`, id, at.UnixMicro()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startServe(t, e)
+	for i := 0; !strings.Contains(p.logs.String(), `"msg":"purged"`); i++ {
+		if i > 300 {
+			t.Fatalf("no purge logged:\n%s", p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var left []string
+	rows, err := db.Query(`SELECT id FROM notification_outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, id)
+	}
+	if fmt.Sprint(left) != "[recent]" || !strings.Contains(p.logs.String(), `"notifications":1`) {
+		t.Fatalf("left %v after:\n%s", left, p.logs.String())
 	}
 }

@@ -136,6 +136,8 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 		return err
 	}
 	defer background(ctx, func(ctx context.Context) { dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
+	// What only grows is purged past the retention horizon, at start and every interval.
+	defer background(ctx, func(ctx context.Context) { a.retain(ctx, db) })()
 
 	passes := &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}
 	var demoAfter func(rotation.Report, error)
@@ -235,6 +237,32 @@ func (a *app) listen(ctx context.Context, servers []*listener) error {
 	}
 	a.log.Info("stopped")
 	return nil
+}
+
+// retain purges what is past retention.horizon and refreshes the planner's statistics, now and every
+// retention.interval, until ctx ends.
+func (a *app) retain(ctx context.Context, db *store.DB) {
+	t := time.NewTicker(a.cfg.Retention.Interval.Std())
+	defer t.Stop()
+	for {
+		now := time.Now()
+		if p, err := db.Purge(ctx, now.Add(-a.cfg.Retention.Horizon.Std()), now); err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("purge failed", "error", err.Error())
+			}
+		} else if p != (store.Purged{}) {
+			a.log.Info("purged", "notifications", p.Notifications, "login_failures", p.LoginFailures, "rotations", p.Rotations,
+				"older_than", a.cfg.Retention.Horizon.String())
+		}
+		if err := db.Optimize(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("database statistics not refreshed", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // databaseCheck is the readiness condition on the database: it answers (reason database) and its

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -83,6 +82,10 @@ type Store interface {
 	Checkpoints(ctx context.Context) ([]Checkpoint, error)
 	// LatestCheckpoint returns the checkpoint of the highest seq (the newest of those), if any.
 	LatestCheckpoint(ctx context.Context) (Checkpoint, bool, error)
+	// Find returns the first f.Limit records after f.After that f selects, in order, and the number
+	// to pass as After for the next page (0 when there is none). It reads what it returns, not the
+	// whole trail.
+	Find(ctx context.Context, f Filter) ([]Record, int64, error)
 }
 
 // Signer signs checkpoints; Keyward's is an Ed25519 key kept in its vault.
@@ -380,45 +383,14 @@ type Filter struct {
 	Target       string
 }
 
-func (f Filter) match(r Record) bool {
-	switch {
-	case !f.Since.IsZero() && r.Time.Before(f.Since), !f.Until.IsZero() && !r.Time.Before(f.Until):
-		return false
-	case f.Actor != "" && r.Actor != f.Actor, f.Target != "" && r.Target != f.Target:
-		return false
-	case f.Action != "" && r.Action != f.Action && !(strings.HasSuffix(f.Action, ".") && strings.HasPrefix(r.Action, f.Action)):
-		return false
-	}
-	return true
-}
-
 // Find returns a page of the records f selects, in order, and the number to pass as After for the
-// next page (0 when this one is the last).
+// next page (0 when this one is the last). The store filters: a page costs what it returns.
 func (t *Trail) Find(ctx context.Context, f Filter) ([]Record, int64, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
-	if f.After == math.MaxInt64 { // nothing comes after the last possible number (After+1 would wrap)
+	if f.After == math.MaxInt64 { // nothing comes after the last possible number
 		return nil, 0, nil
 	}
-	var out []Record
-	var next int64
-	err := t.store.Records(ctx, f.After+1, 0, func(r Record) error {
-		if !f.Until.IsZero() && !r.Time.Before(f.Until) {
-			return errStop // times only grow along the trail
-		}
-		if !f.match(r) {
-			return nil
-		}
-		if len(out) == f.Limit {
-			next = out[len(out)-1].Seq
-			return errStop
-		}
-		out = append(out, r)
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return nil, 0, err
-	}
-	return out, next, nil
+	return t.store.Find(ctx, f)
 }

@@ -39,6 +39,17 @@ type Config struct {
 	Audit    Audit    `yaml:"audit"`
 	Notify   Notify   `yaml:"notify"`
 	Auth     Auth     `yaml:"auth"`
+	// Retention bounds what only grows (audit records are never purged by Keyward).
+	Retention Retention `yaml:"retention"`
+}
+
+// Retention is how long serve keeps what is no longer needed: delivered notifications, spent
+// login-failure counts, and finished rotation records (each identity's last one always stays).
+type Retention struct {
+	// Horizon is the age past which they are purged.
+	Horizon Duration `yaml:"horizon"`
+	// Interval is how often serve purges them (and refreshes the query planner's statistics).
+	Interval Duration `yaml:"interval"`
 }
 
 // Auth configures who may call the API and how they prove it.
@@ -355,6 +366,7 @@ func Default() Config {
 			Argon2:  AuthArgon2{MemoryKiB: 19 * 1024, Iterations: 2, Parallelism: 1},
 			Lockout: AuthLockout{MaxFailures: 10, IPMaxFailures: 50, Duration: Duration(15 * time.Minute), Delay: Duration(250 * time.Millisecond), MaxDelay: Duration(4 * time.Second)},
 			OIDC:    AuthOIDC{GroupsClaim: "groups"}},
+		Retention: Retention{Horizon: Duration(90 * day), Interval: Duration(day)},
 	}
 }
 
@@ -401,6 +413,12 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	c.Notify.validate(report)
 	c.Auth.validate(report)
+	if c.Retention.Horizon < Duration(24*time.Hour) {
+		report("retention.horizon", "want at least 1d (got %s)", c.Retention.Horizon)
+	}
+	if c.Retention.Interval < Duration(time.Minute) {
+		report("retention.interval", "want at least 1m (got %s)", c.Retention.Interval)
+	}
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		report("server.tls_cert_file", "set both server.tls_cert_file and server.tls_key_file, or neither")
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
@@ -71,6 +72,93 @@ func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string,
 		return h, fmt.Errorf("read the audit trail's head: %w", err)
 	}
 	return h, nil
+}
+
+// Find implements audit.Store: one query, its conditions only those the filter sets, each served by
+// an index in the trail's order (migration 0007), and at most limit+1 rows read. A time window is
+// first turned into a range of record numbers — times only grow along the trail — so that every
+// query reads the trail in its own order from a known start.
+func (s *Audit) Find(ctx context.Context, f audit.Filter) ([]audit.Record, int64, error) {
+	from, to, err := s.seqWindow(ctx, f)
+	if err != nil {
+		return nil, 0, err
+	}
+	if to > 0 && to <= from+1 {
+		return nil, 0, nil
+	}
+	where := []string{"seq > $1"}
+	args := []any{from}
+	add := func(cond string, vals ...any) { // each '?' of cond becomes the next $n
+		for _, v := range vals {
+			args = append(args, v)
+			cond = strings.Replace(cond, "?", fmt.Sprintf("$%d", len(args)), 1)
+		}
+		where = append(where, cond)
+	}
+	if to > 0 {
+		add("seq < ?", to)
+	}
+	if f.Actor != "" {
+		add("actor = ?", f.Actor)
+	}
+	if f.Target != "" {
+		add("target = ?", f.Target)
+	}
+	if prefix, ok := strings.CutSuffix(f.Action, "."); ok && f.Action != "" {
+		// "auth." is every action from "auth." up to, not including, "auth/" ('/' follows '.').
+		add(s.db.dialect("action{{collate_c}} >= ? AND action{{collate_c}} < ?"), prefix+".", prefix+"/")
+	} else if f.Action != "" {
+		add("action = ?", f.Action)
+	}
+	limit := f.Limit
+	args = append(args, limit+1)
+	query := `SELECT ` + auditColumns + ` FROM audit_events WHERE ` + strings.Join(where, " AND ") +
+		fmt.Sprintf(" ORDER BY seq LIMIT $%d", len(args))
+	rows, err := s.db.query(ctx, query, args...)
+	recs, err := collect(rows, err, scanAudit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the audit trail: %w", err)
+	}
+	var next int64
+	if len(recs) > limit {
+		recs = recs[:limit]
+		next = recs[limit-1].Seq
+	}
+	return recs, next, nil
+}
+
+// seqWindow turns f's After and time window into record numbers: records after from, and before to
+// (0: no end).
+func (s *Audit) seqWindow(ctx context.Context, f audit.Filter) (from, to int64, err error) {
+	first := func(t time.Time) (int64, bool, error) { // the first record at or after t
+		var seq int64
+		err := s.db.queryRow(ctx, `SELECT seq FROM audit_events WHERE time >= $1 ORDER BY time, seq LIMIT 1`, micros(t)).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, false, nil
+		}
+		return seq, err == nil, err
+	}
+	from = f.After
+	if !f.Since.IsZero() {
+		seq, ok, err := first(f.Since)
+		if err != nil {
+			return 0, 0, fmt.Errorf("read the audit trail: %w", err)
+		}
+		if !ok {
+			return 0, 1, nil // nothing that late: an empty window
+		}
+		from = max(from, seq-1)
+	}
+	if !f.Until.IsZero() {
+		seq, ok, err := first(f.Until)
+		if err != nil {
+			return 0, 0, fmt.Errorf("read the audit trail: %w", err)
+		}
+		if ok {
+			to = seq
+		}
+	}
+	return from, to, nil
 }
 
 // Head implements audit.Store.

@@ -70,6 +70,8 @@ func (db *DB) dialect(q string) string {
 		"{{without_rowid}}": {" WITHOUT ROWID", ""},
 		// SQLite has no row locks: BEGIN IMMEDIATE already serialises writers.
 		"{{for_update}}": {"", " FOR UPDATE"},
+		// Byte order, as SQLite's default: a prefix is then a range of an index.
+		"{{collate_c}}": {"", ` COLLATE "C"`},
 	}
 	i := 0
 	if db.driver == Postgres {
