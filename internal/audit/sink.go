@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/keyward/keyward/internal/backoff"
 )
 
 // Sink receives the trail's records beside the database: a file, CloudWatch Logs. Delivery is at
@@ -89,7 +91,7 @@ func (s *Shipper) due(name string) bool {
 	if n == 0 {
 		return true
 	}
-	wait := min(time.Duration(1<<min(n, 9))*time.Second, 5*time.Minute)
+	wait := backoff.Exponential(2*time.Second, 5*time.Minute, n)
 	return time.Since(s.failed[name]) >= wait
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/backoff"
 	"github.com/keyward/keyward/internal/secret"
 )
 
@@ -129,11 +130,7 @@ func (s *Service) AddressLocked(ctx context.Context, sourceIP string) (time.Dura
 
 // delay is how long the answer to the n-th failure in a row waits.
 func (s *Service) delay(n int64) time.Duration {
-	d := s.cfg.Lockout.Delay
-	for i := int64(1); i < n && d < s.cfg.Lockout.MaxDelay; i++ {
-		d *= 2
-	}
-	return min(d, s.cfg.Lockout.MaxDelay)
+	return backoff.Exponential(s.cfg.Lockout.Delay, s.cfg.Lockout.MaxDelay, int(min(n, 64)))
 }
 
 // TokenForAPIKey issues a token for an API key. The caller has checked the source address (see

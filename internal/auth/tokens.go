@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keyward/keyward/internal/vault"
@@ -68,8 +69,13 @@ type Tokens struct {
 // credential read's CPU). Only the signature check is spared: expiry, not-before and that the signing
 // key is still live are checked on every use, and the principal is read afresh by Authenticate.
 type verifiedTokens struct {
-	mu sync.Mutex
-	m  map[[sha256.Size]byte]verifiedToken
+	once sync.Once
+	c    *lru.Cache[[sha256.Size]byte, verifiedToken] // bounded: the least recently used go first
+}
+
+func (v *verifiedTokens) cache() *lru.Cache[[sha256.Size]byte, verifiedToken] {
+	v.once.Do(func() { v.c, _ = lru.New[[sha256.Size]byte, verifiedToken](maxVerifiedTokens) })
+	return v.c
 }
 
 type verifiedToken struct {
@@ -272,9 +278,7 @@ func (t *Tokens) Parse(ctx context.Context, token string) (Claims, error) {
 // remembered returns the claims of a token verified before, if it is still within its validity
 // (the same bounds as the parser's, with no leeway) and its signing key is still live.
 func (t *Tokens) remembered(sum [sha256.Size]byte) (Claims, bool) {
-	t.verified.mu.Lock()
-	v, ok := t.verified.m[sum]
-	t.verified.mu.Unlock()
+	v, ok := t.verified.cache().Get(sum)
 	if !ok {
 		return Claims{}, false
 	}
@@ -290,33 +294,11 @@ func (t *Tokens) remembered(sum [sha256.Size]byte) (Claims, bool) {
 	return v.claims, true
 }
 
-// remember keeps a verified token's claims. When the memory is full, expired tokens are dropped; if
-// that is not enough, all are (they are verified again on their next use).
-func (t *Tokens) remember(sum [sha256.Size]byte, v verifiedToken) {
-	t.verified.mu.Lock()
-	defer t.verified.mu.Unlock()
-	if t.verified.m == nil {
-		t.verified.m = map[[sha256.Size]byte]verifiedToken{}
-	}
-	if len(t.verified.m) >= maxVerifiedTokens {
-		now := t.now()
-		for k, old := range t.verified.m {
-			if old.expired(now) {
-				delete(t.verified.m, k)
-			}
-		}
-		if len(t.verified.m) >= maxVerifiedTokens {
-			clear(t.verified.m)
-		}
-	}
-	t.verified.m[sum] = v
-}
+// remember keeps a verified token's claims; when the memory is full, the least recently used goes
+// (it is verified again on its next use).
+func (t *Tokens) remember(sum [sha256.Size]byte, v verifiedToken) { t.verified.cache().Add(sum, v) }
 
-func (t *Tokens) forget(sum [sha256.Size]byte) {
-	t.verified.mu.Lock()
-	delete(t.verified.m, sum)
-	t.verified.mu.Unlock()
-}
+func (t *Tokens) forget(sum [sha256.Size]byte) { t.verified.cache().Remove(sum) }
 
 // key returns the public half of a live signing key by id.
 func (t *Tokens) key(kid string) (ed25519.PublicKey, bool) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
 
 	"github.com/keyward/keyward/internal/audit"
@@ -24,18 +25,17 @@ const (
 	deniedBurst = 10
 )
 
-// denials records refusals in the audit trail, a bounded number per principal.
+// denials records refusals in the audit trail, a bounded number per principal; the principals it
+// tracks are a bounded LRU (maxTracked).
 type denials struct {
 	trail *audit.Trail
 	mu    sync.Mutex
-	by    map[string]*denialCount
-	swept time.Time
+	by    *lru.Cache[string, *denialCount]
 }
 
 type denialCount struct {
 	l       *rate.Limiter
 	dropped int64
-	seen    time.Time
 }
 
 // record writes an access.denied record of p's request to r (reason: forbidden, mfa_required,
@@ -47,22 +47,13 @@ func (d *denials) record(r *http.Request, p *auth.Principal, route, reason strin
 	now := time.Now()
 	d.mu.Lock()
 	if d.by == nil {
-		d.by = map[string]*denialCount{}
+		d.by, _ = lru.New[string, *denialCount](maxTracked)
 	}
-	if now.Sub(d.swept) > time.Minute {
-		for k, c := range d.by {
-			if now.Sub(c.seen) > 10*time.Minute {
-				delete(d.by, k)
-			}
-		}
-		d.swept = now
-	}
-	c := d.by[p.ID()]
-	if c == nil {
+	c, ok := d.by.Get(p.ID())
+	if !ok {
 		c = &denialCount{l: rate.NewLimiter(deniedRate, deniedBurst)}
-		d.by[p.ID()] = c
+		d.by.Add(p.ID(), c)
 	}
-	c.seen = now
 	if !c.l.AllowN(now, 1) {
 		c.dropped++
 		d.mu.Unlock()

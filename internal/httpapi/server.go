@@ -12,9 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
 
 	"github.com/keyward/keyward/internal/access"
@@ -267,20 +268,28 @@ func (a *API) clientIP(r *http.Request) netip.Addr {
 }
 
 // limiter keeps a token bucket per key (an address, a principal): rps per second, bursts of twice
-// that. Buckets unused for ten minutes are dropped.
+// that. The buckets are a bounded LRU: at most maxTracked keys (the least recently seen go first),
+// and a bucket unused for idleAfter starts afresh. Memory stays bounded whatever the number of
+// addresses a flood comes from.
 type limiter struct {
-	rps   float64
-	mu    sync.Mutex
-	m     map[string]*bucket
-	swept time.Time
+	rps     float64
+	buckets *lru.Cache[string, *bucket]
 }
 
 type bucket struct {
 	l    *rate.Limiter
-	seen time.Time
+	seen atomic.Int64 // unix nanoseconds of the last use
 }
 
-func newLimiter(rps float64) *limiter { return &limiter{rps: rps, m: map[string]*bucket{}} }
+const (
+	maxTracked = 100_000
+	idleAfter  = 10 * time.Minute
+)
+
+func newLimiter(rps float64) *limiter {
+	c, _ := lru.New[string, *bucket](maxTracked) // errs only for a size ≤ 0
+	return &limiter{rps: rps, buckets: c}
+}
 
 // allow takes a token for key; when there is none it says how long until there is.
 func (l *limiter) allow(key string) (bool, time.Duration) {
@@ -288,22 +297,19 @@ func (l *limiter) allow(key string) (bool, time.Duration) {
 		return true, 0
 	}
 	now := time.Now()
-	l.mu.Lock()
-	if now.Sub(l.swept) > time.Minute {
-		for k, b := range l.m {
-			if now.Sub(b.seen) > 10*time.Minute {
-				delete(l.m, k)
-			}
+	b, ok := l.buckets.Get(key)
+	if !ok || now.Sub(time.Unix(0, b.seen.Load())) > idleAfter {
+		fresh := &bucket{l: rate.NewLimiter(rate.Limit(l.rps), int(math.Max(1, 2*l.rps)))}
+		if ok { // idle: start afresh
+			l.buckets.Add(key, fresh)
+			b = fresh
+		} else if prev, found, _ := l.buckets.PeekOrAdd(key, fresh); found { // another request made one first
+			b = prev
+		} else {
+			b = fresh
 		}
-		l.swept = now
 	}
-	b := l.m[key]
-	if b == nil {
-		b = &bucket{l: rate.NewLimiter(rate.Limit(l.rps), int(math.Max(1, 2*l.rps)))}
-		l.m[key] = b
-	}
-	b.seen = now
-	l.mu.Unlock()
+	b.seen.Store(now.UnixNano())
 	res := b.l.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)

@@ -86,7 +86,7 @@ func (d *Dispatcher) deliver(ctx context.Context, dl Delivery) (bool, error) {
 		return false, d.Outbox.Retry(ctx, dl.ID, short(err), time.Time{})
 	}
 	d.observe(dl.Channel, "retry")
-	next := d.now().Add(backoff(attempts))
+	next := d.now().Add(retryDelay(attempts))
 	if d.Log != nil {
 		d.Log.Warn("notification not delivered, will retry", "channel", dl.Channel, "destination", dl.Destination,
 			"event", dl.Notice.Event, "attempts", attempts, "next", next.Format(time.RFC3339), "error", err.Error())

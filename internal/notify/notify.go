@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/keyward/keyward/internal/backoff"
 )
 
 // Events a notice can tell of.
@@ -216,12 +218,8 @@ func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // backoff is the wait before attempt n+1 (n ≥ 1): 30 s doubling, at most an hour.
-func backoff(n int) time.Duration {
-	d := defaultFirstRetryDelay
-	for i := 1; i < n && d < maxRetryDelay; i++ {
-		d *= 2
-	}
-	return min(d, maxRetryDelay)
+func retryDelay(n int) time.Duration {
+	return backoff.Exponential(defaultFirstRetryDelay, maxRetryDelay, n)
 }
 
 // short trims an error for the outbox's last_error column.

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/backoff"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -271,11 +272,7 @@ func (e *Engine) cut(res Result, err error) (Result, error) {
 }
 
 func (e *Engine) backoff(attempt int) time.Duration {
-	d := e.RetryBackoff
-	for i := 1; i < attempt && d < 24*time.Hour; i++ {
-		d *= 2
-	}
-	return min(d, 24*time.Hour)
+	return backoff.Exponential(e.RetryBackoff, 24*time.Hour, attempt)
 }
 
 // activeKeys returns the keys that are active in the cloud.
@@ -720,24 +717,23 @@ func (e *Engine) verify(ctx context.Context, pol Policy, rec Record) error {
 		return err
 	}
 	deadline := e.now().Add(pol.VerifyTimeout)
-	pause := e.VerifyInterval
-	successes := 0
+	successes, refusals := 0, 0
 	var last error
 	for {
 		arn, err := e.Cloud.Verify(ctx, rec.Identity.AccountID, rec.NewKeyID, cred.SecretAccessKey)
 		switch {
 		case err == nil && arnUser(arn) == rec.Identity.UserName:
-			successes++
-			pause = e.VerifyInterval
+			successes, refusals = successes+1, 0
 			if successes == 3 {
 				return nil
 			}
 		case err == nil:
 			return fmt.Errorf("the key signs as %s, not as user %s", arn, rec.Identity.UserName)
 		default:
-			successes, last = 0, err
-			pause = min(pause*2, 16*e.VerifyInterval)
+			successes, refusals, last = 0, refusals+1, err
 		}
+		// The pause doubles with each refusal in a row (a new key takes seconds to work everywhere).
+		pause := backoff.Exponential(e.VerifyInterval, 16*e.VerifyInterval, refusals+1)
 		if !e.now().Add(pause).Before(deadline) {
 			if last == nil {
 				last = errors.New("not accepted three times in a row")

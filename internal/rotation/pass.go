@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/keyward/keyward/internal/cloud"
 )
 
@@ -80,30 +82,12 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 		mu    sync.Mutex
 		found int
 		done  int
-		first error
+		first error // a visit cut short: no more are started
 	)
-	users := make(chan cloud.User)
-	var wg sync.WaitGroup
-	for range opts.Concurrency {
-		wg.Go(func() {
-			for u := range users {
-				res, err := e.Visit(ctx, u, VisitOptions{Force: opts.Force})
-				mu.Lock()
-				if err != nil && first == nil {
-					first = err
-				}
-				if err == nil {
-					rep.Users = append(rep.Users, res)
-					rep.Summary.Add(res.Outcome)
-				}
-				done++
-				if opts.Progress != nil {
-					opts.Progress(done, found)
-				}
-				mu.Unlock()
-			}
-		})
-	}
+	// At most Concurrency visits at once: Go waits for a place. A visit cut short does not cancel
+	// the others (each stops safely on its own), it only stops more from starting.
+	var g errgroup.Group
+	g.SetLimit(opts.Concurrency)
 	for _, a := range accounts {
 		if opts.AccountID != "" && a.ID != opts.AccountID {
 			continue
@@ -119,12 +103,27 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 			if stop != nil {
 				return stop
 			}
-			select {
-			case users <- u:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := ctx.Err(); err != nil {
+				return err
 			}
+			g.Go(func() error {
+				res, err := e.Visit(ctx, u, VisitOptions{Force: opts.Force})
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil && first == nil {
+					first = err
+				}
+				if err == nil {
+					rep.Users = append(rep.Users, res)
+					rep.Summary.Add(res.Outcome)
+				}
+				done++
+				if opts.Progress != nil {
+					opts.Progress(done, found)
+				}
+				return nil
+			})
+			return nil
 		})
 		if err != nil {
 			mu.Lock()
@@ -136,8 +135,7 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("list users of account %s: %v", a.ID, err))
 		}
 	}
-	close(users)
-	wg.Wait()
+	_ = g.Wait() // the visits report through first, not through the group
 	slices.SortFunc(rep.Users, func(a, b Result) int {
 		if a.Identity.AccountID != b.Identity.AccountID {
 			return strings.Compare(a.Identity.AccountID, b.Identity.AccountID)
