@@ -21,13 +21,9 @@ import (
 	"github.com/keyward/keyward/internal/vault"
 )
 
-// Audit actions of the commands (the engine's are in package rotation).
-const (
-	actionConfigLoaded = "config.loaded"
-	actionKeyRead      = "key.read"
-	actionKeyImported  = "key.imported"
-	actionRewrapped    = "vault.rewrapped"
-)
+// actionConfigLoaded is the audit action of a configuration loaded by serve (the engine's actions are
+// in package rotation, the vault commands' in package access).
+const actionConfigLoaded = "config.loaded"
 
 // trail returns the audit trail on db.
 func (a *app) trail(db *store.DB) *audit.Trail { return audit.New(db.Audit(), nil, a.log) }

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
+	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/secret"
 )
@@ -56,11 +57,11 @@ func TestAuditTrail(t *testing.T) {
 			t.Fatalf("export line %q: %v", line, err)
 		}
 		actions = append(actions, rec.Action)
-		if rec.Action == actionKeyRead && (!strings.HasPrefix(rec.Actor, "cli:") || rec.Detail["access_key_id"] != cred["AccessKeyId"]) {
+		if rec.Action == access.ActionKeyRead && (!strings.HasPrefix(rec.Actor, "cli:") || rec.Detail["access_key_id"] != cred["AccessKeyId"]) {
 			t.Fatalf("the read's record: %+v", rec)
 		}
 	}
-	for _, want := range []string{actionConfigLoaded, "key.adopted", "rotation.started", "key.created", "key.rotated", actionKeyRead} {
+	for _, want := range []string{actionConfigLoaded, "key.adopted", "rotation.started", "key.created", "key.rotated", access.ActionKeyRead} {
 		if !slices.Contains(actions, want) {
 			t.Fatalf("export lacks %s: %v", want, actions)
 		}

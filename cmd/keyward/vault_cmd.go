@@ -14,9 +14,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
-	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -78,33 +79,14 @@ func (a *app) vaultImportCommand() *cobra.Command {
 				return err
 			}
 			defer closeQuietly(db)
-			id := vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: user}
-			if account == "" {
-				found, err := v.Lookup(ctx, user, "")
-				switch {
-				case errors.Is(err, vault.ErrNotFound):
-					return usageErr("--account is required: the vault has no identity %q yet", user)
-				case errors.Is(err, vault.ErrAmbiguous):
-					return asUsage(err)
-				case err != nil:
-					return err
-				}
-				id = found
-			}
-			prepared, err := v.Prepare(ctx, id, keyID, sec) // before the transaction: the KEK may be AWS KMS
-			if err != nil {
+			svc := a.vaultAccess(v, db)
+			id, err := svc.Identity(ctx, user, account)
+			if errors.Is(err, access.ErrAccountNeeded) {
+				return usageErr("--account is required: %v", err)
+			} else if err != nil {
 				return err
 			}
-			defer prepared.Clear()
-			var ver vault.Version
-			err = db.Atomically(ctx, func(ctx context.Context) error {
-				var err error
-				if ver, err = v.ImportPrepared(ctx, prepared); err != nil {
-					return err
-				}
-				return a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionKeyImported, Target: id.String(),
-					Outcome: audit.Success, Detail: map[string]string{"access_key_id": keyID, "version": fmt.Sprint(ver.Number)}})
-			})
+			ver, err := svc.Import(ctx, cliActor(), id, keyID, sec)
 			if errors.Is(err, vault.ErrDuplicate) {
 				return usageErr("access key %s is already in the vault", keyID)
 			}
@@ -126,6 +108,12 @@ func (a *app) vaultImportCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret access key from standard input")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// vaultAccess is the service the vault commands call: it records what they do, and reads only once
+// the reading is on the record.
+func (a *app) vaultAccess(v *vault.Vault, db *store.DB) *access.Service {
+	return &access.Service{Vault: v, Audit: a.trail(db), Store: db}
 }
 
 // credentialFormats render a credential for its consumers.
@@ -186,24 +174,20 @@ func (a *app) vaultGetCommand() *cobra.Command {
 				return err
 			}
 			defer closeQuietly(db)
-			id, err := v.Lookup(ctx, args[0], account)
+			svc := a.vaultAccess(v, db)
+			id, err := svc.Identity(ctx, args[0], account)
 			if errors.Is(err, vault.ErrAmbiguous) {
 				return asUsage(err)
 			}
 			if err != nil {
 				return err
 			}
-			c, err := v.Current(ctx, id)
+			c, err := svc.Reveal(ctx, cliActor(), id)
 			if errors.Is(err, vault.ErrNotFound) {
 				return fmt.Errorf("no current credential for %s", id)
 			}
 			if err != nil {
 				return err
-			}
-			// A secret is shown only once its reading is on the record.
-			if err := a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionKeyRead, Target: id.String(), Outcome: audit.Success,
-				Detail: map[string]string{"access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number)}}); err != nil {
-				return fmt.Errorf("nothing printed: %w", err)
 			}
 			a.checkpoint(ctx, a.auditSigner(v), db)
 			a.log.Info("credential read", "identity", id.String(), "access_key_id", c.AccessKeyID, "by", "cli")
@@ -344,15 +328,7 @@ point vault.master_key at the new KEK; the old one can then be retired.`,
 				}
 			}
 			from := v.KEKID()
-			var n int
-			err = db.Atomically(ctx, func(ctx context.Context) error {
-				var err error
-				if n, err = v.Rewrap(ctx, next, progress); err != nil {
-					return err
-				}
-				return a.trail(db).Record(ctx, audit.Event{Actor: cliActor(), Action: actionRewrapped, Target: "vault", Outcome: audit.Success,
-					Detail: map[string]string{"data_keys": fmt.Sprint(n), "from_kek_id": from, "to_kek_id": next.ID()}})
-			})
+			n, err := a.vaultAccess(v, db).Rewrap(ctx, cliActor(), next, progress)
 			if err != nil {
 				return err
 			}

@@ -77,7 +77,11 @@ type Service struct {
 	Vault  *vault.Vault
 	Engine *rotation.Engine
 	Audit  Recorder
-	Now    func() time.Time
+	// Store makes units of work (Import): the database the vault and the trail live in.
+	Store interface {
+		Atomically(ctx context.Context, fn func(ctx context.Context) error) error
+	}
+	Now func() time.Time
 }
 
 // Credential is a team's current key, with when its holder should fetch it again.
@@ -120,9 +124,7 @@ func (s *Service) Credentials(ctx context.Context, p *auth.Principal, teamName s
 	if err != nil {
 		return Credential{}, err
 	}
-	err = s.Audit.Record(ctx, audit.Event{Actor: p.ID(), Action: ActionKeyRead, Target: t.Identity.String(), Outcome: audit.Success,
-		Detail: map[string]string{"team": t.Name, "access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number), "via": p.Via}})
-	if err != nil {
+	if err := s.recordRead(ctx, p.ID(), c.Credential, map[string]string{"team": t.Name, "via": p.Via}); err != nil {
 		return Credential{}, err
 	}
 	return c, nil

@@ -359,7 +359,10 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 // again): all are rewrapped or none.
 func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error),
 	fnKey func(vault.SealedSigningKey) (string, []byte, error), fnBlob func(string, vault.Sealed) (string, []byte, error),
-	progress func(done, total int)) (int, error) {
+	progress func(done, total int), within func(ctx context.Context, n int) error) (int, error) {
+	if s.db.txFrom(ctx) != nil {
+		return 0, errors.New("rewrap: not inside a unit of work (it calls the key-encryption keys before it writes)")
+	}
 	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
 		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 		WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
@@ -451,6 +454,9 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 			if left > 0 {
 				return fmt.Errorf("%d items were written under %s while the rewrap ran: run it again", left, kek)
 			}
+		}
+		if within != nil {
+			return within(context.WithValue(ctx, txKey{}, tx), len(updates))
 		}
 		return nil
 	})

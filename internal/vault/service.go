@@ -298,9 +298,11 @@ func (v *Vault) Lookup(ctx context.Context, userName, accountID string) (Identit
 // List returns every version's metadata, never a secret.
 func (v *Vault) List(ctx context.Context) ([]Version, error) { return v.store.Versions(ctx) }
 
-// Rewrap re-wraps every data key under next, in one transaction, without touching the secrets'
-// ciphertexts. Afterwards the vault must be opened with next. progress may be nil.
-func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total int)) (int, error) {
+// Rewrap re-wraps every data key under next, without touching the secrets' ciphertexts: all are
+// rewrapped, and within (when not nil: an audit record, say) run, in one transaction, or none.
+// Afterwards the vault must be opened with next. progress may be nil. Not for inside a unit of work:
+// it calls the KEKs before it writes.
+func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total int), within ...func(ctx context.Context, n int) error) (int, error) {
 	if next.ID() == v.kek.ID() {
 		return 0, fmt.Errorf("rewrap: the new key-encryption key is the one in use (%s)", next.ID())
 	}
@@ -326,7 +328,14 @@ func (v *Vault) Rewrap(ctx context.Context, next KEK, progress func(done, total 
 		return rewrap("signing key "+key.ID, signingKeyAAD(key.Purpose, key.ID), key.Sealed.WrappedKey, key.Sealed.KEKID)
 	}, func(name string, s Sealed) (string, []byte, error) {
 		return rewrap("sealed blob "+name, blobAAD(name), s.WrappedKey, s.KEKID)
-	}, progress)
+	}, progress, func(ctx context.Context, n int) error {
+		for _, fn := range within {
+			if err := fn(ctx, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return n, fmt.Errorf("rewrap: %w", err)
 	}

@@ -217,10 +217,11 @@ type Store interface {
 	// Rewrap replaces every stored wrapped data key with what fn (for versions), fnKey (for signing
 	// keys) or fnBlob (for sealed blobs) returns: all are rewrapped or none. The functions call the
 	// KEK, so they run before the write transaction, never in it. progress, when not nil, is told how
-	// many of how many are done.
+	// many of how many are done; within, when not nil, runs in the write transaction (an audit record).
 	Rewrap(ctx context.Context, fn func(Record) (kekID string, wrapped []byte, err error),
 		fnKey func(SealedSigningKey) (kekID string, wrapped []byte, err error),
-		fnBlob func(name string, s Sealed) (kekID string, wrapped []byte, err error), progress func(done, total int)) (int, error)
+		fnBlob func(name string, s Sealed) (kekID string, wrapped []byte, err error), progress func(done, total int),
+		within func(ctx context.Context, n int) error) (int, error)
 	// CreateSigningKey stores a signing key.
 	CreateSigningKey(ctx context.Context, key SealedSigningKey) error
 	// SigningKeys lists the signing keys for a purpose, oldest first.
