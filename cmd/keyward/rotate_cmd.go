@@ -2,15 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -57,30 +51,6 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 	return awsiam.New(cfg, opts), nil
 }
 
-// processOwner names this process in rotation leases: host/pid/nonce.
-func processOwner() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
-}
-
-// ownerGone reports whether a lease's owner was a process on this host that no longer exists, so a
-// restart after a crash resumes at once instead of waiting for the lease to run out. An owner on
-// another host is never presumed gone.
-func ownerGone(owner string) bool {
-	parts := strings.Split(owner, "/")
-	host, _ := os.Hostname()
-	if len(parts) != 3 || parts[0] != host {
-		return false
-	}
-	pid, err := strconv.Atoi(parts[1])
-	if err != nil || pid <= 0 || pid == os.Getpid() {
-		return false
-	}
-	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
-}
-
 // newEngine builds the rotation engine over an open vault and a cloud.
 // onDemandDeadline bounds a rotation asked for through the API; one cut off resumes from its records.
 const onDemandDeadline = 10 * time.Minute
@@ -88,7 +58,7 @@ const onDemandDeadline = 10 * time.Minute
 func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
 	e := rotation.New(rotation.Engine{
 		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
-		Owner: processOwner(), OwnerGone: ownerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
+		Owner: rotation.ProcessOwner(), OwnerGone: rotation.LocalOwnerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
 		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
 		OnDemand: rotation.NewOnDemand(a.cfg.Rotation.Concurrency, onDemandDeadline),
 	})
@@ -166,17 +136,7 @@ func (a *app) rotateCommand() *cobra.Command {
 				Concurrency: a.cfg.Rotation.Concurrency, Progress: a.progress("rotating")}
 			var rep rotation.Report
 			if dryRun {
-				plans, errs := engine.PlanPass(ctx, opts)
-				now := time.Now()
-				for _, p := range plans {
-					res := rotation.Result{Identity: p.Identity, Outcome: p.Outcome(now), Reason: p.Reason}
-					if res.Outcome != rotation.Skipped && res.Outcome != rotation.Exempt && p.NextAction != "none" {
-						res.Actions = []rotation.Action{{Kind: "would_" + p.NextAction, KeyID: p.NextKeyID}}
-					}
-					rep.Users = append(rep.Users, res)
-					rep.Summary.Add(res.Outcome)
-				}
-				rep.Errors = errs
+				rep = engine.DryRun(ctx, opts)
 			} else {
 				if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
 					return err

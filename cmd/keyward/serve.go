@@ -14,11 +14,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/access"
+	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
@@ -88,97 +90,137 @@ Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look 
 func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func(*rotation.Engine) func(rotation.Report, error)) error {
 	a.log.Info("configuration loaded", "cloud", a.cfg.Cloud, "vault_driver", a.cfg.Vault.Driver,
 		"key_source", a.cfg.Vault.MasterKey.Source, "listen", a.cfg.Server.Listen)
-	v, db, err := a.openVault(ctx, dbMigrate)
+	c, err := a.build(ctx, provider)
 	if err != nil {
 		return err
 	}
-	defer closeQuietly(db)
-	a.log.Info("vault open", "kek_id", v.KEKID())
+	defer closeQuietly(c.db)
+	if afterPass != nil {
+		c.demoAfter = afterPass(c.engine)
+	}
+	return a.run(ctx, c)
+}
+
+// components are the parts of a serving process, built once from the configuration (build) and then
+// run together (run).
+type components struct {
+	db         *store.DB
+	vault      *vault.Vault
+	engine     *rotation.Engine
+	metrics    *metrics.Metrics
+	signer     func(ctx context.Context) (audit.Signer, error)
+	shipper    *audit.Shipper // nil: no sink besides the database
+	dispatcher *notify.Dispatcher
+	api        *httpapi.API
+	passes     *passWatch
+	demoAfter  func(rotation.Report, error)
+}
+
+// build opens the database (migrating it) and the vault, and wires every part over them.
+func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components, err error) {
+	c = &components{passes: &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}}
+	if c.vault, c.db, err = a.openVault(ctx, dbMigrate); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			closeQuietly(c.db)
+		}
+	}()
+	a.log.Info("vault open", "kek_id", c.vault.KEKID())
 	if provider == nil {
 		if provider, err = a.provider(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	m := serveMetrics(v, db, provider)
-	engine := a.newEngine(v, db, cloud.Observed(provider, m.CloudCall))
-	engine.Observe = m.Rotation
-	if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
-		return err
+	c.metrics = serveMetrics(c.vault, c.db, provider)
+	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall))
+	c.engine.Observe = c.metrics.Rotation
+	if err := a.recordConfigLoaded(ctx, c.db, "engine:"+c.engine.Owner); err != nil {
+		return nil, err
 	}
+	c.signer = a.auditSigner(c.vault)
+	if c.shipper, err = a.shipper(ctx, c.db); err != nil {
+		return nil, err
+	}
+	c.dispatcher, err = a.dispatcher(ctx, c.db, c.engine.Owner, func(channel, outcome string) {
+		c.metrics.Notifications.WithLabelValues(channel, outcome).Inc()
+	})
+	if err != nil {
+		return nil, err
+	}
+	if c.api, err = a.api(ctx, c.vault, c.db, c.engine); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// run starts the background work — checkpoints, audit sinks, notifications, retention, the
+// rotation schedule — serves HTTP until ctx ends, then stops everything in the reverse order, the
+// on-demand rotations before the database closes.
+func (a *app) run(ctx context.Context, c *components) error {
 	// The audit trail's end is signed every checkpoint_interval, and once more on the way out.
-	signer := a.auditSigner(v)
 	stopCheckpoints := background(ctx, func(ctx context.Context) {
-		t := time.NewTicker(a.cfg.Audit.CheckpointInterval.Std())
-		defer t.Stop()
-		for {
-			a.checkpoint(context.WithoutCancel(ctx), signer, db)
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
+		every(ctx, a.cfg.Audit.CheckpointInterval.Std(), func() { a.checkpoint(context.WithoutCancel(ctx), c.signer, c.db) })
 	})
-	defer func() { stopCheckpoints(); a.checkpoint(context.Background(), signer, db) }()
-	// Sinks are fed from the database on their own schedule: one that is down never holds a rotation.
-	shipper, err := a.shipper(ctx, db)
-	if err != nil {
-		return err
+	defer func() { stopCheckpoints(); a.checkpoint(context.Background(), c.signer, c.db) }()
+	// Sinks and notifications go from the database on their own schedules: one that is down never
+	// holds a rotation.
+	if c.shipper != nil {
+		defer background(ctx, func(ctx context.Context) { c.shipper.Run(ctx, a.cfg.Audit.ShipInterval.Std()) })()
 	}
-	if shipper != nil {
-		defer background(ctx, func(ctx context.Context) { shipper.Run(ctx, a.cfg.Audit.ShipInterval.Std()) })()
-	}
-	// Notifications are delivered from the outbox on their own schedule, like the audit sinks.
-	dispatcher, err := a.dispatcher(ctx, db, engine.Owner, func(channel, outcome string) {
-		m.Notifications.WithLabelValues(channel, outcome).Inc()
-	})
-	if err != nil {
-		return err
-	}
-	defer background(ctx, func(ctx context.Context) { dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
+	defer background(ctx, func(ctx context.Context) { c.dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
 	// What only grows is purged past the retention horizon, at start and every interval.
-	defer background(ctx, func(ctx context.Context) { a.retain(ctx, db) })()
-
-	passes := &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}
-	var demoAfter func(rotation.Report, error)
-	if afterPass != nil {
-		demoAfter = afterPass(engine)
-	}
-	after := func(rep rotation.Report, err error) {
-		passes.finished(time.Now(), rep.Errors)
-		m.LastPass.SetToCurrentTime()
-		if demoAfter != nil {
-			demoAfter(rep, err)
-		}
-	}
-
+	defer background(ctx, func(ctx context.Context) { every(ctx, a.cfg.Retention.Interval.Std(), func() { a.retain(ctx, c.db) }) })()
 	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
 	defer background(context.WithoutCancel(ctx), func(ctx context.Context) {
-		engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, after)
+		c.engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, c.afterPass)
 	})()
+	// Rotations asked for through the API, stopped and waited for before the database closes.
+	defer c.engine.OnDemand.Stop()
+	return a.listen(ctx, a.listeners(c))
+}
 
-	// Rotations asked for through the API run on the engine's on-demand runner, stopped (and waited
-	// for) before the database closes.
-	defer engine.OnDemand.Stop()
-
-	api, err := a.api(ctx, v, db, engine)
-	if err != nil {
-		return err
+// afterPass is told of every finished pass: readiness, the metric, and the demo's table.
+func (c *components) afterPass(rep rotation.Report, err error) {
+	c.passes.finished(time.Now(), rep.Errors)
+	c.metrics.LastPass.SetToCurrentTime()
+	if c.demoAfter != nil {
+		c.demoAfter(rep, err)
 	}
+}
+
+// listeners are the HTTP servers: the API and probes on server.listen, and the metrics there or on
+// server.metrics_listen.
+func (a *app) listeners(c *components) []*listener {
 	sc := a.cfg.Server
 	metricsElsewhere := sc.MetricsListen != ""
-	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, MetricsToken: sc.MetricsToken, MetricsElsewhere: metricsElsewhere,
-		API: api, Checks: []httpapi.Check{
-			{Name: "database", Func: databaseCheck(db)},
-			{Name: "rotation", Func: passes.check},
-			{Name: "notifications", Func: outboxCheck(db, a.cfg.Notify.StuckAfter.Std())},
+	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: c.metrics, MetricsToken: sc.MetricsToken,
+		MetricsElsewhere: metricsElsewhere, API: c.api, Checks: []httpapi.Check{
+			{Name: "database", Func: databaseCheck(c.db)},
+			{Name: "rotation", Func: c.passes.check},
+			{Name: "notifications", Func: outboxCheck(c.db, a.cfg.Notify.StuckAfter.Std())},
 		}})
 	servers := []*listener{{key: "server.listen", addr: sc.Listen, handler: handler, tls: sc.TLSCertFile != ""}}
 	if metricsElsewhere {
 		servers = append(servers, &listener{key: "server.metrics_listen", addr: sc.MetricsListen, tls: sc.TLSCertFile != "",
-			handler: httpapi.Handler(httpapi.Options{Log: a.log, Metrics: m, MetricsToken: sc.MetricsToken})})
+			handler: httpapi.Handler(httpapi.Options{Log: a.log, Metrics: c.metrics, MetricsToken: sc.MetricsToken})})
 	}
-	return a.listen(ctx, servers)
+	return servers
+}
+
+// every runs fn now and then every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // listener is one HTTP server of serve's: the API, or the metrics on an address of their own.
@@ -239,29 +281,19 @@ func (a *app) listen(ctx context.Context, servers []*listener) error {
 	return nil
 }
 
-// retain purges what is past retention.horizon and refreshes the planner's statistics, now and every
-// retention.interval, until ctx ends.
+// retain purges what is past retention.horizon and refreshes the planner's statistics.
 func (a *app) retain(ctx context.Context, db *store.DB) {
-	t := time.NewTicker(a.cfg.Retention.Interval.Std())
-	defer t.Stop()
-	for {
-		now := time.Now()
-		if p, err := db.Purge(ctx, now.Add(-a.cfg.Retention.Horizon.Std()), now); err != nil {
-			if ctx.Err() == nil {
-				a.log.Warn("purge failed", "error", err.Error())
-			}
-		} else if p != (store.Purged{}) {
-			a.log.Info("purged", "notifications", p.Notifications, "login_failures", p.LoginFailures, "rotations", p.Rotations,
-				"older_than", a.cfg.Retention.Horizon.String())
+	now := time.Now()
+	if p, err := db.Purge(ctx, now.Add(-a.cfg.Retention.Horizon.Std()), now); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("purge failed", "error", err.Error())
 		}
-		if err := db.Optimize(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("database statistics not refreshed", "error", err.Error())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	} else if p != (store.Purged{}) {
+		a.log.Info("purged", "notifications", p.Notifications, "login_failures", p.LoginFailures, "rotations", p.Rotations,
+			"older_than", a.cfg.Retention.Horizon.String())
+	}
+	if err := db.Optimize(ctx); err != nil && ctx.Err() == nil {
+		a.log.Warn("database statistics not refreshed", "error", err.Error())
 	}
 }
 

@@ -156,6 +156,23 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	return p
 }
 
+// DryRun is a pass that changes nothing: what Pass would do to each user, as a report of the same
+// shape, each action named "would_" and what it would be.
+func (e *Engine) DryRun(ctx context.Context, opts PassOptions) Report {
+	plans, errs := e.PlanPass(ctx, opts)
+	rep := Report{Errors: errs}
+	now := e.now()
+	for _, p := range plans {
+		res := Result{Identity: p.Identity, Outcome: p.Outcome(now), Reason: p.Reason}
+		if res.Outcome != Skipped && res.Outcome != Exempt && p.NextAction != "none" {
+			res.Actions = []Action{{Kind: "would_" + p.NextAction, KeyID: p.NextKeyID}}
+		}
+		rep.Users = append(rep.Users, res)
+		rep.Summary.Add(res.Outcome)
+	}
+	return rep
+}
+
 // PlanPass plans every selected user, like Pass, without changing anything.
 func (e *Engine) PlanPass(ctx context.Context, opts PassOptions) ([]Plan, []string) {
 	var plans []Plan
