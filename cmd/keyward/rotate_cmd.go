@@ -123,45 +123,7 @@ func (a *app) rotateCommand() *cobra.Command {
 					return usageErr("--account: %v", err)
 				}
 			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx, dbCreate) // --dry-run too: it is how a first look at an account starts
-			if err != nil {
-				return err
-			}
-			defer closeQuietly(db)
-			opts := rotation.PassOptions{Users: users, AccountID: account, Force: force,
-				Concurrency: a.cfg.Rotation.Concurrency, Progress: a.progress("rotating")}
-			var rep rotation.Report
-			if dryRun {
-				rep = engine.DryRun(ctx, opts)
-			} else {
-				if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
-					return err
-				}
-				rep, err = engine.Pass(ctx, opts)
-				a.checkpoint(context.WithoutCancel(ctx), a.auditSigner(engine.Vault), db)
-				a.shipOnce(ctx, db)
-				a.deliverOnce(ctx, db, engine.Owner)
-				if err != nil {
-					return err
-				}
-			}
-			if err := a.printReport(rep, output, dryRun); err != nil {
-				return err
-			}
-			var failed []string
-			for _, r := range rep.Users {
-				if r.Outcome == rotation.Failed {
-					failed = append(failed, r.Identity.String())
-				}
-			}
-			if len(failed) > 0 || len(rep.Errors) > 0 {
-				return fmt.Errorf("%d users failed (%s)%s", len(failed), strings.Join(failed, ", "), joinErrors(rep.Errors))
-			}
-			return nil
+			return a.rotateOnce(cmd.Context(), rotation.PassOptions{Users: users, AccountID: account, Force: force}, dryRun, output)
 		}),
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "make one pass and exit")
@@ -171,6 +133,48 @@ func (a *app) rotateCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&force, "force", false, "rotate the named users now, whatever their key's age")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// rotateOnce makes one pass (or plans it, dryRun), prints its report, and fails naming every user
+// that failed.
+func (a *app) rotateOnce(ctx context.Context, opts rotation.PassOptions, dryRun bool, output string) error {
+	if err := a.loadConfig(); err != nil {
+		return err
+	}
+	engine, db, err := a.openEngine(ctx, dbCreate) // --dry-run too: it is how a first look at an account starts
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(db)
+	opts.Concurrency, opts.Progress = a.cfg.Rotation.Concurrency, a.progress("rotating")
+	var rep rotation.Report
+	if dryRun {
+		rep = engine.DryRun(ctx, opts)
+	} else {
+		if err := a.recordConfigLoaded(ctx, db, "engine:"+engine.Owner); err != nil {
+			return err
+		}
+		rep, err = engine.Pass(ctx, opts)
+		a.checkpoint(context.WithoutCancel(ctx), a.auditSigner(engine.Vault), db)
+		a.shipOnce(ctx, db)
+		a.deliverOnce(ctx, db, engine.Owner)
+		if err != nil {
+			return err
+		}
+	}
+	if err := a.printReport(rep, output, dryRun); err != nil {
+		return err
+	}
+	var failed []string
+	for _, r := range rep.Users {
+		if r.Outcome == rotation.Failed {
+			failed = append(failed, r.Identity.String())
+		}
+	}
+	if len(failed) > 0 || len(rep.Errors) > 0 {
+		return fmt.Errorf("%d users failed (%s)%s", len(failed), strings.Join(failed, ", "), joinErrors(rep.Errors))
+	}
+	return nil
 }
 
 func joinErrors(errs []string) string {

@@ -30,84 +30,92 @@ func (a *app) vaultCommand() *cobra.Command {
 // maxSecretInput bounds what --secret-stdin reads: a secret access key is 40 characters.
 const maxSecretInput = 4096
 
+// importFlags are vault import's flags.
+type importFlags struct {
+	user, account, keyID, output string
+	fromStdin                    bool
+}
+
 func (a *app) vaultImportCommand() *cobra.Command {
-	var user, account, keyID, output string
-	var fromStdin bool
+	var f importFlags
 	cmd := &cobra.Command{
 		Use:   "import --user NAME [--account ID] --access-key-id ID --secret-stdin",
 		Short: "Store a key whose secret you already have, as the user's current credential (or give an adopted key its secret)",
 		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			// Check everything the command line says before reading the secret or opening anything.
-			switch {
-			case user == "":
-				return usageErr("--user is required")
-			case keyID == "":
-				return usageErr("--access-key-id is required")
-			case !fromStdin:
-				return usageErr("--secret-stdin is required: Keyward never takes a secret on the command line, where other users and shell history can see it")
-			}
-			if err := textOrJSON(output); err != nil {
-				return err
-			}
-			if err := vault.ValidateUserName(user); err != nil {
-				return usageErr("--user: %v", err)
-			}
-			if err := vault.ValidateAccessKeyID(keyID); err != nil {
-				return usageErr("--access-key-id: %v", err)
-			}
-			if account != "" {
-				if err := (vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: user}).Validate(); err != nil {
-					return usageErr("--account: %v", err)
-				}
-			}
-			raw, err := io.ReadAll(io.LimitReader(a.stdin, maxSecretInput+1))
-			if err != nil {
-				return fmt.Errorf("read secret from standard input: %w", err)
-			}
-			if len(raw) > maxSecretInput {
-				return usageErr("secret on standard input is longer than %d bytes", maxSecretInput)
-			}
-			sec := secret.New(strings.TrimRight(string(raw), "\r\n"))
-			if err := vault.ValidateSecret(sec); err != nil {
-				return usageErr("secret on standard input: %v", err)
-			}
-
-			ctx := cmd.Context()
-			v, db, err := a.loadAndOpenVault(ctx, dbCreate)
-			if err != nil {
-				return err
-			}
-			defer closeQuietly(db)
-			svc := a.vaultAccess(v, db)
-			id, err := svc.Identity(ctx, user, account)
-			if errors.Is(err, access.ErrAccountNeeded) {
-				return usageErr("--account is required: %v", err)
-			} else if err != nil {
-				return err
-			}
-			ver, err := svc.Import(ctx, cliActor(), id, keyID, sec)
-			if errors.Is(err, vault.ErrDuplicate) {
-				return usageErr("access key %s is already in the vault", keyID)
-			}
-			if err != nil {
-				return err
-			}
-			a.checkpoint(ctx, a.auditSigner(v), db)
-			a.log.Info("credential imported", "identity", id.String(), "access_key_id", keyID, "version", ver.Number)
-			if output == "json" {
-				return json.NewEncoder(a.stdout).Encode(ver)
-			}
-			_, err = fmt.Fprintf(a.stdout, "stored %s as version %d (%s) of %s\n", keyID, ver.Number, ver.State, id)
-			return err
-		}),
+		RunE:  runE(func(cmd *cobra.Command, _ []string) error { return a.importKey(cmd.Context(), f) }),
 	}
-	cmd.Flags().StringVar(&user, "user", "", "IAM user name")
-	cmd.Flags().StringVar(&account, "account", "", "AWS account id (12 digits); may be left out when the vault knows the user in one account")
-	cmd.Flags().StringVar(&keyID, "access-key-id", "", "access key id (AKIA…)")
-	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret access key from standard input")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVar(&f.user, "user", "", "IAM user name")
+	cmd.Flags().StringVar(&f.account, "account", "", "AWS account id (12 digits); may be left out when the vault knows the user in one account")
+	cmd.Flags().StringVar(&f.keyID, "access-key-id", "", "access key id (AKIA…)")
+	cmd.Flags().BoolVar(&f.fromStdin, "secret-stdin", false, "read the secret access key from standard input")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// importKey checks what the command line says before reading the secret or opening anything, then
+// stores the key through the vault's service.
+func (a *app) importKey(ctx context.Context, f importFlags) error {
+	// Check everything the command line says before reading the secret or opening anything.
+	switch {
+	case f.user == "":
+		return usageErr("--user is required")
+	case f.keyID == "":
+		return usageErr("--access-key-id is required")
+	case !f.fromStdin:
+		return usageErr("--secret-stdin is required: Keyward never takes a secret on the command line, where other users and shell history can see it")
+	}
+	if err := textOrJSON(f.output); err != nil {
+		return err
+	}
+	if err := vault.ValidateUserName(f.user); err != nil {
+		return usageErr("--user: %v", err)
+	}
+	if err := vault.ValidateAccessKeyID(f.keyID); err != nil {
+		return usageErr("--access-key-id: %v", err)
+	}
+	if f.account != "" {
+		if err := (vault.Identity{Cloud: vault.CloudAWS, AccountID: f.account, UserName: f.user}).Validate(); err != nil {
+			return usageErr("--account: %v", err)
+		}
+	}
+	raw, err := io.ReadAll(io.LimitReader(a.stdin, maxSecretInput+1))
+	if err != nil {
+		return fmt.Errorf("read secret from standard input: %w", err)
+	}
+	if len(raw) > maxSecretInput {
+		return usageErr("secret on standard input is longer than %d bytes", maxSecretInput)
+	}
+	sec := secret.New(strings.TrimRight(string(raw), "\r\n"))
+	if err := vault.ValidateSecret(sec); err != nil {
+		return usageErr("secret on standard input: %v", err)
+	}
+
+	v, db, err := a.loadAndOpenVault(ctx, dbCreate)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(db)
+	svc := a.vaultAccess(v, db)
+	id, err := svc.Identity(ctx, f.user, f.account)
+	if errors.Is(err, access.ErrAccountNeeded) {
+		return usageErr("--account is required: %v", err)
+	} else if err != nil {
+		return err
+	}
+	ver, err := svc.Import(ctx, cliActor(), id, f.keyID, sec)
+	if errors.Is(err, vault.ErrDuplicate) {
+		return usageErr("access key %s is already in the vault", f.keyID)
+	}
+	if err != nil {
+		return err
+	}
+	a.checkpoint(ctx, a.auditSigner(v), db)
+	a.log.Info("credential imported", "identity", id.String(), "access_key_id", f.keyID, "version", ver.Number)
+	if f.output == "json" {
+		return json.NewEncoder(a.stdout).Encode(ver)
+	}
+	_, err = fmt.Fprintf(a.stdout, "stored %s as version %d (%s) of %s\n", f.keyID, ver.Number, ver.State, id)
+	return err
 }
 
 // vaultAccess is the service the vault commands call: it records what they do, and reads only once
@@ -276,70 +284,7 @@ configured vault.master_key; the new KEK is named by the --to-* flags (a --to-fi
 exist is created, 0600). All data keys are rewrapped in one transaction: all or none. Afterwards,
 point vault.master_key at the new KEK; the old one can then be retired.`,
 		Args: cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			if err := textOrJSON(output); err != nil {
-				return err
-			}
-			switch to.Source {
-			case config.KeySourceFile:
-				if to.File == "" {
-					return usageErr("--to-file is required with --to-source file")
-				}
-			case config.KeySourceEnv:
-				if to.Env == "" {
-					return usageErr("--to-env is required with --to-source env")
-				}
-			case config.KeySourceAWSKMS:
-				if to.KMSKeyID == "" {
-					return usageErr("--to-kms-key-id is required with --to-source aws-kms")
-				}
-			default:
-				return usageErr("--to-source must be file, env or aws-kms (got %q)", to.Source)
-			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
-			if to.Source == config.KeySourceEnv {
-				to.EnvValue = secret.New(lookupEnv(a.environ, to.Env))
-			}
-			if to.Source == config.KeySourceAWSKMS && a.cfg.AWS.Region == "" {
-				return usageErr("aws.region must be set to rewrap under an AWS KMS key")
-			}
-			ctx := cmd.Context()
-			v, db, err := a.openVault(ctx, dbExisting)
-			if err != nil {
-				return err
-			}
-			defer closeQuietly(db)
-			next, err := a.openNewKEK(ctx, to)
-			if err != nil {
-				return err
-			}
-			var progress func(done, total int)
-			if isTerminal(a.stderr) {
-				var bar *progressbar.ProgressBar
-				progress = func(done, total int) {
-					if bar == nil {
-						bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(a.stderr),
-							progressbar.OptionSetDescription("rewrapping data keys"), progressbar.OptionShowCount(),
-							progressbar.OptionClearOnFinish())
-					}
-					_ = bar.Set(done)
-				}
-			}
-			from := v.KEKID()
-			n, err := a.vaultAccess(v, db).Rewrap(ctx, cliActor(), next, progress)
-			if err != nil {
-				return err
-			}
-			a.log.Info("data keys rewrapped", "count", n, "from_kek_id", from, "to_kek_id", next.ID())
-			if output == "json" {
-				return json.NewEncoder(a.stdout).Encode(map[string]any{"rewrapped": n, "from_kek_id": from, "to_kek_id": next.ID()})
-			}
-			_, err = fmt.Fprintf(a.stdout, "rewrapped %d data keys from %s to %s\nnow set vault.master_key to the new key (source %s) before the next start\n",
-				n, from, next.ID(), to.Source)
-			return err
-		}),
+		RunE: runE(func(cmd *cobra.Command, _ []string) error { return a.rewrap(cmd.Context(), to, output) }),
 	}
 	cmd.Flags().StringVar(&to.Source, "to-source", "", "where the new key-encryption key comes from: file, env or aws-kms")
 	cmd.Flags().StringVar(&to.File, "to-file", "", "new key file (created 0600 when missing)")
@@ -347,6 +292,72 @@ point vault.master_key at the new KEK; the old one can then be retired.`,
 	cmd.Flags().StringVar(&to.KMSKeyID, "to-kms-key-id", "", "AWS KMS key id, ARN or alias of the new key")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// rewrap checks the destination named, opens it, and rewraps every data key under it through the
+// vault's service.
+func (a *app) rewrap(ctx context.Context, to config.MasterKey, output string) error {
+	if err := textOrJSON(output); err != nil {
+		return err
+	}
+	switch to.Source {
+	case config.KeySourceFile:
+		if to.File == "" {
+			return usageErr("--to-file is required with --to-source file")
+		}
+	case config.KeySourceEnv:
+		if to.Env == "" {
+			return usageErr("--to-env is required with --to-source env")
+		}
+	case config.KeySourceAWSKMS:
+		if to.KMSKeyID == "" {
+			return usageErr("--to-kms-key-id is required with --to-source aws-kms")
+		}
+	default:
+		return usageErr("--to-source must be file, env or aws-kms (got %q)", to.Source)
+	}
+	if err := a.loadConfig(); err != nil {
+		return err
+	}
+	if to.Source == config.KeySourceEnv {
+		to.EnvValue = secret.New(lookupEnv(a.environ, to.Env))
+	}
+	if to.Source == config.KeySourceAWSKMS && a.cfg.AWS.Region == "" {
+		return usageErr("aws.region must be set to rewrap under an AWS KMS key")
+	}
+	v, db, err := a.openVault(ctx, dbExisting)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(db)
+	next, err := a.openNewKEK(ctx, to)
+	if err != nil {
+		return err
+	}
+	var progress func(done, total int)
+	if isTerminal(a.stderr) {
+		var bar *progressbar.ProgressBar
+		progress = func(done, total int) {
+			if bar == nil {
+				bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(a.stderr),
+					progressbar.OptionSetDescription("rewrapping data keys"), progressbar.OptionShowCount(),
+					progressbar.OptionClearOnFinish())
+			}
+			_ = bar.Set(done)
+		}
+	}
+	from := v.KEKID()
+	n, err := a.vaultAccess(v, db).Rewrap(ctx, cliActor(), next, progress)
+	if err != nil {
+		return err
+	}
+	a.log.Info("data keys rewrapped", "count", n, "from_kek_id", from, "to_kek_id", next.ID())
+	if output == "json" {
+		return json.NewEncoder(a.stdout).Encode(map[string]any{"rewrapped": n, "from_kek_id": from, "to_kek_id": next.ID()})
+	}
+	_, err = fmt.Fprintf(a.stdout, "rewrapped %d data keys from %s to %s\nnow set vault.master_key to the new key (source %s) before the next start\n",
+		n, from, next.ID(), to.Source)
+	return err
 }
 
 // openNewKEK opens the destination of a rewrap; a new key file is created and synced before any
