@@ -355,7 +355,7 @@ func Default() Config {
 			RotateAfter: Duration(90 * day), DeactivateAfter: Duration(10 * day), DeleteAfter: Duration(10 * day),
 			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), VerifyInterval: Duration(time.Second),
 			QuietPeriod: Duration(day),
-			Concurrency: 4,
+			Concurrency: 32,
 		},
 		Audit: Audit{CheckpointInterval: Duration(time.Minute), ShipInterval: Duration(5 * time.Second),
 			CloudWatch: AuditCloudWatch{LogStream: "keyward"}},
