@@ -199,7 +199,7 @@ func (a *app) printReport(rep rotation.Report, output string, dryRun bool) error
 	for _, r := range rep.Users {
 		var acts []string
 		for _, x := range r.Actions {
-			acts = append(acts, x.Kind+" "+x.KeyID)
+			acts = append(acts, string(x.Kind)+" "+x.KeyID)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Identity.AccountID, r.Identity.UserName, r.Outcome, strings.Join(acts, ", "), r.Reason)
 	}
@@ -272,7 +272,7 @@ func (a *app) printPlans(plans []rotation.Plan) error {
 			due = p.Due.Local().Format(time.DateTime)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
-			strings.Join(keys, "; "), strings.TrimSpace(p.NextAction+" "+p.NextKeyID), due, p.Reason)
+			strings.Join(keys, "; "), strings.TrimSpace(string(p.NextAction)+" "+p.NextKeyID), due, p.Reason)
 	}
 	return tw.Flush()
 }

@@ -57,7 +57,7 @@ const (
 
 // Action is one thing done to one key.
 type Action struct {
-	Kind  string `json:"action"` // adopted, created, verified, promoted, deactivated, deleted, deleted_orphan, rolled_back
+	Kind  ActionKind `json:"action"`
 	KeyID string `json:"access_key_id"`
 }
 
@@ -69,7 +69,7 @@ type Result struct {
 	Actions  []Action       `json:"actions,omitempty"`
 }
 
-func (r *Result) did(kind, keyID string) {
+func (r *Result) did(kind ActionKind, keyID string) {
 	r.Actions = append(r.Actions, Action{Kind: kind, KeyID: keyID})
 }
 
@@ -235,12 +235,12 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 	}
 	if current == nil {
 		if len(activeKeys(keys)) > 1 {
-			res.Outcome, res.Reason = Blocked, "the user holds two active keys that Keyward does not know: import the one in use"
+			res.Outcome, res.Reason = Blocked, ReasonTwoUnknownActive
 			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
 				return e.cut(res, err)
 			}
 		} else {
-			res.Reason = "the user has no active key"
+			res.Reason = ReasonNoActiveKey
 		}
 		return res, nil
 	}
@@ -378,7 +378,7 @@ func (e *Engine) adopt(ctx context.Context, id vault.Identity, key *cloud.Access
 	} else if err != nil {
 		return e.cut(res, err)
 	}
-	res.Actions = append([]Action{{Kind: "adopted", KeyID: key.ID}}, res.Actions...)
+	res.Actions = append([]Action{{Kind: KindAdopted, KeyID: key.ID}}, res.Actions...)
 	return res, nil
 }
 
@@ -426,7 +426,7 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 				r, err := e.cut(*res, err)
 				return r, true, err
 			}
-			res.did("deactivated", v.AccessKeyID)
+			res.did(KindDeactivated, v.AccessKeyID)
 			if res.Outcome == Skipped {
 				res.Outcome = Deactivated
 			}
@@ -446,7 +446,7 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 				r, err := e.cut(*res, err)
 				return r, true, err
 			}
-			res.did("deleted", v.AccessKeyID)
+			res.did(KindDeleted, v.AccessKeyID)
 			if res.Outcome == Skipped || res.Outcome == Deactivated {
 				res.Outcome = Deleted
 			}
@@ -462,9 +462,9 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 		room := pol.roomFor(keys, keyStates(versions), e.now())
 		if room == nil {
 			res.Outcome = Blocked
-			res.Reason = "the user holds two keys and neither is an inactive key Keyward may delete"
+			res.Reason = ReasonNoRoom
 			if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
-				res.Reason = "the user holds two active keys: Keyward never deletes an active key to make room"
+				res.Reason = ReasonNoRoomActive
 			}
 			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
 				return e.cut(res, err)
@@ -485,7 +485,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 		if err != nil {
 			return e.cut(res, err)
 		}
-		res.did("deleted", room.ID)
+		res.did(KindDeleted, room.ID)
 	}
 	now := e.now()
 	var rec Record
@@ -507,7 +507,7 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 			"rotation", fmt.Sprint(rec.ID), "attempt", fmt.Sprint(attempt)))...)
 	})
 	if err == nil && adopt != nil {
-		res.Actions = append([]Action{{Kind: "adopted", KeyID: adopt.ID}}, res.Actions...)
+		res.Actions = append([]Action{{Kind: KindAdopted, KeyID: adopt.ID}}, res.Actions...)
 	}
 	if err == nil {
 		opts.begun(rec)
@@ -569,7 +569,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				return e.cut(res, err)
 			}
 			rec = next
-			res.did("created", nk.ID)
+			res.did(KindCreated, nk.ID)
 		case rec.Step == StepVerify || rec.Step == StepPromote:
 			if rec.Step == StepVerify {
 				if err := e.crashAt("verify"); err != nil {
@@ -578,7 +578,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 				if err := e.verify(ctx, pol, rec); err != nil {
 					return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
 				}
-				res.did("verified", rec.NewKeyID)
+				res.did(KindVerified, rec.NewKeyID)
 			}
 			if err := e.crashAt("promote"); err != nil {
 				return res, err
@@ -605,7 +605,7 @@ func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, re
 			if err != nil {
 				return e.cut(res, err)
 			}
-			res.did("promoted", rec.NewKeyID)
+			res.did(KindPromoted, rec.NewKeyID)
 			e.observe(OutcomeRotated, rec)
 			res.Outcome = Rotated
 			e.Log.Info("key rotated", "identity", id.String(), "old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID)
@@ -700,7 +700,7 @@ func (e *Engine) resumeCreate(ctx context.Context, rec *Record, res *Result) err
 		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, k.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 			return fmt.Errorf("delete orphaned key %s: %w", k.ID, err)
 		}
-		res.did("deleted_orphan", k.ID)
+		res.did(KindDeletedOrphan, k.ID)
 		if err := e.record(ctx, e.event(ActionDeleted, id, audit.Success, "access_key_id", k.ID,
 			"reason", "created by an interrupted rotation before its secret reached the vault", "rotation", fmt.Sprint(rec.ID))); err != nil {
 			return err
@@ -763,7 +763,7 @@ func (e *Engine) rollBack(ctx context.Context, rec *Record, res Result, reason s
 	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, rec.NewKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 		return e.cut(res, fmt.Errorf("%s; and deleting the new key %s failed: %w", reason, rec.NewKeyID, err))
 	}
-	res.did("rolled_back", rec.NewKeyID)
+	res.did(KindRolledBack, rec.NewKeyID)
 	return e.finishFailed(ctx, rec, res, reason, func(ctx context.Context) error {
 		if err := e.Vault.Destroy(ctx, id, rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
 			return err

@@ -133,7 +133,7 @@ func (w *world) events(user, action string, kv ...string) []audit.Record {
 func actions(r rotation.Result) string {
 	var kinds []string
 	for _, a := range r.Actions {
-		kinds = append(kinds, a.Kind)
+		kinds = append(kinds, string(a.Kind))
 	}
 	return strings.Join(kinds, ",")
 }

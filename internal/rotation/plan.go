@@ -22,10 +22,10 @@ type KeyView struct {
 // Plan is what the engine would do next for a user, found without changing anything.
 type Plan struct {
 	Identity   vault.Identity `json:"identity"`
-	State      string         `json:"state"` // ok, due, rotating, held, blocked, backing_off, exempt, unmanaged, error
+	State      PlanState      `json:"state"`
 	Reason     string         `json:"reason,omitempty"`
 	Keys       []KeyView      `json:"keys"`
-	NextAction string         `json:"next_action"` // rotate, deactivate, delete, resume, none
+	NextAction NextAction     `json:"next_action"`
 	NextKeyID  string         `json:"next_key_id,omitempty"`
 	Due        time.Time      `json:"due,omitzero"`
 }
@@ -33,26 +33,26 @@ type Plan struct {
 // Outcome is what a visit now would report for this plan (for --dry-run).
 func (p Plan) Outcome(now time.Time) Outcome {
 	switch p.State {
-	case "exempt":
+	case PlanExempt:
 		return Exempt
-	case "blocked":
+	case PlanBlocked:
 		return Blocked
-	case "held":
+	case PlanHeld:
 		return Held
-	case "error":
+	case PlanError:
 		return Failed
 	}
 	if p.Due.IsZero() || p.Due.After(now) {
 		return Skipped
 	}
-	return map[string]Outcome{"rotate": Rotated, "deactivate": Deactivated, "delete": Deleted}[p.NextAction]
+	return map[NextAction]Outcome{NextRotate: Rotated, NextDeactivate: Deactivated, NextDelete: Deleted}[p.NextAction]
 }
 
 // Plan looks at a user and says what comes next, reading the cloud and the vault only.
 func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
-	p := Plan{Identity: id, State: "ok", NextAction: "none"}
-	failed := func(err error) Plan { p.State, p.Reason = "error", err.Error(); return p }
+	p := Plan{Identity: id, State: PlanOK, NextAction: NextNone}
+	failed := func(err error) Plan { p.State, p.Reason = PlanError, err.Error(); return p }
 	var groups []string
 	if e.Policy.ExemptGroup != "" {
 		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
@@ -91,13 +91,13 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	}
 	active := activeKeys(keys)
 	if exempt {
-		p.State = "exempt"
+		p.State = PlanExempt
 		return p
 	}
 	if rec, open, err := e.Store.Open(ctx, id); err != nil {
 		return failed(err)
 	} else if open {
-		p.State, p.NextAction, p.Due = "rotating", "resume", now
+		p.State, p.NextAction, p.Due = PlanRotating, NextResume, now
 		p.Reason = fmt.Sprintf("rotation %d stopped at %s/%s", rec.ID, rec.Step, rec.Phase)
 		return p
 	}
@@ -105,9 +105,9 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		current = &active[0]
 	}
 	if current == nil {
-		p.State, p.Reason = "unmanaged", "no active key Keyward can replace"
+		p.State, p.Reason = PlanUnmanaged, ReasonNoActiveKey
 		if len(active) > 1 {
-			p.State, p.Reason = "blocked", "two active keys unknown to Keyward"
+			p.State, p.Reason = PlanBlocked, ReasonTwoUnknownActive
 		}
 		return p
 	}
@@ -116,26 +116,26 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		for _, v := range versions {
 			switch v.State {
 			case vault.StatePrevious:
-				p.NextAction, p.NextKeyID, p.Due = "deactivate", v.AccessKeyID, cv.CurrentAt.Add(pol.DeactivateAfter)
+				p.NextAction, p.NextKeyID, p.Due = NextDeactivate, v.AccessKeyID, cv.CurrentAt.Add(pol.DeactivateAfter)
 				if !p.Due.After(now) && !pol.ForceDeactivate {
 					lu, err := e.Cloud.AccessKeyLastUsed(ctx, u.AccountID, v.AccessKeyID)
 					if err != nil {
 						return failed(err)
 					}
 					if pol.stillInUse(lu.At, cv.CurrentAt, now) {
-						p.State = "held"
+						p.State = PlanHeld
 						p.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
 						p.Due = lu.At.Add(pol.QuietPeriod)
 					}
 				}
 				return p
 			case vault.StateInactive:
-				p.NextAction, p.NextKeyID, p.Due = "delete", v.AccessKeyID, v.InactiveAt.Add(pol.DeleteAfter)
+				p.NextAction, p.NextKeyID, p.Due = NextDelete, v.AccessKeyID, v.InactiveAt.Add(pol.DeleteAfter)
 				return p
 			}
 		}
 	}
-	p.NextAction, p.NextKeyID, p.Due = "rotate", current.ID, current.CreatedAt.Add(pol.RotateAfter)
+	p.NextAction, p.NextKeyID, p.Due = NextRotate, current.ID, current.CreatedAt.Add(pol.RotateAfter)
 	if force {
 		p.Due = now
 	}
@@ -144,14 +144,17 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	} else if ok && last.Outcome == OutcomeFailed && !force {
 		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); wait.After(p.Due) {
 			p.Due = wait
-			p.State, p.Reason = "backing_off", fmt.Sprintf("%d failed attempts: %s", last.Attempt, last.Reason)
+			p.State, p.Reason = PlanBackingOff, fmt.Sprintf("%d failed attempts: %s", last.Attempt, last.Reason)
 		}
 	}
 	if !p.Due.After(now) && len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
-		p.State, p.Reason = "blocked", "two keys and neither may be deleted to make room"
+		p.State, p.Reason = PlanBlocked, ReasonNoRoom
+		if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
+			p.Reason = ReasonNoRoomActive
+		}
 	}
-	if p.State == "ok" && !p.Due.After(now) {
-		p.State = "due"
+	if p.State == PlanOK && !p.Due.After(now) {
+		p.State = PlanDue
 	}
 	return p
 }
@@ -164,8 +167,8 @@ func (e *Engine) DryRun(ctx context.Context, opts PassOptions) Report {
 	now := e.now()
 	for _, p := range plans {
 		res := Result{Identity: p.Identity, Outcome: p.Outcome(now), Reason: p.Reason}
-		if res.Outcome != Skipped && res.Outcome != Exempt && p.NextAction != "none" {
-			res.Actions = []Action{{Kind: "would_" + p.NextAction, KeyID: p.NextKeyID}}
+		if res.Outcome != Skipped && res.Outcome != Exempt && p.NextAction != NextNone {
+			res.Actions = []Action{{Kind: Would(p.NextAction), KeyID: p.NextKeyID}}
 		}
 		rep.Users = append(rep.Users, res)
 		rep.Summary.Add(res.Outcome)
