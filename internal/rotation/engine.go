@@ -58,7 +58,7 @@ const (
 // Action is one thing done to one key.
 type Action struct {
 	Kind  ActionKind `json:"action"`
-	KeyID string `json:"access_key_id"`
+	KeyID string     `json:"access_key_id"`
 }
 
 // Result is what a visit of one user did.
@@ -244,21 +244,21 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 		}
 		return res, nil
 	}
-	age := e.now().Sub(current.CreatedAt)
-	if !opts.Force && age < pol.RotateAfter {
+	now := e.now()
+	// The key's age first: the last rotation is read only for a user whose key is due.
+	if !decideRotation(pol, current.CreatedAt, nil, opts.Force, e.backoff, now).due(now) {
 		return adoptAlone(res)
 	}
-	attempt := 1
-	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
+	last, err := e.lastFinished(ctx, id)
+	if err != nil {
 		return fail("%v", err)
-	} else if ok && last.Outcome == OutcomeFailed {
-		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); !opts.Force && e.now().Before(wait) {
-			res.Reason = fmt.Sprintf("backing off after %d failed attempts until %s", last.Attempt, wait.Format(time.RFC3339))
-			return adoptAlone(res)
-		}
-		attempt = last.Attempt + 1
 	}
-	return e.rotate(ctx, pol, id, current, adopt, attempt, keys, versions, res, opts)
+	d := decideRotation(pol, current.CreatedAt, last, opts.Force, e.backoff, now)
+	if !d.due(now) {
+		res.Reason = d.Reason
+		return adoptAlone(res)
+	}
+	return e.rotate(ctx, pol, id, current, adopt, d.Attempt, keys, versions, res, opts)
 }
 
 // cut turns an error that stops a visit into its result: a hook's crash is returned as an error,

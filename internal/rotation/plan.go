@@ -27,7 +27,10 @@ type Plan struct {
 	Keys       []KeyView      `json:"keys"`
 	NextAction NextAction     `json:"next_action"`
 	NextKeyID  string         `json:"next_key_id,omitempty"`
-	Due        time.Time      `json:"due,omitzero"`
+	// Then is what the same visit does after NextAction: a rotation, when old keys are retired
+	// now and the current key is due too.
+	Then NextAction `json:"then,omitempty"`
+	Due  time.Time  `json:"due,omitzero"`
 }
 
 // Outcome is what a visit now would report for this plan (for --dry-run).
@@ -44,6 +47,9 @@ func (p Plan) Outcome(now time.Time) Outcome {
 	}
 	if p.Due.IsZero() || p.Due.After(now) {
 		return Skipped
+	}
+	if p.Then == NextRotate {
+		return Rotated
 	}
 	return map[NextAction]Outcome{NextRotate: Rotated, NextDeactivate: Deactivated, NextDelete: Deleted}[p.NextAction]
 }
@@ -104,6 +110,7 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	if current == nil && len(active) == 1 { // would be adopted
 		current = &active[0]
 	}
+	retired := false
 	if current == nil {
 		p.State, p.Reason = PlanUnmanaged, ReasonNoActiveKey
 		if len(active) > 1 {
@@ -111,41 +118,54 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		}
 		return p
 	}
-	// Retirement of older keys comes first, as in a visit.
+	// Retirement of older keys comes first, as in a visit, which retires every key that is due and
+	// then, with the keys as they are afterwards, rotates if the current key is due too.
 	if cv, ok := state[current.ID]; ok {
-		for _, v := range versions {
-			switch v.State {
-			case vault.StatePrevious:
-				p.NextAction, p.NextKeyID, p.Due = NextDeactivate, v.AccessKeyID, cv.CurrentAt.Add(pol.DeactivateAfter)
-				if !p.Due.After(now) && !pol.ForceDeactivate {
-					lu, err := e.Cloud.AccessKeyLastUsed(ctx, u.AccountID, v.AccessKeyID)
-					if err != nil {
-						return failed(err)
-					}
-					if pol.stillInUse(lu.At, cv.CurrentAt, now) {
-						p.State = PlanHeld
-						p.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
-						p.Due = lu.At.Add(pol.QuietPeriod)
-					}
-				}
-				return p
-			case vault.StateInactive:
-				p.NextAction, p.NextKeyID, p.Due = NextDelete, v.AccessKeyID, v.InactiveAt.Add(pol.DeleteAfter)
-				return p
+		r, err := e.planRetirement(ctx, u, pol, cv, versions, now)
+		if err != nil {
+			return failed(err)
+		}
+		switch {
+		case r.held != nil:
+			// Held; and if the current key is due as well, the visit goes on to find no room for a
+			// new one beside the two active keys: blocked.
+			p.State, p.NextAction, p.NextKeyID, p.Due, p.Reason = PlanHeld, NextDeactivate, r.held.AccessKeyID, r.heldUntil, r.heldReason
+			if last, err := e.lastFinished(ctx, id); err != nil {
+				return failed(err)
+			} else if decideRotation(pol, current.CreatedAt, last, force, e.backoff, now).due(now) &&
+				len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
+				p.State, p.NextAction, p.NextKeyID, p.Due, p.Reason = PlanBlocked, NextRotate, current.ID, now, ReasonNoRoomActive
+			}
+			return p
+		case r.next != "" && len(r.retireNow) == 0:
+			p.NextAction, p.NextKeyID, p.Due = r.next, r.nextKeyID, r.nextDue
+			return p
+		case len(r.retireNow) > 0:
+			p.NextAction, p.NextKeyID, p.Due = r.next, r.nextKeyID, r.nextDue
+			keys, versions = r.after(keys, versions, now)
+			retired = true
+		}
+	}
+	lastp, err := e.lastFinished(ctx, id)
+	if err != nil {
+		return failed(err)
+	}
+	d := decideRotation(pol, current.CreatedAt, lastp, force, e.backoff, now)
+	if retired { // retirement now; a rotation too, in the same visit, if the key is due
+		if d.due(now) {
+			p.Then = NextRotate
+			if len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
+				p.State, p.Reason = PlanBlocked, ReasonNoRoom
 			}
 		}
-	}
-	p.NextAction, p.NextKeyID, p.Due = NextRotate, current.ID, current.CreatedAt.Add(pol.RotateAfter)
-	if force {
-		p.Due = now
-	}
-	if last, ok, err := e.Store.LastFinished(ctx, id); err != nil {
-		return failed(err)
-	} else if ok && last.Outcome == OutcomeFailed && !force {
-		if wait := last.FinishedAt.Add(e.backoff(last.Attempt)); wait.After(p.Due) {
-			p.Due = wait
-			p.State, p.Reason = PlanBackingOff, fmt.Sprintf("%d failed attempts: %s", last.Attempt, last.Reason)
+		if p.State == PlanOK {
+			p.State = PlanDue
 		}
+		return p
+	}
+	p.NextAction, p.NextKeyID, p.Due = NextRotate, current.ID, d.Due
+	if d.Reason != "" {
+		p.State, p.Reason = PlanBackingOff, d.Reason
 	}
 	if !p.Due.After(now) && len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
 		p.State, p.Reason = PlanBlocked, ReasonNoRoom
@@ -202,4 +222,93 @@ func (e *Engine) PlanPass(ctx context.Context, opts PassOptions) ([]Plan, []stri
 		}
 	}
 	return plans, errs
+}
+
+// retirement is what a visit now would do to a user's old keys.
+type retirement struct {
+	retireNow  []vault.Version // due now and not held: deactivated (previous) or deleted (inactive)
+	next       NextAction      // the action a report names: a deletion before a deactivation, now before later
+	nextKeyID  string
+	nextDue    time.Time
+	held       *vault.Version // an old key still in use: the visit holds it and does no more
+	heldUntil  time.Time
+	heldReason string
+}
+
+// planRetirement finds what a visit would retire now, hold, or retire later, as retire does it.
+func (e *Engine) planRetirement(ctx context.Context, u cloud.User, pol Policy, current vault.Version, versions []vault.Version, now time.Time) (retirement, error) {
+	var r retirement
+	// The action a plan names: one due now before one due later (a deletion before a deactivation,
+	// as a visit reports it), or else the soonest.
+	consider := func(next NextAction, v vault.Version, due time.Time) {
+		if !due.After(now) {
+			r.retireNow = append(r.retireNow, v)
+			if r.next == "" || r.nextDue.After(now) || next == NextDelete {
+				r.next, r.nextKeyID, r.nextDue = next, v.AccessKeyID, due
+			}
+			return
+		}
+		if len(r.retireNow) == 0 && (r.next == "" || due.Before(r.nextDue)) {
+			r.next, r.nextKeyID, r.nextDue = next, v.AccessKeyID, due
+		}
+	}
+	for _, v := range versions {
+		switch v.State {
+		case vault.StatePrevious:
+			due := current.CurrentAt.Add(pol.DeactivateAfter)
+			if !due.After(now) && !pol.ForceDeactivate {
+				lu, err := e.Cloud.AccessKeyLastUsed(ctx, u.AccountID, v.AccessKeyID)
+				if err != nil {
+					return r, err
+				}
+				if pol.stillInUse(lu.At, current.CurrentAt, now) {
+					r.held, r.heldUntil = &v, lu.At.Add(pol.QuietPeriod)
+					r.heldReason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+					return r, nil
+				}
+			}
+			consider(NextDeactivate, v, due)
+		case vault.StateInactive:
+			consider(NextDelete, v, v.InactiveAt.Add(pol.DeleteAfter))
+		}
+	}
+	return r, nil
+}
+
+// after returns the keys and versions as they are once the keys due now are retired.
+func (r retirement) after(keys []cloud.AccessKey, versions []vault.Version, now time.Time) ([]cloud.AccessKey, []vault.Version) {
+	gone := map[string]vault.State{}
+	for _, v := range r.retireNow {
+		gone[v.AccessKeyID] = v.State
+	}
+	var ks []cloud.AccessKey
+	for _, k := range keys {
+		switch gone[k.ID] {
+		case vault.StateInactive: // deleted
+			continue
+		case vault.StatePrevious: // deactivated
+			k.Status = cloud.KeyInactive
+		}
+		ks = append(ks, k)
+	}
+	var vs []vault.Version
+	for _, v := range versions {
+		switch gone[v.AccessKeyID] {
+		case vault.StateInactive:
+			continue
+		case vault.StatePrevious:
+			v.State, v.InactiveAt = vault.StateInactive, now
+		}
+		vs = append(vs, v)
+	}
+	return ks, vs
+}
+
+// lastFinished is the identity's last finished rotation, nil when there is none.
+func (e *Engine) lastFinished(ctx context.Context, id vault.Identity) (*Record, error) {
+	last, ok, err := e.Store.LastFinished(ctx, id)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &last, nil
 }
