@@ -32,7 +32,7 @@ func TestDecideRotation(t *testing.T) {
 		{"old key, failed, forced: now, as the next attempt", old, failed(2, time.Hour), true, now, 3, false},
 		{"young key, failed long ago: its age decides", young, failed(1, 48*time.Hour), false, young.Add(pol.RotateAfter), 2, false},
 	} {
-		d := decideRotation(pol, c.createdAt, c.last, c.force, backoff, now)
+		d := decideRotation(pol, rotationFacts{CreatedAt: c.createdAt, Last: c.last, Force: c.force, Backoff: backoff, Now: now})
 		if !d.Due.Equal(c.due) || d.Attempt != c.attempt || (d.Reason != "") != c.backingOn {
 			t.Errorf("%s: %+v, want due %s, attempt %d, backing off %v", c.name, d, c.due, c.attempt, c.backingOn)
 		}

@@ -174,69 +174,88 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	res := Result{Identity: id, Outcome: Skipped}
 	e = e.forUser(u)
-	fail := func(format string, args ...any) (Result, error) {
-		res.Outcome, res.Reason = Failed, fmt.Sprintf(format, args...)
-		return res, nil
-	}
-	var groups []string
-	if e.Policy.ExemptGroup != "" {
-		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
-		if err != nil {
-			return fail("list groups: %v", err)
-		}
-		groups = g
-	}
-	pol, exempt, err := e.Policy.For(u, groups)
+	pol, exempt, err := e.policyFor(ctx, u)
 	if err != nil {
-		return fail("%v", err)
+		res.Outcome, res.Reason = Failed, err.Error()
+		return res, nil
 	}
 	if exempt {
 		res.Outcome = Exempt
 		return res, nil
 	}
-
 	// An open rotation — interrupted here or running elsewhere — comes first.
 	if rec, open, err := e.Store.Open(ctx, id); err != nil {
-		return fail("%v", err)
+		return e.cut(res, err)
 	} else if open {
-		err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), "")
-		if errors.Is(err, ErrBusy) && e.OwnerGone != nil && rec.LeaseOwner != "" && e.OwnerGone(rec.LeaseOwner) {
-			e.Log.Warn("taking over the rotation of a process that is gone", "identity", id.String(), "owner", rec.LeaseOwner)
-			err = e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), rec.LeaseOwner)
-		}
-		if errors.Is(err, ErrBusy) {
-			res.Reason = "rotation in progress elsewhere"
-			opts.begun(rec)
-			return res, nil
-		} else if err != nil {
-			return fail("%v", err)
-		}
-		opts.begun(rec)
-		return e.run(ctx, pol, rec, res, true)
+		return e.resume(ctx, pol, rec, res, opts)
 	}
-
 	keys, versions, adopt, err := e.reconcile(ctx, id)
 	if err != nil {
 		return e.cut(res, err)
 	}
-	// A key to adopt is written alone, unless a rotation begins: then with the rotation's record.
-	adoptAlone := func(res Result) (Result, error) { return e.adopt(ctx, id, adopt, res) }
-	if r, done, err := e.retire(ctx, pol, id, versions, &res); err != nil || done {
-		return r, err
+	if err := e.retire(ctx, pol, id, versions, &res); err != nil {
+		return e.cut(res, err)
 	}
 	if len(res.Actions) > 0 { // a key was retired: what follows works on the keys as they are now
 		if keys, versions, adopt, err = e.reconcile(ctx, id); err != nil {
 			return e.cut(res, err)
 		}
 	}
-	current := currentVersion(versions)
-	if adopt != nil {
-		current = &vault.Version{Identity: id, AccessKeyID: adopt.ID, State: vault.StateCurrent, CreatedAt: adopt.CreatedAt.UTC()}
+	return e.rotateIfDue(ctx, pol, keyState{id: id, keys: keys, versions: versions, adopt: adopt}, res, opts)
+}
+
+// policyFor is the policy of one user (its tags and, when an exempt group is set, its groups).
+func (e *Engine) policyFor(ctx context.Context, u cloud.User) (Policy, bool, error) {
+	var groups []string
+	if e.Policy.ExemptGroup != "" {
+		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
+		if err != nil {
+			return Policy{}, false, fmt.Errorf("list groups: %w", err)
+		}
+		groups = g
+	}
+	return e.Policy.For(u, groups)
+}
+
+// resume takes up a rotation found open: interrupted here, or held by a process that is gone; one
+// running elsewhere is left to it (its id still goes to OnBegin).
+func (e *Engine) resume(ctx context.Context, pol Policy, rec Record, res Result, opts VisitOptions) (Result, error) {
+	err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), "")
+	if errors.Is(err, ErrBusy) && e.OwnerGone != nil && rec.LeaseOwner != "" && e.OwnerGone(rec.LeaseOwner) {
+		e.Log.Warn("taking over the rotation of a process that is gone", "identity", rec.Identity.String(), "owner", rec.LeaseOwner)
+		err = e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), rec.LeaseOwner)
+	}
+	if errors.Is(err, ErrBusy) {
+		res.Reason = "rotation in progress elsewhere"
+		opts.begun(rec)
+		return res, nil
+	} else if err != nil {
+		return e.cut(res, err)
+	}
+	opts.begun(rec)
+	return e.drive(ctx, pol, rec, res, true)
+}
+
+// keyState is a user's keys as the cloud and the vault hold them at one moment of a visit, and the
+// one active key to adopt when the vault knows none.
+type keyState struct {
+	id       vault.Identity
+	keys     []cloud.AccessKey
+	versions []vault.Version
+	adopt    *cloud.AccessKey
+}
+
+// rotateIfDue rotates the user's current key if decideRotation says it is due, and otherwise records
+// a key to adopt alone.
+func (e *Engine) rotateIfDue(ctx context.Context, pol Policy, ks keyState, res Result, opts VisitOptions) (Result, error) {
+	current := currentVersion(ks.versions)
+	if ks.adopt != nil {
+		current = &vault.Version{Identity: ks.id, AccessKeyID: ks.adopt.ID, State: vault.StateCurrent, CreatedAt: ks.adopt.CreatedAt.UTC()}
 	}
 	if current == nil {
-		if len(activeKeys(keys)) > 1 {
+		if len(activeKeys(ks.keys)) > 1 {
 			res.Outcome, res.Reason = Blocked, ReasonTwoUnknownActive
-			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
+			if err := e.record(ctx, e.event(ActionBlocked, ks.id, audit.Success, "reason", res.Reason)); err != nil {
 				return e.cut(res, err)
 			}
 		} else {
@@ -246,19 +265,19 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 	}
 	now := e.now()
 	// The key's age first: the last rotation is read only for a user whose key is due.
-	if !decideRotation(pol, current.CreatedAt, nil, opts.Force, e.backoff, now).due(now) {
-		return adoptAlone(res)
+	if !decideRotation(pol, rotationFacts{CreatedAt: current.CreatedAt, Last: nil, Force: opts.Force, Backoff: e.backoff, Now: now}).due(now) {
+		return e.adopt(ctx, ks.id, ks.adopt, res)
 	}
-	last, err := e.lastFinished(ctx, id)
+	last, err := e.lastFinished(ctx, ks.id)
 	if err != nil {
-		return fail("%v", err)
+		return e.cut(res, err)
 	}
-	d := decideRotation(pol, current.CreatedAt, last, opts.Force, e.backoff, now)
+	d := decideRotation(pol, rotationFacts{CreatedAt: current.CreatedAt, Last: last, Force: opts.Force, Backoff: e.backoff, Now: now})
 	if !d.due(now) {
 		res.Reason = d.Reason
-		return adoptAlone(res)
+		return e.adopt(ctx, ks.id, ks.adopt, res)
 	}
-	return e.rotate(ctx, pol, id, current, adopt, d.Attempt, keys, versions, res, opts)
+	return e.rotate(ctx, rotationStart{pol: pol, ks: ks, current: current, attempt: d.Attempt, opts: opts}, res)
 }
 
 // cut turns an error that stops a visit into its result: a hook's crash is returned as an error,
@@ -382,8 +401,10 @@ func (e *Engine) adopt(ctx context.Context, id vault.Identity, key *cloud.Access
 	return res, nil
 }
 
-// retire deactivates and deletes the old keys that are due. done is true when the visit ends here.
-func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, versions []vault.Version, res *Result) (Result, bool, error) {
+// retire deactivates and deletes the old keys that are due, telling their owners ahead of a
+// deactivation, and holds an old key still in use. An error cuts the visit short; what it did is
+// added to res.
+func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, versions []vault.Version, res *Result) error {
 	current := currentVersion(versions)
 	now := e.now()
 	for _, v := range versions {
@@ -391,127 +412,101 @@ func (e *Engine) retire(ctx context.Context, pol Policy, id vault.Identity, vers
 		case v.State == vault.StatePrevious && current != nil && now.Before(current.CurrentAt.Add(pol.DeactivateAfter)):
 			if at := current.CurrentAt.Add(pol.DeactivateAfter); e.NoticeLead > 0 && !now.Before(at.Add(-e.NoticeLead)) {
 				if err := e.upcoming(ctx, id, v.AccessKeyID, at); err != nil {
-					r, err := e.cut(*res, err)
-					return r, true, err
+					return err
 				}
 			}
 		case v.State == vault.StatePrevious && current != nil:
-			lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, v.AccessKeyID)
-			if err != nil {
-				r, err := e.cut(*res, fmt.Errorf("last use of %s: %w", v.AccessKeyID, err))
-				return r, true, err
-			}
-			if pol.stillInUse(lu.At, current.CurrentAt, now) {
-				res.Outcome = Held
-				res.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
-				if err := e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", v.AccessKeyID,
-					"last_used", lu.At.Format(time.RFC3339))); err != nil {
-					r, err := e.cut(*res, err)
-					return r, true, err
-				}
-				continue
-			}
-			if err := e.crashAt("deactivate"); err != nil {
-				return *res, true, err
-			}
-			if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, v.AccessKeyID, cloud.KeyInactive); err != nil {
-				r, err := e.cut(*res, fmt.Errorf("deactivate %s: %w", v.AccessKeyID, err))
-				return r, true, err
-			}
-			if err := e.crashAt("deactivated"); err != nil {
-				return *res, true, err
-			}
-			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, v.Number) },
-				e.event(ActionDeactivated, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
-				r, err := e.cut(*res, err)
-				return r, true, err
-			}
-			res.did(KindDeactivated, v.AccessKeyID)
-			if res.Outcome == Skipped {
-				res.Outcome = Deactivated
-			}
-		case v.State == vault.StateInactive && !now.Before(v.InactiveAt.Add(pol.DeleteAfter)):
-			if err := e.crashAt("delete"); err != nil {
-				return *res, true, err
-			}
-			if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, v.AccessKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
-				r, err := e.cut(*res, fmt.Errorf("delete %s: %w", v.AccessKeyID, err))
-				return r, true, err
-			}
-			if err := e.crashAt("deleted"); err != nil {
-				return *res, true, err
-			}
-			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, v.Number) },
-				e.event(ActionDeleted, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
-				r, err := e.cut(*res, err)
-				return r, true, err
-			}
-			res.did(KindDeleted, v.AccessKeyID)
-			if res.Outcome == Skipped || res.Outcome == Deactivated {
-				res.Outcome = Deleted
-			}
-		}
-	}
-	return *res, false, nil
-}
-
-// rotate makes room for a new key and starts a rotation; attempt counts consecutive tries. A key to
-// adopt (the user's first rotation) is recorded in the same transaction as the rotation's start.
-func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, current *vault.Version, adopt *cloud.AccessKey, attempt int, keys []cloud.AccessKey, versions []vault.Version, res Result, opts VisitOptions) (Result, error) {
-	if len(keys) >= 2 {
-		room := pol.roomFor(keys, keyStates(versions), e.now())
-		if room == nil {
-			res.Outcome = Blocked
-			res.Reason = ReasonNoRoom
-			if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
-				res.Reason = ReasonNoRoomActive
-			}
-			if err := e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason)); err != nil {
-				return e.cut(res, err)
-			}
-			return e.adopt(ctx, id, adopt, res)
-		}
-		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
-			return e.cut(res, fmt.Errorf("delete %s to make room: %w", room.ID, err))
-		}
-		err := e.recorded(ctx, func(ctx context.Context) error {
-			for _, v := range versions {
-				if v.AccessKeyID == room.ID {
-					return e.Vault.Destroy(ctx, id, v.Number)
-				}
-			}
-			return nil // a foreign key, deleted under a rule: the vault never held it
-		}, e.event(ActionDeleted, id, audit.Success, "access_key_id", room.ID, "reason", "to make room for a new key"))
-		if err != nil {
-			return e.cut(res, err)
-		}
-		res.did(KindDeleted, room.ID)
-	}
-	now := e.now()
-	var rec Record
-	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
-		var events []step
-		if adopt != nil {
-			if _, err := e.Vault.Adopt(ctx, id, adopt.ID, adopt.CreatedAt); err != nil {
+			if err := e.deactivate(ctx, pol, retiring{old: v, current: *current}, res); err != nil {
 				return err
 			}
-			events = append(events, e.event(ActionAdopted, id, audit.Success, "access_key_id", adopt.ID))
+		case v.State == vault.StateInactive && !now.Before(v.InactiveAt.Add(pol.DeleteAfter)):
+			if err := e.deleteRetired(ctx, id, v, res); err != nil {
+				return err
+			}
 		}
-		var err error
-		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: current.AccessKeyID,
-			Attempt: attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
-		if err != nil {
-			return err
-		}
-		return e.record(ctx, append(events, e.event(ActionStarted, id, audit.Success, "old_key_id", current.AccessKeyID,
-			"rotation", fmt.Sprint(rec.ID), "attempt", fmt.Sprint(attempt)))...)
-	})
-	if err == nil && adopt != nil {
-		res.Actions = append([]Action{{Kind: KindAdopted, KeyID: adopt.ID}}, res.Actions...)
 	}
-	if err == nil {
-		opts.begun(rec)
+	return nil
+}
+
+// retiring is an old version on its way out, beside the identity's current one.
+type retiring struct{ old, current vault.Version }
+
+// deactivate deactivates a previous key that is due, unless it signed a request after the current
+// key took over and has not been quiet since: then it is held.
+func (e *Engine) deactivate(ctx context.Context, pol Policy, r retiring, res *Result) error {
+	id, v, current := r.current.Identity, r.old, r.current
+	lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, v.AccessKeyID)
+	if err != nil {
+		return fmt.Errorf("last use of %s: %w", v.AccessKeyID, err)
 	}
+	if pol.stillInUse(lu.At, current.CurrentAt, e.now()) {
+		res.Outcome = Held
+		res.Reason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+		return e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", v.AccessKeyID, "last_used", lu.At.Format(time.RFC3339)))
+	}
+	if err := e.crashAt("deactivate"); err != nil {
+		return err
+	}
+	if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, v.AccessKeyID, cloud.KeyInactive); err != nil {
+		return fmt.Errorf("deactivate %s: %w", v.AccessKeyID, err)
+	}
+	if err := e.crashAt("deactivated"); err != nil {
+		return err
+	}
+	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, v.Number) },
+		e.event(ActionDeactivated, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
+		return err
+	}
+	res.did(KindDeactivated, v.AccessKeyID)
+	if res.Outcome == Skipped {
+		res.Outcome = Deactivated
+	}
+	return nil
+}
+
+// deleteRetired deletes an inactive key Keyward retired, once DeleteAfter has passed, and shreds
+// its secret.
+func (e *Engine) deleteRetired(ctx context.Context, id vault.Identity, v vault.Version, res *Result) error {
+	if err := e.crashAt("delete"); err != nil {
+		return err
+	}
+	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, v.AccessKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+		return fmt.Errorf("delete %s: %w", v.AccessKeyID, err)
+	}
+	if err := e.crashAt("deleted"); err != nil {
+		return err
+	}
+	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, v.Number) },
+		e.event(ActionDeleted, id, audit.Success, "access_key_id", v.AccessKeyID)); err != nil {
+		return err
+	}
+	res.did(KindDeleted, v.AccessKeyID)
+	if res.Outcome == Skipped || res.Outcome == Deactivated {
+		res.Outcome = Deleted
+	}
+	return nil
+}
+
+// rotationStart is what a rotation begins from: the user's keys, its current version, and which
+// attempt in a row this is, under its policy and the visit's options.
+type rotationStart struct {
+	pol     Policy
+	ks      keyState
+	current *vault.Version
+	attempt int
+	opts    VisitOptions
+}
+
+// rotate makes room for a new key and starts a rotation. A key to adopt (the user's first rotation)
+// is recorded in the same transaction as the rotation's start.
+func (e *Engine) rotate(ctx context.Context, st rotationStart, res Result) (Result, error) {
+	id := st.ks.id
+	if blocked, err := e.makeRoom(ctx, st.pol, st.ks, &res); err != nil {
+		return e.cut(res, err)
+	} else if blocked {
+		return e.adopt(ctx, id, st.ks.adopt, res)
+	}
+	rec, err := e.begin(ctx, st)
 	switch {
 	case errors.Is(err, vault.ErrDuplicate), errors.Is(err, vault.ErrConflict):
 		res.Reason = "taken under management meanwhile by another process"
@@ -525,224 +520,71 @@ func (e *Engine) rotate(ctx context.Context, pol Policy, id vault.Identity, curr
 	case err != nil:
 		return e.cut(res, err)
 	}
-	return e.run(ctx, pol, rec, res, false)
-}
-
-// save records the rotation's progress durably.
-func (e *Engine) save(ctx context.Context, rec *Record, step Step, phase Phase) error {
-	rec.Step, rec.Phase, rec.StepAt = step, phase, e.now()
-	return e.Store.Save(ctx, *rec, e.Owner, e.lease())
-}
-
-// run drives an open rotation from its recorded step to the end. resumed says the rotation was
-// found open (interrupted, or taken over), so its create step may have left something to settle.
-func (e *Engine) run(ctx context.Context, pol Policy, rec Record, res Result, resumed bool) (Result, error) {
-	id := rec.Identity
-	for {
-		switch {
-		case rec.Step == StepCreate && rec.Phase == PhaseStarted:
-			if resumed {
-				if err := e.resumeCreate(ctx, &rec, &res); err != nil {
-					return e.cut(res, err)
-				}
-			}
-			if rec.NewKeyID != "" { // the key was created and stored before an interruption
-				if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
-					return e.cut(res, err)
-				}
-				continue
-			}
-			if err := e.crashAt("create"); err != nil {
-				return res, err
-			}
-			nk, err := e.Cloud.CreateAccessKey(ctx, id.AccountID, id.UserName)
-			if err != nil {
-				return e.finishFailed(ctx, &rec, res, fmt.Sprintf("create access key: %v", err), nil)
-			}
-			if err := e.crashAt("created"); err != nil {
-				return res, err
-			}
-			// Rule 1: the secret goes into the vault before anything else happens — in the same
-			// transaction as the record that the create step is done and verification starts.
-			next, err := e.stored(ctx, rec, nk)
-			if err != nil {
-				return e.cut(res, err)
-			}
-			rec = next
-			res.did(KindCreated, nk.ID)
-		case rec.Step == StepVerify || rec.Step == StepPromote:
-			if rec.Step == StepVerify {
-				if err := e.crashAt("verify"); err != nil {
-					return res, err
-				}
-				if err := e.verify(ctx, pol, rec); err != nil {
-					return e.rollBack(ctx, &rec, res, fmt.Sprintf("verification failed: %v", err))
-				}
-				res.did(KindVerified, rec.NewKeyID)
-			}
-			if err := e.crashAt("promote"); err != nil {
-				return res, err
-			}
-			// Promotion is local and atomic: it is recorded in the transaction that makes it, with the finish.
-			err := e.Store.Atomically(ctx, func(ctx context.Context) error {
-				if resumed {
-					versions, err := e.Vault.VersionsOf(ctx, id)
-					if err != nil {
-						return err
-					}
-					if stateOf(versions, rec.Version) != vault.StatePending { // promoted before an interruption
-						return e.finish(ctx, rec)
-					}
-				}
-				if err := e.Vault.Promote(ctx, id, rec.Version); err != nil {
-					return err
-				}
-				if err := e.crashAt("promoted"); err != nil {
-					return err
-				}
-				return e.finish(ctx, rec)
-			})
-			if err != nil {
-				return e.cut(res, err)
-			}
-			res.did(KindPromoted, rec.NewKeyID)
-			e.observe(OutcomeRotated, rec)
-			res.Outcome = Rotated
-			e.Log.Info("key rotated", "identity", id.String(), "old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID)
-			return res, nil
-		default:
-			return e.cut(res, fmt.Errorf("rotation %d in unknown state %s/%s", rec.ID, rec.Step, rec.Phase))
-		}
+	if st.ks.adopt != nil {
+		res.Actions = append([]Action{{Kind: KindAdopted, KeyID: st.ks.adopt.ID}}, res.Actions...)
 	}
+	st.opts.begun(rec)
+	return e.drive(ctx, st.pol, rec, res, false)
 }
 
-// stored writes a new key's secret and the record that verification starts in one transaction. If
-// the record cannot be written (the lease was lost), the secret is still stored alone, as pending:
-// whoever holds the rotation then takes it up, so the key never goes unaccounted for.
-func (e *Engine) stored(ctx context.Context, rec Record, nk cloud.NewAccessKey) (Record, error) {
-	id := rec.Identity
-	// The data key is made first, outside the transaction: the KEK may be AWS KMS.
-	p, err := e.Vault.Prepare(ctx, id, nk.ID, nk.Secret)
+// makeRoom deletes an inactive key Keyward may delete when the user holds two; with none to delete
+// (never an active key), the user is blocked.
+func (e *Engine) makeRoom(ctx context.Context, pol Policy, ks keyState, res *Result) (blocked bool, err error) {
+	if len(ks.keys) < 2 {
+		return false, nil
+	}
+	id := ks.id
+	room := pol.roomFor(ks.keys, keyStates(ks.versions), e.now())
+	if room == nil {
+		res.Outcome, res.Reason = Blocked, noRoomReason(ks.keys)
+		return true, e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", res.Reason))
+	}
+	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+		return false, fmt.Errorf("delete %s to make room: %w", room.ID, err)
+	}
+	err = e.recorded(ctx, func(ctx context.Context) error {
+		for _, v := range ks.versions {
+			if v.AccessKeyID == room.ID {
+				return e.Vault.Destroy(ctx, id, v.Number)
+			}
+		}
+		return nil // a foreign key, deleted under a rule: the vault never held it
+	}, e.event(ActionDeleted, id, audit.Success, "access_key_id", room.ID, "reason", "to make room for a new key"))
 	if err != nil {
-		return rec, fmt.Errorf("store new key %s: %w", nk.ID, err)
+		return false, err
 	}
-	defer p.Clear()
-	sealed := false
-	err = e.Store.Atomically(ctx, func(ctx context.Context) error {
-		ver, err := e.Vault.AddPendingPrepared(ctx, p)
+	res.did(KindDeleted, room.ID)
+	return false, nil
+}
+
+// begin writes the rotation's record (create/started), and the key to adopt with it, in one
+// transaction: from here a restart resumes the rotation.
+func (e *Engine) begin(ctx context.Context, st rotationStart) (Record, error) {
+	id, now := st.ks.id, e.now()
+	var rec Record
+	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		var events []step
+		if a := st.ks.adopt; a != nil {
+			if _, err := e.Vault.Adopt(ctx, id, a.ID, a.CreatedAt); err != nil {
+				return err
+			}
+			events = append(events, e.event(ActionAdopted, id, audit.Success, "access_key_id", a.ID))
+		}
+		var err error
+		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, OldKeyID: st.current.AccessKeyID,
+			Attempt: st.attempt, StartedAt: now, StepAt: now}, e.Owner, e.lease())
 		if err != nil {
-			return fmt.Errorf("store new key %s: %w", nk.ID, err)
-		}
-		sealed = true
-		if err := e.crashAt("stored"); err != nil {
 			return err
 		}
-		rec.NewKeyID, rec.Version = nk.ID, ver.Number
-		if err := e.save(ctx, &rec, StepVerify, PhaseStarted); err != nil {
-			return err
-		}
-		return e.record(ctx, e.event(ActionCreated, id, audit.Success, "access_key_id", nk.ID,
-			"version", fmt.Sprint(ver.Number), "rotation", fmt.Sprint(rec.ID)))
+		return e.record(ctx, append(events, e.event(ActionStarted, id, audit.Success, "old_key_id", st.current.AccessKeyID,
+			"rotation", fmt.Sprint(rec.ID), "attempt", fmt.Sprint(st.attempt)))...)
 	})
-	if err != nil && sealed && !errors.Is(err, ErrCrashed) {
-		if _, err2 := e.Vault.AddPendingPrepared(ctx, p); err2 != nil {
-			return rec, fmt.Errorf("%w; and storing new key %s alone failed: %v", err, nk.ID, err2)
-		}
-	}
 	return rec, err
 }
 
 func (e *Engine) observe(outcome string, rec Record) {
 	if e.Observe != nil {
 		e.Observe(outcome, e.now().Sub(rec.StartedAt))
-	}
-}
-
-// finish records a rotation as done.
-func (e *Engine) finish(ctx context.Context, rec Record) error {
-	rec.Outcome, rec.FinishedAt = OutcomeRotated, e.now()
-	if err := e.save(ctx, &rec, StepFinished, PhaseDone); err != nil {
-		return err
-	}
-	return e.record(ctx, e.event(ActionRotated, rec.Identity, audit.Success, "old_key_id", rec.OldKeyID,
-		"new_key_id", rec.NewKeyID, "version", fmt.Sprint(rec.Version), "rotation", fmt.Sprint(rec.ID)))
-}
-
-// resumeCreate settles a create step that was interrupted: a key stored as pending since the rotation
-// began is taken up; a key in the cloud that the vault does not hold, created since the rotation
-// began, is the orphan of a crash between CreateAccessKey and the vault, and is deleted.
-func (e *Engine) resumeCreate(ctx context.Context, rec *Record, res *Result) error {
-	id := rec.Identity
-	versions, err := e.Vault.VersionsOf(ctx, id)
-	if err != nil {
-		return err
-	}
-	known := map[string]bool{}
-	for _, v := range versions {
-		known[v.AccessKeyID] = true
-		if v.State == vault.StatePending && !v.CreatedAt.Before(rec.StartedAt) {
-			rec.NewKeyID, rec.Version = v.AccessKeyID, v.Number
-		}
-	}
-	if rec.NewKeyID != "" {
-		return nil
-	}
-	keys, err := e.Cloud.ListAccessKeys(ctx, id.AccountID, id.UserName)
-	if err != nil {
-		return fmt.Errorf("list keys: %w", err)
-	}
-	// Cloud and Keyward clocks may differ a little: allow a minute before the record began.
-	since := rec.StartedAt.Add(-time.Minute)
-	for _, k := range keys {
-		if known[k.ID] || k.ID == rec.OldKeyID || k.CreatedAt.Before(since) {
-			continue
-		}
-		if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, k.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
-			return fmt.Errorf("delete orphaned key %s: %w", k.ID, err)
-		}
-		res.did(KindDeletedOrphan, k.ID)
-		if err := e.record(ctx, e.event(ActionDeleted, id, audit.Success, "access_key_id", k.ID,
-			"reason", "created by an interrupted rotation before its secret reached the vault", "rotation", fmt.Sprint(rec.ID))); err != nil {
-			return err
-		}
-		e.Log.Warn("deleted a key whose secret never reached the vault", "identity", id.String(), "access_key_id", k.ID, "rotation", rec.ID)
-	}
-	return nil
-}
-
-// verify signs with the new key until the cloud accepts it three times in a row.
-func (e *Engine) verify(ctx context.Context, pol Policy, rec Record) error {
-	cred, err := e.Vault.Reveal(ctx, rec.Identity, rec.Version)
-	if err != nil {
-		return err
-	}
-	deadline := e.now().Add(pol.VerifyTimeout)
-	successes, refusals := 0, 0
-	var last error
-	for {
-		arn, err := e.Cloud.Verify(ctx, rec.Identity.AccountID, rec.NewKeyID, cred.SecretAccessKey)
-		switch {
-		case err == nil && arnUser(arn) == rec.Identity.UserName:
-			successes, refusals = successes+1, 0
-			if successes == 3 {
-				return nil
-			}
-		case err == nil:
-			return fmt.Errorf("the key signs as %s, not as user %s", arn, rec.Identity.UserName)
-		default:
-			successes, refusals, last = 0, refusals+1, err
-		}
-		// The pause doubles with each refusal in a row (a new key takes seconds to work everywhere).
-		pause := backoff.Exponential(e.VerifyInterval, 16*e.VerifyInterval, refusals+1)
-		if !e.now().Add(pause).Before(deadline) {
-			if last == nil {
-				last = errors.New("not accepted three times in a row")
-			}
-			return fmt.Errorf("not verified within %s: %w", pol.VerifyTimeout, last)
-		}
-		if err := e.Sleep(ctx, pause); err != nil {
-			return err
-		}
 	}
 }
 
@@ -754,44 +596,4 @@ func arnUser(arn string) string {
 		}
 	}
 	return ""
-}
-
-// rollBack deletes a new key that failed verification and destroys its version; the old key is
-// untouched, and the rotation is recorded as failed so later passes retry with backoff.
-func (e *Engine) rollBack(ctx context.Context, rec *Record, res Result, reason string) (Result, error) {
-	id := rec.Identity
-	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, rec.NewKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
-		return e.cut(res, fmt.Errorf("%s; and deleting the new key %s failed: %w", reason, rec.NewKeyID, err))
-	}
-	res.did(KindRolledBack, rec.NewKeyID)
-	return e.finishFailed(ctx, rec, res, reason, func(ctx context.Context) error {
-		if err := e.Vault.Destroy(ctx, id, rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
-			return err
-		}
-		return nil
-	})
-}
-
-// finishFailed records a rotation as failed, after undo (if not nil) in the same transaction.
-func (e *Engine) finishFailed(ctx context.Context, rec *Record, res Result, reason string, undo func(ctx context.Context) error) (Result, error) {
-	rec.Outcome, rec.Reason, rec.FinishedAt = OutcomeFailed, reason, e.now()
-	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
-		if undo != nil {
-			if err := undo(ctx); err != nil {
-				return err
-			}
-		}
-		if err := e.save(ctx, rec, StepFinished, PhaseDone); err != nil {
-			return err
-		}
-		return e.record(ctx, e.event(ActionFailed, rec.Identity, audit.Failure, "reason", reason,
-			"old_key_id", rec.OldKeyID, "new_key_id", rec.NewKeyID, "attempt", fmt.Sprint(rec.Attempt), "rotation", fmt.Sprint(rec.ID)))
-	})
-	if err != nil {
-		return e.cut(res, err)
-	}
-	e.observe(OutcomeFailed, *rec)
-	e.Log.Warn("rotation failed", "identity", rec.Identity.String(), "attempt", rec.Attempt, "reason", reason)
-	res.Outcome, res.Reason = Failed, reason
-	return res, nil
 }

@@ -72,78 +72,89 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
 	}
-	var rep Report
 	accounts, err := e.Cloud.Accounts(ctx)
 	if err != nil {
-		rep.Errors = append(rep.Errors, fmt.Sprintf("list accounts: %v", err))
-		return rep, nil
+		return Report{Errors: []string{fmt.Sprintf("list accounts: %v", err)}}, nil
 	}
-	var (
-		mu    sync.Mutex
-		found int
-		done  int
-		first error // a visit cut short: no more are started
-	)
+	p := &pass{e: e, opts: opts}
 	// At most Concurrency visits at once: Go waits for a place. A visit cut short does not cancel
 	// the others (each stops safely on its own), it only stops more from starting.
-	var g errgroup.Group
-	g.SetLimit(opts.Concurrency)
+	p.g.SetLimit(opts.Concurrency)
 	for _, a := range accounts {
 		if opts.AccountID != "" && a.ID != opts.AccountID {
 			continue
 		}
-		err := e.Cloud.ListUsers(ctx, a.ID, func(u cloud.User) error {
-			if len(opts.Users) > 0 && !slices.Contains(opts.Users, u.Name) {
-				return nil
-			}
-			mu.Lock()
-			found++
-			stop := first
-			mu.Unlock()
-			if stop != nil {
-				return stop
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			g.Go(func() error {
-				res, err := e.Visit(ctx, u, VisitOptions{Force: opts.Force})
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil && first == nil {
-					first = err
-				}
-				if err == nil {
-					rep.Users = append(rep.Users, res)
-					rep.Summary.Add(res.Outcome)
-				}
-				done++
-				if opts.Progress != nil {
-					opts.Progress(done, found)
-				}
-				return nil
-			})
-			return nil
-		})
+		err := e.Cloud.ListUsers(ctx, a.ID, func(u cloud.User) error { return p.start(ctx, u) })
 		if err != nil {
-			mu.Lock()
-			stopped := first != nil
-			mu.Unlock()
-			if stopped || ctx.Err() != nil {
+			if p.stopped() || ctx.Err() != nil {
 				break
 			}
-			rep.Errors = append(rep.Errors, fmt.Sprintf("list users of account %s: %v", a.ID, err))
+			p.rep.Errors = append(p.rep.Errors, fmt.Sprintf("list users of account %s: %v", a.ID, err))
 		}
 	}
-	_ = g.Wait() // the visits report through first, not through the group
+	_ = p.g.Wait() // the visits report through first, not through the group
+	rep := p.rep
 	slices.SortFunc(rep.Users, func(a, b Result) int {
 		if a.Identity.AccountID != b.Identity.AccountID {
 			return strings.Compare(a.Identity.AccountID, b.Identity.AccountID)
 		}
 		return strings.Compare(a.Identity.UserName, b.Identity.UserName)
 	})
-	if first != nil {
-		return rep, first
+	if p.first != nil {
+		return rep, p.first
 	}
 	return rep, ctx.Err()
+}
+
+// pass is one pass's visits under way, and what they reported.
+type pass struct {
+	e     *Engine
+	opts  PassOptions
+	g     errgroup.Group
+	mu    sync.Mutex
+	rep   Report
+	found int
+	done  int
+	first error // a visit cut short: no more are started
+}
+
+func (p *pass) stopped() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first != nil
+}
+
+// start visits a user the listing found, when the pass selects it, once a place is free.
+func (p *pass) start(ctx context.Context, u cloud.User) error {
+	if len(p.opts.Users) > 0 && !slices.Contains(p.opts.Users, u.Name) {
+		return nil
+	}
+	p.mu.Lock()
+	p.found++
+	stop := p.first
+	p.mu.Unlock()
+	if stop != nil {
+		return stop
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.g.Go(func() error {
+		res, err := p.e.Visit(ctx, u, VisitOptions{Force: p.opts.Force})
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if err != nil && p.first == nil {
+			p.first = err
+		}
+		if err == nil {
+			p.rep.Users = append(p.rep.Users, res)
+			p.rep.Summary.Add(res.Outcome)
+		}
+		p.done++
+		if p.opts.Progress != nil {
+			p.opts.Progress(p.done, p.found)
+		}
+		return nil
+	})
+	return nil
 }

@@ -54,87 +54,106 @@ func (p Plan) Outcome(now time.Time) Outcome {
 	return map[NextAction]Outcome{NextRotate: Rotated, NextDeactivate: Deactivated, NextDelete: Deleted}[p.NextAction]
 }
 
-// Plan looks at a user and says what comes next, reading the cloud and the vault only.
+// Plan looks at a user and says what comes next, reading the cloud and the vault only. It decides
+// as a visit does (decideRotation, and the retirement rules of retire), so that its outcome is the
+// visit's (a property test holds it to that).
 func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	p := Plan{Identity: id, State: PlanOK, NextAction: NextNone}
-	failed := func(err error) Plan { p.State, p.Reason = PlanError, err.Error(); return p }
-	var groups []string
-	if e.Policy.ExemptGroup != "" {
-		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
-		if err != nil {
-			return failed(err)
-		}
-		groups = g
-	}
-	pol, exempt, err := e.Policy.For(u, groups)
+	pol, exempt, err := e.policyFor(ctx, u)
 	if err != nil {
-		return failed(err)
+		return p.failed(err)
 	}
 	keys, err := e.Cloud.ListAccessKeys(ctx, u.AccountID, u.Name)
 	if err != nil {
-		return failed(err)
+		return p.failed(err)
 	}
 	versions, err := e.Vault.VersionsOf(ctx, id)
 	if err != nil {
-		return failed(err)
+		return p.failed(err)
 	}
-	now := e.now()
-	state := map[string]vault.Version{}
-	for _, v := range versions {
-		if v.State != vault.StateDestroyed {
-			state[v.AccessKeyID] = v
-		}
-	}
-	var current *cloud.AccessKey
-	for i, k := range keys {
-		v := state[k.ID]
-		p.Keys = append(p.Keys, KeyView{AccessKeyID: k.ID, Status: k.Status, State: v.State, CreatedAt: k.CreatedAt,
-			AgeDays: int(now.Sub(k.CreatedAt) / (24 * time.Hour))})
-		if v.State == vault.StateCurrent {
-			current = &keys[i]
-		}
-	}
-	active := activeKeys(keys)
+	ps := planState{keyState: keyState{id: id, keys: keys, versions: versions}, force: force, now: e.now()}
+	p.Keys, ps.current = keyViews(keys, versions, ps.now)
 	if exempt {
 		p.State = PlanExempt
 		return p
 	}
 	if rec, open, err := e.Store.Open(ctx, id); err != nil {
-		return failed(err)
+		return p.failed(err)
 	} else if open {
-		p.State, p.NextAction, p.Due = PlanRotating, NextResume, now
+		p.State, p.NextAction, p.Due = PlanRotating, NextResume, ps.now
 		p.Reason = fmt.Sprintf("rotation %d stopped at %s/%s", rec.ID, rec.Step, rec.Phase)
 		return p
 	}
-	if current == nil && len(active) == 1 { // would be adopted
-		current = &active[0]
+	active := activeKeys(keys)
+	if ps.current == nil && len(active) == 1 { // would be adopted
+		ps.current = &active[0]
 	}
-	retired := false
-	if current == nil {
+	if ps.current == nil {
 		p.State, p.Reason = PlanUnmanaged, ReasonNoActiveKey
 		if len(active) > 1 {
 			p.State, p.Reason = PlanBlocked, ReasonTwoUnknownActive
 		}
 		return p
 	}
-	// Retirement of older keys comes first, as in a visit, which retires every key that is due and
-	// then, with the keys as they are afterwards, rotates if the current key is due too.
-	if cv, ok := state[current.ID]; ok {
-		r, err := e.planRetirement(ctx, u, pol, cv, versions, now)
+	return e.planNext(ctx, pol, ps, p)
+}
+
+// planState is what a plan decides from: the user's keys, its current cloud key, and the moment.
+type planState struct {
+	keyState
+	current *cloud.AccessKey
+	force   bool
+	now     time.Time
+}
+
+func (p Plan) failed(err error) Plan {
+	p.State, p.Reason = PlanError, err.Error()
+	return p
+}
+
+// keyViews shows each cloud key with its vault state, and finds the current one.
+func keyViews(keys []cloud.AccessKey, versions []vault.Version, now time.Time) ([]KeyView, *cloud.AccessKey) {
+	state := map[string]vault.State{}
+	for _, v := range versions {
+		if v.State != vault.StateDestroyed {
+			state[v.AccessKeyID] = v.State
+		}
+	}
+	var views []KeyView
+	var current *cloud.AccessKey
+	for i, k := range keys {
+		views = append(views, KeyView{AccessKeyID: k.ID, Status: k.Status, State: state[k.ID], CreatedAt: k.CreatedAt,
+			AgeDays: int(now.Sub(k.CreatedAt) / (24 * time.Hour))})
+		if state[k.ID] == vault.StateCurrent {
+			current = &keys[i]
+		}
+	}
+	return views, current
+}
+
+// planNext plans a managed user's next step: retirement of old keys first, as in a visit, which
+// retires every key that is due and then, with the keys as they are afterwards, rotates if the
+// current key is due too.
+func (e *Engine) planNext(ctx context.Context, pol Policy, ps planState, p Plan) Plan {
+	last, err := e.lastFinished(ctx, ps.id)
+	if err != nil {
+		return p.failed(err)
+	}
+	d := decideRotation(pol, rotationFacts{CreatedAt: ps.current.CreatedAt, Last: last, Force: ps.force, Backoff: e.backoff, Now: ps.now})
+	retired := false
+	if cv := currentVersion(ps.versions); cv != nil && cv.AccessKeyID == ps.current.ID {
+		r, err := e.planRetirement(ctx, pol, *cv, ps.versions)
 		if err != nil {
-			return failed(err)
+			return p.failed(err)
 		}
 		switch {
 		case r.held != nil:
 			// Held; and if the current key is due as well, the visit goes on to find no room for a
 			// new one beside the two active keys: blocked.
 			p.State, p.NextAction, p.NextKeyID, p.Due, p.Reason = PlanHeld, NextDeactivate, r.held.AccessKeyID, r.heldUntil, r.heldReason
-			if last, err := e.lastFinished(ctx, id); err != nil {
-				return failed(err)
-			} else if decideRotation(pol, current.CreatedAt, last, force, e.backoff, now).due(now) &&
-				len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
-				p.State, p.NextAction, p.NextKeyID, p.Due, p.Reason = PlanBlocked, NextRotate, current.ID, now, ReasonNoRoomActive
+			if d.due(ps.now) && noRoom(pol, ps.keyState, ps.now) {
+				p.State, p.NextAction, p.NextKeyID, p.Due, p.Reason = PlanBlocked, NextRotate, ps.current.ID, ps.now, noRoomReason(ps.keys)
 			}
 			return p
 		case r.next != "" && len(r.retireNow) == 0:
@@ -142,41 +161,43 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 			return p
 		case len(r.retireNow) > 0:
 			p.NextAction, p.NextKeyID, p.Due = r.next, r.nextKeyID, r.nextDue
-			keys, versions = r.after(keys, versions, now)
+			ps.keys, ps.versions = r.after(ps.keys, ps.versions, ps.now)
 			retired = true
 		}
 	}
-	lastp, err := e.lastFinished(ctx, id)
-	if err != nil {
-		return failed(err)
-	}
-	d := decideRotation(pol, current.CreatedAt, lastp, force, e.backoff, now)
 	if retired { // retirement now; a rotation too, in the same visit, if the key is due
-		if d.due(now) {
+		if d.due(ps.now) {
 			p.Then = NextRotate
-			if len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
-				p.State, p.Reason = PlanBlocked, ReasonNoRoom
+			if noRoom(pol, ps.keyState, ps.now) {
+				p.State, p.Reason = PlanBlocked, noRoomReason(ps.keys)
 			}
 		}
-		if p.State == PlanOK {
-			p.State = PlanDue
+	} else {
+		p.NextAction, p.NextKeyID, p.Due = NextRotate, ps.current.ID, d.Due
+		if d.Reason != "" {
+			p.State, p.Reason = PlanBackingOff, d.Reason
 		}
-		return p
-	}
-	p.NextAction, p.NextKeyID, p.Due = NextRotate, current.ID, d.Due
-	if d.Reason != "" {
-		p.State, p.Reason = PlanBackingOff, d.Reason
-	}
-	if !p.Due.After(now) && len(keys) >= 2 && pol.roomFor(keys, keyStates(versions), now) == nil {
-		p.State, p.Reason = PlanBlocked, ReasonNoRoom
-		if keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
-			p.Reason = ReasonNoRoomActive
+		if d.due(ps.now) && noRoom(pol, ps.keyState, ps.now) {
+			p.State, p.Reason = PlanBlocked, noRoomReason(ps.keys)
 		}
 	}
-	if p.State == PlanOK && !p.Due.After(now) {
+	if p.State == PlanOK && !p.Due.After(ps.now) {
 		p.State = PlanDue
 	}
 	return p
+}
+
+// noRoom says whether a new key would find no room: two keys, and neither one Keyward may delete.
+func noRoom(pol Policy, ks keyState, now time.Time) bool {
+	return len(ks.keys) >= 2 && pol.roomFor(ks.keys, keyStates(ks.versions), now) == nil
+}
+
+// noRoomReason says why there is no room (see noRoom).
+func noRoomReason(keys []cloud.AccessKey) string {
+	if len(keys) >= 2 && keys[0].Status == cloud.KeyActive && keys[1].Status == cloud.KeyActive {
+		return ReasonNoRoomActive
+	}
+	return ReasonNoRoom
 }
 
 // DryRun is a pass that changes nothing: what Pass would do to each user, as a report of the same
@@ -236,8 +257,9 @@ type retirement struct {
 }
 
 // planRetirement finds what a visit would retire now, hold, or retire later, as retire does it.
-func (e *Engine) planRetirement(ctx context.Context, u cloud.User, pol Policy, current vault.Version, versions []vault.Version, now time.Time) (retirement, error) {
+func (e *Engine) planRetirement(ctx context.Context, pol Policy, current vault.Version, versions []vault.Version) (retirement, error) {
 	var r retirement
+	now := e.now()
 	// The action a plan names: one due now before one due later (a deletion before a deactivation,
 	// as a visit reports it), or else the soonest.
 	consider := func(next NextAction, v vault.Version, due time.Time) {
@@ -257,7 +279,7 @@ func (e *Engine) planRetirement(ctx context.Context, u cloud.User, pol Policy, c
 		case vault.StatePrevious:
 			due := current.CurrentAt.Add(pol.DeactivateAfter)
 			if !due.After(now) && !pol.ForceDeactivate {
-				lu, err := e.Cloud.AccessKeyLastUsed(ctx, u.AccountID, v.AccessKeyID)
+				lu, err := e.Cloud.AccessKeyLastUsed(ctx, current.Identity.AccountID, v.AccessKeyID)
 				if err != nil {
 					return r, err
 				}

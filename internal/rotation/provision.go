@@ -64,13 +64,7 @@ func (e *Engine) Provision(ctx context.Context, u cloud.User, opts VisitOptions)
 	if len(keys) >= 2 {
 		return res, fmt.Errorf("%s: %w: it holds two inactive keys", id, ErrHasForeignKey)
 	}
-	var groups []string
-	if e.Policy.ExemptGroup != "" {
-		if groups, err = e.Cloud.UserGroups(ctx, u.AccountID, u.Name); err != nil {
-			return res, fmt.Errorf("list groups: %w", err)
-		}
-	}
-	pol, exempt, err := e.Policy.For(u, groups)
+	pol, exempt, err := e.policyFor(ctx, u)
 	if err != nil {
 		return res, err
 	}
@@ -96,5 +90,5 @@ func (e *Engine) Provision(ctx context.Context, u cloud.User, opts VisitOptions)
 		return res, err
 	}
 	opts.begun(rec)
-	return e.run(ctx, pol, rec, res, false)
+	return e.drive(ctx, pol, rec, res, false)
 }
