@@ -25,14 +25,26 @@ const auditLockKey = 0x6b7761756469740
 
 const auditColumns = `seq, time, actor, action, target, outcome, source_ip, request_id, detail, prev_hash, hash`
 
+// auditTail is the audit trail's end once a transaction appended to it: state that follows a
+// group's savepoints (see txState).
+type auditTail struct{ head *audit.Head }
+
+type auditTailKey struct{}
+
+func (t *auditTail) snapshot() func() {
+	head := t.head
+	return func() { t.head = head }
+}
+
 // Append implements audit.Store.
 func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit.Record, error)) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
 		// A transaction that appended already holds the order (SQLite's write lock, or the advisory
 		// lock) and knows the head: it wrote it.
 		var head audit.Head
-		if tx.auditHead != nil {
-			head = *tx.auditHead
+		tail := txState(tx, auditTailKey{}, func() *auditTail { return &auditTail{} })
+		if tail.head != nil {
+			head = *tail.head
 		} else {
 			if s.db.driver == Postgres {
 				if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
@@ -56,7 +68,7 @@ func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit
 			}
 		}
 		if n := len(recs); n > 0 {
-			tx.auditHead = &audit.Head{Seq: recs[n-1].Seq, Hash: recs[n-1].Hash}
+			tail.head = &audit.Head{Seq: recs[n-1].Seq, Hash: recs[n-1].Hash}
 		}
 		return nil
 	})

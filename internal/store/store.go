@@ -19,6 +19,8 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/keyward/keyward/internal/store/groupcommit"
 )
 
 // Drivers.
@@ -36,9 +38,10 @@ type DB struct {
 	identityForUpdate string   // identityByName, locking the row on PostgreSQL
 	identityIDs       sync.Map // vault.Identity → committed row id (SQLite; see Vault.identityID)
 
-	commits committer    // SQLite: this process's write transactions, grouped (see tx.go)
-	wal     *walFile     // SQLite: the write-ahead log, synced after each group's commit
-	syncWAL func() error // wal.sync; tests wrap it
+	commits *groupcommit.Committer[*Tx] // SQLite: this process's write transactions, grouped (see tx.go)
+	writer  sqliteWriter                // SQLite: the connection the groups are written on
+	wal     *walFile                    // SQLite: the write-ahead log, synced after each group's commit
+	syncWAL func() error                // wal.sync; tests wrap it
 }
 
 // Open connects to the database. For SQLite, dsn is a file path (created 0600 when missing) or a
@@ -88,6 +91,7 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 			return nil, err
 		}
 		s.syncWAL = s.wal.sync
+		s.commits = newCommitter(s, &s.writer)
 	}
 	return s, nil
 }
@@ -158,7 +162,9 @@ func (db *DB) Driver() string { return db.driver }
 
 // Close closes the database.
 func (db *DB) Close() error {
-	db.commits.close()
+	if db.commits != nil {
+		db.commits.Locked(db.writer.drop) // once no group is being written
+	}
 	if db.wal != nil {
 		defer db.wal.close()
 	}

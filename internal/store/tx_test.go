@@ -16,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/store/groupcommit"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -71,9 +72,7 @@ func queueWhileBusy(t *testing.T, db *DB, writes ...func(tx *Tx) error) (release
 func waitQueued(t *testing.T, db *DB, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		db.commits.mu.Lock()
-		queued := len(db.commits.queue)
-		db.commits.mu.Unlock()
+		queued := db.commits.Queued()
 		if queued == n {
 			return
 		}
@@ -148,7 +147,7 @@ func TestGroupCommitLostTransaction(t *testing.T) {
 	)
 	release()
 	for i, err := range errs[1:] {
-		if !errors.Is(err, errTxLost) {
+		if !errors.Is(err, groupcommit.ErrTxLost) {
 			t.Fatalf("member %d: %v, want errTxLost", i, err)
 		}
 	}
@@ -231,7 +230,7 @@ func TestGroupCommitSurvivesAPanic(t *testing.T) {
 		t.Fatal("the panicking write reported success")
 	}
 	for _, i := range []int{0, 2} {
-		if errs[i] != nil && !errors.Is(errs[i], errPanicked) && !strings.Contains(errs[i].Error(), "panicked") {
+		if errs[i] != nil && !errors.Is(errs[i], groupcommit.ErrPanicked) && !strings.Contains(errs[i].Error(), "panicked") {
 			t.Fatalf("write %d: %v", i, errs[i])
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/keyward/keyward/internal/vault"
@@ -99,13 +100,25 @@ func (s *Vault) NextVersion(ctx context.Context, id vault.Identity) (int64, erro
 	return n.Int64 + 1, nil
 }
 
+// identityRows are the identity rows a transaction has looked up, and locked (PostgreSQL): state
+// that follows a group's savepoints (see txState).
+type identityRows struct{ m map[vault.Identity]int64 }
+
+type identitiesKey struct{}
+
+func (r *identityRows) snapshot() func() {
+	m := maps.Clone(r.m)
+	return func() { r.m = m }
+}
+
 // identityID returns the row id of an identity, creating the row when create is set, and holds the
 // row's lock (PostgreSQL) for the rest of the transaction: writers of one identity's versions queue.
 //
 // On SQLite, where BEGIN IMMEDIATE has locked the whole database already, a row id once committed is
 // remembered (identities are never deleted), which spares a query in every write.
 func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, create bool, at time.Time) (int64, error) {
-	if rowID, ok := tx.identities[id]; ok { // locked already by this transaction
+	seen := txState(tx, identitiesKey{}, func() *identityRows { return &identityRows{m: map[vault.Identity]int64{}} })
+	if rowID, ok := seen.m[id]; ok { // locked already by this transaction
 		return rowID, nil
 	}
 	if s.db.driver == SQLite {
@@ -118,10 +131,7 @@ func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, creat
 		if rowID == 0 {
 			return
 		}
-		if tx.identities == nil {
-			tx.identities = map[vault.Identity]int64{}
-		}
-		tx.identities[id] = rowID
+		seen.m[id] = rowID
 		if s.db.driver == SQLite { // once committed: a row created by a transaction rolled back does not exist
 			tx.afterCommit = append(tx.afterCommit, func(context.Context) { s.db.identityIDs.Store(id, rowID) })
 		}
