@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
-	"github.com/keyward/keyward/internal/vault"
 )
 
 // VisitOptions say how a visit goes beyond what the policy decides.
@@ -39,56 +37,57 @@ var ErrExempt = errors.New("exempt from rotation: Keyward does not create its ke
 // that has a current key already is left alone; one whose active key Keyward does not hold is
 // ErrHasForeignKey. Whether a key was made or not, the user's current version is returned.
 func (e *Engine) Provision(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
-	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
-	res := Result{Identity: id, Outcome: Skipped}
-	e = e.forUser(u)
+	v := e.newVisit(u, opts)
 	// An open rotation (a first provisioning interrupted, say) is finished first, as a visit would.
-	if _, open, err := e.Store.Open(ctx, id); err != nil {
-		return res, err
+	if _, open, err := v.e.Store.Open(ctx, v.id); err != nil {
+		return v.res, err
 	} else if open {
 		return e.Visit(ctx, u, VisitOptions{OnBegin: opts.OnBegin})
 	}
-	keys, versions, adopt, err := e.reconcile(ctx, id)
+	ks, err := v.reconcile(ctx)
 	if err != nil {
-		return res, err
+		return v.res, err
 	}
-	if current := currentVersion(versions); current != nil {
-		if !current.HasSecret {
-			return res, fmt.Errorf("%s: %w (%s): import it with keyward vault import", id, ErrHasForeignKey, current.AccessKeyID)
-		}
-		return res, nil
+	if err := foreignKey(ks); err != nil {
+		return v.res, err
 	}
-	if adopt != nil || len(activeKeys(keys)) > 0 {
-		return res, fmt.Errorf("%s: %w: import its secret with keyward vault import, or delete the key", id, ErrHasForeignKey)
+	if currentVersion(ks.versions) != nil {
+		return v.res, nil
 	}
-	if len(keys) >= 2 {
-		return res, fmt.Errorf("%s: %w: it holds two inactive keys", id, ErrHasForeignKey)
-	}
-	pol, exempt, err := e.policyFor(ctx, u)
+	pol, exempt, err := v.e.policyFor(ctx, u)
 	if err != nil {
-		return res, err
+		return v.res, err
 	}
 	if exempt {
-		return res, fmt.Errorf("%s is %w", id, ErrExempt)
+		return v.res, fmt.Errorf("%s is %w", v.id, ErrExempt)
 	}
-	now := e.now()
-	var rec Record
-	err = e.Store.Atomically(ctx, func(ctx context.Context) error {
-		var err error
-		rec, err = e.Store.Begin(ctx, Record{Identity: id, Step: StepCreate, Phase: PhaseStarted, Attempt: 1,
-			StartedAt: now, StepAt: now}, e.Owner, e.lease())
-		if err != nil {
-			return err
-		}
-		return e.record(ctx, e.event(ActionStarted, id, audit.Success, "rotation", fmt.Sprint(rec.ID), "reason", "first key"))
-	})
+	v.pol = pol
+	rec, err := v.begin(ctx, nil, Record{Identity: v.id, Step: StepCreate, Phase: PhaseStarted, Attempt: 1}, "reason", "first key")
 	switch {
 	case errors.Is(err, ErrBusy), errors.Is(err, ErrStale):
-		res.Reason = "provisioned meanwhile by another process"
-		return res, nil
+		v.res.Reason = "provisioned meanwhile by another process"
+		return v.res, nil
 	case err != nil:
-		return res, err
+		return v.res, err
 	}
 	opts.begun(rec)
-	return e.drive(ctx, pol, rec, res, false)
+	return v.result(v.drive(ctx, rec, false))
+}
+
+// foreignKey says why a user cannot be given its first key by Keyward (ErrHasForeignKey): an active
+// key whose secret Keyward does not hold, or two inactive keys.
+func foreignKey(ks keyState) error {
+	if current := currentVersion(ks.versions); current != nil {
+		if !current.HasSecret {
+			return fmt.Errorf("%s: %w (%s): import it with keyward vault import", ks.id, ErrHasForeignKey, current.AccessKeyID)
+		}
+		return nil
+	}
+	if ks.adopt != nil || len(activeKeys(ks.keys)) > 0 {
+		return fmt.Errorf("%s: %w: import its secret with keyward vault import, or delete the key", ks.id, ErrHasForeignKey)
+	}
+	if len(ks.keys) >= 2 {
+		return fmt.Errorf("%s: %w: it holds two inactive keys", ks.id, ErrHasForeignKey)
+	}
+	return nil
 }

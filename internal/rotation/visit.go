@@ -1,0 +1,402 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// visit is one visit of one user, and the protocol's steps are its methods, in the order they run:
+//
+//	reconcile → retire (deactivate, deleteRetired) → rotateIfDue → rotate (makeRoom, begin)
+//	→ create (settleCreate, store) → verify → promote (finish) | rollBack (failed)
+//
+// An open rotation found at the start is resumed at its recorded step (resume). The steps add what
+// they did to res, and record the open rotation's progress in rec; the visit returns res once.
+type visit struct {
+	e       *Engine
+	id      vault.Identity
+	pol     Policy
+	opts    VisitOptions
+	res     Result
+	rec     Record // the open rotation, once begun or resumed
+	resumed bool   // rec was found open (interrupted, or taken over): its create step may have left something to settle
+}
+
+// Visit brings one user up to date: reconcile cloud and vault, resume an open rotation, retire old
+// keys that are due, and rotate when the key is due (or force). It returns an error only when the
+// visit was cut short (a hook, a cancelled context); a failed rotation is a Result, not an error.
+func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
+	v := e.newVisit(u, opts)
+	pol, exempt, err := v.e.policyFor(ctx, u)
+	if err != nil {
+		v.res.Outcome, v.res.Reason = Failed, err.Error()
+		return v.res, nil
+	}
+	if exempt {
+		v.res.Outcome = Exempt
+		return v.res, nil
+	}
+	v.pol = pol
+	return v.result(v.run(ctx))
+}
+
+// newVisit starts a visit of u, on a copy of the engine that knows u's owners (forUser).
+func (e *Engine) newVisit(u cloud.User, opts VisitOptions) *visit {
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
+	return &visit{e: e.forUser(u), id: id, opts: opts, res: Result{Identity: id, Outcome: Skipped}}
+}
+
+// run is the visit's protocol: an open rotation first; otherwise reconcile, retire, and rotate if due.
+func (v *visit) run(ctx context.Context) error {
+	if rec, open, err := v.e.Store.Open(ctx, v.id); err != nil {
+		return err
+	} else if open {
+		return v.resume(ctx, rec)
+	}
+	ks, err := v.reconcile(ctx)
+	if err != nil {
+		return err
+	}
+	if err := v.retire(ctx, ks.versions); err != nil {
+		return err
+	}
+	if len(v.res.Actions) > 0 { // a key was retired: what follows works on the keys as they are now
+		if ks, err = v.reconcile(ctx); err != nil {
+			return err
+		}
+	}
+	return v.rotateIfDue(ctx, ks)
+}
+
+// result is what the visit returns: its result, or — for an error that cut it short — the error
+// itself when it was a hook's crash or a cancellation, and otherwise a failure of this user only.
+func (v *visit) result(err error) (Result, error) {
+	if err == nil {
+		return v.res, nil
+	}
+	if errors.Is(err, ErrCrashed) || errors.Is(err, context.Canceled) {
+		return v.res, err
+	}
+	v.res.Outcome, v.res.Reason = Failed, err.Error()
+	return v.res, nil
+}
+
+// policyFor is the policy of one user (its tags and, when an exempt group is set, its groups).
+func (e *Engine) policyFor(ctx context.Context, u cloud.User) (Policy, bool, error) {
+	var groups []string
+	if e.Policy.ExemptGroup != "" {
+		g, err := e.Cloud.UserGroups(ctx, u.AccountID, u.Name)
+		if err != nil {
+			return Policy{}, false, fmt.Errorf("list groups: %w", err)
+		}
+		groups = g
+	}
+	return e.Policy.For(u, groups)
+}
+
+// resume takes up a rotation found open: interrupted here, or held by a process that is gone; one
+// running elsewhere is left to it (its id still goes to OnBegin).
+func (v *visit) resume(ctx context.Context, rec Record) error {
+	e := v.e
+	err := e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), "")
+	if errors.Is(err, ErrBusy) && e.OwnerGone != nil && rec.LeaseOwner != "" && e.OwnerGone(rec.LeaseOwner) {
+		e.Log.Warn("taking over the rotation of a process that is gone", "identity", rec.Identity.String(), "owner", rec.LeaseOwner)
+		err = e.Store.Resume(ctx, rec.ID, e.Owner, e.now(), e.lease(), rec.LeaseOwner)
+	}
+	if errors.Is(err, ErrBusy) {
+		v.res.Reason = "rotation in progress elsewhere"
+		v.opts.begun(rec)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	v.opts.begun(rec)
+	return v.drive(ctx, rec, true)
+}
+
+// keyState is a user's keys as the cloud and the vault hold them at one moment of a visit, and the
+// one active key to adopt when the vault knows none.
+type keyState struct {
+	id       vault.Identity
+	keys     []cloud.AccessKey
+	versions []vault.Version
+	adopt    *cloud.AccessKey
+}
+
+// reconcile makes the vault agree with the cloud before anything is decided: versions whose key is
+// gone are destroyed, previous versions whose key is inactive are marked inactive. For a user the
+// vault does not know yet, it returns the one active key to adopt, without writing it (see adopt).
+func (v *visit) reconcile(ctx context.Context) (keyState, error) {
+	e, id := v.e, v.id
+	ks := keyState{id: id}
+	keys, err := e.Cloud.ListAccessKeys(ctx, id.AccountID, id.UserName)
+	if err != nil {
+		return ks, fmt.Errorf("list keys: %w", err)
+	}
+	versions, err := e.Vault.VersionsOf(ctx, id)
+	if err != nil {
+		return ks, err
+	}
+	inCloud := map[string]cloud.AccessKey{}
+	for _, k := range keys {
+		inCloud[k.ID] = k
+	}
+	changed := false
+	for _, ver := range versions {
+		k, exists := inCloud[ver.AccessKeyID]
+		switch {
+		case ver.State == vault.StateDestroyed:
+		case !exists && ver.State != vault.StateCurrent:
+			// Deleted (by us before a crash, or by someone else): its secret must go too.
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, ver.Number) },
+				e.event(ActionDestroyed, id, audit.Success, "access_key_id", ver.AccessKeyID, "reason", "the key is gone from the cloud")); err != nil {
+				return ks, err
+			}
+			changed = true
+		case exists && ver.State == vault.StatePrevious && k.Status == cloud.KeyInactive:
+			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, ver.Number) },
+				e.event(ActionDeactivated, id, audit.Success, "access_key_id", ver.AccessKeyID, "reason", "found inactive in the cloud")); err != nil {
+				return ks, err
+			}
+			changed = true
+		}
+	}
+	if changed {
+		if versions, err = e.Vault.VersionsOf(ctx, id); err != nil {
+			return ks, err
+		}
+	}
+	ks.keys, ks.versions = keys, versions
+	if currentVersion(versions) == nil {
+		if active := activeKeys(keys); len(active) == 1 {
+			ks.adopt = &active[0]
+		}
+	}
+	return ks, nil
+}
+
+// adopt records a key that predates Keyward (if key is not nil) as the identity's current version.
+// Another process may have adopted it first: that is no error.
+func (v *visit) adopt(ctx context.Context, key *cloud.AccessKey) error {
+	if key == nil {
+		return nil
+	}
+	e := v.e
+	err := e.recorded(ctx, func(ctx context.Context) error {
+		_, err := e.Vault.Adopt(ctx, v.id, key.ID, key.CreatedAt)
+		return err
+	}, e.event(ActionAdopted, v.id, audit.Success, "access_key_id", key.ID))
+	if errors.Is(err, vault.ErrDuplicate) {
+		return nil // adopted meanwhile by another process
+	} else if err != nil {
+		return err
+	}
+	v.res.Actions = append([]Action{{Kind: KindAdopted, KeyID: key.ID}}, v.res.Actions...)
+	return nil
+}
+
+// retire deactivates and deletes the old keys that are due, telling their owners ahead of a
+// deactivation, and holds an old key still in use.
+func (v *visit) retire(ctx context.Context, versions []vault.Version) error {
+	current := currentVersion(versions)
+	now := v.e.now()
+	for _, ver := range versions {
+		switch {
+		case ver.State == vault.StatePrevious && current != nil && now.Before(current.CurrentAt.Add(v.pol.DeactivateAfter)):
+			if at := current.CurrentAt.Add(v.pol.DeactivateAfter); v.e.NoticeLead > 0 && !now.Before(at.Add(-v.e.NoticeLead)) {
+				if err := v.e.upcoming(ctx, v.id, ver.AccessKeyID, at); err != nil {
+					return err
+				}
+			}
+		case ver.State == vault.StatePrevious && current != nil:
+			if err := v.deactivate(ctx, ver, *current); err != nil {
+				return err
+			}
+		case ver.State == vault.StateInactive && !now.Before(ver.InactiveAt.Add(v.pol.DeleteAfter)):
+			if err := v.deleteRetired(ctx, ver); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// deactivate deactivates a previous key that is due, unless it signed a request after the current
+// key took over and has not been quiet since: then it is held.
+func (v *visit) deactivate(ctx context.Context, old, current vault.Version) error {
+	e, id := v.e, v.id
+	lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, old.AccessKeyID)
+	if err != nil {
+		return fmt.Errorf("last use of %s: %w", old.AccessKeyID, err)
+	}
+	if v.pol.stillInUse(lu.At, current.CurrentAt, e.now()) {
+		v.res.Outcome = Held
+		v.res.Reason = fmt.Sprintf("old key %s still in use since %s", old.AccessKeyID, lu.At.Format(time.RFC3339))
+		return e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", old.AccessKeyID, "last_used", lu.At.Format(time.RFC3339)))
+	}
+	if err := e.crashAt("deactivate"); err != nil {
+		return err
+	}
+	if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, old.AccessKeyID, cloud.KeyInactive); err != nil {
+		return fmt.Errorf("deactivate %s: %w", old.AccessKeyID, err)
+	}
+	if err := e.crashAt("deactivated"); err != nil {
+		return err
+	}
+	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, old.Number) },
+		e.event(ActionDeactivated, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
+		return err
+	}
+	v.res.did(KindDeactivated, old.AccessKeyID)
+	if v.res.Outcome == Skipped {
+		v.res.Outcome = Deactivated
+	}
+	return nil
+}
+
+// deleteRetired deletes an inactive key Keyward retired, once DeleteAfter has passed, and shreds
+// its secret.
+func (v *visit) deleteRetired(ctx context.Context, old vault.Version) error {
+	e, id := v.e, v.id
+	if err := e.crashAt("delete"); err != nil {
+		return err
+	}
+	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, old.AccessKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+		return fmt.Errorf("delete %s: %w", old.AccessKeyID, err)
+	}
+	if err := e.crashAt("deleted"); err != nil {
+		return err
+	}
+	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, old.Number) },
+		e.event(ActionDeleted, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
+		return err
+	}
+	v.res.did(KindDeleted, old.AccessKeyID)
+	if v.res.Outcome == Skipped || v.res.Outcome == Deactivated {
+		v.res.Outcome = Deleted
+	}
+	return nil
+}
+
+// rotateIfDue rotates the user's current key if decideRotation says it is due, and otherwise
+// records a key to adopt alone.
+func (v *visit) rotateIfDue(ctx context.Context, ks keyState) error {
+	current := currentVersion(ks.versions)
+	if ks.adopt != nil {
+		current = &vault.Version{Identity: ks.id, AccessKeyID: ks.adopt.ID, State: vault.StateCurrent, CreatedAt: ks.adopt.CreatedAt.UTC()}
+	}
+	if current == nil {
+		if len(activeKeys(ks.keys)) > 1 {
+			v.res.Outcome, v.res.Reason = Blocked, ReasonTwoUnknownActive
+			return v.e.record(ctx, v.e.event(ActionBlocked, ks.id, audit.Success, "reason", v.res.Reason))
+		}
+		v.res.Reason = ReasonNoActiveKey
+		return nil
+	}
+	now := v.e.now()
+	facts := rotationFacts{CreatedAt: current.CreatedAt, Force: v.opts.Force, Backoff: v.e.backoff, Now: now}
+	// The key's age first: the last rotation is read only for a user whose key is due.
+	if !decideRotation(v.pol, facts).due(now) {
+		return v.adopt(ctx, ks.adopt)
+	}
+	last, err := v.e.lastFinished(ctx, ks.id)
+	if err != nil {
+		return err
+	}
+	facts.Last = last
+	d := decideRotation(v.pol, facts)
+	if !d.due(now) {
+		v.res.Reason = d.Reason
+		return v.adopt(ctx, ks.adopt)
+	}
+	return v.rotate(ctx, ks, current, d.Attempt)
+}
+
+// rotate makes room for a new key and begins a rotation, then drives it. A key to adopt (the user's
+// first rotation) is recorded in the same transaction as the rotation's beginning.
+func (v *visit) rotate(ctx context.Context, ks keyState, current *vault.Version, attempt int) error {
+	if blocked, err := v.makeRoom(ctx, ks); err != nil {
+		return err
+	} else if blocked {
+		return v.adopt(ctx, ks.adopt)
+	}
+	rec, err := v.begin(ctx, ks.adopt, Record{Identity: v.id, Step: StepCreate, Phase: PhaseStarted,
+		OldKeyID: current.AccessKeyID, Attempt: attempt}, "old_key_id", current.AccessKeyID, "attempt", fmt.Sprint(attempt))
+	switch {
+	case errors.Is(err, vault.ErrDuplicate), errors.Is(err, vault.ErrConflict):
+		v.res.Reason = "taken under management meanwhile by another process"
+		return nil
+	case errors.Is(err, ErrBusy):
+		v.res.Reason = "rotation in progress elsewhere"
+		return nil
+	case errors.Is(err, ErrStale):
+		v.res.Reason = "rotated meanwhile by another process"
+		return nil
+	case err != nil:
+		return err
+	}
+	if ks.adopt != nil {
+		v.res.Actions = append([]Action{{Kind: KindAdopted, KeyID: ks.adopt.ID}}, v.res.Actions...)
+	}
+	v.opts.begun(rec)
+	return v.drive(ctx, rec, false)
+}
+
+// makeRoom deletes an inactive key Keyward may delete when the user holds two; with none to delete
+// (never an active key), the user is blocked.
+func (v *visit) makeRoom(ctx context.Context, ks keyState) (blocked bool, err error) {
+	if len(ks.keys) < 2 {
+		return false, nil
+	}
+	e, id := v.e, v.id
+	room := v.pol.roomFor(ks.keys, keyStates(ks.versions), e.now())
+	if room == nil {
+		v.res.Outcome, v.res.Reason = Blocked, noRoomReason(ks.keys)
+		return true, e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", v.res.Reason))
+	}
+	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
+		return false, fmt.Errorf("delete %s to make room: %w", room.ID, err)
+	}
+	err = e.recorded(ctx, func(ctx context.Context) error {
+		for _, ver := range ks.versions {
+			if ver.AccessKeyID == room.ID {
+				return e.Vault.Destroy(ctx, id, ver.Number)
+			}
+		}
+		return nil // a foreign key, deleted under a rule: the vault never held it
+	}, e.event(ActionDeleted, id, audit.Success, "access_key_id", room.ID, "reason", "to make room for a new key"))
+	if err != nil {
+		return false, err
+	}
+	v.res.did(KindDeleted, room.ID)
+	return false, nil
+}
+
+// begin writes the rotation's record (create/started) — and the key to adopt, if any, with it — in
+// one transaction: from here a restart resumes the rotation. detail is the started record's.
+func (v *visit) begin(ctx context.Context, adopt *cloud.AccessKey, rec Record, detail ...string) (Record, error) {
+	e, id := v.e, v.id
+	now := e.now()
+	rec.StartedAt, rec.StepAt = now, now
+	err := e.Store.Atomically(ctx, func(ctx context.Context) error {
+		var events []step
+		if adopt != nil {
+			if _, err := e.Vault.Adopt(ctx, id, adopt.ID, adopt.CreatedAt); err != nil {
+				return err
+			}
+			events = append(events, e.event(ActionAdopted, id, audit.Success, "access_key_id", adopt.ID))
+		}
+		var err error
+		if rec, err = e.Store.Begin(ctx, rec, e.Owner, e.lease()); err != nil {
+			return err
+		}
+		return e.record(ctx, append(events, e.event(ActionStarted, id, audit.Success, append(detail, "rotation", fmt.Sprint(rec.ID))...))...)
+	})
+	return rec, err
+}
