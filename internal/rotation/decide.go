@@ -3,6 +3,8 @@ package rotation
 import (
 	"fmt"
 	"time"
+
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // rotationDecision says when a user's current key is to be replaced, and as which attempt.
@@ -41,3 +43,28 @@ func decideRotation(pol Policy, f rotationFacts) rotationDecision {
 
 // due says whether the decision is to rotate now.
 func (d rotationDecision) due(now time.Time) bool { return !d.Due.After(now) }
+
+// retirementStep is the next step of one old version: its deactivation (a previous key) or its
+// deletion (an inactive key Keyward retired), and when it is due.
+type retirementStep struct {
+	Next    NextAction // NextDeactivate or NextDelete
+	Version vault.Version
+	Due     time.Time
+}
+
+// decideRetirement is the one rule for retiring old keys, for a visit and a plan: a previous key is
+// deactivated DeactivateAfter after the current one took over (unless it is still in use — that
+// needs the cloud, and is checked by the caller); an inactive key is deleted DeleteAfter after its
+// deactivation. It reads nothing; the steps come in the versions' order.
+func decideRetirement(pol Policy, current *vault.Version, versions []vault.Version) []retirementStep {
+	var steps []retirementStep
+	for _, v := range versions {
+		switch {
+		case v.State == vault.StatePrevious && current != nil:
+			steps = append(steps, retirementStep{Next: NextDeactivate, Version: v, Due: current.CurrentAt.Add(pol.DeactivateAfter)})
+		case v.State == vault.StateInactive:
+			steps = append(steps, retirementStep{Next: NextDelete, Version: v, Due: v.InactiveAt.Add(pol.DeleteAfter)})
+		}
+	}
+	return steps
+}

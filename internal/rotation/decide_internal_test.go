@@ -3,6 +3,8 @@ package rotation
 import (
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // TestDecideRotation covers every branch of the one rule for when a key is replaced.
@@ -39,5 +41,36 @@ func TestDecideRotation(t *testing.T) {
 		if d.due(now) != !c.due.After(now) {
 			t.Errorf("%s: due(now) = %v", c.name, d.due(now))
 		}
+	}
+}
+
+// TestDecideRetirement covers every branch of the one rule for retiring old keys.
+func TestDecideRetirement(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	pol := Policy{DeactivateAfter: 10 * 24 * time.Hour, DeleteAfter: 5 * 24 * time.Hour}
+	current := vault.Version{AccessKeyID: "AKIACURRENT", State: vault.StateCurrent, CurrentAt: now.Add(-3 * 24 * time.Hour)}
+	versions := []vault.Version{
+		{AccessKeyID: "AKIAINACTIVE", State: vault.StateInactive, InactiveAt: now.Add(-24 * time.Hour)},
+		{AccessKeyID: "AKIAPREVIOUS", State: vault.StatePrevious},
+		{AccessKeyID: "AKIADESTROYED", State: vault.StateDestroyed},
+		{AccessKeyID: "AKIAPENDING", State: vault.StatePending},
+		current,
+	}
+	got := decideRetirement(pol, &current, versions)
+	want := []retirementStep{
+		{Next: NextDelete, Version: versions[0], Due: now.Add(4 * 24 * time.Hour)},
+		{Next: NextDeactivate, Version: versions[1], Due: now.Add(7 * 24 * time.Hour)},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v", got)
+	}
+	for i := range want {
+		if got[i].Next != want[i].Next || got[i].Version.AccessKeyID != want[i].Version.AccessKeyID || !got[i].Due.Equal(want[i].Due) {
+			t.Errorf("step %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// Without a current version a previous key has nothing to wait for: it is not retired.
+	if got := decideRetirement(pol, nil, versions[1:2]); len(got) != 0 {
+		t.Errorf("a previous key with no current one: %+v", got)
 	}
 }

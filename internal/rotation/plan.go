@@ -274,25 +274,20 @@ func (e *Engine) planRetirement(ctx context.Context, pol Policy, current vault.V
 			r.next, r.nextKeyID, r.nextDue = next, v.AccessKeyID, due
 		}
 	}
-	for _, v := range versions {
-		switch v.State {
-		case vault.StatePrevious:
-			due := current.CurrentAt.Add(pol.DeactivateAfter)
-			if !due.After(now) && !pol.ForceDeactivate {
-				lu, err := e.Cloud.AccessKeyLastUsed(ctx, current.Identity.AccountID, v.AccessKeyID)
-				if err != nil {
-					return r, err
-				}
-				if pol.stillInUse(lu.At, current.CurrentAt, now) {
-					r.held, r.heldUntil = &v, lu.At.Add(pol.QuietPeriod)
-					r.heldReason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
-					return r, nil
-				}
+	for _, st := range decideRetirement(pol, &current, versions) {
+		if st.Next == NextDeactivate && !st.Due.After(now) && !pol.ForceDeactivate {
+			lu, err := e.Cloud.AccessKeyLastUsed(ctx, current.Identity.AccountID, st.Version.AccessKeyID)
+			if err != nil {
+				return r, err
 			}
-			consider(NextDeactivate, v, due)
-		case vault.StateInactive:
-			consider(NextDelete, v, v.InactiveAt.Add(pol.DeleteAfter))
+			if pol.stillInUse(lu.At, current.CurrentAt, now) {
+				v := st.Version
+				r.held, r.heldUntil = &v, lu.At.Add(pol.QuietPeriod)
+				r.heldReason = fmt.Sprintf("old key %s still in use since %s", v.AccessKeyID, lu.At.Format(time.RFC3339))
+				return r, nil
+			}
 		}
+		consider(st.Next, st.Version, st.Due)
 	}
 	return r, nil
 }

@@ -201,25 +201,25 @@ func (v *visit) adopt(ctx context.Context, key *cloud.AccessKey) error {
 	return nil
 }
 
-// retire deactivates and deletes the old keys that are due, telling their owners ahead of a
-// deactivation, and holds an old key still in use.
+// retire deactivates and deletes the old keys that are due (decideRetirement), telling their owners
+// ahead of a deactivation, and holds an old key still in use.
 func (v *visit) retire(ctx context.Context, versions []vault.Version) error {
 	current := currentVersion(versions)
 	now := v.e.now()
-	for _, ver := range versions {
+	for _, st := range decideRetirement(v.pol, current, versions) {
 		switch {
-		case ver.State == vault.StatePrevious && current != nil && now.Before(current.CurrentAt.Add(v.pol.DeactivateAfter)):
-			if at := current.CurrentAt.Add(v.pol.DeactivateAfter); v.e.NoticeLead > 0 && !now.Before(at.Add(-v.e.NoticeLead)) {
-				if err := v.e.upcoming(ctx, v.id, ver.AccessKeyID, at); err != nil {
+		case st.Next == NextDeactivate && now.Before(st.Due):
+			if v.e.NoticeLead > 0 && !now.Before(st.Due.Add(-v.e.NoticeLead)) {
+				if err := v.e.upcoming(ctx, v.id, st.Version.AccessKeyID, st.Due); err != nil {
 					return err
 				}
 			}
-		case ver.State == vault.StatePrevious && current != nil:
-			if err := v.deactivate(ctx, ver, *current); err != nil {
+		case st.Next == NextDeactivate:
+			if err := v.deactivate(ctx, st.Version, *current); err != nil {
 				return err
 			}
-		case ver.State == vault.StateInactive && !now.Before(ver.InactiveAt.Add(v.pol.DeleteAfter)):
-			if err := v.deleteRetired(ctx, ver); err != nil {
+		case st.Next == NextDelete && !now.Before(st.Due):
+			if err := v.deleteRetired(ctx, st.Version); err != nil {
 				return err
 			}
 		}
