@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -501,5 +504,44 @@ func TestLastAdminStays(t *testing.T) {
 	}
 	if status, _ := f.do("GET", "/v1/me", f.creds["admin"], nil); status != http.StatusOK {
 		t.Fatalf("the last admin was lost: %d", status)
+	}
+}
+
+// TestLoginsBeyondTheHashBoundAre429: with one password hash at a time and slow hashes, a burst of
+// logins gets 429 with Retry-After for those that find no place, before any hashing.
+func TestLoginsBeyondTheHashBoundAre429(t *testing.T) {
+	db := storetest.Open(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"})
+	cfg := testAuthConfig()
+	cfg.Argon2, cfg.MaxConcurrentHashes = auth.DefaultArgon2, 1
+	svc, err := auth.New(cfg, db.Auth(), storetest.Vault(t, db, nil), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(httpapi.Handler(httpapi.Options{API: &httpapi.API{Auth: svc}}))
+	defer srv.Close()
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	retryAfter := true
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			resp, err := http.Post(srv.URL+"/v1/auth/login", "application/json",
+				strings.NewReader(fmt.Sprintf(`{"username":"nobody%d","password":"a long enough password"}`, i)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			statuses[resp.StatusCode]++
+			if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
+				retryAfter = false
+			}
+		})
+	}
+	wg.Wait()
+	if statuses[http.StatusTooManyRequests] == 0 || statuses[http.StatusUnauthorized] == 0 || !retryAfter {
+		t.Fatalf("30 logins at once, one hash at a time: %v (Retry-After on every 429: %v)", statuses, retryAfter)
 	}
 }
