@@ -214,9 +214,7 @@ func (s *Service) Export(ctx context.Context, p *auth.Principal) ([]Credential, 
 			return nil, err
 		}
 		out = append(out, Credential{Team: t.Name, Credential: cred, Expiration: s.expiration(cred.Version)})
-		events = append(events, audit.Event{Actor: p.ID(), Action: ActionKeyRead, Target: t.Identity.String(), Outcome: audit.Success,
-			Detail: map[string]string{"team": t.Name, "access_key_id": cred.AccessKeyID, "version": fmt.Sprint(cred.Number),
-				"via": p.Via, "bulk": "export"}})
+		events = append(events, readEvent(p.ID(), cred, map[string]string{"team": t.Name, "via": p.Via, "bulk": "export"}))
 	}
 	if err := s.Audit.Record(ctx, events...); err != nil {
 		return nil, err

@@ -61,17 +61,21 @@ func (s *Service) Reveal(ctx context.Context, actor string, id vault.Identity) (
 // recordRead puts the reading of c by actor on the record: the one rule before any secret is handed
 // over. detail adds to the record's detail (team, via).
 func (s *Service) recordRead(ctx context.Context, actor string, c vault.Credential, detail map[string]string) error {
+	if err := s.Audit.Record(ctx, readEvent(actor, c, detail)); err != nil {
+		return fmt.Errorf("nothing handed over: %w", err)
+	}
+	return nil
+}
+
+// readEvent is the audit record of c's reading by actor (recordRead's, and each of Export's).
+func readEvent(actor string, c vault.Credential, detail map[string]string) audit.Event {
 	d := map[string]string{"access_key_id": c.AccessKeyID, "version": fmt.Sprint(c.Number)}
 	for k, v := range detail {
 		if v != "" {
 			d[k] = v
 		}
 	}
-	if err := s.Audit.Record(ctx, audit.Event{Actor: actor, Action: ActionKeyRead, Target: c.Identity.String(), Outcome: audit.Success,
-		Detail: d}); err != nil {
-		return fmt.Errorf("nothing handed over: %w", err)
-	}
-	return nil
+	return audit.Event{Actor: actor, Action: ActionKeyRead, Target: c.Identity.String(), Outcome: audit.Success, Detail: d}
 }
 
 // Import stores a key whose secret an operator already has as its identity's current version (or
