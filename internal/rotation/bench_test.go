@@ -102,6 +102,25 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return c.next.RoundTrip(r)
 }
 
+// motoUsers starts a moto_server of the benchmark's own and makes n users named prefix-NNN there,
+// each with one key, and returns the admin's configuration.
+func motoUsers(b *testing.B, prefix string, n int) aws.Config {
+	b.Helper()
+	cfg := testenv.MotoWithAdmin(b, 0, nil)
+	ctx := context.Background()
+	admin := iam.NewFromConfig(cfg)
+	for u := range n {
+		name := fmt.Sprintf("%s-%03d", prefix, u)
+		if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String(name)}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := admin.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(name)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return cfg
+}
+
 // BenchmarkPassMoto is one pass over 200 due users against moto_server (signatures enforced). It
 // reports the AWS calls per rotation, moto's own time per call (measured alone, sequentially), and
 // the pass's time against calls × that time.
@@ -109,18 +128,8 @@ func BenchmarkPassMoto(b *testing.B) {
 	const users = 200
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		cfg := testenv.MotoWithAdmin(b, 0, nil)
+		cfg := motoUsers(b, "svc", users)
 		ctx := context.Background()
-		admin := iam.NewFromConfig(cfg)
-		for u := range users {
-			name := fmt.Sprintf("svc-%03d", u)
-			if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String(name)}); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := admin.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(name)}); err != nil {
-				b.Fatal(err)
-			}
-		}
 		counter := &countingTransport{next: http.DefaultTransport.(*http.Transport).Clone()}
 		cfg.HTTPClient = &http.Client{Transport: counter}
 
@@ -204,18 +213,8 @@ func BenchmarkPassMotoDue(b *testing.B) {
 		b.Run(fmt.Sprintf("users=%d/max_rps=%g", c.users, c.rps), func(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
-				cfg := testenv.MotoWithAdmin(b, 0, nil)
+				cfg := motoUsers(b, "due", c.users)
 				ctx := context.Background()
-				admin := iam.NewFromConfig(cfg)
-				for u := range c.users {
-					name := fmt.Sprintf("due-%03d", u)
-					if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String(name)}); err != nil {
-						b.Fatal(err)
-					}
-					if _, err := admin.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(name)}); err != nil {
-						b.Fatal(err)
-					}
-				}
 				counter := &serviceCounter{next: http.DefaultTransport.(*http.Transport).Clone()}
 				cfg.HTTPClient = &http.Client{Transport: counter}
 				db := storetest.Open(b, testenv.Database{Driver: "sqlite", DSN: filepath.Join(b.TempDir(), "bench.db")})
