@@ -363,84 +363,119 @@ func (s *Vault) KEKIDs(ctx context.Context) ([]string, error) {
 }
 
 // Rewrap implements vault.Store, in two phases, so that no KEK (perhaps AWS KMS) is called while the
-// write transaction is open: everything is read and rewrapped first, outside any transaction; then
-// one transaction writes every new wrapped key, each only where the old one is still in place. An
-// item changed meanwhile, or one written under the old KEK meanwhile, fails the whole rewrap (run it
-// again): all are rewrapped or none.
+// write transaction is open: everything is read and rewrapped first, outside any transaction
+// (rewrapUpdates); then one transaction writes every new wrapped key, each only where the old one is
+// still in place (applyRewrap). An item changed meanwhile, or one written under the old KEK
+// meanwhile, fails the whole rewrap (run it again): all are rewrapped or none.
 func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byte, error),
 	fnKey func(vault.SealedSigningKey) (string, []byte, error), fnBlob func(string, vault.Sealed) (string, []byte, error),
 	progress func(done, total int), within func(ctx context.Context, n int) error) (int, error) {
 	if s.db.txFrom(ctx) != nil {
 		return 0, errors.New("rewrap: not inside a unit of work (it calls the key-encryption keys before it writes)")
 	}
+	items, err := s.sealedItems(ctx)
+	if err != nil {
+		return 0, err
+	}
+	updates, err := items.rewrap(fn, fnKey, fnBlob, progress)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.applyRewrap(ctx, updates, within); err != nil {
+		return 0, err
+	}
+	return len(updates), nil
+}
+
+// sealedItems is everything whose data key is wrapped by a KEK.
+type sealedItems struct {
+	recs  []vault.Record
+	keys  []vault.SealedSigningKey
+	blobs []sealedBlob
+}
+
+type sealedBlob struct {
+	name   string
+	sealed vault.Sealed
+}
+
+// sealedItems reads every version with a secret, every signing key and every sealed blob.
+func (s *Vault) sealedItems(ctx context.Context) (sealedItems, error) {
+	var items sealedItems
 	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, `+sealedColumns+`
 		FROM credential_versions v JOIN identities i ON i.id = v.identity_id
 		WHERE v.wrapped_key IS NOT NULL ORDER BY v.identity_id, v.version`)
-	recs, err := collect(rows, err, func(rows scanner) (vault.Record, error) { return scanRecord(rows, nil) })
-	if err != nil {
-		return 0, err
+	if items.recs, err = collect(rows, err, func(rows scanner) (vault.Record, error) { return scanRecord(rows, nil) }); err != nil {
+		return items, err
 	}
 	rows, err = s.db.query(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys ORDER BY created_at, id`)
-	keys, err := collect(rows, err, scanSigningKey)
-	if err != nil {
-		return 0, err
-	}
-	type blob struct {
-		name   string
-		sealed vault.Sealed
+	if items.keys, err = collect(rows, err, scanSigningKey); err != nil {
+		return items, err
 	}
 	rows, err = s.db.query(ctx, `SELECT name, kek_id, wrapped_key, ciphertext FROM sealed_blobs ORDER BY name`)
-	blobs, err := collect(rows, err, func(rows scanner) (blob, error) {
-		var b blob
+	items.blobs, err = collect(rows, err, func(rows scanner) (sealedBlob, error) {
+		var b sealedBlob
 		err := rows.Scan(&b.name, &b.sealed.KEKID, &b.sealed.WrappedKey, &b.sealed.Ciphertext)
 		return b, err
 	})
-	if err != nil {
-		return 0, err
-	}
-	// One update per item: its table and key, the wrapped key it replaces, and the new one.
-	type update struct {
-		query         string
-		key           string
-		oldKEK, kekID string
-		old, wrapped  []byte
-	}
-	total := len(recs) + len(keys) + len(blobs)
-	updates := make([]update, 0, total)
-	add := func(query, key, oldKEK string, old []byte, kekID string, wrapped []byte, err error) error {
+	return items, err
+}
+
+// rewrapUpdate is one item's new wrapped key: the statement that writes it, the item's key, and the
+// wrapped key it replaces (written only where that is still in place).
+type rewrapUpdate struct {
+	query         string
+	key           string
+	oldKEK, kekID string
+	old, wrapped  []byte
+}
+
+const (
+	rewrapVersion = `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2 WHERE access_key_id = $3 AND kek_id = $4 AND wrapped_key = $5`
+	rewrapKey     = `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3 AND kek_id = $4 AND wrapped_key = $5`
+	rewrapBlob    = `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3 AND kek_id = $4 AND wrapped_key = $5`
+)
+
+// rewrap asks fn, fnKey and fnBlob (which call the KEKs) for every item's new wrapped key.
+func (items sealedItems) rewrap(fn func(vault.Record) (string, []byte, error), fnKey func(vault.SealedSigningKey) (string, []byte, error),
+	fnBlob func(string, vault.Sealed) (string, []byte, error), progress func(done, total int)) ([]rewrapUpdate, error) {
+	total := len(items.recs) + len(items.keys) + len(items.blobs)
+	updates := make([]rewrapUpdate, 0, total)
+	add := func(query, key string, old vault.Sealed, kekID string, wrapped []byte, err error) error {
 		if err != nil {
 			return err
 		}
-		updates = append(updates, update{query: query, key: key, oldKEK: oldKEK, kekID: kekID, old: old, wrapped: wrapped})
+		updates = append(updates, rewrapUpdate{query: query, key: key, oldKEK: old.KEKID, kekID: kekID, old: old.WrappedKey, wrapped: wrapped})
 		if progress != nil {
 			progress(len(updates), total)
 		}
 		return nil
 	}
-	const (
-		versionUpdate = `UPDATE credential_versions SET kek_id = $1, wrapped_key = $2 WHERE access_key_id = $3 AND kek_id = $4 AND wrapped_key = $5`
-		keyUpdate     = `UPDATE signing_keys SET kek_id = $1, wrapped_key = $2 WHERE id = $3 AND kek_id = $4 AND wrapped_key = $5`
-		blobUpdate    = `UPDATE sealed_blobs SET kek_id = $1, wrapped_key = $2 WHERE name = $3 AND kek_id = $4 AND wrapped_key = $5`
-	)
-	for _, rec := range recs {
+	for _, rec := range items.recs {
 		kekID, wrapped, err := fn(rec)
-		if err := add(versionUpdate, rec.AccessKeyID, rec.Sealed.KEKID, rec.Sealed.WrappedKey, kekID, wrapped, err); err != nil {
-			return 0, err
+		if err := add(rewrapVersion, rec.AccessKeyID, rec.Sealed, kekID, wrapped, err); err != nil {
+			return nil, err
 		}
 	}
-	for _, key := range keys {
+	for _, key := range items.keys {
 		kekID, wrapped, err := fnKey(key)
-		if err := add(keyUpdate, key.ID, key.Sealed.KEKID, key.Sealed.WrappedKey, kekID, wrapped, err); err != nil {
-			return 0, err
+		if err := add(rewrapKey, key.ID, key.Sealed, kekID, wrapped, err); err != nil {
+			return nil, err
 		}
 	}
-	for _, b := range blobs {
+	for _, b := range items.blobs {
 		kekID, wrapped, err := fnBlob(b.name, b.sealed)
-		if err := add(blobUpdate, b.name, b.sealed.KEKID, b.sealed.WrappedKey, kekID, wrapped, err); err != nil {
-			return 0, err
+		if err := add(rewrapBlob, b.name, b.sealed, kekID, wrapped, err); err != nil {
+			return nil, err
 		}
 	}
-	err = s.db.inTx(ctx, func(tx *Tx) error {
+	return updates, nil
+}
+
+// applyRewrap writes the new wrapped keys in one transaction, each only where the old one is still in
+// place, checks that nothing is left under the old KEKs, and runs within (an audit record) in it.
+func (s *Vault) applyRewrap(ctx context.Context, updates []rewrapUpdate, within func(ctx context.Context, n int) error) error {
+	return s.db.inTx(ctx, func(tx *Tx) error {
 		oldKEKs := map[string]bool{}
 		for _, u := range updates {
 			res, err := tx.exec(ctx, u.query, u.kekID, u.wrapped, u.key, u.oldKEK, u.old)
@@ -470,10 +505,6 @@ func (s *Vault) Rewrap(ctx context.Context, fn func(vault.Record) (string, []byt
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, err
-	}
-	return len(updates), nil
 }
 
 // collect reads every row of a query (its rows and error) with scan, and closes the rows.
