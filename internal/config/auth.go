@@ -58,19 +58,7 @@ func (a *Auth) validate(report func(key, format string, args ...any)) {
 	if a.MaxConcurrentHashes < 0 || a.MaxConcurrentHashes > 1024 {
 		report("auth.max_concurrent_hashes", "want 0 (fit 256 MiB) to 1024 (got %d)", a.MaxConcurrentHashes)
 	}
-	l := a.Lockout
-	if l.MaxFailures < 0 {
-		report("auth.lockout.max_failures", "must not be negative (0: never lock)")
-	}
-	if l.IPMaxFailures < 0 {
-		report("auth.lockout.ip_max_failures", "must not be negative (0: never lock)")
-	}
-	if l.Duration <= 0 {
-		report("auth.lockout.duration", "must be positive")
-	}
-	if l.Delay < 0 || l.MaxDelay < l.Delay || l.MaxDelay > Duration(time.Minute) {
-		report("auth.lockout.max_delay", "want auth.lockout.delay to 1m (got delay %s, max_delay %s)", l.Delay, l.MaxDelay)
-	}
+	a.Lockout.validate(report)
 	o := a.OIDC
 	if o.Issuer == "" {
 		return
@@ -99,5 +87,21 @@ func (a *Auth) validate(report func(key, format string, args ...any)) {
 			report(key+".group", "must not be empty")
 		}
 		oneOf(report, key+".role", r.Role, roles...)
+	}
+}
+
+// validate checks the lockout's limits, duration and delays.
+func (l AuthLockout) validate(report func(key, format string, args ...any)) {
+	if l.MaxFailures < 0 {
+		report("auth.lockout.max_failures", "must not be negative (0: never lock)")
+	}
+	if l.IPMaxFailures < 0 {
+		report("auth.lockout.ip_max_failures", "must not be negative (0: never lock)")
+	}
+	if l.Duration <= 0 {
+		report("auth.lockout.duration", "must be positive")
+	}
+	if l.Delay < 0 || l.MaxDelay < l.Delay || l.MaxDelay > Duration(time.Minute) {
+		report("auth.lockout.max_delay", "want auth.lockout.delay to 1m (got delay %s, max_delay %s)", l.Delay, l.MaxDelay)
 	}
 }

@@ -413,12 +413,7 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	c.Notify.validate(report)
 	c.Auth.validate(report)
-	if c.Retention.Horizon < Duration(24*time.Hour) {
-		report("retention.horizon", "want at least 1d (got %s)", c.Retention.Horizon)
-	}
-	if c.Retention.Interval < Duration(time.Minute) {
-		report("retention.interval", "want at least 1m (got %s)", c.Retention.Interval)
-	}
+	c.Retention.validate(report)
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		report("server.tls_cert_file", "set both server.tls_cert_file and server.tls_key_file, or neither")
 	}
@@ -432,19 +427,44 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	oneOf(report, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(report, "log.format", c.Log.Format, "json", "text")
 
-	if oneOf(report, "vault.driver", c.Vault.Driver, "sqlite", "postgres") {
+	c.Vault.validate(report, c.AWS.Region)
+
+	oneOf(report, "cloud", c.Cloud, "aws", "sim")
+	c.AWS.validate(report)
+	c.Rotation.validate(report)
+
+	if c.AWS.EndpointURL != "" {
+		if u, err := url.Parse(c.AWS.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			report("aws.endpoint_url", "want an http:// or https:// URL (got %q)", c.AWS.EndpointURL)
+		}
+	}
+}
+
+// validate checks the retention settings.
+func (r Retention) validate(report func(key, format string, args ...any)) {
+	if r.Horizon < Duration(24*time.Hour) {
+		report("retention.horizon", "want at least 1d (got %s)", r.Horizon)
+	}
+	if r.Interval < Duration(time.Minute) {
+		report("retention.interval", "want at least 1m (got %s)", r.Interval)
+	}
+}
+
+// validate checks the vault's database and key-encryption key; an AWS KMS key needs awsRegion.
+func (v Vault) validate(report func(key, format string, args ...any), awsRegion string) {
+	if oneOf(report, "vault.driver", v.Driver, "sqlite", "postgres") {
 		switch {
-		case c.Vault.DSN.IsZero():
+		case v.DSN.IsZero():
 			report("vault.dsn", "must not be empty")
-		case c.Vault.Driver == "postgres":
-			if _, err := pgconn.ParseConfig(c.Vault.DSN.Reveal()); err != nil {
+		case v.Driver == "postgres":
+			if _, err := pgconn.ParseConfig(v.DSN.Reveal()); err != nil {
 				// pgconn's parse errors redact the password of the string they quote.
 				report("vault.dsn", "not a valid PostgreSQL connection string: %v", err)
 			}
 		}
 	}
 
-	mk := c.Vault.MasterKey
+	mk := v.MasterKey
 	if oneOf(report, "vault.master_key.source", mk.Source, KeySourceFile, KeySourceEnv, KeySourceAWSKMS) {
 		switch mk.Source {
 		case KeySourceFile:
@@ -461,17 +481,19 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 			if mk.KMSKeyID == "" {
 				report("vault.master_key.kms_key_id", "must be set when vault.master_key.source is aws-kms")
 			}
-			if c.AWS.Region == "" {
+			if awsRegion == "" {
 				report("aws.region", "must be set when vault.master_key.source is aws-kms")
 			}
 		}
 	}
+}
 
-	oneOf(report, "cloud", c.Cloud, "aws", "sim")
-	if c.AWS.MaxRPS <= 0 {
+// validate checks the AWS settings: the rate limit, the accounts or the organization.
+func (a AWS) validate(report func(key, format string, args ...any)) {
+	if a.MaxRPS <= 0 {
 		report("aws.max_rps", "must be positive")
 	}
-	for i, a := range c.AWS.Accounts {
+	for i, a := range a.Accounts {
 		key := fmt.Sprintf("aws.accounts[%d]", i)
 		if !accountRe.MatchString(a.ID) {
 			report(key+".id", "want a 12-digit account id (got %q)", a.ID)
@@ -480,10 +502,13 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 			report(key+".role_arn", "want a role ARN such as arn:aws:iam::%s:role/keyward (got %q)", a.ID, a.RoleARN)
 		}
 	}
-	if len(c.AWS.Accounts) > 0 && c.AWS.Organization.RoleName != "" {
+	if len(a.Accounts) > 0 && a.Organization.RoleName != "" {
 		report("aws.organization.role_name", "set aws.accounts or aws.organization.role_name, not both")
 	}
-	r := c.Rotation
+}
+
+// validate checks the rotation policy's durations, concurrency and rules.
+func (r Rotation) validate(report func(key, format string, args ...any)) {
 	for key, d := range map[string]Duration{"rotation.rotate_after": r.RotateAfter, "rotation.interval": r.Interval,
 		"rotation.verify_timeout": r.VerifyTimeout, "rotation.verify_interval": r.VerifyInterval} {
 		if d <= 0 {
@@ -500,12 +525,6 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 		}
 		if _, err := path.Match(rule.NameGlob, ""); err != nil {
 			report(key+".name_glob", "not a valid glob: %q", rule.NameGlob)
-		}
-	}
-
-	if c.AWS.EndpointURL != "" {
-		if u, err := url.Parse(c.AWS.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			report("aws.endpoint_url", "want an http:// or https:// URL (got %q)", c.AWS.EndpointURL)
 		}
 	}
 }
@@ -561,13 +580,7 @@ func (n *Notify) validate(report func(key, format string, args ...any)) {
 		}
 		return len(list) > 0
 	}
-	events := func(key string, globs []string) {
-		for i, g := range globs {
-			if _, err := path.Match(g, ""); err != nil || !slices.ContainsFunc(notify.Events, func(e string) bool { ok, _ := path.Match(g, e); return ok }) {
-				report(fmt.Sprintf("%s[%d]", key, i), "%q matches no event (events: %s)", g, strings.Join(notify.Events, ", "))
-			}
-		}
-	}
+	events := func(key string, globs []string) { eventGlobs(report, key, globs) }
 	wantsEmail := emails("notify.admin.emails", n.Admin.Emails)
 	events("notify.admin.events", n.Admin.Events)
 	events("notify.owner_events", n.OwnerEvents)
@@ -614,6 +627,22 @@ func (n *Notify) validate(report func(key, format string, args ...any)) {
 		}
 		events(fmt.Sprintf("notify.sns[%d].events", i), t.Events)
 	}
+	n.validateHooks(report)
+}
+
+// eventGlobs checks that each glob of a list of events matches an event.
+func eventGlobs(report func(key, format string, args ...any), key string, globs []string) {
+	for i, g := range globs {
+		if _, err := path.Match(g, ""); err != nil || !slices.ContainsFunc(notify.Events, func(e string) bool { ok, _ := path.Match(g, e); return ok }) {
+			report(fmt.Sprintf("%s[%d]", key, i), "%q matches no event (events: %s)", g, strings.Join(notify.Events, ", "))
+		}
+	}
+}
+
+// validateHooks checks the webhooks and Slack URLs: http(s) URLs (never quoted: they may hold a
+// token), a signing key for each webhook, names of their own.
+func (n *Notify) validateHooks(report func(key, format string, args ...any)) {
+	events := func(key string, globs []string) { eventGlobs(report, key, globs) }
 	httpURL := func(key, raw string) {
 		if u, err := url.Parse(raw); raw == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			report(key, "want an http(s) URL") // not quoted: it may hold a token
