@@ -34,6 +34,7 @@ var (
 		KeyRotated: "Access key rotated", KeyDeactivationComing: "Old access key to be deactivated soon",
 		KeyDeactivated: "Old access key deactivated", KeyDeleted: "Access key deleted", RotationFailed: "Key rotation failed",
 		RotationBlocked: "Key rotation blocked", RotationHeld: "Old access key still in use: deactivation held",
+		DeliveryFailed: "New access key could not be delivered: rotation rolled back",
 	}
 	advice = map[string]string{
 		KeyRotated:            "Programs that read their key from Keyward get the new one now. The old key keeps working until it is deactivated.",
@@ -43,6 +44,7 @@ var (
 		RotationFailed:        "The old key was left as it was and keeps working. Keyward will try again later.",
 		RotationBlocked:       "Keyward cannot make room for a new key without deleting one it may not delete. Someone must look.",
 		RotationHeld:          "A program still signs with the old key. It stays active until that stops (or until forced).",
+		DeliveryFailed:        "A delivery target (Secrets Manager or Parameter Store) did not take the new key: the targets hold the old key again, which keeps working, and the new key was deleted. Keyward will try again later.",
 	}
 )
 

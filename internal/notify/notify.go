@@ -28,6 +28,7 @@ const (
 	RotationFailed         = "rotation.failed"
 	RotationBlocked        = "rotation.blocked"
 	RotationHeld           = "rotation.held"
+	DeliveryFailed         = "delivery.failed"
 	channelEmail           = "email"
 	defaultMaxAttempts     = 20
 	defaultFirstRetryDelay = 30 * time.Second
@@ -35,7 +36,7 @@ const (
 )
 
 // Events lists every event, for configuration checks.
-var Events = []string{KeyRotated, KeyDeactivationComing, KeyDeactivated, KeyDeleted, RotationFailed, RotationBlocked, RotationHeld}
+var Events = []string{KeyRotated, KeyDeactivationComing, KeyDeactivated, KeyDeleted, RotationFailed, RotationBlocked, RotationHeld, DeliveryFailed}
 
 // Notice is one thing to tell. Its ID is the same each time the same fact is noticed (the same key
 // rotated, the same day's hold), so it is queued once.

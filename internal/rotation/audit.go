@@ -106,8 +106,11 @@ func (e *Engine) noticeFor(ctx context.Context, s step) (notify.Notice, bool) {
 		// record it) is told of as deleted: the notice has the same id either way, so it goes once.
 		n.Event, n.KeyID = notify.KeyDeleted, d["access_key_id"]
 		n.ID = n.Event + "|" + n.KeyID
-	case ActionFailed:
+	case ActionFailed, ActionDeliveryFailed:
 		n.Event, n.OldKeyID, n.NewKeyID = notify.RotationFailed, d["old_key_id"], d["new_key_id"]
+		if s.Action == ActionDeliveryFailed {
+			n.Event = notify.DeliveryFailed
+		}
 		n.ID = n.Event + "|" + s.id.String() + "|" + d["rotation"]
 	case ActionHeld:
 		n.Event, n.KeyID = notify.RotationHeld, d["access_key_id"]

@@ -105,6 +105,9 @@ type Engine struct {
 	VerifyInterval time.Duration
 	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
 	RetryBackoff time.Duration
+	// Delivery, when set, puts every new key into its identity's targets before it is promoted.
+	Delivery *Delivery
+
 	// owners are the visited user's owners, in the copy of the engine a visit runs on (forUser).
 	owners []string
 

@@ -45,6 +45,7 @@ type world struct {
 
 	notifier   rotation.Notifier
 	noticeLead time.Duration
+	delivery   *rotation.Delivery
 }
 
 func newWorld(t *testing.T, d testenv.Database) *world {
@@ -70,7 +71,7 @@ func sqlite(t *testing.T) testenv.Database {
 func (w *world) engine(owner string, hook rotation.Hook) *rotation.Engine {
 	return rotation.New(rotation.Engine{
 		Cloud: storetest.GuardCloud(w.t, w.cloud), Vault: w.vault, Store: w.db.Rotations(), Policy: w.policy, Owner: owner, Hook: hook, Audit: w.trail,
-		Notifier: w.notifier, NoticeLead: w.noticeLead,
+		Notifier: w.notifier, NoticeLead: w.noticeLead, Delivery: w.delivery,
 		Now:   w.clock.Now,
 		Sleep: func(_ context.Context, d time.Duration) error { w.clock.Add(d); return nil },
 		Observe: func(outcome string, _ time.Duration) {

@@ -19,7 +19,8 @@ func (v *visit) drive(ctx context.Context, rec Record, resumed bool) error {
 	return v.steps(ctx)
 }
 
-// steps runs the steps from the recorded one: create, then verify, then promote.
+// steps runs the steps from the recorded one: create, then verify, then deliver (for an identity
+// with delivery targets), then promote.
 func (v *visit) steps(ctx context.Context) error {
 	for {
 		switch {
@@ -36,6 +37,20 @@ func (v *visit) steps(ctx context.Context) error {
 				return v.rollBack(ctx, fmt.Sprintf("verification failed: %v", err))
 			}
 			v.res.did(KindVerified, v.rec.NewKeyID)
+			targets, err := v.targetsOf(ctx)
+			if err != nil {
+				return v.rollBack(ctx, fmt.Sprintf("delivery targets: %v", err))
+			}
+			if len(targets) == 0 {
+				return v.promote(ctx)
+			}
+			if err := v.save(ctx, StepDeliver, PhaseStarted); err != nil {
+				return err
+			}
+		case v.rec.Step == StepDeliver:
+			if ok, err := v.deliver(ctx); err != nil || !ok {
+				return err
+			}
 			return v.promote(ctx)
 		case v.rec.Step == StepPromote:
 			return v.promote(ctx)
@@ -223,6 +238,11 @@ func (v *visit) promote(ctx context.Context) error {
 		if err := v.e.crashAt("promoted"); err != nil {
 			return err
 		}
+		if len(v.targets) > 0 {
+			if err := v.recordDeliveries(ctx, v.targets, v.rec.NewKeyID); err != nil {
+				return err
+			}
+		}
 		return v.finish(ctx)
 	})
 	if err != nil {
@@ -250,12 +270,17 @@ func (v *visit) finish(ctx context.Context) error {
 // rollBack deletes a new key that failed verification and destroys its version; the old key is
 // untouched, and the rotation is recorded as failed so later passes retry with backoff.
 func (v *visit) rollBack(ctx context.Context, reason string) error {
+	return v.rollBackAs(ctx, ActionFailed, reason)
+}
+
+// rollBackAs rolls back, recording the failure as action (rotation.failed, delivery.failed).
+func (v *visit) rollBackAs(ctx context.Context, action, reason string) error {
 	id := v.rec.Identity
 	if err := v.e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, v.rec.NewKeyID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
 		return fmt.Errorf("%s; and deleting the new key %s failed: %w", reason, v.rec.NewKeyID, err)
 	}
 	v.res.did(KindRolledBack, v.rec.NewKeyID)
-	return v.failed(ctx, reason, func(ctx context.Context) error {
+	return v.failedAs(ctx, action, reason, func(ctx context.Context) error {
 		if err := v.e.Vault.Destroy(ctx, id, v.rec.Version); err != nil && !errors.Is(err, vault.ErrInvalidTransition) {
 			return err
 		}
@@ -265,6 +290,11 @@ func (v *visit) rollBack(ctx context.Context, reason string) error {
 
 // failed records the rotation as failed, after undo (if not nil) in the same transaction.
 func (v *visit) failed(ctx context.Context, reason string, undo func(ctx context.Context) error) error {
+	return v.failedAs(ctx, ActionFailed, reason, undo)
+}
+
+// failedAs records the rotation as failed with the audit action given.
+func (v *visit) failedAs(ctx context.Context, action, reason string, undo func(ctx context.Context) error) error {
 	v.rec.Outcome, v.rec.Reason, v.rec.FinishedAt = OutcomeFailed, reason, v.e.now()
 	err := v.e.Store.Atomically(ctx, func(ctx context.Context) error {
 		if undo != nil {
@@ -275,7 +305,7 @@ func (v *visit) failed(ctx context.Context, reason string, undo func(ctx context
 		if err := v.save(ctx, StepFinished, PhaseDone); err != nil {
 			return err
 		}
-		return v.e.record(ctx, v.e.event(ActionFailed, v.rec.Identity, audit.Failure, "reason", reason,
+		return v.e.record(ctx, v.e.event(action, v.rec.Identity, audit.Failure, "reason", reason,
 			"old_key_id", v.rec.OldKeyID, "new_key_id", v.rec.NewKeyID, "attempt", fmt.Sprint(v.rec.Attempt), "rotation", fmt.Sprint(v.rec.ID)))
 	})
 	if err != nil {

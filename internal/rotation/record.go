@@ -15,6 +15,7 @@ type Step string
 const (
 	StepCreate   Step = "create"
 	StepVerify   Step = "verify"
+	StepDeliver  Step = "deliver" // only for identities with delivery targets
 	StepPromote  Step = "promote"
 	StepFinished Step = "finished"
 )

@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -26,6 +27,10 @@ type visit struct {
 	res     Result
 	rec     Record // the open rotation, once begun or resumed
 	resumed bool   // rec was found open (interrupted, or taken over): its create step may have left something to settle
+	user    cloud.User
+	// targets are the user's delivery targets, once resolved (targetsOf).
+	targets      []delivery.Spec
+	targetsKnown bool
 }
 
 // Visit brings one user up to date: reconcile cloud and vault, resume an open rotation, retire old
@@ -49,7 +54,7 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 // newVisit starts a visit of u, on a copy of the engine that knows u's owners (forUser).
 func (e *Engine) newVisit(u cloud.User, opts VisitOptions) *visit {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
-	return &visit{e: e.forUser(u), id: id, opts: opts, res: Result{Identity: id, Outcome: Skipped}}
+	return &visit{e: e.forUser(u), id: id, user: u, opts: opts, res: Result{Identity: id, Outcome: Skipped}}
 }
 
 // run is the visit's protocol: an open rotation first; otherwise reconcile, retire, and rotate if due.
@@ -71,7 +76,10 @@ func (v *visit) run(ctx context.Context) error {
 			return err
 		}
 	}
-	return v.rotateIfDue(ctx, ks)
+	if err := v.rotateIfDue(ctx, ks); err != nil || v.rec.ID != 0 || v.e.Delivery == nil {
+		return err
+	}
+	return v.catchUp(ctx)
 }
 
 // result is what the visit returns: its result, or — for an error that cut it short — the error
@@ -273,6 +281,9 @@ func (v *visit) deleteRetired(ctx context.Context, old vault.Version) error {
 	if err := e.crashAt("deleted"); err != nil {
 		return err
 	}
+	if e.Delivery != nil {
+		v.forget(ctx, old.AccessKeyID)
+	}
 	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, old.Number) },
 		e.event(ActionDeleted, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
 		return err
@@ -321,6 +332,9 @@ func (v *visit) rotateIfDue(ctx context.Context, ks keyState) error {
 // rotate makes room for a new key and begins a rotation, then drives it. A key to adopt (the user's
 // first rotation) is recorded in the same transaction as the rotation's beginning.
 func (v *visit) rotate(ctx context.Context, ks keyState, current *vault.Version, attempt int) error {
+	if _, err := v.targetsOf(ctx); err != nil { // a bad keyward:deliver-to tag stops the rotation before a key is made
+		return fmt.Errorf("delivery targets: %w", err)
+	}
 	if blocked, err := v.makeRoom(ctx, ks); err != nil {
 		return err
 	} else if blocked {

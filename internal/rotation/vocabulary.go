@@ -13,6 +13,7 @@ const (
 	KindCreated       ActionKind = "created"
 	KindVerified      ActionKind = "verified"
 	KindPromoted      ActionKind = "promoted"
+	KindDelivered     ActionKind = "delivered" // every delivery target holds the key
 	KindDeactivated   ActionKind = "deactivated"
 	KindDeleted       ActionKind = "deleted"
 	KindDeletedOrphan ActionKind = "deleted_orphan"

@@ -161,3 +161,38 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		t.Fatalf("error shows the password: %v", err)
 	}
 }
+
+// TestDeliverStepMigration upgrades a database holding rotations to the schema with the deliver
+// step (SQLite makes the table again): rows and ids are kept, new ids follow them, deliver is allowed.
+func TestDeliverStepMigration(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		all := migrations
+		migrations = all[:7]
+		db := mustOpen(t, d)
+		migrations = all
+		var old int64
+		if err := db.sql.QueryRowContext(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, attempt, started_at, step_at)
+			VALUES ('aws', '1', 'alice', 'verify', 'started', 1, 1, 1) RETURNING id`).Scan(&old); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var user string
+		if err := db.sql.QueryRowContext(ctx, `SELECT user_name FROM rotations WHERE id = $1`, old).Scan(&user); err != nil || user != "alice" {
+			t.Fatalf("the rotation did not survive the migration: %q %v", user, err)
+		}
+		if _, err := db.sql.ExecContext(ctx, `UPDATE rotations SET step = 'deliver' WHERE id = $1`, old); err != nil {
+			t.Fatalf("step deliver refused: %v", err)
+		}
+		if _, err := db.sql.ExecContext(ctx, `UPDATE rotations SET step = 'bogus' WHERE id = $1`, old); err == nil {
+			t.Fatal("the step check is gone")
+		}
+		var id int64
+		if err := db.sql.QueryRowContext(ctx, `INSERT INTO rotations (cloud, account_id, user_name, step, phase, attempt, started_at, step_at)
+			VALUES ('aws', '1', 'bob', 'create', 'started', 1, 1, 1) RETURNING id`).Scan(&id); err != nil || id <= old {
+			t.Fatalf("a new rotation got id %d (%v), want one after %d", id, err, old)
+		}
+	})
+}
