@@ -106,6 +106,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.vaultCommand(),
 		a.rotateCommand(),
 		a.statusCommand(),
+		a.deliverCommand(),
 		a.auditCommand(),
 		a.userCommand(),
 		a.teamCommand(),

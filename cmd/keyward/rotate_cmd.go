@@ -15,6 +15,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
@@ -55,12 +56,13 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 // onDemandDeadline bounds a rotation asked for through the API; one cut off resumes from its records.
 const onDemandDeadline = 10 * time.Minute
 
-func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider) *rotation.Engine {
+func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider, dest delivery.Destination) *rotation.Engine {
 	e := rotation.New(rotation.Engine{
 		Cloud: provider, Vault: v, Store: db.Rotations(), Policy: policyFrom(a.cfg.Rotation), Log: a.log,
 		Owner: rotation.ProcessOwner(), OwnerGone: rotation.LocalOwnerGone, VerifyInterval: a.cfg.Rotation.VerifyInterval.Std(), Hook: faultHook,
 		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
 		OnDemand: rotation.NewOnDemand(a.cfg.Rotation.Concurrency, onDemandDeadline),
+		Delivery: &rotation.Delivery{Router: a.deliveryRouter(db), To: dest, Records: db.Deliveries(), Timeout: a.cfg.Delivery.Timeout.Std()},
 	})
 	if n := a.notifier(db); n != nil { // a nil *Notifier in the interface would not be nil
 		e.Notifier = n
@@ -79,7 +81,12 @@ func (a *app) openEngine(ctx context.Context, mode dbMode) (*rotation.Engine, *s
 		db.Close()
 		return nil, nil, err
 	}
-	return a.newEngine(v, db, provider), db, nil
+	dest, err := a.destination(ctx)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return a.newEngine(v, db, provider, dest), db, nil
 }
 
 // progress returns a progress callback drawing a bar on a terminal, or nil.
@@ -113,17 +120,12 @@ func (a *app) rotateCommand() *cobra.Command {
 			if force && len(users) == 0 {
 				return usageErr("--force needs --user: it rotates the named users now, whatever their key's age")
 			}
-			for _, u := range users {
-				if err := vault.ValidateUserName(u); err != nil {
-					return usageErr("--user: %v", err)
-				}
+			opts, err := passFilter(users, account)
+			if err != nil {
+				return err
 			}
-			if account != "" {
-				if err := vault.ValidateAccountID(account); err != nil {
-					return usageErr("--account: %v", err)
-				}
-			}
-			return a.rotateOnce(cmd.Context(), rotation.PassOptions{Users: users, AccountID: account, Force: force}, dryRun, output)
+			opts.Force = force
+			return a.rotateOnce(cmd.Context(), opts, dryRun, output)
 		}),
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "make one pass and exit")
@@ -133,6 +135,21 @@ func (a *app) rotateCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&force, "force", false, "rotate the named users now, whatever their key's age")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// passFilter checks --user and --account and makes the pass's options of them.
+func passFilter(users []string, account string) (rotation.PassOptions, error) {
+	for _, u := range users {
+		if err := vault.ValidateUserName(u); err != nil {
+			return rotation.PassOptions{}, usageErr("--user: %v", err)
+		}
+	}
+	if account != "" {
+		if err := vault.ValidateAccountID(account); err != nil {
+			return rotation.PassOptions{}, usageErr("--account: %v", err)
+		}
+	}
+	return rotation.PassOptions{Users: users, AccountID: account}, nil
 }
 
 // rotateOnce makes one pass (or plans it, dryRun), prints its report, and fails naming every user
@@ -261,7 +278,7 @@ func (a *app) statusCommand() *cobra.Command {
 // printPlans prints the status table.
 func (a *app) printPlans(plans []rotation.Plan) error {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tUSER\tSTATE\tKEYS (status/vault state age)\tNEXT\tDUE\tREASON")
+	fmt.Fprintln(tw, "ACCOUNT\tUSER\tSTATE\tKEYS (status/vault state age)\tNEXT\tDUE\tTARGETS\tREASON")
 	for _, p := range plans {
 		var keys []string
 		for _, k := range p.Keys {
@@ -271,10 +288,29 @@ func (a *app) printPlans(plans []rotation.Plan) error {
 		if !p.Due.IsZero() {
 			due = p.Due.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
-			strings.Join(keys, "; "), strings.TrimSpace(string(p.NextAction)+" "+p.NextKeyID), due, p.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Identity.AccountID, p.Identity.UserName, p.State,
+			strings.Join(keys, "; "), strings.TrimSpace(string(p.NextAction)+" "+p.NextKeyID), due, targetsLine(p.Targets), p.Reason)
 	}
 	return tw.Flush()
+}
+
+// targetsLine says how many of an identity's delivery targets hold its current key, naming those
+// that do not.
+func targetsLine(ts []delivery.TargetState) string {
+	if len(ts) == 0 {
+		return "-"
+	}
+	var behind []string
+	for _, t := range ts {
+		if !t.HoldsCurrent {
+			behind = append(behind, t.Target)
+		}
+	}
+	line := fmt.Sprintf("%d/%d current", len(ts)-len(behind), len(ts))
+	if len(behind) > 0 {
+		line += " (behind: " + strings.Join(behind, ", ") + ")"
+	}
+	return line
 }
 
 // age prints how old something created at t is, in the largest sensible unit.

@@ -133,8 +133,12 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 			return nil, err
 		}
 	}
+	dest, err := a.destination(ctx)
+	if err != nil {
+		return nil, err
+	}
 	c.metrics = serveMetrics(c.vault, c.db, provider)
-	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall))
+	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall), dest)
 	c.engine.Observe = c.metrics.Rotation
 	if err := a.recordConfigLoaded(ctx, c.db, "engine:"+c.engine.Owner); err != nil {
 		return nil, err
@@ -322,7 +326,8 @@ func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rot
 	api := &httpapi.API{Auth: svc, Vault: v, Trail: trail,
 		Access:       &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail},
 		AllowedCIDRs: config.Prefixes(a.cfg.Auth.AllowedCIDRs), TrustedProxies: config.Prefixes(a.cfg.Server.TrustedProxies),
-		RatePerPrincipal: a.cfg.Server.RateLimit.PerPrincipal, RatePerIP: a.cfg.Server.RateLimit.PerIP, Version: version}
+		RatePerPrincipal: a.cfg.Server.RateLimit.PerPrincipal, RatePerIP: a.cfg.Server.RateLimit.PerIP, Version: version,
+		Targets: engine.TargetStates}
 	if o := a.cfg.Auth.OIDC; o.Issuer != "" {
 		rules := make([]httpapi.OIDCRule, len(o.Rules))
 		for i, r := range o.Rules {

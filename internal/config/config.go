@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/secret"
 )
@@ -41,6 +42,58 @@ type Config struct {
 	Auth     Auth     `yaml:"auth"`
 	// Retention bounds what only grows (audit records are never purged by Keyward).
 	Retention Retention `yaml:"retention"`
+	// Delivery puts every rotated key where programs read it (Secrets Manager, Parameter Store).
+	Delivery Delivery `yaml:"delivery"`
+}
+
+// Delivery configures the targets a new key is put into before it is promoted.
+type Delivery struct {
+	// Timeout is how long a rotation keeps trying a failing target before it is rolled back.
+	Timeout Duration         `yaml:"timeout"`
+	Targets []DeliveryTarget `yaml:"targets"`
+}
+
+// DeliveryTarget is a secret or parameter for the identities it matches.
+type DeliveryTarget struct {
+	Match    DeliveryMatch `yaml:"match"`
+	Kind     string        `yaml:"kind"`
+	Name     string        `yaml:"name"`
+	Format   string        `yaml:"format"`
+	KMSKeyID string        `yaml:"kms_key_id"`
+	Region   string        `yaml:"region"`
+	Adopt    bool          `yaml:"adopt"`
+}
+
+// DeliveryMatch selects identities: every field set must match.
+type DeliveryMatch struct {
+	Team    string `yaml:"team"`
+	User    string `yaml:"user"`
+	Account string `yaml:"account"`
+}
+
+// Target is the delivery package's form of the target.
+func (t DeliveryTarget) Target() delivery.Target {
+	return delivery.Target{Match: delivery.Match{Team: t.Match.Team, User: t.Match.User, Account: t.Match.Account},
+		Kind: delivery.Kind(t.Kind), Name: t.Name, Format: delivery.Format(t.Format), KMSKeyID: t.KMSKeyID, Region: t.Region, Adopt: t.Adopt}
+}
+
+// validate checks the timeout and every target, naming the key at fault.
+func (d Delivery) validate(report func(key, format string, args ...any)) {
+	if d.Timeout < Duration(time.Second) || d.Timeout > Duration(4*time.Minute) {
+		report("delivery.timeout", "want 1s to 4m, within the rotation lease of 5m (got %s)", d.Timeout)
+	}
+	for i, t := range d.Targets {
+		key := fmt.Sprintf("delivery.targets[%d]", i)
+		problems := t.Target().Check()
+		for _, field := range []string{"match", "kind", "name", "format", "kms_key_id", "region"} {
+			if msg, ok := problems[field]; ok {
+				report(key+"."+field, "%s", msg)
+			}
+		}
+		if t.Match.Account != "" && !accountRe.MatchString(t.Match.Account) {
+			report(key+".match.account", "want 12 digits (got %q)", t.Match.Account)
+		}
+	}
 }
 
 // Retention is how long serve keeps what is no longer needed: delivered notifications, spent
@@ -367,6 +420,7 @@ func Default() Config {
 			Lockout: AuthLockout{MaxFailures: 10, IPMaxFailures: 50, Duration: Duration(15 * time.Minute), Delay: Duration(250 * time.Millisecond), MaxDelay: Duration(4 * time.Second)},
 			OIDC:    AuthOIDC{GroupsClaim: "groups"}},
 		Retention: Retention{Horizon: Duration(90 * day), Interval: Duration(day)},
+		Delivery:  Delivery{Timeout: Duration(2 * time.Minute)},
 	}
 }
 
@@ -414,6 +468,7 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	c.Notify.validate(report)
 	c.Auth.validate(report)
 	c.Retention.validate(report)
+	c.Delivery.validate(report)
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		report("server.tls_cert_file", "set both server.tls_cert_file and server.tls_key_file, or neither")
 	}

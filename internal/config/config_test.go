@@ -154,6 +154,18 @@ func TestProblems(t *testing.T) {
 		notWant string
 	}{
 		{
+			name: "delivery targets",
+			yaml: "delivery:\n  timeout: 10m\n  targets:\n" +
+				"    - {match: {user: \"ci-*\"}, kind: vault, name: x}\n" +
+				"    - {match: {user: \"*\"}, kind: secrets_manager, name: \"keyward/{usr}\"}\n" +
+				"    - {match: {account: \"12\"}, kind: ssm_parameter, name: /k, kms_key_id: \"arn:aws:kms:eu-west-1:1:key/x\"}\n" +
+				"    - {kind: secrets_manager, name: k, format: yaml}\n",
+			want: []string{"delivery.timeout: want 1s to 4m", `delivery.targets[0].kind: unknown kind "vault"`,
+				"delivery.targets[1].name: \"keyward/{usr}\": unknown variable {usr}", "delivery.targets[2].match.account: want 12 digits",
+				`delivery.targets[2].kms_key_id: "arn:aws:kms:eu-west-1:1:key/x" is not a KMS key`, "delivery.targets[3].match: set at least one",
+				`delivery.targets[3].format: unknown format "yaml"`},
+		},
+		{
 			name: "unknown key with line and suggestion",
 			yaml: "vault:\n  driver: sqlite\n  dns: x.db\n",
 			want: []string{"keyward.yaml:3: vault.dns: unknown key (did you mean \"dsn\"?)"},

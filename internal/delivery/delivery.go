@@ -134,4 +134,44 @@ type Record struct {
 type Store interface {
 	RecordDelivery(ctx context.Context, r Record) error
 	Deliveries(ctx context.Context, id vault.Identity) ([]Record, error)
+	// All returns every record, ordered by identity and target.
+	All(ctx context.Context) ([]Record, error)
+}
+
+// TargetState is one target of one identity: the key it was last given, and whether that is the
+// identity's current key.
+type TargetState struct {
+	Target       string    `json:"target"`
+	AccessKeyID  string    `json:"access_key_id,omitempty"` // "" when never given one
+	DeliveredAt  time.Time `json:"delivered_at,omitzero"`
+	HoldsCurrent bool      `json:"holds_current"`
+}
+
+// States merges the targets an identity has (specs) with the records of what targets were given:
+// every spec, then every other target a record names (one a tag added, or configured before).
+func States(specs []Spec, records []Record, currentKeyID string) []TargetState {
+	byTarget := map[string]Record{}
+	for _, r := range records {
+		byTarget[r.Target] = r
+	}
+	var out []TargetState
+	add := func(target string) {
+		r, ok := byTarget[target]
+		delete(byTarget, target)
+		st := TargetState{Target: target}
+		if ok {
+			st.AccessKeyID, st.DeliveredAt = r.AccessKeyID, r.DeliveredAt
+		}
+		st.HoldsCurrent = currentKeyID != "" && st.AccessKeyID == currentKeyID
+		out = append(out, st)
+	}
+	for _, s := range specs {
+		add(s.Key())
+	}
+	for _, r := range records {
+		if _, left := byTarget[r.Target]; left {
+			add(r.Target)
+		}
+	}
+	return out
 }

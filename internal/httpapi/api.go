@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -37,6 +39,8 @@ type API struct {
 	RatePerPrincipal, RatePerIP float64
 	// Version is Keyward's version, for /v1/status.
 	Version string
+	// Targets, when set, lists every identity's delivery targets for /v1/status.
+	Targets func(ctx context.Context) ([]rotation.IdentityTargets, error)
 
 	ipLimits, principalLimits *limiter
 	denials                   *denials
@@ -358,7 +362,26 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ *auth.Principal) 
 	if err != nil {
 		return err
 	}
-	return writeJSONStatus(w, http.StatusOK, map[string]any{"version": a.Version, "keys_by_state": states, "teams": len(teams)})
+	doc := map[string]any{"version": a.Version, "keys_by_state": states, "teams": len(teams)}
+	if a.Targets != nil {
+		targets, err := a.Targets(r.Context())
+		if err != nil {
+			return err
+		}
+		stale := 0
+		for _, id := range targets {
+			for _, t := range id.Targets {
+				if !t.HoldsCurrent {
+					stale++
+				}
+			}
+		}
+		if targets == nil {
+			targets = []rotation.IdentityTargets{}
+		}
+		doc["delivery"] = map[string]any{"identities": targets, "stale_targets": stale}
+	}
+	return writeJSONStatus(w, http.StatusOK, doc)
 }
 
 // audit serves the trail: GET /v1/audit?after=SEQ&limit=N&since=T&until=T&actor=&action=&target=.

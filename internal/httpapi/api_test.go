@@ -20,6 +20,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store/storetest"
@@ -543,5 +544,32 @@ func TestLoginsBeyondTheHashBoundAre429(t *testing.T) {
 	wg.Wait()
 	if statuses[http.StatusTooManyRequests] == 0 || statuses[http.StatusUnauthorized] == 0 || !retryAfter {
 		t.Fatalf("30 logins at once, one hash at a time: %v (Retry-After on every 429: %v)", statuses, retryAfter)
+	}
+}
+
+// /v1/status shows each identity's delivery targets and whether each holds its current key.
+func TestStatusShowsDeliveryTargets(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	mem := delivery.NewMemory()
+	f.engine.Delivery = &rotation.Delivery{To: mem, Records: f.db.Deliveries(), Router: &delivery.Router{DefaultRegion: "eu-west-1",
+		Targets: []delivery.Target{{Match: delivery.Match{User: "payments-app"}, Kind: delivery.SecretsManager, Name: "keyward/{user}"}}}}
+	f.api.Targets = f.engine.TargetStates
+	if status, _, body := f.credentials("payments", f.creds["member"]); status != 200 { // the team's first key, made and delivered
+		t.Fatalf("credentials: %d %s", status, body)
+	}
+	status, body := f.do("GET", "/v1/status", f.creds["operator"], nil)
+	var doc struct {
+		Delivery struct {
+			Identities []rotation.IdentityTargets `json:"identities"`
+			Stale      int                        `json:"stale_targets"`
+		} `json:"delivery"`
+	}
+	if status != 200 || json.Unmarshal(body, &doc) != nil || len(doc.Delivery.Identities) != 1 || doc.Delivery.Stale != 0 {
+		t.Fatalf("status: %d %s", status, body)
+	}
+	got := doc.Delivery.Identities[0]
+	if got.Identity.UserName != "payments-app" || len(got.Targets) != 1 || got.Targets[0].Target != "secrets_manager:eu-west-1:keyward/payments-app" ||
+		!got.Targets[0].HoldsCurrent || got.Targets[0].AccessKeyID != got.CurrentKeyID {
+		t.Fatalf("targets: %s", body)
 	}
 }

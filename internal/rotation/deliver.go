@@ -157,14 +157,15 @@ func (v *visit) undeliver(ctx context.Context, targets []delivery.Spec, payloads
 	return v.rollBackAs(ctx, ActionDeliveryFailed, fmt.Sprintf("delivery failed: %v", failure))
 }
 
-// recordDeliveries records, in the unit of work ctx carries, that every target holds keyID.
-func (v *visit) recordDeliveries(ctx context.Context, targets []delivery.Spec, keyID string) error {
-	now := v.e.now()
+// recordDeliveries records, in the unit of work ctx carries, that every target holds keyID; detail
+// is added to each key.delivered record.
+func (e *Engine) recordDeliveries(ctx context.Context, id vault.Identity, targets []delivery.Spec, keyID string, detail ...string) error {
+	now := e.now()
 	for _, t := range targets {
-		if err := v.e.Delivery.Records.RecordDelivery(ctx, delivery.Record{Identity: v.id, Target: t.Key(), AccessKeyID: keyID, DeliveredAt: now}); err != nil {
+		if err := e.Delivery.Records.RecordDelivery(ctx, delivery.Record{Identity: id, Target: t.Key(), AccessKeyID: keyID, DeliveredAt: now}); err != nil {
 			return err
 		}
-		if err := v.e.record(ctx, v.e.event(ActionDelivered, v.id, audit.Success, "access_key_id", keyID, "target", t.Key())); err != nil {
+		if err := e.record(ctx, e.event(ActionDelivered, id, audit.Success, append([]string{"access_key_id", keyID, "target", t.Key()}, detail...)...)); err != nil {
 			return err
 		}
 	}
@@ -221,7 +222,9 @@ func (v *visit) catchUp(ctx context.Context) error {
 		return nil
 	}
 	v.res.did(KindDelivered, cur.AccessKeyID)
-	return v.e.Store.Atomically(ctx, func(ctx context.Context) error { return v.recordDeliveries(ctx, done, cur.AccessKeyID) })
+	return v.e.Store.Atomically(ctx, func(ctx context.Context) error {
+		return v.e.recordDeliveries(ctx, v.id, done, cur.AccessKeyID, "reason", "the target did not hold the current key")
+	})
 }
 
 // forget takes the label "previous" off the deleted key's value in every target. It removes nothing

@@ -287,3 +287,39 @@ func TestCrashDuringDelivery(t *testing.T) {
 		})
 	}
 }
+
+// CheckDeliveries reads the targets themselves: one changed behind Keyward's back is stale, named,
+// and repaired on request; the plan shows every target with what it was last given.
+func TestCheckAndRepairDeliveries(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		w.keywardKey("alice")
+		mem := w.deliverTo(secretTarget, paramTarget)
+		w.visit("alice", false)
+		e := w.engine("cli", nil)
+		if checks, errs := e.CheckDeliveries(context.Background(), rotation.PassOptions{}, false); len(errs) != 0 || len(checks) != 2 || checks[0].Stale || checks[1].Stale {
+			t.Fatalf("check of fresh targets: %+v %v", checks, errs)
+		}
+		sm := spec(secretTarget, "alice")
+		other := delivery.NewPayload(sm, vault.Credential{Version: vault.Version{AccessKeyID: "AKIAOTHER"}, SecretAccessKey: secret.New("x")}, "by hand")
+		if err := delivery.Put(context.Background(), mem, sm, other); err != nil {
+			t.Fatal(err)
+		}
+		checks, _ := e.CheckDeliveries(context.Background(), rotation.PassOptions{}, false)
+		if !checks[0].Stale || checks[0].Held != "AKIAOTHER" || checks[0].Target != sm.Key() || checks[1].Stale {
+			t.Fatalf("check after a change by hand: %+v", checks)
+		}
+		checks, _ = e.CheckDeliveries(context.Background(), rotation.PassOptions{}, true)
+		if !checks[0].Repaired {
+			t.Fatalf("repair: %+v", checks)
+		}
+		w.holds(mem, sm, "alice")
+		if n := len(w.events("alice", rotation.ActionDelivered, "reason", "repair")); n != 1 {
+			t.Fatalf("%d repair records", n)
+		}
+		plan := e.Plan(context.Background(), cloud.User{AccountID: acct, Name: "alice"}, false)
+		if len(plan.Targets) != 2 || !plan.Targets[0].HoldsCurrent || !plan.Targets[1].HoldsCurrent {
+			t.Fatalf("plan's targets: %+v", plan.Targets)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -31,6 +32,9 @@ type Plan struct {
 	// now and the current key is due too.
 	Then NextAction `json:"then,omitempty"`
 	Due  time.Time  `json:"due,omitzero"`
+	// Targets are the identity's delivery targets and whether each holds the current key (as the
+	// delivery records say; `keyward deliver --check` asks the targets themselves).
+	Targets []delivery.TargetState `json:"targets,omitempty"`
 }
 
 // Outcome is what a visit now would report for this plan (for --dry-run).
@@ -74,6 +78,9 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	}
 	ps := planState{keyState: keyState{id: id, keys: keys, versions: versions}, force: force, now: e.now()}
 	p.Keys, ps.current = keyViews(keys, versions, ps.now)
+	if p.Targets, err = e.targetStates(ctx, u, versions); err != nil {
+		return p.failed(err)
+	}
 	if exempt {
 		p.State = PlanExempt
 		return p
@@ -97,6 +104,27 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 		return p
 	}
 	return e.planNext(ctx, pol, ps, p)
+}
+
+// targetStates is what the identity's delivery targets hold, from the delivery records.
+func (e *Engine) targetStates(ctx context.Context, u cloud.User, versions []vault.Version) ([]delivery.TargetState, error) {
+	if e.Delivery == nil {
+		return nil, nil
+	}
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
+	specs, err := e.Delivery.Router.For(ctx, id, u.Tags)
+	if err != nil {
+		return nil, err
+	}
+	records, err := e.Delivery.Records.Deliveries(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	cur := ""
+	if v := currentVersion(versions); v != nil {
+		cur = v.AccessKeyID
+	}
+	return delivery.States(specs, records, cur), nil
 }
 
 // planState is what a plan decides from: the user's keys, its current cloud key, and the moment.
@@ -220,21 +248,30 @@ func (e *Engine) DryRun(ctx context.Context, opts PassOptions) Report {
 // PlanPass plans every selected user, like Pass, without changing anything.
 func (e *Engine) PlanPass(ctx context.Context, opts PassOptions) ([]Plan, []string) {
 	var plans []Plan
-	var errs []string
+	errs := e.eachUser(ctx, opts, func(u cloud.User) {
+		plans = append(plans, e.Plan(ctx, u, opts.Force))
+		if opts.Progress != nil {
+			opts.Progress(len(plans), len(plans))
+		}
+	})
+	return plans, errs
+}
+
+// eachUser calls fn, one at a time, for every user of every account that opts selects; it returns
+// what could not be listed.
+func (e *Engine) eachUser(ctx context.Context, opts PassOptions, fn func(u cloud.User)) []string {
 	accounts, err := e.Cloud.Accounts(ctx)
 	if err != nil {
-		return nil, []string{fmt.Sprintf("list accounts: %v", err)}
+		return []string{fmt.Sprintf("list accounts: %v", err)}
 	}
+	var errs []string
 	for _, a := range accounts {
 		if opts.AccountID != "" && a.ID != opts.AccountID {
 			continue
 		}
 		err := e.Cloud.ListUsers(ctx, a.ID, func(u cloud.User) error {
 			if len(opts.Users) == 0 || slices.Contains(opts.Users, u.Name) {
-				plans = append(plans, e.Plan(ctx, u, opts.Force))
-				if opts.Progress != nil {
-					opts.Progress(len(plans), len(plans))
-				}
+				fn(u)
 			}
 			return ctx.Err()
 		})
@@ -242,7 +279,7 @@ func (e *Engine) PlanPass(ctx context.Context, opts PassOptions) ([]Plan, []stri
 			errs = append(errs, fmt.Sprintf("list users of account %s: %v", a.ID, err))
 		}
 	}
-	return plans, errs
+	return errs
 }
 
 // retirement is what a visit now would do to a user's old keys.

@@ -239,7 +239,7 @@ func (v *visit) promote(ctx context.Context) error {
 			return err
 		}
 		if len(v.targets) > 0 {
-			if err := v.recordDeliveries(ctx, v.targets, v.rec.NewKeyID); err != nil {
+			if err := v.e.recordDeliveries(ctx, id, v.targets, v.rec.NewKeyID, "rotation", fmt.Sprint(v.rec.ID)); err != nil {
 				return err
 			}
 		}
