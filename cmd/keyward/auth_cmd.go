@@ -308,8 +308,9 @@ func (a *app) defaultAccount(ctx context.Context) (string, error) {
 
 func (a *app) teamAddCommand() *cobra.Command {
 	var iamUser, account string
+	var sessionOnly bool
 	cmd := &cobra.Command{
-		Use:   "add TEAM --iam-user USER [--account ID]",
+		Use:   "add TEAM --iam-user USER [--account ID] [--session-only]",
 		Short: "Add a team that owns an IAM user",
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
@@ -335,17 +336,22 @@ func (a *app) teamAddCommand() *cobra.Command {
 					}
 				}
 				t, err := svc.AddTeam(cmd.Context(), cliActor(), auth.Team{Name: args[0],
-					Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: iamUser}})
+					Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: iamUser}, SessionOnly: sessionOnly})
 				if err != nil {
 					return err
 				}
-				_, err = fmt.Fprintf(a.stdout, "added team %s, owner of %s\n", t.Name, t.Identity)
+				only := ""
+				if t.SessionOnly {
+					only = " (session credentials only)"
+				}
+				_, err = fmt.Fprintf(a.stdout, "added team %s, owner of %s%s\n", t.Name, t.Identity, only)
 				return err
 			})
 		}),
 	}
 	cmd.Flags().StringVar(&iamUser, "iam-user", "", "the IAM user whose key the team's members share")
 	cmd.Flags().StringVar(&account, "account", "", "its AWS account (12 digits); may be left out when Keyward manages one account")
+	cmd.Flags().BoolVar(&sessionOnly, "session-only", false, "members and API keys get short-lived session credentials, never the key itself")
 	return cmd
 }
 

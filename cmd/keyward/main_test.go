@@ -197,6 +197,17 @@ func TestVaultCommands(t *testing.T) {
 		if r = run(0, "", "vault", "get", "alice", "-o", "ini"); r.stdout != "[alice]\naws_access_key_id = "+keyA+"\naws_secret_access_key = "+secretA+"\n" {
 			t.Fatalf("get ini: %q", r.stdout)
 		}
+		// Export: every current key, as CSV (the header, then one row each) or JSON; each read audited.
+		r = run(0, "", "vault", "export", "--output", "csv")
+		if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 ||
+			lines[0] != "account,user,team,access_key_id,secret_access_key,created,state" ||
+			!strings.HasPrefix(lines[1], "123456789012,alice,,"+keyA+","+secretA+",") || !strings.HasSuffix(lines[1], ",current") {
+			t.Fatalf("export csv: %q", r.stdout)
+		}
+		if r = run(0, "", "vault", "export"); !strings.Contains(r.stdout, `"AccessKeyId":"`+keyA+`"`) || !strings.Contains(r.stdout, `"state":"current"`) {
+			t.Fatalf("export json: %q", r.stdout)
+		}
+		run(2, "", "vault", "export", "--output", "xml")
 
 		// A second key for alice: the account can be left out now that the vault knows her.
 		run(0, secretB, "vault", "import", "--user", "alice", "--access-key-id", keyB, "--secret-stdin")

@@ -23,7 +23,7 @@ import (
 
 func (a *app) vaultCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "vault", Short: "Store, read and maintain credentials in the vault"}
-	cmd.AddCommand(a.vaultImportCommand(), a.vaultGetCommand(), a.vaultListCommand(), a.vaultRewrapCommand())
+	cmd.AddCommand(a.vaultImportCommand(), a.vaultGetCommand(), a.vaultListCommand(), a.vaultExportCommand(), a.vaultRewrapCommand())
 	return cmd
 }
 
@@ -204,6 +204,42 @@ func (a *app) vaultGetCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&account, "account", "", "AWS account id, when the user name exists in several accounts")
 	cmd.Flags().StringVarP(&output, "output", "o", "json", "output format: json, env, ini or credential-process")
+	return cmd
+}
+
+func (a *app) vaultExportCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "export [--output json|csv]",
+		Short: "Print every current key the vault holds, secrets included (each read audited)",
+		Long: `vault export prints the current key of every identity the vault holds one for — a team's or not —
+with its secret, as JSON or as CSV (account,user,team,access_key_id,secret_access_key,created,state).
+Every key read is an audit record, written before anything is printed. Keys adopted without their
+secret are not printed.`,
+		Args: cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if output != "json" && output != "csv" {
+				return usageErr("--output must be json or csv (got %q)", output)
+			}
+			ctx := cmd.Context()
+			v, db, err := a.loadAndOpenVault(ctx, dbExisting)
+			if err != nil {
+				return err
+			}
+			defer closeQuietly(db)
+			creds, err := a.vaultAccess(v, db).ExportAll(ctx, db.Auth(), cliActor(), "cli")
+			if err != nil {
+				return err
+			}
+			a.checkpoint(ctx, a.auditSigner(v), db)
+			a.log.Info("credentials exported", "count", len(creds), "by", "cli")
+			if output == "csv" {
+				return access.WriteCSV(a.stdout, creds)
+			}
+			return json.NewEncoder(a.stdout).Encode(map[string]any{"credentials": access.Documents(creds)})
+		}),
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "json", "output format: json or csv")
 	return cmd
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
@@ -81,7 +82,9 @@ type Service struct {
 	Store interface {
 		Atomically(ctx context.Context, fn func(ctx context.Context) error) error
 	}
-	Now func() time.Time
+	// Sessions caches session credentials (nil: made when first needed).
+	Sessions *Sessions
+	Now      func() time.Time
 }
 
 // Credential is a team's current key, with when its holder should fetch it again.
@@ -120,11 +123,14 @@ func (s *Service) Credentials(ctx context.Context, p *auth.Principal, teamName s
 	if err != nil {
 		return Credential{}, err
 	}
+	if t.SessionOnly {
+		return Credential{}, failure(ErrSessionOnly, nil, "team %s hands out session credentials only: ask for type=session", t.Name)
+	}
 	c, err := s.current(ctx, t)
 	if err != nil {
 		return Credential{}, err
 	}
-	if err := s.recordRead(ctx, p.ID(), c.Credential, map[string]string{"team": t.Name, "via": p.Via}); err != nil {
+	if err := s.recordRead(ctx, p.ID(), c.Credential, map[string]string{"team": t.Name, "via": p.Via, "type": TypeKey}); err != nil {
 		return Credential{}, err
 	}
 	return c, nil
@@ -183,6 +189,9 @@ func orReason(err error, res rotation.Result) error {
 // need a call to the cloud on every read). A version overdue (its rotation pending) expires in five
 // minutes, so that its holder comes back for the new key soon.
 func (s *Service) expiration(v vault.Version) time.Time {
+	if s.Engine == nil { // the CLI's vault commands: no policy at hand
+		return time.Time{}
+	}
 	pol, exempt, err := s.Engine.Policy.For(cloud.User{AccountID: v.Identity.AccountID, Name: v.Identity.UserName}, nil)
 	if err != nil || exempt {
 		return time.Time{}
@@ -194,30 +203,51 @@ func (s *Service) expiration(v vault.Version) time.Time {
 	return due.UTC()
 }
 
-// Export returns every team's current key to p (an admin who gave a second factor), recording one
-// read per team, all in one transaction, before any is handed over. Teams without a key are skipped.
+// Export returns the current key of every identity the vault holds one for — a team's or not — to p
+// (an admin who gave a second factor), with the teams that own it, recording one read per key, all in
+// one transaction, before any is handed over. Keys whose secret Keyward does not hold are skipped.
 func (s *Service) Export(ctx context.Context, p *auth.Principal) ([]Credential, error) {
 	if err := p.Authorize(auth.Export, ""); err != nil {
 		return nil, err
 	}
-	teams, err := s.Auth.Teams(ctx)
+	return s.ExportAll(ctx, s.Auth, p.ID(), p.Via)
+}
+
+// Teams lists the teams (auth.Service, or the store under it).
+type Teams interface {
+	Teams(ctx context.Context) ([]auth.Team, error)
+}
+
+// ExportAll is Export for a caller already allowed to (the CLI on the database host).
+func (s *Service) ExportAll(ctx context.Context, ts Teams, actor, via string) ([]Credential, error) {
+	teams, err := ts.Teams(ctx)
+	if err != nil {
+		return nil, err
+	}
+	owners := map[vault.Identity][]string{}
+	for _, t := range teams {
+		owners[t.Identity] = append(owners[t.Identity], t.Name)
+	}
+	versions, err := s.Vault.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []Credential
 	var events []audit.Event
-	for _, t := range teams {
-		cred, err := s.Vault.Current(ctx, t.Identity)
-		if errors.Is(err, vault.ErrNotFound) || errors.Is(err, vault.ErrNoSecret) {
+	for _, v := range versions {
+		if v.State != vault.StateCurrent || !v.HasSecret {
 			continue
-		} else if err != nil {
+		}
+		cred, err := s.Vault.Reveal(ctx, v.Identity, v.Number)
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, Credential{Team: t.Name, Credential: cred, Expiration: s.expiration(cred.Version)})
-		events = append(events, readEvent(p.ID(), cred, map[string]string{"team": t.Name, "via": p.Via, "bulk": "export"}))
+		team := strings.Join(owners[v.Identity], " ")
+		out = append(out, Credential{Team: team, Credential: cred, Expiration: s.expiration(cred.Version)})
+		events = append(events, readEvent(actor, cred, map[string]string{"team": team, "via": via, "bulk": "export", "type": TypeKey}))
 	}
 	if err := s.Audit.Record(ctx, events...); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("nothing handed over: %w", err)
 	}
 	return out, nil
 }

@@ -195,6 +195,8 @@ type Team struct {
 	Identity  vault.Identity `json:"identity"`
 	Members   []string       `json:"members"` // principal ids
 	CreatedAt time.Time      `json:"created_at"`
+	// SessionOnly: members and API keys get session credentials made with the key, never the key.
+	SessionOnly bool `json:"session_only"`
 }
 
 // User is a person.

@@ -399,7 +399,7 @@ func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, erro
 			return fmt.Errorf("team %q (%s): %w", t.Name, t.Identity, err)
 		}
 		return nil
-	}, event(actor, ActionTeamCreated, "team:"+t.Name, audit.Success, "identity", t.Identity.String()))
+	}, event(actor, ActionTeamCreated, "team:"+t.Name, audit.Success, "identity", t.Identity.String(), "session_only", fmt.Sprint(t.SessionOnly)))
 	return t, err
 }
 

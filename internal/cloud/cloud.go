@@ -68,6 +68,21 @@ type LastUsed struct {
 	Region  string
 }
 
+// Session is a set of temporary credentials made with a long-lived key (STS GetSessionToken): the
+// key itself never leaves Keyward. AccessKeyID starts with ASIA.
+type Session struct {
+	AccessKeyID     string
+	SecretAccessKey secret.Value
+	SessionToken    secret.Value
+	Expiration      time.Time
+}
+
+// Session durations STS allows for an IAM user's GetSessionToken.
+const (
+	MinSessionDuration = 15 * time.Minute
+	MaxSessionDuration = 36 * time.Hour
+)
+
 // Provider is the cloud as the rotation engine sees it. Methods return the errors above, wrapped.
 type Provider interface {
 	// Accounts lists the accounts to manage.
@@ -92,4 +107,7 @@ type Provider interface {
 	// Verify signs a request with the key itself and returns the ARN the cloud says it belongs to.
 	// ErrKeyRefused when the cloud does not accept the key (yet: new IAM keys take seconds to work).
 	Verify(ctx context.Context, accountID, keyID string, s secret.Value) (arn string, err error)
+	// SessionToken makes temporary credentials lasting d, signed for with the key itself.
+	// ErrKeyRefused when the cloud does not accept the key.
+	SessionToken(ctx context.Context, accountID, keyID string, s secret.Value, d time.Duration) (Session, error)
 }

@@ -3,6 +3,7 @@ package cloud
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/keyward/keyward/internal/secret"
 )
@@ -110,6 +111,12 @@ func (o *observed) AccessKeyLastUsed(ctx context.Context, accountID, keyID strin
 	o.enter(ctx, "AccessKeyLastUsed")
 	lu, err := o.p.AccessKeyLastUsed(ctx, accountID, keyID)
 	return lu, o.done("AccessKeyLastUsed", err)
+}
+
+func (o *observed) SessionToken(ctx context.Context, accountID, keyID string, s secret.Value, d time.Duration) (Session, error) {
+	o.enter(ctx, "SessionToken")
+	sess, err := o.p.SessionToken(ctx, accountID, keyID, s, d)
+	return sess, o.done("SessionToken", err)
 }
 
 func (o *observed) Verify(ctx context.Context, accountID, keyID string, s secret.Value) (string, error) {

@@ -250,25 +250,42 @@ func (a *API) me(w http.ResponseWriter, _ *http.Request, p *auth.Principal) erro
 	return writeJSONStatus(w, http.StatusOK, p)
 }
 
+// issued is what the credentials route hands out: a team's key, or a session made with it.
+type issued struct {
+	Team            string
+	AccessKeyID     string
+	SecretAccessKey secret.Value
+	SessionToken    secret.Value // zero for a key
+	Expiration      time.Time    // a session's expiry; a key's due rotation (zero when exempt)
+}
+
 // Credential formats: what consumers of a key read.
-var formats = map[string]func(w http.ResponseWriter, c access.Credential) error{
-	"json": func(w http.ResponseWriter, c access.Credential) error {
+var formats = map[string]func(w http.ResponseWriter, c issued) error{
+	"json": func(w http.ResponseWriter, c issued) error {
 		return writeJSONStatus(w, http.StatusOK, credentialDoc(c, 0))
 	},
 	// The AWS CLI and SDKs run a credential_process and read this document from its output.
-	"credential-process": func(w http.ResponseWriter, c access.Credential) error {
+	"credential-process": func(w http.ResponseWriter, c issued) error {
 		return writeJSONStatus(w, http.StatusOK, credentialDoc(c, 1))
 	},
-	"env": func(w http.ResponseWriter, c access.Credential) error {
+	"env": func(w http.ResponseWriter, c issued) error {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		_, err := fmt.Fprintf(w, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n", c.AccessKeyID, c.SecretAccessKey.Reveal())
+		text := "AWS_ACCESS_KEY_ID=" + c.AccessKeyID + "\nAWS_SECRET_ACCESS_KEY=" + c.SecretAccessKey.Reveal() + "\n"
+		if !c.SessionToken.IsZero() {
+			text += "AWS_SESSION_TOKEN=" + c.SessionToken.Reveal() + "\n"
+		}
+		_, err := io.WriteString(w, text)
 		return err
 	},
-	"ini": func(w http.ResponseWriter, c access.Credential) error {
+	"ini": func(w http.ResponseWriter, c issued) error {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		_, err := fmt.Fprintf(w, "[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\n", c.Team, c.AccessKeyID, c.SecretAccessKey.Reveal())
+		text := "[" + c.Team + "]\naws_access_key_id = " + c.AccessKeyID + "\naws_secret_access_key = " + c.SecretAccessKey.Reveal() + "\n"
+		if !c.SessionToken.IsZero() {
+			text += "aws_session_token = " + c.SessionToken.Reveal() + "\n"
+		}
+		_, err := io.WriteString(w, text)
 		return err
 	},
 }
@@ -277,19 +294,22 @@ type credentialDocument struct {
 	Version         int    `json:"Version,omitempty"`
 	AccessKeyID     string `json:"AccessKeyId"`
 	SecretAccessKey string
+	SessionToken    string `json:"SessionToken,omitempty"`
 	Expiration      string `json:"Expiration,omitempty"`
 }
 
-func credentialDoc(c access.Credential, version int) credentialDocument {
-	d := credentialDocument{Version: version, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey.Reveal()}
+func credentialDoc(c issued, version int) credentialDocument {
+	d := credentialDocument{Version: version, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey.Reveal(), SessionToken: c.SessionToken.Reveal()}
 	if !c.Expiration.IsZero() {
 		d.Expiration = c.Expiration.UTC().Format(time.RFC3339)
 	}
 	return d
 }
 
+// credentials serves GET /v1/teams/{team}/credentials?type=key|session&duration=D&format=F.
 func (a *API) credentials(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
-	format := r.URL.Query().Get("format")
+	q := r.URL.Query()
+	format := q.Get("format")
 	if format == "" {
 		format = "json"
 	}
@@ -297,11 +317,34 @@ func (a *API) credentials(w http.ResponseWriter, r *http.Request, p *auth.Princi
 	if !ok {
 		return badf("format %q: want json, credential-process, env or ini", format)
 	}
-	c, err := a.Access.Credentials(r.Context(), p, r.PathValue("team"))
-	if err != nil {
-		return err
+	team := r.PathValue("team")
+	switch typ := q.Get("type"); typ {
+	case "", access.TypeKey:
+		if q.Has("duration") {
+			return badf("duration: only for type=session")
+		}
+		c, err := a.Access.Credentials(r.Context(), p, team)
+		if err != nil {
+			return err
+		}
+		return write(w, issued{Team: c.Team, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, Expiration: c.Expiration})
+	case access.TypeSession:
+		d := access.DefaultSessionDuration
+		if v := q.Get("duration"); v != "" {
+			parsed, err := config.ParseDuration(v)
+			if err != nil || parsed < access.MinSessionDuration || parsed > access.MaxSessionDuration {
+				return badf("duration %q: want %s to %s, such as 1h", v, access.MinSessionDuration, access.MaxSessionDuration)
+			}
+			d = parsed
+		}
+		c, err := a.Access.SessionCredentials(r.Context(), p, team, d)
+		if err != nil {
+			return err
+		}
+		return write(w, issued{Team: c.Team, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: c.Expiration})
+	default:
+		return badf("type %q: want key or session", typ)
 	}
-	return write(w, c)
 }
 
 func (a *API) rotate(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
@@ -420,21 +463,22 @@ func (a *API) audit(w http.ResponseWriter, r *http.Request, _ *auth.Principal) e
 	return writeJSONStatus(w, http.StatusOK, body)
 }
 
+// export serves GET /v1/export?format=json|csv: every current key the vault holds.
 func (a *API) export(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	format := r.URL.Query().Get("format")
+	if format != "" && format != "json" && format != "csv" {
+		return badf("format %q: want json or csv", format)
+	}
 	creds, err := a.Access.Export(r.Context(), p)
 	if err != nil {
 		return err
 	}
-	type teamCredential struct {
-		Team     string         `json:"team"`
-		Identity vault.Identity `json:"identity"`
-		credentialDocument
+	if format == "csv" {
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		return access.WriteCSV(w, creds)
 	}
-	out := make([]teamCredential, 0, len(creds))
-	for _, c := range creds {
-		out = append(out, teamCredential{Team: c.Team, Identity: c.Identity, credentialDocument: credentialDoc(c, 0)})
-	}
-	return writeJSONStatus(w, http.StatusOK, map[string]any{"credentials": out})
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"credentials": access.Documents(creds)})
 }
 
 func (a *API) listUsers(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
@@ -495,9 +539,10 @@ func (a *API) listTeams(w http.ResponseWriter, r *http.Request, _ *auth.Principa
 }
 
 type teamRequest struct {
-	Name      string `json:"name"`
-	IAMUser   string `json:"iam_user"`
-	AccountID string `json:"account_id"`
+	Name        string `json:"name"`
+	IAMUser     string `json:"iam_user"`
+	AccountID   string `json:"account_id"`
+	SessionOnly bool   `json:"session_only"`
 }
 
 func (a *API) addTeam(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
@@ -509,7 +554,7 @@ func (a *API) addTeam(w http.ResponseWriter, r *http.Request, p *auth.Principal)
 		return badf("body: iam_user and account_id are required")
 	}
 	t, err := a.Auth.AddTeam(r.Context(), p.ID(), auth.Team{Name: req.Name,
-		Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: req.AccountID, UserName: req.IAMUser}})
+		Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: req.AccountID, UserName: req.IAMUser}, SessionOnly: req.SessionOnly})
 	if err != nil {
 		return err
 	}

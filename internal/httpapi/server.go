@@ -176,6 +176,8 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		problem(w, r, http.StatusForbidden, "mfa-required", "this needs a login with a second factor (keyward user mfa enroll, then log in with the code)")
 	case errors.Is(err, auth.ErrForbidden):
 		problem(w, r, http.StatusForbidden, "forbidden", "your role or teams do not allow this")
+	case errors.Is(err, access.ErrSessionOnly):
+		problem(w, r, http.StatusForbidden, "session-only", detail())
 	case errors.Is(err, auth.ErrInvalid):
 		problem(w, r, http.StatusBadRequest, "bad-request", err.Error())
 	case errors.Is(err, auth.ErrNotFound), errors.Is(err, access.ErrNoSuchTeam), errors.Is(err, access.ErrNotFound):

@@ -118,12 +118,12 @@ func (s *Auth) DeleteUser(ctx context.Context, name string) error {
 	})
 }
 
-const teamColumns = `name, cloud, account_id, user_name, created_at`
+const teamColumns = `name, cloud, account_id, user_name, created_at, session_only`
 
 func scanTeam(row scanner) (auth.Team, error) {
 	var t auth.Team
 	var created int64
-	err := row.Scan(&t.Name, &t.Identity.Cloud, &t.Identity.AccountID, &t.Identity.UserName, &created)
+	err := row.Scan(&t.Name, &t.Identity.Cloud, &t.Identity.AccountID, &t.Identity.UserName, &created, &t.SessionOnly)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, auth.ErrNotFound
 	}
@@ -133,8 +133,8 @@ func scanTeam(row scanner) (auth.Team, error) {
 
 // CreateTeam implements auth.Store.
 func (s *Auth) CreateTeam(ctx context.Context, t auth.Team) error {
-	_, err := s.exec(ctx, `INSERT INTO teams (`+teamColumns+`) VALUES ($1, $2, $3, $4, $5)`,
-		t.Name, t.Identity.Cloud, t.Identity.AccountID, t.Identity.UserName, micros(t.CreatedAt))
+	_, err := s.exec(ctx, `INSERT INTO teams (`+teamColumns+`) VALUES ($1, $2, $3, $4, $5, $6)`,
+		t.Name, t.Identity.Cloud, t.Identity.AccountID, t.Identity.UserName, micros(t.CreatedAt), t.SessionOnly)
 	return err
 }
 

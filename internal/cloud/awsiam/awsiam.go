@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -340,6 +341,25 @@ func (p *Provider) AccessKeyLastUsed(ctx context.Context, accountID, keyID strin
 		return cloud.LastUsed{}, nil
 	}
 	return cloud.LastUsed{At: aws.ToTime(lu.LastUsedDate).UTC(), Service: aws.ToString(lu.ServiceName), Region: aws.ToString(lu.Region)}, nil
+}
+
+// SessionToken implements cloud.Provider: STS GetSessionToken signed with the key itself, once.
+func (p *Provider) SessionToken(ctx context.Context, accountID, keyID string, s secret.Value, d time.Duration) (cloud.Session, error) {
+	client := sts.NewFromConfig(p.base, func(o *sts.Options) {
+		o.Credentials = credentials.NewStaticCredentialsProvider(keyID, s.Reveal(), "")
+		o.Retryer = aws.NopRetryer{}
+	})
+	out, err := client.GetSessionToken(ctx, &sts.GetSessionTokenInput{DurationSeconds: aws.Int32(int32(d / time.Second))})
+	if err != nil {
+		var resp *smithyhttp.ResponseError
+		if errors.As(err, &resp) && resp.HTTPStatusCode() == 403 {
+			return cloud.Session{}, fmt.Errorf("session token with key %s: %w (HTTP 403)", keyID, cloud.ErrKeyRefused)
+		}
+		return cloud.Session{}, p.wrap("session token with key "+keyID, err)
+	}
+	c := out.Credentials
+	return cloud.Session{AccessKeyID: aws.ToString(c.AccessKeyId), SecretAccessKey: secret.New(aws.ToString(c.SecretAccessKey)),
+		SessionToken: secret.New(aws.ToString(c.SessionToken)), Expiration: aws.ToTime(c.Expiration).UTC()}, nil
 }
 
 // Verify implements cloud.Provider: STS GetCallerIdentity signed with the key itself, once, without

@@ -119,6 +119,22 @@ func TestProviderAgainstMoto(t *testing.T) {
 	if lu, err := p.AccessKeyLastUsed(ctx, mainAccount, k1.ID); err != nil || lu.At.IsZero() {
 		t.Fatalf("last use after a verification: %+v, %v", lu, err)
 	}
+	// Session credentials are made with the key itself (moto's are placeholders it does not accept
+	// back once signatures are checked: their use is tested on the simulated cloud). AWS asks no
+	// permission for GetSessionToken; moto, evaluating policies, wants one.
+	if _, err := admin.PutUserPolicy(ctx, &iam.PutUserPolicyInput{UserName: aws.String("alice"), PolicyName: aws.String("sessions"),
+		PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:GetSessionToken","Resource":"*"}]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := p.SessionToken(ctx, mainAccount, k1.ID, k1.Secret, time.Hour)
+	// (moto 5.2.1 answers a fixed placeholder key id, AKIAIOSFODNN7EXAMPLE, where AWS gives ASIA….)
+	if err != nil || sess.AccessKeyID == "" || sess.SessionToken.IsZero() || sess.SecretAccessKey.IsZero() ||
+		time.Until(sess.Expiration) < 50*time.Minute || time.Until(sess.Expiration) > 61*time.Minute {
+		t.Fatalf("SessionToken = %+v, %v", sess, err)
+	}
+	if _, err := p.SessionToken(ctx, mainAccount, k1.ID, secret.New("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"), time.Hour); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("SessionToken with a wrong secret: %v", err)
+	}
 
 	k2, err := p.CreateAccessKey(ctx, mainAccount, "alice")
 	if err != nil {

@@ -35,6 +35,7 @@ type Cloud struct {
 	fault    Fault
 	accounts map[string]*account
 	keys     map[string]*key // by key id, across accounts
+	sessions map[string]*session
 	calls    map[string]int
 	pages    int
 }
@@ -48,6 +49,13 @@ type user struct {
 	cloud.User
 	groups []string
 	keys   []*key
+}
+
+// session is a set of temporary credentials (GetSessionToken): it acts as its user until it expires.
+type session struct {
+	secret, token secret.Value
+	owner         *user
+	expires       time.Time
 }
 
 type key struct {
@@ -410,4 +418,49 @@ func (c *Cloud) Verify(_ context.Context, accountID, keyID string, s secret.Valu
 	}
 	k.lastUsed = cloud.LastUsed{At: now.UTC(), Service: "sts", Region: "us-east-1"}
 	return k.owner.ARN, nil
+}
+
+// SessionToken implements cloud.Provider: temporary credentials that act as the key's user until
+// they expire (whatever becomes of the key meanwhile, as with STS).
+func (c *Cloud) SessionToken(_ context.Context, accountID, keyID string, s secret.Value, d time.Duration) (cloud.Session, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("SessionToken", accountID, ""); err != nil {
+		return cloud.Session{}, err
+	}
+	k := c.keys[keyID]
+	now := c.now()
+	if k == nil || !k.secret.Equal(s) || k.Status != cloud.KeyActive || now.Before(k.CreatedAt.Add(c.delay)) {
+		return cloud.Session{}, fmt.Errorf("session token with %s: %w", keyID, cloud.ErrKeyRefused)
+	}
+	if d < cloud.MinSessionDuration || d > cloud.MaxSessionDuration {
+		return cloud.Session{}, fmt.Errorf("session token with %s: duration %s out of range", keyID, d)
+	}
+	k.lastUsed = cloud.LastUsed{At: now.UTC(), Service: "sts", Region: "us-east-1"}
+	sess := &session{secret: secret.New(randomString(secretAlphabet, 40)), token: secret.New(randomString(secretAlphabet, 120)),
+		owner: k.owner, expires: now.Add(d).UTC().Truncate(time.Second)}
+	if c.sessions == nil {
+		c.sessions = map[string]*session{}
+	}
+	id := "ASIA" + randomString(keyAlphabet, 16)
+	c.sessions[id] = sess
+	return cloud.Session{AccessKeyID: id, SecretAccessKey: sess.secret, SessionToken: sess.token, Expiration: sess.expires}, nil
+}
+
+// CallerIdentity answers GetCallerIdentity for any credentials: a long-lived key (token empty) or a
+// session. It is how a simulated consumer uses what it was given.
+func (c *Cloud) CallerIdentity(keyID string, s, token secret.Value) (string, error) {
+	if token.IsZero() {
+		return c.Verify(context.Background(), "", keyID, s)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sess := c.sessions[keyID]
+	switch {
+	case sess == nil, !sess.secret.Equal(s), !sess.token.Equal(token):
+		return "", fmt.Errorf("session %s: %w", keyID, cloud.ErrKeyRefused)
+	case !c.now().Before(sess.expires):
+		return "", fmt.Errorf("session %s expired at %s: %w", keyID, sess.expires.Format(time.RFC3339), cloud.ErrKeyRefused)
+	}
+	return sess.owner.ARN, nil
 }

@@ -131,3 +131,38 @@ func TestFaults(t *testing.T) {
 		t.Fatal("a failed create left a key")
 	}
 }
+
+// Sessions act as the key's user until they expire, whatever becomes of the key meanwhile.
+func TestSessions(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := sim.New(sim.WithClock(func() time.Time { return now }))
+	c.AddUser(acct, "alice", "/", nil)
+	k := c.AddKey(acct, "alice", now.Add(-time.Hour), cloud.KeyActive)
+	if _, err := c.SessionToken(ctx, acct, k.ID, secret.New("wrong"), time.Hour); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("a session with a wrong secret: %v", err)
+	}
+	if _, err := c.SessionToken(ctx, acct, k.ID, k.Secret, time.Minute); err == nil {
+		t.Fatal("a one-minute session")
+	}
+	s, err := c.SessionToken(ctx, acct, k.ID, k.Secret, time.Hour)
+	if err != nil || s.Expiration != now.Add(time.Hour) {
+		t.Fatalf("session: %+v %v", s, err)
+	}
+	if arn, err := c.CallerIdentity(s.AccessKeyID, s.SecretAccessKey, s.SessionToken); err != nil || arn != "arn:aws:iam::123456789012:user/alice" {
+		t.Fatalf("session identity: %q %v", arn, err)
+	}
+	if err := c.DeleteAccessKey(ctx, acct, "alice", k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CallerIdentity(s.AccessKeyID, s.SecretAccessKey, s.SessionToken); err != nil {
+		t.Fatalf("a session ended with its key: %v", err)
+	}
+	now = now.Add(time.Hour)
+	if _, err := c.CallerIdentity(s.AccessKeyID, s.SecretAccessKey, s.SessionToken); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("an expired session: %v", err)
+	}
+	if _, err := c.SessionToken(ctx, acct, k.ID, k.Secret, time.Hour); !errors.Is(err, cloud.ErrKeyRefused) {
+		t.Fatalf("a session of a deleted key: %v", err)
+	}
+}
