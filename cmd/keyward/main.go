@@ -107,6 +107,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.rotateCommand(),
 		a.statusCommand(),
 		a.deliverCommand(),
+		a.credentialsCommand(),
 		a.auditCommand(),
 		a.userCommand(),
 		a.teamCommand(),

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
@@ -83,8 +84,9 @@ type Service struct {
 		Atomically(ctx context.Context, fn func(ctx context.Context) error) error
 	}
 	// Sessions caches session credentials (nil: made when first needed).
-	Sessions *Sessions
-	Now      func() time.Time
+	Sessions     *Sessions
+	sessionsOnce sync.Once
+	Now          func() time.Time
 }
 
 // Credential is a team's current key, with when its holder should fetch it again.

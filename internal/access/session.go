@@ -83,9 +83,11 @@ func (s *Service) SessionCredentials(ctx context.Context, p *auth.Principal, tea
 
 // session returns the cached session of a team's current key, or makes one.
 func (s *Service) session(ctx context.Context, c Credential, d time.Duration) (SessionCredential, error) {
-	if s.Sessions == nil {
-		s.Sessions = &Sessions{}
-	}
+	s.sessionsOnce.Do(func() {
+		if s.Sessions == nil {
+			s.Sessions = &Sessions{}
+		}
+	})
 	cache := s.Sessions
 	key := c.Team + "|" + d.String()
 	fresh := func() (SessionCredential, bool) {
