@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/keyward/keyward/internal/testenv"
@@ -255,5 +257,34 @@ func TestKillDuringLargePass(t *testing.T) {
 	})
 	if n := w.checkAfterRecovery(t, pre); n != len(names) {
 		t.Fatalf("%d of %d users rotated after recovery", n, len(names))
+	}
+}
+
+// TestKillDuringDelivery kills keyward (SIGKILL) at each point of the delivery step against moto's
+// Secrets Manager and Parameter Store: the restart finishes the rotation, both targets hold the
+// vault's current key, and no second value was written (one version each: a retry sent the same
+// request, under the same token).
+func TestKillDuringDelivery(t *testing.T) {
+	for _, point := range []string{"deliver", "staged", "delivered"} {
+		t.Run(point, func(t *testing.T) {
+			ctx := context.Background()
+			w := newMotoWorld(t, `KEYWARD_DELIVERY_TARGETS=[{match: {user: "*"}, kind: secrets_manager, name: "keyward/{user}"}, `+
+				`{match: {user: "*"}, kind: ssm_parameter, name: "/keyward/{user}", format: env}]`)
+			pre := w.addUsers(t, "alice")
+			w.env.killedAt(t, point, "rotate", "--once", "--user", "alice", "--force")
+			w.env.must(t, 0, "", "rotate", "--once")
+			if n := w.checkAfterRecovery(t, pre); n != 1 {
+				t.Fatalf("alice was not rotated after the crash at %q", point)
+			}
+			w.env.must(t, 0, "", "deliver", "--check")
+			versions, err := secretsmanager.NewFromConfig(w.admin).ListSecretVersionIds(ctx, &secretsmanager.ListSecretVersionIdsInput{SecretId: aws.String("keyward/alice")})
+			if err != nil || len(versions.Versions) != 1 {
+				t.Fatalf("secret versions after the crash at %s: %+v %v", point, versions, err)
+			}
+			hist, err := ssm.NewFromConfig(w.admin).GetParameterHistory(ctx, &ssm.GetParameterHistoryInput{Name: aws.String("/keyward/alice")})
+			if err != nil || len(hist.Parameters) != 1 {
+				t.Fatalf("parameter versions after the crash at %s: %+v %v", point, hist, err)
+			}
+		})
 	}
 }

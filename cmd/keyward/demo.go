@@ -33,6 +33,8 @@ func demoConfig(dir string, base *config.Config) (*config.Config, string, error)
 	cfg.Rotation.QuietPeriod = config.Duration(30 * time.Second)
 	cfg.Rotation.Interval = config.Duration(15 * time.Second)
 	cfg.Rotation.VerifyTimeout = config.Duration(30 * time.Second)
+	// The CI users' keys also go to a (simulated) Secrets Manager secret, as a rotation step.
+	cfg.Delivery.Targets = []config.DeliveryTarget{{Match: config.DeliveryMatch{User: "ci-*"}, Kind: "secrets_manager", Name: "keyward/{account}/{user}"}}
 	path := filepath.Join(dir, "keyward.yaml")
 	yaml := fmt.Sprintf(`# Written by keyward serve --demo: points other commands at the demo's vault.
 cloud: sim

@@ -382,7 +382,7 @@ func startServe(t *testing.T, e *env) *serveProcess {
 	t.Helper()
 	cmd := exec.Command(binary, "serve")
 	// The simulated cloud unless the environment names another (the last of a name wins).
-	cmd.Dir, cmd.Env = e.dir, append(append([]string{"KEYWARD_CLOUD=sim"}, e.vars...), "KEYWARD_SERVER_LISTEN=127.0.0.1:0")
+	cmd.Dir, cmd.Env = e.dir, append([]string{"KEYWARD_CLOUD=sim", "KEYWARD_SERVER_LISTEN=127.0.0.1:0"}, e.vars...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

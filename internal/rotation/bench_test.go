@@ -23,20 +23,27 @@ import (
 	"github.com/keyward/keyward/internal/cloud/awsiam"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
 )
 
-// benchEngine returns an engine over a fresh embedded vault and the given cloud, without pauses.
-func benchEngine(b *testing.B, c cloud.Provider, d testenv.Database) *rotation.Engine {
+// benchEngine returns an engine over a fresh embedded vault and the given cloud, without pauses;
+// with targets, it delivers every key to them (in memory).
+func benchEngine(b *testing.B, c cloud.Provider, d testenv.Database, targets ...delivery.Target) *rotation.Engine {
 	b.Helper()
 	db := storetest.Open(b, d)
 	v := storetest.Vault(b, db, nil)
-	return rotation.New(rotation.Engine{Cloud: c, Vault: v, Store: db.Rotations(), Policy: rotation.DefaultPolicy(),
+	e := rotation.New(rotation.Engine{Cloud: c, Vault: v, Store: db.Rotations(), Policy: rotation.DefaultPolicy(),
 		Audit: audit.New(db.Audit(), nil, nil),
 		Owner: "bench", VerifyInterval: time.Millisecond,
 		Sleep: func(context.Context, time.Duration) error { return nil }})
+	if len(targets) > 0 {
+		e.Delivery = &rotation.Delivery{To: delivery.NewMemory(), Records: db.Deliveries(),
+			Router: &delivery.Router{DefaultRegion: "eu-west-1", Targets: targets}}
+	}
+	return e
 }
 
 // BenchmarkPassSim is one pass over N users whose keys are all due, on the simulated cloud (in
@@ -44,51 +51,65 @@ func benchEngine(b *testing.B, c cloud.Provider, d testenv.Database) *rotation.E
 func BenchmarkPassSim(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		for _, driver := range []string{"sqlite", "postgres"} {
-			b.Run(fmt.Sprintf("users=%d/%s", n, driver), func(b *testing.B) {
-				var elapsed, cpu time.Duration
-				var allocated uint64
-				var heap uint64
-				for i := 0; i < b.N; i++ {
-					b.StopTimer()
-					c := sim.New()
-					now := time.Now()
-					for u := range n {
-						name := fmt.Sprintf("user-%05d", u)
-						c.AddUser(acct, name, "/", nil)
-						c.AddKey(acct, name, now.Add(-100*day), cloud.KeyActive)
-					}
-					d := testenv.Database{Driver: "sqlite", DSN: filepath.Join(b.TempDir(), "bench.db")}
-					if driver == "postgres" {
-						d = testenv.Database{Driver: "postgres", DSN: testenv.PostgresDSN(b)}
-					}
-					e := benchEngine(b, c, d)
-					runtime.GC()
-					var before, after runtime.MemStats
-					runtime.ReadMemStats(&before)
-					cpu0 := processCPU(b)
-					b.StartTimer()
-					start := time.Now()
-					rep, err := e.Pass(context.Background(), rotation.PassOptions{Concurrency: benchWorkers})
-					elapsed += time.Since(start)
-					b.StopTimer()
-					cpu += processCPU(b) - cpu0
-					runtime.ReadMemStats(&after)
-					allocated += after.TotalAlloc - before.TotalAlloc
-					heap = max(heap, after.HeapInuse)
-					if err != nil || rep.Summary.Rotated != n {
-						b.Fatalf("pass: %+v, %v", rep.Summary, err)
-					}
-				}
-				keys := float64(b.N * n)
-				b.ReportMetric(float64(elapsed.Nanoseconds())/keys, "ns/key")
-				// Keyward's own CPU (user + system) per key: with SQLite the database's work is in it,
-				// with PostgreSQL it is the server's, on the same two cores here, and not in it.
-				b.ReportMetric(float64(cpu.Nanoseconds())/keys, "cpu-ns/key")
-				b.ReportMetric(float64(allocated)/keys, "B/key")
-				b.ReportMetric(float64(heap)/(1<<20), "MiB-heap")
-			})
+			b.Run(fmt.Sprintf("users=%d/%s", n, driver), func(b *testing.B) { passSim(b, n, driver, false) })
 		}
 	}
+}
+
+// BenchmarkPassSimDelivery is BenchmarkPassSim with every user delivering to one target (in memory):
+// what the deliver step adds to the engine (one more transaction and a delivery record per key).
+func BenchmarkPassSimDelivery(b *testing.B) {
+	for _, driver := range []string{"sqlite", "postgres"} {
+		b.Run(fmt.Sprintf("users=1000/%s", driver), func(b *testing.B) { passSim(b, 1000, driver, true) })
+	}
+}
+
+func passSim(b *testing.B, n int, driver string, deliver bool) {
+	var elapsed, cpu time.Duration
+	var allocated uint64
+	var heap uint64
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		c := sim.New()
+		now := time.Now()
+		for u := range n {
+			name := fmt.Sprintf("user-%05d", u)
+			c.AddUser(acct, name, "/", nil)
+			c.AddKey(acct, name, now.Add(-100*day), cloud.KeyActive)
+		}
+		d := testenv.Database{Driver: "sqlite", DSN: filepath.Join(b.TempDir(), "bench.db")}
+		if driver == "postgres" {
+			d = testenv.Database{Driver: "postgres", DSN: testenv.PostgresDSN(b)}
+		}
+		var targets []delivery.Target
+		if deliver {
+			targets = append(targets, secretTarget)
+		}
+		e := benchEngine(b, c, d, targets...)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		cpu0 := processCPU(b)
+		b.StartTimer()
+		start := time.Now()
+		rep, err := e.Pass(context.Background(), rotation.PassOptions{Concurrency: benchWorkers})
+		elapsed += time.Since(start)
+		b.StopTimer()
+		cpu += processCPU(b) - cpu0
+		runtime.ReadMemStats(&after)
+		allocated += after.TotalAlloc - before.TotalAlloc
+		heap = max(heap, after.HeapInuse)
+		if err != nil || rep.Summary.Rotated != n {
+			b.Fatalf("pass: %+v, %v", rep.Summary, err)
+		}
+	}
+	keys := float64(b.N * n)
+	b.ReportMetric(float64(elapsed.Nanoseconds())/keys, "ns/key")
+	// Keyward's own CPU (user + system) per key: with SQLite the database's work is in it,
+	// with PostgreSQL it is the server's, on the same two cores here, and not in it.
+	b.ReportMetric(float64(cpu.Nanoseconds())/keys, "cpu-ns/key")
+	b.ReportMetric(float64(allocated)/keys, "B/key")
+	b.ReportMetric(float64(heap)/(1<<20), "MiB-heap")
 }
 
 // countingTransport counts the HTTP requests the AWS SDK sends.
