@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,24 @@ func TestExportEveryIdentity(t *testing.T) {
 	}
 	if exported != 2 {
 		t.Fatalf("%d export reads on the record, want one per key", exported)
+	}
+}
+
+// A cached session is handed out only while it has more than five minutes to live.
+func TestSessionCacheMargin(t *testing.T) {
+	var offset atomic.Int64
+	sessions := &access.Sessions{}
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, func(api *httpapi.API) {
+		api.Access.Sessions = sessions
+		api.Access.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	_, first, _ := f.session("payments", "&duration=15m", f.creds["member"])
+	offset.Store(int64(9 * time.Minute)) // six minutes left: still handed out
+	if _, again, _ := f.session("payments", "&duration=15m", f.creds["member"]); again.AccessKeyID != first.AccessKeyID || sessions.Calls() != 1 {
+		t.Fatalf("with six minutes left: %s (calls %d)", again.AccessKeyID, sessions.Calls())
+	}
+	offset.Store(int64(11 * time.Minute)) // four minutes left: a new one
+	if _, next, _ := f.session("payments", "&duration=15m", f.creds["member"]); next.AccessKeyID == first.AccessKeyID || sessions.Calls() != 2 {
+		t.Fatalf("with four minutes left: %s (calls %d)", next.AccessKeyID, sessions.Calls())
 	}
 }

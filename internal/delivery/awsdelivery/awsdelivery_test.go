@@ -133,6 +133,22 @@ func TestSecretsManager(t *testing.T) {
 	}
 }
 
+// A secret Keyward creates is encrypted with the target's KMS key when it names one.
+func TestSecretsManagerKMSKey(t *testing.T) {
+	ctx := context.Background()
+	cfg := testenv.MotoWithAdmin(t, 0, nil)
+	key := testenv.CreateKMSKey(t, cfg)
+	d := awsdelivery.New(cfg)
+	s := delivery.Spec{Kind: delivery.SecretsManager, Name: "keyward/kms", Region: "us-east-1", Format: delivery.JSON, KMSKeyID: key}
+	if err := delivery.Put(ctx, d, s, payload(s, "AKIAFIRST00000000001", "first-secret", "rotation/1")); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := secretsmanager.NewFromConfig(cfg).DescribeSecret(ctx, &secretsmanager.DescribeSecretInput{SecretId: aws.String(s.Name)})
+	if err != nil || !strings.Contains(aws.ToString(desc.KmsKeyId), key) {
+		t.Fatalf("the secret's KMS key: %q %v, want %s", aws.ToString(desc.KmsKeyId), err, key)
+	}
+}
+
 func TestSecretsManagerLeavesForeignSecrets(t *testing.T) {
 	ctx := context.Background()
 	cfg := testenv.MotoWithAdmin(t, 0, nil)
