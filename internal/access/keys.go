@@ -55,7 +55,7 @@ func (s *Service) Reveal(ctx context.Context, actor string, id vault.Identity) (
 	if err != nil {
 		return c, err
 	}
-	return c, s.recordRead(ctx, actor, c, nil)
+	return c, s.recordRead(ctx, actor, c, map[string]string{"type": TypeKey})
 }
 
 // recordRead puts the reading of c by actor on the record: the one rule before any secret is handed

@@ -557,7 +557,7 @@ func TestStatusShowsDeliveryTargets(t *testing.T) {
 	if status, _, body := f.credentials("payments", f.creds["member"]); status != 200 { // the team's first key, made and delivered
 		t.Fatalf("credentials: %d %s", status, body)
 	}
-	status, body := f.do("GET", "/v1/status", f.creds["operator"], nil)
+	status, body := f.doChecked("GET", "/v1/status", f.creds["operator"], nil)
 	var doc struct {
 		Delivery struct {
 			Identities []rotation.IdentityTargets `json:"identities"`

@@ -28,7 +28,7 @@ type sessionDoc struct {
 
 func (f *fixture) session(team, query string, h http.Header) (int, sessionDoc, []byte) {
 	f.t.Helper()
-	status, body := f.do("GET", "/v1/teams/"+team+"/credentials?type=session"+query, h, nil)
+	status, body := f.doChecked("GET", "/v1/teams/"+team+"/credentials?type=session"+query, h, nil)
 	var d sessionDoc
 	if status == http.StatusOK {
 		if err := json.Unmarshal(body, &d); err != nil {
@@ -132,7 +132,7 @@ func TestSessionCredentials(t *testing.T) {
 // A session-only team hands its members and API keys sessions only; an admin's export still has the key.
 func TestSessionOnlyTeam(t *testing.T) {
 	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
-	status, body := f.do("POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "vendor", "iam_user": "search-app-2",
+	status, body := f.doChecked("POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "vendor", "iam_user": "search-app-2",
 		"account_id": account, "session_only": true})
 	if status != 201 || !strings.Contains(string(body), `"session_only":true`) {
 		t.Fatalf("add a session-only team: %d %s", status, body)
@@ -163,7 +163,7 @@ func TestExportEveryIdentity(t *testing.T) {
 	if _, err := f.vault.Import(context.Background(), vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "loner"}, lone.ID, lone.Secret); err != nil {
 		t.Fatal(err)
 	}
-	status, body := f.do("GET", "/v1/export?format=csv", f.creds["admin"], nil)
+	status, body := f.doChecked("GET", "/v1/export?format=csv", f.creds["admin"], nil)
 	rows, err := csv.NewReader(strings.NewReader(string(body))).ReadAll()
 	if status != 200 || err != nil || len(rows) != 3 || strings.Join(rows[0], ",") != "account,user,team,access_key_id,secret_access_key,created,state" {
 		t.Fatalf("csv export: %d %s", status, body)
