@@ -26,6 +26,9 @@ func (a *app) notifier(db *store.DB) *notify.Notifier {
 	for _, e := range n.Admin.Emails {
 		r.Global = append(r.Global, notify.Route{Channel: "email", Destination: e, Events: n.Admin.Events})
 	}
+	for _, e := range n.Security.Emails {
+		r.Global = append(r.Global, notify.Route{Channel: "email", Destination: e, Events: []string{notify.KeyLeaked}})
+	}
 	for _, t := range n.SNS {
 		r.Global = append(r.Global, notify.Route{Channel: "sns", Destination: t.TopicARN, Events: t.Events})
 	}

@@ -26,7 +26,7 @@ func policyFrom(r config.Rotation) rotation.Policy {
 	p := rotation.Policy{
 		RotateAfter: r.RotateAfter.Std(), DeactivateAfter: r.DeactivateAfter.Std(), DeleteAfter: r.DeleteAfter.Std(),
 		QuietPeriod: r.QuietPeriod.Std(), ForceDeactivate: r.ForceDeactivate, VerifyTimeout: r.VerifyTimeout.Std(),
-		ExemptGroup: r.ExemptGroup, DeleteForeignInactiveAfter: r.DeleteForeignInactiveAfter.Std(),
+		ExemptGroup: r.ExemptGroup, DeleteForeignInactiveAfter: r.DeleteForeignInactiveAfter.Std(), LeakDeleteAfter: r.LeakDeleteAfter.Std(),
 	}
 	for _, rule := range r.Rules {
 		p.Rules = append(p.Rules, rotation.Rule{PathPrefix: rule.PathPrefix, NameGlob: rule.NameGlob,
@@ -63,6 +63,7 @@ func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider, d
 		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
 		OnDemand: rotation.NewOnDemand(a.cfg.Rotation.Concurrency, onDemandDeadline),
 		Delivery: &rotation.Delivery{Router: a.deliveryRouter(db), To: dest, Records: db.Deliveries(), Timeout: a.cfg.Delivery.Timeout.Std()},
+		Leaks:    db.Leaks(),
 	})
 	if n := a.notifier(db); n != nil { // a nil *Notifier in the interface would not be nil
 		e.Notifier = n

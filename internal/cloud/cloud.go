@@ -66,6 +66,9 @@ type LastUsed struct {
 	At      time.Time
 	Service string
 	Region  string
+	// UserName is the key's user, as the cloud names it (IAM's GetAccessKeyLastUsed does for any key
+	// of the account): how the owner of a key Keyward does not know is found.
+	UserName string
 }
 
 // Session is a set of temporary credentials made with a long-lived key (STS GetSessionToken): the

@@ -174,6 +174,8 @@ type Notify struct {
 	TemplatesDir string `yaml:"templates_dir"`
 	// Admin is the global channel: these addresses are told of the events listed.
 	Admin NotifyRecipients `yaml:"admin"`
+	// Security is told of every key reported exposed (key.leaked), at once.
+	Security NotifySecurity `yaml:"security"`
 	// Owners give the owners of matching users their address (besides the keyward:owner tag).
 	Owners []NotifyOwner `yaml:"owners"`
 	// Teams give Keyward teams (keyward team add) addresses for the events of the IAM user they own.
@@ -185,6 +187,11 @@ type Notify struct {
 	SNS         []NotifySNS     `yaml:"sns"`
 	Webhooks    []NotifyWebhook `yaml:"webhooks"`
 	Slack       []NotifySlack   `yaml:"slack"`
+}
+
+// NotifySecurity is the security team's channel: the addresses told of leaks.
+type NotifySecurity struct {
+	Emails []string `yaml:"emails"`
 }
 
 // NotifyRecipients are e-mail addresses and the events they want (globs; none: all).
@@ -374,6 +381,7 @@ type Rotation struct {
 	ForceDeactivate            bool     `yaml:"force_deactivate"`
 	ExemptGroup                string   `yaml:"exempt_group"`
 	DeleteForeignInactiveAfter Duration `yaml:"delete_foreign_inactive_after"`
+	LeakDeleteAfter            Duration `yaml:"leak_delete_after"`
 	Concurrency                int      `yaml:"concurrency"`
 	Rules                      []Rule   `yaml:"rules"`
 }
@@ -407,7 +415,7 @@ func Default() Config {
 		Rotation: Rotation{
 			RotateAfter: Duration(90 * day), DeactivateAfter: Duration(10 * day), DeleteAfter: Duration(10 * day),
 			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), VerifyInterval: Duration(time.Second),
-			QuietPeriod: Duration(day),
+			QuietPeriod: Duration(day), LeakDeleteAfter: Duration(time.Hour),
 			Concurrency: 32,
 		},
 		Audit: Audit{CheckpointInterval: Duration(time.Minute), ShipInterval: Duration(5 * time.Second),
@@ -565,7 +573,7 @@ func (a AWS) validate(report func(key, format string, args ...any)) {
 // validate checks the rotation policy's durations, concurrency and rules.
 func (r Rotation) validate(report func(key, format string, args ...any)) {
 	for key, d := range map[string]Duration{"rotation.rotate_after": r.RotateAfter, "rotation.interval": r.Interval,
-		"rotation.verify_timeout": r.VerifyTimeout, "rotation.verify_interval": r.VerifyInterval} {
+		"rotation.verify_timeout": r.VerifyTimeout, "rotation.verify_interval": r.VerifyInterval, "rotation.leak_delete_after": r.LeakDeleteAfter} {
 		if d <= 0 {
 			report(key, "must be positive")
 		}
@@ -637,6 +645,7 @@ func (n *Notify) validate(report func(key, format string, args ...any)) {
 	}
 	events := func(key string, globs []string) { eventGlobs(report, key, globs) }
 	wantsEmail := emails("notify.admin.emails", n.Admin.Emails)
+	wantsEmail = emails("notify.security.emails", n.Security.Emails) || wantsEmail
 	events("notify.admin.events", n.Admin.Events)
 	events("notify.owner_events", n.OwnerEvents)
 	for i, o := range n.Owners {

@@ -35,6 +35,7 @@ var (
 		KeyDeactivated: "Old access key deactivated", KeyDeleted: "Access key deleted", RotationFailed: "Key rotation failed",
 		RotationBlocked: "Key rotation blocked", RotationHeld: "Old access key still in use: deactivation held",
 		DeliveryFailed: "New access key could not be delivered: rotation rolled back",
+		KeyLeaked:      "URGENT: access key reported exposed",
 	}
 	advice = map[string]string{
 		KeyRotated:            "Programs that read their key from Keyward get the new one now. The old key keeps working until it is deactivated.",
@@ -44,6 +45,7 @@ var (
 		RotationFailed:        "The old key was left as it was and keeps working. Keyward will try again later.",
 		RotationBlocked:       "Keyward cannot make room for a new key without deleting one it may not delete. Someone must look.",
 		RotationHeld:          "A program still signs with the old key. It stays active until that stops (or until forced).",
+		KeyLeaked:             "A key was reported exposed. A key Keyward manages is replaced and deactivated at once, then deleted after an hour; a key it does not manage must be deactivated and replaced by its owner. Look for what used it: the audit trail and CloudTrail.",
 		DeliveryFailed:        "A delivery target (Secrets Manager or Parameter Store) did not take the new key: the targets hold the old key again, which keeps working, and the new key was deleted. Keyward will try again later.",
 	}
 )

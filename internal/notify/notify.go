@@ -29,6 +29,7 @@ const (
 	RotationBlocked        = "rotation.blocked"
 	RotationHeld           = "rotation.held"
 	DeliveryFailed         = "delivery.failed"
+	KeyLeaked              = "key.leaked"
 	channelEmail           = "email"
 	defaultMaxAttempts     = 20
 	defaultFirstRetryDelay = 30 * time.Second
@@ -36,7 +37,7 @@ const (
 )
 
 // Events lists every event, for configuration checks.
-var Events = []string{KeyRotated, KeyDeactivationComing, KeyDeactivated, KeyDeleted, RotationFailed, RotationBlocked, RotationHeld, DeliveryFailed}
+var Events = []string{KeyRotated, KeyDeactivationComing, KeyDeactivated, KeyDeleted, RotationFailed, RotationBlocked, RotationHeld, DeliveryFailed, KeyLeaked}
 
 // Notice is one thing to tell. Its ID is the same each time the same fact is noticed (the same key
 // rotated, the same day's hold), so it is queued once.

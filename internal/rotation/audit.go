@@ -118,6 +118,10 @@ func (e *Engine) noticeFor(ctx context.Context, s step) (notify.Notice, bool) {
 	case ActionBlocked:
 		n.Event = notify.RotationBlocked
 		n.ID = n.Event + "|" + s.id.String() + "|" + day
+	case ActionLeaked:
+		n.Event, n.KeyID = notify.KeyLeaked, d["access_key_id"]
+		n.Reason = d["reason"]
+		n.ID = n.Event + "|" + n.KeyID
 	default:
 		return n, false
 	}

@@ -50,21 +50,35 @@ type retirementStep struct {
 	Next    NextAction // NextDeactivate or NextDelete
 	Version vault.Version
 	Due     time.Time
+	Leaked  bool // reported exposed: deactivated whether in use or not
 }
 
 // decideRetirement is the one rule for retiring old keys, for a visit and a plan: a previous key is
 // deactivated DeactivateAfter after the current one took over (unless it is still in use — that
 // needs the cloud, and is checked by the caller); an inactive key is deleted DeleteAfter after its
-// deactivation. It reads nothing; the steps come in the versions' order.
-func decideRetirement(pol Policy, current *vault.Version, versions []vault.Version) []retirementStep {
+// deactivation. A leaked key is deactivated at once (in use or not) and deleted LeakDeleteAfter
+// after its deactivation. It reads nothing; the steps come in the versions' order.
+func decideRetirement(pol Policy, current *vault.Version, versions []vault.Version, leaks map[string]Leak) []retirementStep {
 	var steps []retirementStep
 	for _, v := range versions {
+		leak, leaked := leaks[v.AccessKeyID]
 		switch {
+		case v.State == vault.StatePrevious && leaked:
+			steps = append(steps, retirementStep{Next: NextDeactivate, Version: v, Due: leak.ReportedAt, Leaked: true})
 		case v.State == vault.StatePrevious && current != nil:
 			steps = append(steps, retirementStep{Next: NextDeactivate, Version: v, Due: current.CurrentAt.Add(pol.DeactivateAfter)})
+		case v.State == vault.StateInactive && leaked:
+			steps = append(steps, retirementStep{Next: NextDelete, Version: v, Due: v.InactiveAt.Add(pol.leakDeleteAfter()), Leaked: true})
 		case v.State == vault.StateInactive:
 			steps = append(steps, retirementStep{Next: NextDelete, Version: v, Due: v.InactiveAt.Add(pol.DeleteAfter)})
 		}
 	}
 	return steps
+}
+
+func (p Policy) leakDeleteAfter() time.Duration {
+	if p.LeakDeleteAfter > 0 {
+		return p.LeakDeleteAfter
+	}
+	return time.Hour
 }

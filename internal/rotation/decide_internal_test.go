@@ -56,7 +56,7 @@ func TestDecideRetirement(t *testing.T) {
 		{AccessKeyID: "AKIAPENDING", State: vault.StatePending},
 		current,
 	}
-	got := decideRetirement(pol, &current, versions)
+	got := decideRetirement(pol, &current, versions, nil)
 	want := []retirementStep{
 		{Next: NextDelete, Version: versions[0], Due: now.Add(4 * 24 * time.Hour)},
 		{Next: NextDeactivate, Version: versions[1], Due: now.Add(7 * 24 * time.Hour)},
@@ -70,7 +70,7 @@ func TestDecideRetirement(t *testing.T) {
 		}
 	}
 	// Without a current version a previous key has nothing to wait for: it is not retired.
-	if got := decideRetirement(pol, nil, versions[1:2]); len(got) != 0 {
+	if got := decideRetirement(pol, nil, versions[1:2], nil); len(got) != 0 {
 		t.Errorf("a previous key with no current one: %+v", got)
 	}
 }

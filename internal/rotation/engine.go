@@ -72,6 +72,16 @@ func (r *Result) did(kind ActionKind, keyID string) {
 	r.Actions = append(r.Actions, Action{Kind: kind, KeyID: keyID})
 }
 
+// done reports whether the visit did kind to the key.
+func (r Result) done(kind ActionKind, keyID string) bool {
+	for _, a := range r.Actions {
+		if a.Kind == kind && a.KeyID == keyID {
+			return true
+		}
+	}
+	return false
+}
+
 // Hook is called at named points of the protocol; tests use it to crash the engine there. A non-nil
 // error stops the visit at once, doing nothing more, as a killed process would.
 type Hook func(point string) error
@@ -107,6 +117,8 @@ type Engine struct {
 	RetryBackoff time.Duration
 	// Delivery, when set, puts every new key into its identity's targets before it is promoted.
 	Delivery *Delivery
+	// Leaks, when set, records reported leaks; visits act on the open ones (see leak.go).
+	Leaks LeakStore
 
 	// owners are the visited user's owners, in the copy of the engine a visit runs on (forUser).
 	owners []string

@@ -77,6 +77,14 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 		return Report{Errors: []string{fmt.Sprintf("list accounts: %v", err)}}, nil
 	}
 	p := &pass{e: e, opts: opts}
+	// The open leaks, read once for every visit of the pass (a leak reported meanwhile is answered
+	// by its own visit, and by the next pass).
+	if p.leaks, err = e.leaksFor(ctx, VisitOptions{}); err != nil {
+		return Report{Errors: []string{fmt.Sprintf("read leaks: %v", err)}}, nil
+	}
+	if p.leaks == nil {
+		p.leaks = map[string]Leak{}
+	}
 	// At most Concurrency visits at once: Go waits for a place. A visit cut short does not cancel
 	// the others (each stops safely on its own), it only stops more from starting.
 	p.g.SetLimit(opts.Concurrency)
@@ -110,6 +118,7 @@ func (e *Engine) Pass(ctx context.Context, opts PassOptions) (Report, error) {
 type pass struct {
 	e     *Engine
 	opts  PassOptions
+	leaks map[string]Leak
 	g     errgroup.Group
 	mu    sync.Mutex
 	rep   Report
@@ -140,7 +149,7 @@ func (p *pass) start(ctx context.Context, u cloud.User) error {
 		return err
 	}
 	p.g.Go(func() error {
-		res, err := p.e.Visit(ctx, u, VisitOptions{Force: p.opts.Force})
+		res, err := p.e.Visit(ctx, u, VisitOptions{Force: p.opts.Force, leaks: p.leaks})
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if err != nil && p.first == nil {

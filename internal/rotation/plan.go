@@ -76,7 +76,11 @@ func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	if err != nil {
 		return p.failed(err)
 	}
-	ps := planState{keyState: keyState{id: id, keys: keys, versions: versions}, force: force, now: e.now()}
+	leaks, err := e.leaksFor(ctx, VisitOptions{})
+	if err != nil {
+		return p.failed(err)
+	}
+	ps := planState{keyState: keyState{id: id, keys: keys, versions: versions}, force: force, now: e.now(), leaks: leaks}
 	p.Keys, ps.current = keyViews(keys, versions, ps.now)
 	if p.Targets, err = e.targetStates(ctx, u, versions); err != nil {
 		return p.failed(err)
@@ -133,6 +137,7 @@ type planState struct {
 	current *cloud.AccessKey
 	force   bool
 	now     time.Time
+	leaks   map[string]Leak
 }
 
 func (p Plan) failed(err error) Plan {
@@ -168,10 +173,11 @@ func (e *Engine) planNext(ctx context.Context, pol Policy, ps planState, p Plan)
 	if err != nil {
 		return p.failed(err)
 	}
-	d := decideRotation(pol, rotationFacts{CreatedAt: ps.current.CreatedAt, Last: last, Force: ps.force, Backoff: e.backoff, Now: ps.now})
+	_, leaked := ps.leaks[ps.current.ID]
+	d := decideRotation(pol, rotationFacts{CreatedAt: ps.current.CreatedAt, Last: last, Force: ps.force || leaked, Backoff: e.backoff, Now: ps.now})
 	retired := false
 	if cv := currentVersion(ps.versions); cv != nil && cv.AccessKeyID == ps.current.ID {
-		r, err := e.planRetirement(ctx, pol, *cv, ps.versions)
+		r, err := e.planRetirement(ctx, pol, *cv, ps.versions, ps.leaks)
 		if err != nil {
 			return p.failed(err)
 		}
@@ -294,7 +300,7 @@ type retirement struct {
 }
 
 // planRetirement finds what a visit would retire now, hold, or retire later, as retire does it.
-func (e *Engine) planRetirement(ctx context.Context, pol Policy, current vault.Version, versions []vault.Version) (retirement, error) {
+func (e *Engine) planRetirement(ctx context.Context, pol Policy, current vault.Version, versions []vault.Version, leaks map[string]Leak) (retirement, error) {
 	var r retirement
 	now := e.now()
 	// The action a plan names: one due now before one due later (a deletion before a deactivation,
@@ -311,8 +317,8 @@ func (e *Engine) planRetirement(ctx context.Context, pol Policy, current vault.V
 			r.next, r.nextKeyID, r.nextDue = next, v.AccessKeyID, due
 		}
 	}
-	for _, st := range decideRetirement(pol, &current, versions) {
-		if st.Next == NextDeactivate && !st.Due.After(now) && !pol.ForceDeactivate {
+	for _, st := range decideRetirement(pol, &current, versions, leaks) {
+		if st.Next == NextDeactivate && !st.Due.After(now) && !pol.ForceDeactivate && !st.Leaked {
 			lu, err := e.Cloud.AccessKeyLastUsed(ctx, current.Identity.AccountID, st.Version.AccessKeyID)
 			if err != nil {
 				return r, err

@@ -31,6 +31,9 @@ type Policy struct {
 	ForceDeactivate bool
 	VerifyTimeout   time.Duration
 	ExemptGroup     string
+	// LeakDeleteAfter is how long a key reported exposed is kept, deactivated, before it is deleted
+	// (for forensics; default 1 hour).
+	LeakDeleteAfter time.Duration
 	// DeleteForeignInactiveAfter allows deleting an inactive key Keyward did not retire, once it is
 	// this old, to make room for a new key. Zero: never.
 	DeleteForeignInactiveAfter time.Duration

@@ -17,6 +17,9 @@ type VisitOptions struct {
 	// user that the visit resumes or finds running elsewhere: callers that start a rotation and
 	// return at once (the API's POST /rotate) learn its id.
 	OnBegin func(Record)
+
+	// leaks are the open leaks, read once by a pass for all its visits (nil: the visit reads them).
+	leaks map[string]Leak
 }
 
 func (o VisitOptions) begun(rec Record) {

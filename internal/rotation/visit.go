@@ -28,6 +28,7 @@ type visit struct {
 	rec     Record // the open rotation, once begun or resumed
 	resumed bool   // rec was found open (interrupted, or taken over): its create step may have left something to settle
 	user    cloud.User
+	leaks   map[string]Leak // the open leaks: keys reported exposed
 	// targets are the user's delivery targets, once resolved (targetsOf).
 	targets      []delivery.Spec
 	targetsKnown bool
@@ -58,11 +59,20 @@ func (e *Engine) newVisit(u cloud.User, opts VisitOptions) *visit {
 }
 
 // run is the visit's protocol: an open rotation first; otherwise reconcile, retire, and rotate if due.
+// A leaked key replaced by this visit is retired in it too.
 func (v *visit) run(ctx context.Context) error {
+	leaks, err := v.e.leaksFor(ctx, v.opts)
+	if err != nil {
+		return err
+	}
+	v.leaks = leaks
 	if rec, open, err := v.e.Store.Open(ctx, v.id); err != nil {
 		return err
 	} else if open {
-		return v.resume(ctx, rec)
+		if err := v.resume(ctx, rec); err != nil {
+			return err
+		}
+		return v.retireLeaked(ctx)
 	}
 	ks, err := v.reconcile(ctx)
 	if err != nil {
@@ -76,10 +86,25 @@ func (v *visit) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := v.rotateIfDue(ctx, ks); err != nil || v.rec.ID != 0 || v.e.Delivery == nil {
+	if err := v.rotateIfDue(ctx, ks); err != nil {
+		return err
+	}
+	if err := v.retireLeaked(ctx); err != nil || v.rec.ID != 0 || v.e.Delivery == nil {
 		return err
 	}
 	return v.catchUp(ctx)
+}
+
+// retireLeaked deactivates, in the same visit, a leaked key that the visit has just replaced.
+func (v *visit) retireLeaked(ctx context.Context) error {
+	if _, leaked := v.leaks[v.rec.OldKeyID]; !leaked || v.res.Outcome != Rotated {
+		return nil
+	}
+	ks, err := v.reconcile(ctx)
+	if err != nil {
+		return err
+	}
+	return v.retire(ctx, ks.versions)
 }
 
 // result is what the visit returns: its result, or — for an error that cut it short — the error
@@ -162,7 +187,15 @@ func (v *visit) reconcile(ctx context.Context) (keyState, error) {
 		case ver.State == vault.StateDestroyed:
 		case !exists && ver.State != vault.StateCurrent:
 			// Deleted (by us before a crash, or by someone else): its secret must go too.
-			if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, ver.Number) },
+			_, leaked := v.leaks[ver.AccessKeyID]
+			if err := e.recorded(ctx, func(ctx context.Context) error {
+				if leaked {
+					if err := e.Leaks.ResolveLeak(ctx, ver.AccessKeyID, e.now()); err != nil {
+						return err
+					}
+				}
+				return e.Vault.Destroy(ctx, id, ver.Number)
+			},
 				e.event(ActionDestroyed, id, audit.Success, "access_key_id", ver.AccessKeyID, "reason", "the key is gone from the cloud")); err != nil {
 				return ks, err
 			}
@@ -214,7 +247,7 @@ func (v *visit) adopt(ctx context.Context, key *cloud.AccessKey) error {
 func (v *visit) retire(ctx context.Context, versions []vault.Version) error {
 	current := currentVersion(versions)
 	now := v.e.now()
-	for _, st := range decideRetirement(v.pol, current, versions) {
+	for _, st := range decideRetirement(v.pol, current, versions, v.leaks) {
 		switch {
 		case st.Next == NextDeactivate && now.Before(st.Due):
 			if v.e.NoticeLead > 0 && !now.Before(st.Due.Add(-v.e.NoticeLead)) {
@@ -223,7 +256,7 @@ func (v *visit) retire(ctx context.Context, versions []vault.Version) error {
 				}
 			}
 		case st.Next == NextDeactivate:
-			if err := v.deactivate(ctx, st.Version, *current); err != nil {
+			if err := v.deactivate(ctx, st.Version, current, st.Leaked); err != nil {
 				return err
 			}
 		case st.Next == NextDelete && !now.Before(st.Due):
@@ -236,17 +269,22 @@ func (v *visit) retire(ctx context.Context, versions []vault.Version) error {
 }
 
 // deactivate deactivates a previous key that is due, unless it signed a request after the current
-// key took over and has not been quiet since: then it is held.
-func (v *visit) deactivate(ctx context.Context, old, current vault.Version) error {
+// key took over and has not been quiet since: then it is held. A leaked key is never held.
+func (v *visit) deactivate(ctx context.Context, old vault.Version, current *vault.Version, leaked bool) error {
 	e, id := v.e, v.id
-	lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, old.AccessKeyID)
-	if err != nil {
-		return fmt.Errorf("last use of %s: %w", old.AccessKeyID, err)
-	}
-	if v.pol.stillInUse(lu.At, current.CurrentAt, e.now()) {
-		v.res.Outcome = Held
-		v.res.Reason = fmt.Sprintf("old key %s still in use since %s", old.AccessKeyID, lu.At.Format(time.RFC3339))
-		return e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", old.AccessKeyID, "last_used", lu.At.Format(time.RFC3339)))
+	reason := []string{}
+	if leaked {
+		reason = []string{"reason", "reported exposed: deactivated at once"}
+	} else {
+		lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, old.AccessKeyID)
+		if err != nil {
+			return fmt.Errorf("last use of %s: %w", old.AccessKeyID, err)
+		}
+		if v.pol.stillInUse(lu.At, current.CurrentAt, e.now()) {
+			v.res.Outcome = Held
+			v.res.Reason = fmt.Sprintf("old key %s still in use since %s", old.AccessKeyID, lu.At.Format(time.RFC3339))
+			return e.record(ctx, e.event(ActionHeld, id, audit.Success, "access_key_id", old.AccessKeyID, "last_used", lu.At.Format(time.RFC3339)))
+		}
 	}
 	if err := e.crashAt("deactivate"); err != nil {
 		return err
@@ -258,7 +296,7 @@ func (v *visit) deactivate(ctx context.Context, old, current vault.Version) erro
 		return err
 	}
 	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, old.Number) },
-		e.event(ActionDeactivated, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
+		e.event(ActionDeactivated, id, audit.Success, append([]string{"access_key_id", old.AccessKeyID}, reason...)...)); err != nil {
 		return err
 	}
 	v.res.did(KindDeactivated, old.AccessKeyID)
@@ -284,8 +322,15 @@ func (v *visit) deleteRetired(ctx context.Context, old vault.Version) error {
 	if e.Delivery != nil {
 		v.forget(ctx, old.AccessKeyID)
 	}
-	if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Destroy(ctx, id, old.Number) },
-		e.event(ActionDeleted, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
+	_, leaked := v.leaks[old.AccessKeyID]
+	if err := e.recorded(ctx, func(ctx context.Context) error {
+		if leaked {
+			if err := e.Leaks.ResolveLeak(ctx, old.AccessKeyID, e.now()); err != nil {
+				return err
+			}
+		}
+		return e.Vault.Destroy(ctx, id, old.Number)
+	}, e.event(ActionDeleted, id, audit.Success, "access_key_id", old.AccessKeyID)); err != nil {
 		return err
 	}
 	v.res.did(KindDeleted, old.AccessKeyID)
@@ -311,7 +356,8 @@ func (v *visit) rotateIfDue(ctx context.Context, ks keyState) error {
 		return nil
 	}
 	now := v.e.now()
-	facts := rotationFacts{CreatedAt: current.CreatedAt, Force: v.opts.Force, Backoff: v.e.backoff, Now: now}
+	_, leaked := v.leaks[current.AccessKeyID] // a leaked current key is replaced now
+	facts := rotationFacts{CreatedAt: current.CreatedAt, Force: v.opts.Force || leaked, Backoff: v.e.backoff, Now: now}
 	// The key's age first: the last rotation is read only for a user whose key is due.
 	if !decideRotation(v.pol, facts).due(now) {
 		return v.adopt(ctx, ks.adopt)
@@ -371,6 +417,12 @@ func (v *visit) makeRoom(ctx context.Context, ks keyState) (blocked bool, err er
 	e, id := v.e, v.id
 	room := v.pol.roomFor(ks.keys, keyStates(ks.versions), e.now())
 	if room == nil {
+		var err error
+		if room, err = v.emergencyRoom(ctx, ks); err != nil {
+			return false, err
+		}
+	}
+	if room == nil {
 		v.res.Outcome, v.res.Reason = Blocked, noRoomReason(ks.keys)
 		return true, e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", v.res.Reason))
 	}
@@ -390,6 +442,50 @@ func (v *visit) makeRoom(ctx context.Context, ks keyState) (blocked bool, err er
 	}
 	v.res.did(KindDeleted, room.ID)
 	return false, nil
+}
+
+// emergencyRoom makes room for the replacement of a leaked current key when the user also holds a
+// previous key that is still active: that key is Keyward's own and, if it has been quiet since the
+// current key took over, it is deactivated now, ahead of its time, and becomes the key deleted to make
+// room. A previous key still in use is left alone (and the user is blocked: someone must choose).
+func (v *visit) emergencyRoom(ctx context.Context, ks keyState) (*cloud.AccessKey, error) {
+	current := currentVersion(ks.versions)
+	if current == nil {
+		return nil, nil
+	}
+	if _, leaked := v.leaks[current.AccessKeyID]; !leaked {
+		return nil, nil
+	}
+	e, id := v.e, v.id
+	for _, ver := range ks.versions {
+		if ver.State != vault.StatePrevious {
+			continue
+		}
+		lu, err := e.Cloud.AccessKeyLastUsed(ctx, id.AccountID, ver.AccessKeyID)
+		if err != nil {
+			return nil, fmt.Errorf("last use of %s: %w", ver.AccessKeyID, err)
+		}
+		if lu.At.After(current.CurrentAt) {
+			return nil, nil // still in use: not for Keyward to take away
+		}
+		if err := e.Cloud.SetAccessKeyStatus(ctx, id.AccountID, id.UserName, ver.AccessKeyID, cloud.KeyInactive); err != nil {
+			return nil, fmt.Errorf("deactivate %s: %w", ver.AccessKeyID, err)
+		}
+		if err := e.recorded(ctx, func(ctx context.Context) error { return e.Vault.Deactivate(ctx, id, ver.Number) },
+			e.event(ActionDeactivated, id, audit.Success, "access_key_id", ver.AccessKeyID,
+				"reason", "unused since it was replaced; deactivated early to make room for the emergency rotation of a leaked key")); err != nil {
+			return nil, err
+		}
+		v.res.did(KindDeactivated, ver.AccessKeyID)
+		for i, k := range ks.keys {
+			if k.ID == ver.AccessKeyID {
+				room := ks.keys[i]
+				room.Status = cloud.KeyInactive
+				return &room, nil
+			}
+		}
+	}
+	return nil, nil
 }
 
 // begin writes the rotation's record (create/started) — and the key to adopt, if any, with it — in

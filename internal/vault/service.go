@@ -206,6 +206,11 @@ func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, crea
 	return out, err
 }
 
+// VersionByKey finds the version holding an access key id (destroyed ones too). Errors: ErrNotFound.
+func (v *Vault) VersionByKey(ctx context.Context, accessKeyID string) (Version, error) {
+	return v.store.VersionByKey(ctx, accessKeyID)
+}
+
 // VersionsOf returns one identity's versions, oldest first, without secrets.
 func (v *Vault) VersionsOf(ctx context.Context, id Identity) ([]Version, error) {
 	return v.store.VersionsOf(ctx, id)

@@ -338,9 +338,10 @@ func (p *Provider) AccessKeyLastUsed(ctx context.Context, accountID, keyID strin
 	}
 	lu := out.AccessKeyLastUsed
 	if lu == nil {
-		return cloud.LastUsed{}, nil
+		return cloud.LastUsed{UserName: aws.ToString(out.UserName)}, nil
 	}
-	return cloud.LastUsed{At: aws.ToTime(lu.LastUsedDate).UTC(), Service: aws.ToString(lu.ServiceName), Region: aws.ToString(lu.Region)}, nil
+	return cloud.LastUsed{At: aws.ToTime(lu.LastUsedDate).UTC(), Service: aws.ToString(lu.ServiceName), Region: aws.ToString(lu.Region),
+		UserName: aws.ToString(out.UserName)}, nil
 }
 
 // SessionToken implements cloud.Provider: STS GetSessionToken signed with the key itself, once.

@@ -397,7 +397,9 @@ func (c *Cloud) AccessKeyLastUsed(_ context.Context, accountID, keyID string) (c
 	if k == nil || k.owner.AccountID != accountID {
 		return cloud.LastUsed{}, fmt.Errorf("key %s: %w", keyID, cloud.ErrNoSuchEntity)
 	}
-	return k.lastUsed, nil
+	lu := k.lastUsed
+	lu.UserName = k.owner.Name
+	return lu, nil
 }
 
 // Verify implements cloud.Provider as STS GetCallerIdentity would: the key must exist, be active,
