@@ -70,11 +70,11 @@ type LeakResponse struct {
 	Managed  bool            `json:"managed"`
 	// Was is the key's state when it was reported: current, previous, inactive, deleted (managed);
 	// active, inactive (unmanaged, found in IAM); unknown.
-	Was        string  `json:"was"`
+	Was         string  `json:"was"`
 	FirstReport bool    `json:"first_report"`
-	Inactive   bool    `json:"inactive"` // the key no longer signs requests
-	Result     *Result `json:"result,omitempty"`
-	Next       string  `json:"next"` // what happens now, in a sentence
+	Inactive    bool    `json:"inactive"` // the key no longer signs requests
+	Result      *Result `json:"result,omitempty"`
+	Next        string  `json:"next"` // what happens now, in a sentence
 }
 
 // leaksFor returns the open leaks a visit acts on: the pass's, or read now.
