@@ -145,7 +145,7 @@ func (a *app) userAddCommand() *cobra.Command {
 			})
 		}),
 	}
-	cmd.Flags().StringVar(&role, "role", "", "admin, operator, auditor or member")
+	cmd.Flags().StringVar(&role, "role", "", "admin, operator, auditor, member or reporter (reports leaked keys only)")
 	cmd.Flags().StringArrayVar(&teams, "team", nil, "a team the user is a member of (repeatable)")
 	cmd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from standard input")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
@@ -462,7 +462,7 @@ func (a *app) apikeyCreateCommand() *cobra.Command {
 		}),
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the key's name")
-	cmd.Flags().StringVar(&role, "role", "", "admin, operator, auditor or member")
+	cmd.Flags().StringVar(&role, "role", "", "admin, operator, auditor, member or reporter (reports leaked keys only)")
 	cmd.Flags().StringArrayVar(&teams, "team", nil, "a team whose key it may read (repeatable)")
 	cmd.Flags().StringArrayVar(&cidrs, "cidr", nil, "a network it may be used from (repeatable; none: anywhere the server allows)")
 	cmd.Flags().StringVar(&expires, "expires", "", "lifetime, such as 90d (default: none)")

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
+	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -287,4 +288,69 @@ func TestKillDuringDelivery(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLeakAgainstMoto: keyward leak with the real binary against moto (signatures checked): a
+// managed key is replaced and deactivated at once, even after a SIGKILL in the middle of its
+// emergency rotation (the next pass finishes it); a key Keyward does not manage is named and left
+// active unless --deactivate-unmanaged; bad input is exit 2.
+func TestLeakAgainstMoto(t *testing.T) {
+	ctx := context.Background()
+	w := newMotoWorld(t)
+	pre := w.addUsers(t, "alice", "bob", "carol")
+	bobs := pre["bob"]
+	delete(pre, "bob")
+	// bob is exempt: Keyward never takes his key under management.
+	if _, err := w.iam.TagUser(ctx, &iam.TagUserInput{UserName: aws.String("bob"), Tags: []iamtypes.Tag{{Key: aws.String("keyward:exempt"), Value: aws.String("true")}}}); err != nil {
+		t.Fatal(err)
+	}
+	w.env.must(t, 0, "", "rotate", "--once", "--user", "alice", "--user", "carol", "--force")
+	status := func(user, keyID string) string {
+		keys, err := w.iam.ListAccessKeys(ctx, &iam.ListAccessKeysInput{UserName: aws.String(user)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys.AccessKeyMetadata {
+			if aws.ToString(k.AccessKeyId) == keyID {
+				return string(k.Status)
+			}
+		}
+		return "deleted"
+	}
+	current := func(user string) string {
+		var c struct{ AccessKeyId string }
+		_ = json.Unmarshal([]byte(w.env.must(t, 0, "", "vault", "get", user).stdout), &c)
+		return c.AccessKeyId
+	}
+
+	leaked := current("alice")
+	r := w.env.must(t, 0, "", "leak", leaked, "--reason", "pushed to a public repository", "--output", "json")
+	if !strings.Contains(r.stdout, `"inactive":true`) || status("alice", leaked) != "Inactive" || current("alice") == leaked {
+		t.Fatalf("leak of alice's key: %s (IAM says %s)", r.stdout, status("alice", leaked))
+	}
+
+	// A crash in the middle of carol's emergency rotation: the next pass finishes it and deactivates.
+	carols := current("carol")
+	w.env.killedAt(t, "verify", "leak", carols)
+	w.env.must(t, 0, "", "rotate", "--once")
+	if st := status("carol", carols); st != "Inactive" {
+		t.Fatalf("after a crash mid-response and a pass, carol's leaked key is %s", st)
+	}
+	if n := w.checkAfterRecovery(t, pre); n != 2 {
+		t.Fatalf("%d users rotated, want alice and carol", n)
+	}
+
+	// bob's key is not Keyward's: named, told, left active without the rule.
+	r = w.env.must(t, 1, "", "leak", bobs)
+	if !strings.Contains(r.stdout, "aws:123456789012:bob") || !strings.Contains(r.stderr, "--deactivate-unmanaged") || status("bob", bobs) != "Active" {
+		t.Fatalf("leak of an unmanaged key: %s %s", r.stdout, r.stderr)
+	}
+	w.env.must(t, 0, "", "leak", bobs, "--deactivate-unmanaged")
+	if status("bob", bobs) != "Inactive" {
+		t.Fatal("--deactivate-unmanaged left bob's key active")
+	}
+	for _, bad := range []string{"AKIA123", "not-a-key", "akiaiosfodnn7example"} {
+		w.env.must(t, 2, "", "leak", bad)
+	}
+	w.env.must(t, 0, "", "audit", "verify")
 }

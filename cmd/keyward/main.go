@@ -108,6 +108,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.statusCommand(),
 		a.deliverCommand(),
 		a.credentialsCommand(),
+		a.leakCommand(),
 		a.auditCommand(),
 		a.userCommand(),
 		a.teamCommand(),

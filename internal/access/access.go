@@ -336,3 +336,30 @@ func (s *Service) Rotation(ctx context.Context, p *auth.Principal, id int64) (ro
 	}
 	return r, err
 }
+
+// ErrBadRequest: the report names no valid key.
+var ErrBadRequest = errors.New("bad request")
+
+// leakDeadline bounds the emergency response started by a report: it goes on if the caller leaves.
+const leakDeadline = 5 * time.Minute
+
+// ReportLeak answers a report of an exposed key by p (operators, admins, the reporter role): the leak
+// is recorded first, then the key is replaced and deactivated (see rotation.Engine.RespondToLeak).
+// via says how the report came (api, aws-health). The response waits for the emergency rotation.
+func (s *Service) ReportLeak(ctx context.Context, p *auth.Principal, keyID, reason, via string, deactivateUnmanaged bool) (rotation.LeakResponse, error) {
+	if err := p.Authorize(auth.ReportLeak, ""); err != nil {
+		return rotation.LeakResponse{}, err
+	}
+	if !rotation.ValidKeyID(keyID) {
+		return rotation.LeakResponse{}, failure(ErrBadRequest, nil, "access key id %q: want AKIA… or ASIA… and 16 more letters and digits", keyID)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leakDeadline)
+	defer cancel()
+	resp, err := s.Engine.RespondToLeak(ctx, rotation.LeakReport{KeyID: keyID, ReportedBy: p.ID(), Via: via, Reason: reason,
+		DeactivateUnmanaged: deactivateUnmanaged})
+	if err != nil {
+		return resp, failure(ErrCloudUnavailable, err, "the leak of %s is recorded, but the response could not finish: "+
+			"every pass tries again (operators find why in the log under this request's id)", keyID)
+	}
+	return resp, nil
+}

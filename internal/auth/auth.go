@@ -73,17 +73,18 @@ const (
 	RoleOperator Role = "operator" // start and force rotations, inventory and status; secrets of its own teams only
 	RoleAuditor  Role = "auditor"  // the audit trail, inventory and reports; never a secret
 	RoleMember   Role = "member"   // the current credentials of its own teams
+	RoleReporter Role = "reporter" // report leaked keys, nothing else (a scanner's or AWS Health's API key)
 )
 
 // Roles lists the roles, most powerful first.
-var Roles = []Role{RoleAdmin, RoleOperator, RoleAuditor, RoleMember}
+var Roles = []Role{RoleAdmin, RoleOperator, RoleAuditor, RoleMember, RoleReporter}
 
 // ParseRole checks a role's name.
 func ParseRole(s string) (Role, error) {
 	if r := Role(s); slices.Contains(Roles, r) {
 		return r, nil
 	}
-	return "", invalid("role %q: want one of admin, operator, auditor, member", s)
+	return "", invalid("role %q: want one of admin, operator, auditor, member, reporter", s)
 }
 
 // Permission is what a route needs. Every route declares one; there is no default.
@@ -107,14 +108,17 @@ const (
 	Export Permission = "credentials:export"
 	// Administer: users, teams and API keys.
 	Administer Permission = "admin"
+	// ReportLeak: report a key as exposed, which replaces and deactivates it at once.
+	ReportLeak Permission = "leaks:report"
 )
 
 // grants is the whole access policy: what each role may do. Anything not here is denied.
 var grants = map[Role][]Permission{
-	RoleAdmin:    {Authenticated, ReadCredentials, Rotate, ReadInventory, ReadAudit, Export, Administer},
-	RoleOperator: {Authenticated, ReadCredentials, Rotate, ReadInventory},
+	RoleAdmin:    {Authenticated, ReadCredentials, Rotate, ReadInventory, ReadAudit, Export, Administer, ReportLeak},
+	RoleOperator: {Authenticated, ReadCredentials, Rotate, ReadInventory, ReportLeak},
 	RoleAuditor:  {Authenticated, ReadInventory, ReadAudit},
 	RoleMember:   {Authenticated, ReadCredentials},
+	RoleReporter: {Authenticated, ReportLeak},
 }
 
 // Can says whether a role holds a permission.

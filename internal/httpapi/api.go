@@ -170,6 +170,74 @@ func (s *server) apiRoutes() {
 	s.route("GET /v1/apikeys", auth.Administer, "List API keys", a.listAPIKeys)
 	s.route("POST /v1/apikeys", auth.Administer, "Create an API key", a.createAPIKey)
 	s.route("DELETE /v1/apikeys/{name}", auth.Administer, "Revoke an API key", a.revokeAPIKey)
+	s.route("POST /v1/leaks", auth.ReportLeak, "Report a key as exposed: it is replaced and deactivated at once", a.reportLeak)
+	s.route("POST /v1/leaks/aws-health", auth.ReportLeak, "AWS Health's AWS_RISK_CREDENTIALS_EXPOSED event, as EventBridge sends it", a.awsHealthLeak)
+}
+
+type leakRequest struct {
+	AccessKeyID         string `json:"access_key_id"`
+	Reason              string `json:"reason"`
+	DeactivateUnmanaged bool   `json:"deactivate_unmanaged"`
+}
+
+// reportLeak serves POST /v1/leaks.
+func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	var req leakRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if len(req.Reason) > 1000 {
+		return badf("reason: at most 1000 characters")
+	}
+	resp, err := a.Access.ReportLeak(r.Context(), p, req.AccessKeyID, req.Reason, "api", req.DeactivateUnmanaged)
+	if err != nil {
+		return err
+	}
+	return writeJSONStatus(w, http.StatusOK, resp)
+}
+
+// healthEvent is the part of an AWS Health event (as EventBridge delivers it) that names exposed keys.
+type healthEvent struct {
+	Source     string `json:"source"`
+	DetailType string `json:"detail-type"`
+	Detail     struct {
+		EventArn         string `json:"eventArn"`
+		EventTypeCode    string `json:"eventTypeCode"`
+		AffectedEntities []struct {
+			EntityValue string `json:"entityValue"`
+		} `json:"affectedEntities"`
+	} `json:"detail"`
+}
+
+// awsHealthLeak serves POST /v1/leaks/aws-health: every key an AWS_RISK_CREDENTIALS_EXPOSED event
+// names is reported. Other events are refused (400), so that a mis-routed rule is noticed.
+func (a *API) awsHealthLeak(w http.ResponseWriter, r *http.Request, p *auth.Principal) error {
+	raw, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil || len(raw) > maxBody {
+		return badf("body: unreadable or larger than %d bytes", maxBody)
+	}
+	var ev healthEvent
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return badf("body: not an EventBridge event (JSON)")
+	}
+	if ev.Source != "aws.health" || ev.Detail.EventTypeCode != "AWS_RISK_CREDENTIALS_EXPOSED" {
+		return badf("event %q from %q: only aws.health's AWS_RISK_CREDENTIALS_EXPOSED is a leak report", ev.Detail.EventTypeCode, ev.Source)
+	}
+	var out []rotation.LeakResponse
+	for _, e := range ev.Detail.AffectedEntities {
+		if !rotation.ValidKeyID(e.EntityValue) {
+			continue // other entities (the user, the account) are not keys
+		}
+		resp, err := a.Access.ReportLeak(r.Context(), p, e.EntityValue, "AWS Health "+ev.Detail.EventTypeCode+" "+ev.Detail.EventArn, "aws-health", false)
+		if err != nil {
+			return err
+		}
+		out = append(out, resp)
+	}
+	if len(out) == 0 {
+		return badf("detail.affectedEntities: no access key id in the event")
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"leaks": out})
 }
 
 func (a *API) jwks(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {

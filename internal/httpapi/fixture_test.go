@@ -96,6 +96,7 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	// legacy-app holds a key that predates Keyward and whose secret Keyward never saw.
 	c.AddKey(account, "legacy-app", time.Now().Add(-24*time.Hour), cloud.KeyActive)
 	engine := rotation.New(rotation.Engine{Cloud: storetest.GuardCloud(t, c), Vault: v, Store: db.Rotations(), Owner: "test", Log: log, Audit: trail,
+		Leaks:          db.Leaks(),
 		Policy:         rotation.Policy{RotateAfter: 90 * 24 * time.Hour, DeactivateAfter: 0, DeleteAfter: time.Hour, VerifyTimeout: 10 * time.Second},
 		VerifyInterval: time.Millisecond})
 	f := &fixture{t: t, db: db, vault: v, svc: svc, cloud: c, trail: trail, logs: logs, engine: engine, clock: clock,

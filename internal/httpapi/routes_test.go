@@ -60,6 +60,8 @@ var table = map[string][]int{
 	"GET /v1/apikeys":                  {401, 200, 403, 403, 403, 403, 403, 403},
 	"POST /v1/apikeys":                 {401, 201, 403, 403, 403, 403, 403, 403},
 	"DELETE /v1/apikeys/{name}":        {401, 204, 403, 403, 403, 403, 403, 403},
+	"POST /v1/leaks":                   {401, 200, 200, 200, 403, 403, 403, 403},
+	"POST /v1/leaks/aws-health":        {401, 200, 200, 200, 403, 403, 403, 403},
 }
 
 // request builds a route's request for a principal: concrete path values and a valid body, unique
@@ -85,6 +87,10 @@ func (f *fixture) request(pattern, who string, rotationID int64) (method, path s
 		path = strings.Replace(path, "{team}", "t-"+uniq, 1)
 	case "DELETE /v1/apikeys/{name}":
 		path = strings.Replace(path, "{name}", "k-"+uniq, 1)
+	case "POST /v1/leaks":
+		body = map[string]any{"access_key_id": "AKIAZZZZZZZZZZZZZZZZ", "reason": "a test"}
+	case "POST /v1/leaks/aws-health":
+		body = healthEventBody("AKIAZZZZZZZZZZZZZZZY")
 	}
 	path = strings.Replace(path, "{team}", "payments", 1)
 	path = strings.Replace(path, "{id}", itoa(rotationID), 1)
@@ -119,7 +125,7 @@ func TestRouteRoleTable(t *testing.T) {
 
 	// Deny by default: every route names a permission, and only known ones.
 	known := []auth.Permission{auth.Public, auth.Authenticated, auth.ReadCredentials, auth.Rotate, auth.ReadInventory,
-		auth.ReadAudit, auth.Export, auth.Administer}
+		auth.ReadAudit, auth.Export, auth.Administer, auth.ReportLeak}
 	for _, r := range routes {
 		if !slices.Contains(known, r.Perm) {
 			t.Errorf("route %s declares permission %q", r.Pattern, r.Perm)

@@ -163,6 +163,8 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &bad):
 		problem(w, r, http.StatusBadRequest, "bad-request", bad.Error())
+	case errors.Is(err, access.ErrBadRequest):
+		problem(w, r, http.StatusBadRequest, "bad-request", detail())
 	case errors.As(err, &locked):
 		tooMany(w, r, locked.RetryAfter, "too many failed attempts")
 	case errors.As(err, &busy):

@@ -210,3 +210,70 @@ func TestSessionCacheMargin(t *testing.T) {
 		t.Fatalf("with four minutes left: %s (calls %d)", next.AccessKeyID, sessions.Calls())
 	}
 }
+
+// healthEventBody is an AWS Health event naming an exposed key, as EventBridge sends it.
+func healthEventBody(keyID string) map[string]any {
+	return map[string]any{"version": "0", "id": "7bf73129-1428-4cd3-a780-95db273d1602", "detail-type": "AWS Health Event",
+		"source": "aws.health", "account": account, "time": "2026-11-30T08:00:00Z", "region": "us-east-1", "resources": []string{},
+		"detail": map[string]any{"eventArn": "arn:aws:health:global::event/SECURITY/AWS_RISK_CREDENTIALS_EXPOSED/AWS_RISK_CREDENTIALS_EXPOSED_0123",
+			"service": "RISK", "eventTypeCode": "AWS_RISK_CREDENTIALS_EXPOSED", "eventTypeCategory": "issue",
+			"affectedEntities": []map[string]string{{"entityValue": keyID}}}}
+}
+
+// A leak reported through the API: the team's key is replaced and deactivated at once; AWS Health's
+// event does the same through a reporter API key; bad reports are 400 naming what is wrong.
+func TestLeakReports(t *testing.T) {
+	f := newFixture(t, testenv.Database{Driver: "sqlite", DSN: t.TempDir() + "/k.db"}, nil)
+	_, first, _ := f.credentials("payments", f.creds["member"])
+	status, body := f.doChecked("POST", "/v1/leaks", f.creds["operator"], map[string]any{"access_key_id": first.AccessKeyID, "reason": "pasted in a ticket"})
+	var resp struct {
+		Managed, Inactive bool
+		Was               string
+	}
+	if status != 200 || json.Unmarshal(body, &resp) != nil || !resp.Managed || !resp.Inactive || resp.Was != "current" {
+		t.Fatalf("report: %d %s", status, body)
+	}
+	_, second, _ := f.credentials("payments", f.creds["member"])
+	if second.AccessKeyID == first.AccessKeyID {
+		t.Fatal("the leaked key is still handed out")
+	}
+	for _, k := range f.cloud.Keys(account, "payments-app") {
+		if k.ID == first.AccessKeyID && k.Status != "Inactive" {
+			t.Fatalf("the leaked key is %s", k.Status)
+		}
+	}
+
+	_, reporter, err := f.svc.CreateAPIKey(context.Background(), "cli:test", "health", "reporter", nil, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rh := http.Header{"X-Api-Key": {reporter.Reveal()}}
+	status, body = f.doChecked("POST", "/v1/leaks/aws-health", rh, healthEventBody(second.AccessKeyID))
+	if status != 200 || !strings.Contains(string(body), `"inactive":true`) {
+		t.Fatalf("AWS Health event: %d %s", status, body)
+	}
+	if status, _ := f.do("GET", "/v1/teams/payments/credentials", rh, nil); status != 403 {
+		t.Fatalf("a reporter read a key: %d", status)
+	}
+	recs, _, _ := f.trail.Find(context.Background(), audit.Filter{Action: "key.leaked", Limit: 10})
+	if len(recs) != 2 || recs[1].Detail["via"] != "aws-health" || recs[1].Actor != "apikey:health" || !strings.Contains(recs[1].Detail["reason"], "AWS_RISK_CREDENTIALS_EXPOSED") {
+		t.Fatalf("key.leaked records: %+v", recs)
+	}
+
+	for _, c := range []struct {
+		body any
+		want string
+	}{
+		{map[string]any{"access_key_id": "AKIA123"}, `access key id \"AKIA123\"`},
+		{map[string]any{"access_key_id": first.AccessKeyID, "secret": "x"}, "secret"},
+	} {
+		if status, body := f.do("POST", "/v1/leaks", f.creds["operator"], c.body); status != 400 || !strings.Contains(string(body), c.want) {
+			t.Errorf("%v: %d %s", c.body, status, body)
+		}
+	}
+	ev := healthEventBody(first.AccessKeyID)
+	ev["detail"].(map[string]any)["eventTypeCode"] = "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED"
+	if status, body := f.do("POST", "/v1/leaks/aws-health", rh, ev); status != 400 || !strings.Contains(string(body), "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED") {
+		t.Errorf("another event: %d %s", status, body)
+	}
+}

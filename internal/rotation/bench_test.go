@@ -27,6 +27,7 @@ import (
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store/storetest"
 	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // benchEngine returns an engine over a fresh embedded vault and the given cloud, without pauses;
@@ -258,5 +259,60 @@ func BenchmarkPassMotoDue(b *testing.B) {
 				b.ReportMetric(elapsed.Seconds()/(float64(counter.iam.Load())/c.rps), "pass/(iam-calls÷max_rps)")
 			}
 		})
+	}
+}
+
+// BenchmarkLeakResponse is the time from a leak report to the exposed key being inactive, against
+// moto (signatures enforced), with the engine's real verification pause (1 s, which an emergency
+// rotation skips between successes): the emergency rotation (create, store, verify three times,
+// promote) and the deactivation. It reports the AWS calls made and moto's own time per call, so the
+// response's time can be set against calls × call.
+func BenchmarkLeakResponse(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		cfg := motoUsers(b, "leak", 1)
+		ctx := context.Background()
+		counter := &countingTransport{next: http.DefaultTransport.(*http.Transport).Clone()}
+		cfg.HTTPClient = &http.Client{Transport: counter}
+		stsClient := sts.NewFromConfig(cfg)
+		const probes = 100
+		start := time.Now()
+		for range probes {
+			if _, err := stsClient.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		perCall := time.Since(start) / probes
+
+		d := testenv.Database{Driver: "sqlite", DSN: filepath.Join(b.TempDir(), "bench.db")}
+		db := storetest.Open(b, d)
+		e := rotation.New(rotation.Engine{Cloud: awsiam.New(cfg, awsiam.Options{MaxRPS: 10000}), Vault: storetest.Vault(b, db, nil),
+			Store: db.Rotations(), Policy: rotation.DefaultPolicy(), Audit: audit.New(db.Audit(), nil, nil), Owner: "bench", Leaks: db.Leaks()})
+		u := cloud.User{AccountID: "123456789012", Name: "leak-000"}
+		if _, err := e.Provision(ctx, u, rotation.VisitOptions{}); err == nil {
+			b.Fatal("provisioned a user that has a key")
+		}
+		// A key Keyward made: rotate once, as a pass would.
+		if r, err := e.Visit(ctx, u, rotation.VisitOptions{Force: true}); err != nil || r.Outcome != rotation.Rotated {
+			b.Fatalf("first rotation: %+v %v", r, err)
+		}
+		cur, err := e.Vault.Current(ctx, vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name})
+		if err != nil {
+			b.Fatal(err)
+		}
+		counter.calls.Store(0)
+		b.StartTimer()
+		start = time.Now()
+		resp, err := e.RespondToLeak(ctx, rotation.LeakReport{KeyID: cur.AccessKeyID, ReportedBy: "bench", Via: "bench"})
+		took := time.Since(start)
+		b.StopTimer()
+		if err != nil || !resp.Inactive {
+			b.Fatalf("response: %+v %v", resp, err)
+		}
+		calls := counter.calls.Load()
+		b.ReportMetric(float64(took.Microseconds())/1000, "ms/response")
+		b.ReportMetric(float64(calls), "aws-calls")
+		b.ReportMetric(float64(perCall.Microseconds())/1000, "ms/moto-call")
+		b.ReportMetric(float64((took - time.Duration(calls)*perCall).Microseconds())/1000, "ms-beyond-calls")
 	}
 }

@@ -228,6 +228,7 @@ func (e *Engine) recordLeak(ctx context.Context, l Leak, was string) (first bool
 	}
 	ev := e.event(ActionLeaked, l.Identity, audit.Success, "access_key_id", l.AccessKeyID, "reported_by", l.ReportedBy,
 		"via", l.Via, "reason", l.Reason, "was", was, "managed", fmt.Sprint(l.Managed))
+	ev.Actor = l.ReportedBy // the report is the reporter's act; what the engine does next is the engine's
 	if l.Identity == (vault.Identity{}) {
 		ev.Target = "access_key:" + l.AccessKeyID
 	}

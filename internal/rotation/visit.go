@@ -29,6 +29,7 @@ type visit struct {
 	resumed bool   // rec was found open (interrupted, or taken over): its create step may have left something to settle
 	user    cloud.User
 	leaks   map[string]Leak // the open leaks: keys reported exposed
+	urgent  bool            // the key being replaced is leaked: verification does not pause between successes
 	// targets are the user's delivery targets, once resolved (targetsOf).
 	targets      []delivery.Spec
 	targetsKnown bool
