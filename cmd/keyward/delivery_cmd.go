@@ -85,9 +85,6 @@ stale target the current key (recorded and audited) and exits 1 if one could not
 			if check == repair {
 				return usageErr("give one of --check and --repair")
 			}
-			if err := textOrJSON(output); err != nil {
-				return err
-			}
 			opts, err := passFilter(users, account)
 			if err != nil {
 				return err
@@ -105,10 +102,7 @@ stale target the current key (recorded and audited) and exits 1 if one could not
 
 // deliver checks (or repairs) the delivery targets and prints one line per target.
 func (a *app) deliver(ctx context.Context, opts rotation.PassOptions, repair bool, output string) error {
-	if err := a.loadConfig(); err != nil {
-		return err
-	}
-	engine, db, err := a.openEngine(ctx, dbExisting)
+	engine, db, err := a.existingEngine(ctx, output)
 	if err != nil {
 		return err
 	}

@@ -27,14 +27,8 @@ for forensics. A key Keyward does not manage is found in IAM and named; it is de
 			if !rotation.ValidKeyID(args[0]) {
 				return usageErr("%q is not an AWS access key id (AKIA… or ASIA…, 20 characters)", args[0])
 			}
-			if err := textOrJSON(output); err != nil {
-				return err
-			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx, dbExisting)
+			engine, db, err := a.existingEngine(ctx, output)
 			if err != nil {
 				return err
 			}

@@ -90,6 +90,18 @@ func (a *app) openEngine(ctx context.Context, mode dbMode) (*rotation.Engine, *s
 	return a.newEngine(v, db, provider, dest), db, nil
 }
 
+// existingEngine checks --output (text or json), loads the configuration and opens the engine over
+// an existing database: what the commands that read or act on managed keys start with.
+func (a *app) existingEngine(ctx context.Context, output string) (*rotation.Engine, *store.DB, error) {
+	if err := textOrJSON(output); err != nil {
+		return nil, nil, err
+	}
+	if err := a.loadConfig(); err != nil {
+		return nil, nil, err
+	}
+	return a.openEngine(ctx, dbExisting)
+}
+
 // progress returns a progress callback drawing a bar on a terminal, or nil.
 func (a *app) progress(what string) func(done, known int) {
 	if !isTerminal(a.stderr) {
@@ -244,14 +256,8 @@ func (a *app) statusCommand() *cobra.Command {
 		Short: "Every managed identity with its keys, ages, state, next action and when it is due",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			if err := textOrJSON(output); err != nil {
-				return err
-			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			engine, db, err := a.openEngine(ctx, dbExisting)
+			engine, db, err := a.existingEngine(ctx, output)
 			if err != nil {
 				return err
 			}

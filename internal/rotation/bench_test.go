@@ -313,6 +313,6 @@ func BenchmarkLeakResponse(b *testing.B) {
 		b.ReportMetric(float64(took.Microseconds())/1000, "ms/response")
 		b.ReportMetric(float64(calls), "aws-calls")
 		b.ReportMetric(float64(perCall.Microseconds())/1000, "ms/moto-call")
-		b.ReportMetric(float64((took - time.Duration(calls)*perCall).Microseconds())/1000, "ms-beyond-calls")
+		b.ReportMetric(float64((took-time.Duration(calls)*perCall).Microseconds())/1000, "ms-beyond-calls")
 	}
 }
