@@ -109,6 +109,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.deliverCommand(),
 		a.credentialsCommand(),
 		a.leakCommand(),
+		a.scanCommand(),
 		a.auditCommand(),
 		a.userCommand(),
 		a.teamCommand(),

@@ -163,53 +163,79 @@ func orReason(res Result) string {
 	return string(res.Outcome)
 }
 
-// respondUnmanaged looks a key Keyward does not manage up in IAM (GetAccessKeyLastUsed names its
-// user), records the leak, and deactivates the key only when the report allows it.
-func (e *Engine) respondUnmanaged(ctx context.Context, r LeakReport, resp LeakResponse) (LeakResponse, error) {
-	leak := Leak{AccessKeyID: r.KeyID, ReportedBy: r.ReportedBy, Via: r.Via, Reason: r.Reason, ReportedAt: e.now()}
+// KeyOwner is whose a key is, as Keyward and IAM know it.
+type KeyOwner struct {
+	Identity *vault.Identity // nil when no configured account knows the key
+	Managed  bool            // the vault holds (or held) it
+	// State: the vault's state of a managed key (current, previous, inactive, destroyed); IAM's of
+	// another (active, inactive); unknown.
+	State string
+	user  *cloud.User
+}
+
+// Whose finds a key's owner: the vault first (a key Keyward manages or managed), then IAM in every
+// configured account (GetAccessKeyLastUsed names the user of any key of the account).
+func (e *Engine) Whose(ctx context.Context, keyID string) (KeyOwner, error) {
+	if ver, err := e.Vault.VersionByKey(ctx, keyID); err == nil {
+		id := ver.Identity
+		return KeyOwner{Identity: &id, Managed: true, State: string(ver.State)}, nil
+	} else if !errors.Is(err, vault.ErrNotFound) {
+		return KeyOwner{}, err
+	}
 	accounts, err := e.Cloud.Accounts(ctx)
 	if err != nil {
-		return resp, fmt.Errorf("list accounts: %w", err)
+		return KeyOwner{}, fmt.Errorf("list accounts: %w", err)
 	}
-	var owner *cloud.User
 	for _, a := range accounts {
-		lu, err := e.Cloud.AccessKeyLastUsed(ctx, a.ID, r.KeyID)
+		lu, err := e.Cloud.AccessKeyLastUsed(ctx, a.ID, keyID)
 		if err != nil || lu.UserName == "" {
 			continue
 		}
-		owner = &cloud.User{AccountID: a.ID, Name: lu.UserName}
-		break
-	}
-	ue := e
-	if owner != nil {
-		if u, err := e.Cloud.GetUser(ctx, owner.AccountID, owner.Name); err == nil {
-			owner = &u
+		u := cloud.User{AccountID: a.ID, Name: lu.UserName}
+		if got, err := e.Cloud.GetUser(ctx, a.ID, lu.UserName); err == nil {
+			u = got
 		}
-		id := vault.Identity{Cloud: vault.CloudAWS, AccountID: owner.AccountID, UserName: owner.Name}
-		resp.Identity, leak.Identity = &id, id
-		ue = e.forUser(*owner)
-		keys, err := e.Cloud.ListAccessKeys(ctx, owner.AccountID, owner.Name)
+		id := vault.Identity{Cloud: vault.CloudAWS, AccountID: a.ID, UserName: u.Name}
+		o := KeyOwner{Identity: &id, State: "unknown", user: &u}
+		keys, err := e.Cloud.ListAccessKeys(ctx, a.ID, u.Name)
 		if err != nil {
-			return resp, err
+			return o, err
 		}
 		for _, k := range keys {
-			if k.ID == r.KeyID {
-				resp.Was = map[cloud.KeyStatus]string{cloud.KeyActive: "active", cloud.KeyInactive: "inactive"}[k.Status]
+			if k.ID == keyID {
+				o.State = map[cloud.KeyStatus]string{cloud.KeyActive: "active", cloud.KeyInactive: "inactive"}[k.Status]
 			}
 		}
+		return o, nil
+	}
+	return KeyOwner{State: "unknown"}, nil
+}
+
+// respondUnmanaged records the leak of a key Keyward does not manage, names its owner if IAM knows
+// it, and deactivates it only when the report allows it.
+func (e *Engine) respondUnmanaged(ctx context.Context, r LeakReport, resp LeakResponse) (LeakResponse, error) {
+	leak := Leak{AccessKeyID: r.KeyID, ReportedBy: r.ReportedBy, Via: r.Via, Reason: r.Reason, ReportedAt: e.now()}
+	o, err := e.Whose(ctx, r.KeyID)
+	if err != nil {
+		return resp, err
+	}
+	ue := e
+	if o.user != nil {
+		resp.Identity, leak.Identity, resp.Was = o.Identity, *o.Identity, o.State
+		ue = e.forUser(*o.user)
 	}
 	if resp.FirstReport, err = ue.recordLeak(ctx, leak, resp.Was); err != nil {
 		return resp, err
 	}
 	switch {
-	case owner == nil:
+	case o.user == nil:
 		resp.Next = "no configured account knows this key: the report is recorded and told"
 	case resp.Was == "inactive":
 		resp.Inactive, resp.Next = true, "inactive already; Keyward does not manage it, so it is not deleted"
 	case !r.DeactivateUnmanaged:
 		resp.Next = "Keyward does not manage this key: deactivate it (keyward leak --deactivate-unmanaged), then replace it where it is used"
 	default:
-		if err := e.Cloud.SetAccessKeyStatus(ctx, owner.AccountID, owner.Name, r.KeyID, cloud.KeyInactive); err != nil {
+		if err := e.Cloud.SetAccessKeyStatus(ctx, o.user.AccountID, o.user.Name, r.KeyID, cloud.KeyInactive); err != nil {
 			return resp, fmt.Errorf("deactivate %s: %w", r.KeyID, err)
 		}
 		if err := ue.record(ctx, ue.event(ActionDeactivated, *resp.Identity, audit.Success, "access_key_id", r.KeyID,
