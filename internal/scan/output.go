@@ -93,7 +93,7 @@ func WriteSARIF(w io.Writer, fs []Finding, version string) error {
 	}
 	rule := func(id, name, text string) map[string]any {
 		return map[string]any{"id": id, "name": name, "shortDescription": map[string]string{"text": text},
-			"help": map[string]string{"text": "Report the key: keyward leak KEY_ID (a key Keyward manages is replaced and deactivated at once), then remove it from the file and its history."},
+			"help":                 map[string]string{"text": "Report the key: keyward leak KEY_ID (a key Keyward manages is replaced and deactivated at once), then remove it from the file and its history."},
 			"defaultConfiguration": map[string]string{"level": "error"}}
 	}
 	doc := map[string]any{

@@ -173,7 +173,9 @@ func isSecret(t, s []byte) bool {
 	return lower && upper && other
 }
 
-func isKeyChar(c byte) bool { return c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' }
+func isKeyChar(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z'
+}
 
 func isSecretChar(c byte) bool { return isKeyChar(c) || c == '/' || c == '+' }
 
