@@ -71,6 +71,48 @@ type LastUsed struct {
 	UserName string
 }
 
+// ErrReportUnavailable: the account's credential report cannot be had (not allowed, or not ready in
+// time); per-user calls stand in for it.
+var ErrReportUnavailable = errors.New("credential report unavailable")
+
+// ReportRow is one row of IAM's credential report: a user (or the account's root, User
+// "<root_account>") and its credentials. Times are zero where the report says N/A, no_information or
+// not_supported.
+type ReportRow struct {
+	User             string
+	ARN              string
+	UserCreated      time.Time
+	PasswordEnabled  bool
+	PasswordLastUsed time.Time
+	MFAActive        bool
+	Keys             [2]ReportKey
+}
+
+// ReportKey is one of a report row's two access key slots (its id is not in the report).
+type ReportKey struct {
+	Active          bool
+	LastRotated     time.Time // when the key was made
+	LastUsed        time.Time
+	LastUsedService string
+	LastUsedRegion  string
+}
+
+// RootUser is the credential report's name for the account's root user.
+const RootUser = "<root_account>"
+
+// Inventory is what the inventory reads besides the Provider: the credential report of an account
+// (one call for every user's passwords, MFA and keys' last use), and a user's console access and MFA
+// devices where the report is unavailable.
+type Inventory interface {
+	// CredentialReport generates (AWS makes a new one at most every 4 hours) and reads an account's
+	// credential report. ErrReportUnavailable when it cannot be had.
+	CredentialReport(ctx context.Context, accountID string) (rows []ReportRow, generated time.Time, err error)
+	// LoginProfile says whether a user can sign in to the console, and when its password was last used.
+	LoginProfile(ctx context.Context, accountID, userName string) (console bool, err error)
+	// MFADevices counts a user's MFA devices.
+	MFADevices(ctx context.Context, accountID, userName string) (int, error)
+}
+
 // Session is a set of temporary credentials made with a long-lived key (STS GetSessionToken): the
 // key itself never leaves Keyward. AccessKeyID starts with ASIA.
 type Session struct {

@@ -104,6 +104,26 @@ func (p Policy) MaxKeyLife(interval time.Duration) time.Duration {
 	return p.RotateAfter + p.DeactivateAfter + p.DeleteAfter + 3*(interval+interval/10)
 }
 
+// ExemptBy says who exempted a user from rotation: "tag keyward:exempt", "group NAME", "rule N"
+// (1-based, of rotation.rules); "" when it is not exempt.
+func (p Policy) ExemptBy(u cloud.User, groups []string) string {
+	switch {
+	case u.Tags[TagExempt] == "true":
+		return "tag " + TagExempt
+	case p.ExemptGroup != "" && slices.Contains(groups, p.ExemptGroup):
+		return "group " + p.ExemptGroup
+	}
+	for i, r := range p.Rules {
+		if r.matches(u) {
+			if r.Exempt {
+				return fmt.Sprintf("rule %d", i+1)
+			}
+			break
+		}
+	}
+	return ""
+}
+
 // For returns the policy for one user, with its tag overrides applied, and whether it is exempt.
 func (p Policy) For(u cloud.User, groups []string) (Policy, bool, error) {
 	if u.Tags[TagExempt] == "true" || (p.ExemptGroup != "" && slices.Contains(groups, p.ExemptGroup)) {

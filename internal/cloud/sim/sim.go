@@ -41,14 +41,20 @@ type Cloud struct {
 }
 
 type account struct {
-	id    string
-	users map[string]*user
+	id       string
+	users    map[string]*user
+	rootKey  bool // the root user holds an active access key
+	noReport bool // its credential report cannot be had
 }
 
 type user struct {
 	cloud.User
-	groups []string
-	keys   []*key
+	groups           []string
+	keys             []*key
+	created          time.Time
+	console          bool
+	passwordLastUsed time.Time
+	mfa              int
 }
 
 // session is a set of temporary credentials (GetSessionToken): it acts as its user until it expires.
@@ -101,7 +107,7 @@ func (c *Cloud) AddUser(accountID, name, path string, tags map[string]string, gr
 		path = "/"
 	}
 	a.users[name] = &user{User: cloud.User{AccountID: accountID, Name: name, Path: path,
-		ARN: "arn:aws:iam::" + accountID + ":user" + path + name, Tags: maps.Clone(tags)}, groups: groups}
+		ARN: "arn:aws:iam::" + accountID + ":user" + path + name, Tags: maps.Clone(tags)}, groups: groups, created: c.now().UTC()}
 }
 
 // AddKey gives a user a key created at a given time (a key that existed before Keyward), ignoring
@@ -465,4 +471,88 @@ func (c *Cloud) CallerIdentity(keyID string, s, token secret.Value) (string, err
 		return "", fmt.Errorf("session %s expired at %s: %w", keyID, sess.expires.Format(time.RFC3339), cloud.ErrKeyRefused)
 	}
 	return sess.owner.ARN, nil
+}
+
+var _ cloud.Inventory = (*Cloud)(nil)
+
+// SetConsole gives a user a console password (last used at lastUsed; zero: never) and MFA devices.
+func (c *Cloud) SetConsole(accountID, userName string, console bool, lastUsed time.Time, mfaDevices int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if u, err := c.user(accountID, userName); err == nil {
+		u.console, u.passwordLastUsed, u.mfa = console, lastUsed, mfaDevices
+	}
+}
+
+// SetRootKey says whether the account's root user holds an active access key.
+func (c *Cloud) SetRootKey(accountID string, active bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a := c.accounts[accountID]; a != nil {
+		a.rootKey = active
+	}
+}
+
+// SetReportUnavailable makes the account's credential report unavailable (as without the permission).
+func (c *Cloud) SetReportUnavailable(accountID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a := c.accounts[accountID]; a != nil {
+		a.noReport = true
+	}
+}
+
+// CredentialReport implements cloud.Inventory from the simulated account's state.
+func (c *Cloud) CredentialReport(_ context.Context, accountID string) ([]cloud.ReportRow, time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("CredentialReport", accountID, ""); err != nil {
+		return nil, time.Time{}, err
+	}
+	a := c.accounts[accountID]
+	if a == nil || a.noReport {
+		return nil, time.Time{}, fmt.Errorf("report of %s: %w", accountID, cloud.ErrReportUnavailable)
+	}
+	rows := []cloud.ReportRow{{User: cloud.RootUser, ARN: "arn:aws:iam::" + accountID + ":root", Keys: [2]cloud.ReportKey{{Active: a.rootKey}}}}
+	for _, name := range slices.Sorted(maps.Keys(a.users)) {
+		u := a.users[name]
+		row := cloud.ReportRow{User: u.Name, ARN: u.ARN, UserCreated: u.created, PasswordEnabled: u.console,
+			PasswordLastUsed: u.passwordLastUsed, MFAActive: u.mfa > 0}
+		for i, k := range u.keys {
+			if i < 2 {
+				row.Keys[i] = cloud.ReportKey{Active: k.Status == cloud.KeyActive, LastRotated: k.CreatedAt, LastUsed: k.lastUsed.At,
+					LastUsedService: k.lastUsed.Service, LastUsedRegion: k.lastUsed.Region}
+			}
+		}
+		rows = append(rows, row)
+	}
+	return rows, c.now().UTC(), nil
+}
+
+// LoginProfile implements cloud.Inventory.
+func (c *Cloud) LoginProfile(_ context.Context, accountID, userName string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("LoginProfile", accountID, userName); err != nil {
+		return false, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return false, err
+	}
+	return u.console, nil
+}
+
+// MFADevices implements cloud.Inventory.
+func (c *Cloud) MFADevices(_ context.Context, accountID, userName string) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enter("MFADevices", accountID, userName); err != nil {
+		return 0, err
+	}
+	u, err := c.user(accountID, userName)
+	if err != nil {
+		return 0, err
+	}
+	return u.mfa, nil
 }
