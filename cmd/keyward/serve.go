@@ -19,8 +19,10 @@ import (
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/notify"
+	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
@@ -113,6 +115,8 @@ type components struct {
 	dispatcher *notify.Dispatcher
 	api        *httpapi.API
 	passes     *passWatch
+	inventory  *inventory.Reader
+	reports    *report.Service
 	demoAfter  func(rotation.Report, error)
 }
 
@@ -139,6 +143,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	}
 	c.metrics = serveMetrics(c.vault, c.db, provider)
 	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall), dest)
+	c.inventory, c.reports = a.inventoryReader(c.engine, c.db, provider), a.reports(c.engine, c.db)
 	c.engine.Observe = c.metrics.Rotation
 	if err := a.recordConfigLoaded(ctx, c.db, "engine:"+c.engine.Owner); err != nil {
 		return nil, err
@@ -153,7 +158,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	if err != nil {
 		return nil, err
 	}
-	if c.api, err = a.api(ctx, c.vault, c.db, c.engine); err != nil {
+	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -176,6 +181,10 @@ func (a *app) run(ctx context.Context, c *components) error {
 	defer background(ctx, func(ctx context.Context) { c.dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
 	// What only grows is purged past the retention horizon, at start and every interval.
 	defer background(ctx, func(ctx context.Context) { every(ctx, a.cfg.Retention.Interval.Std(), func() { a.retain(ctx, c.db) }) })()
+	// The inventory is read again, and the day's compliance summary stored, every reports.interval.
+	if i := a.cfg.Reports.Interval.Std(); i > 0 {
+		defer background(ctx, func(ctx context.Context) { every(ctx, i, func() { a.refreshReports(ctx, c) }) })()
+	}
 	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
 	defer background(context.WithoutCancel(ctx), func(ctx context.Context) {
 		c.engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, c.afterPass)
@@ -224,6 +233,24 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// refreshReports reads the inventory of every account and stores the day's compliance summary.
+func (a *app) refreshReports(ctx context.Context, c *components) {
+	accounts, err := c.inventory.Read(ctx, "", nil)
+	for _, acc := range accounts {
+		if err := c.db.Inventory().SaveAccount(ctx, acc); err != nil {
+			a.log.Warn("inventory not stored", "account", acc.ID, "error", err.Error())
+		}
+	}
+	if err != nil {
+		a.log.Warn("inventory not read in full", "error", err.Error())
+	}
+	if sum, err := c.reports.Snapshot(ctx); err != nil {
+		a.log.Warn("compliance summary not stored", "error", err.Error())
+	} else {
+		a.log.Info("inventory read", "accounts", len(accounts), "users", sum.Users, "compliant_percent", sum.Percent)
 	}
 }
 
@@ -317,7 +344,7 @@ func databaseCheck(db *store.DB) func(context.Context) error {
 }
 
 // api wires the REST API: authentication, access to teams' keys, SSO when configured.
-func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rotation.Engine) (*httpapi.API, error) {
+func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rotation.Engine, reports *report.Service) (*httpapi.API, error) {
 	svc, err := a.authService(v, db, engine.Cloud)
 	if err != nil {
 		return nil, err
@@ -327,7 +354,7 @@ func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rot
 		Access:       &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail},
 		AllowedCIDRs: config.Prefixes(a.cfg.Auth.AllowedCIDRs), TrustedProxies: config.Prefixes(a.cfg.Server.TrustedProxies),
 		RatePerPrincipal: a.cfg.Server.RateLimit.PerPrincipal, RatePerIP: a.cfg.Server.RateLimit.PerIP, Version: version,
-		Targets: engine.TargetStates}
+		Targets: engine.TargetStates, Inventory: db.Inventory(), Reports: reports}
 	if o := a.cfg.Auth.OIDC; o.Issuer != "" {
 		rules := make([]httpapi.OIDCRule, len(o.Rules))
 		for i, r := range o.Rules {

@@ -110,13 +110,15 @@ const (
 	Administer Permission = "admin"
 	// ReportLeak: report a key as exposed, which replaces and deactivates it at once.
 	ReportLeak Permission = "leaks:report"
+	// ReadReports: the compliance report and its trend.
+	ReadReports Permission = "reports:read"
 )
 
 // grants is the whole access policy: what each role may do. Anything not here is denied.
 var grants = map[Role][]Permission{
-	RoleAdmin:    {Authenticated, ReadCredentials, Rotate, ReadInventory, ReadAudit, Export, Administer, ReportLeak},
+	RoleAdmin:    {Authenticated, ReadCredentials, Rotate, ReadInventory, ReadAudit, Export, Administer, ReportLeak, ReadReports},
 	RoleOperator: {Authenticated, ReadCredentials, Rotate, ReadInventory, ReportLeak},
-	RoleAuditor:  {Authenticated, ReadInventory, ReadAudit},
+	RoleAuditor:  {Authenticated, ReadInventory, ReadAudit, ReadReports},
 	RoleMember:   {Authenticated, ReadCredentials},
 	RoleReporter: {Authenticated, ReportLeak},
 }

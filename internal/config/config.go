@@ -44,6 +44,14 @@ type Config struct {
 	Retention Retention `yaml:"retention"`
 	// Delivery puts every rotated key where programs read it (Secrets Manager, Parameter Store).
 	Delivery Delivery `yaml:"delivery"`
+	// Reports configures the inventory's refresh and the compliance report's daily snapshot.
+	Reports Reports `yaml:"reports"`
+}
+
+// Reports is how often serve reads the inventory again and stores the compliance summary.
+type Reports struct {
+	// Interval between reads (0 turns them off; keyward inventory --refresh reads on demand).
+	Interval Duration `yaml:"interval"`
 }
 
 // Delivery configures the targets a new key is put into before it is promoted.
@@ -429,6 +437,7 @@ func Default() Config {
 			OIDC:    AuthOIDC{GroupsClaim: "groups"}},
 		Retention: Retention{Horizon: Duration(90 * day), Interval: Duration(day)},
 		Delivery:  Delivery{Timeout: Duration(2 * time.Minute)},
+		Reports:   Reports{Interval: Duration(day)},
 	}
 }
 
@@ -477,6 +486,9 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	c.Auth.validate(report)
 	c.Retention.validate(report)
 	c.Delivery.validate(report)
+	if i := c.Reports.Interval; i != 0 && i < Duration(time.Minute) {
+		report("reports.interval", "want 0 (off) or at least 1m (got %s)", i)
+	}
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		report("server.tls_cert_file", "set both server.tls_cert_file and server.tls_key_file, or neither")
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/inventory"
+	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
@@ -41,6 +43,9 @@ type API struct {
 	Version string
 	// Targets, when set, lists every identity's delivery targets for /v1/status.
 	Targets func(ctx context.Context) ([]rotation.IdentityTargets, error)
+	// Inventory is the stored inventory (GET /v1/inventory); Reports the compliance report.
+	Inventory inventory.Store
+	Reports   *report.Service
 
 	ipLimits, principalLimits *limiter
 	denials                   *denials
@@ -172,6 +177,78 @@ func (s *server) apiRoutes() {
 	s.route("DELETE /v1/apikeys/{name}", auth.Administer, "Revoke an API key", a.revokeAPIKey)
 	s.route("POST /v1/leaks", auth.ReportLeak, "Report a key as exposed: it is replaced and deactivated at once", a.reportLeak)
 	s.route("POST /v1/leaks/aws-health", auth.ReportLeak, "AWS Health's AWS_RISK_CREDENTIALS_EXPOSED event, as EventBridge sends it", a.awsHealthLeak)
+	s.route("GET /v1/inventory", auth.ReadInventory, "Every IAM user of every account, managed or not (the last read)", a.inventory)
+	s.route("GET /v1/reports/compliance", auth.ReadReports, "The compliance report (JSON, CSV or HTML)", a.compliance)
+	s.route("GET /v1/reports/compliance/history", auth.ReadReports, "The compliance report's daily summaries", a.complianceHistory)
+}
+
+// inventory serves GET /v1/inventory[?account=ID] from the last read.
+func (a *API) inventory(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	account := r.URL.Query().Get("account")
+	if account != "" && vault.ValidateAccountID(account) != nil {
+		return badf("account %q: want 12 digits", account)
+	}
+	out := []inventory.Account{}
+	if a.Inventory == nil {
+		return writeJSONStatus(w, http.StatusOK, map[string]any{"accounts": out})
+	}
+	accounts, err := a.Inventory.Accounts(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, acc := range accounts {
+		if account == "" || acc.ID == account {
+			out = append(out, acc)
+		}
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"accounts": out})
+}
+
+// compliance serves GET /v1/reports/compliance?format=json|csv|html&account=ID.
+func (a *API) compliance(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	q := r.URL.Query()
+	format := q.Get("format")
+	write, ok := map[string]func(io.Writer, report.Report) error{"": report.WriteJSON, "json": report.WriteJSON, "csv": report.WriteCSV, "html": report.WriteHTML}[format]
+	if !ok {
+		return badf("format %q: want json, csv or html", format)
+	}
+	account := q.Get("account")
+	if account != "" && vault.ValidateAccountID(account) != nil {
+		return badf("account %q: want 12 digits", account)
+	}
+	if a.Reports == nil {
+		return &access.Error{Kind: access.ErrUnavailable, Public: "no compliance report here: this server reads no inventory"}
+	}
+	rep, err := a.Reports.Compliance(r.Context(), account)
+	if err != nil {
+		return &access.Error{Kind: access.ErrUnavailable, Public: "no compliance report yet: " + err.Error()}
+	}
+	if rep.History, err = a.Reports.History(r.Context(), 90); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", map[string]string{"": "application/json", "json": "application/json", "csv": "text/csv; charset=utf-8",
+		"html": "text/html; charset=utf-8"}[format])
+	return write(w, rep)
+}
+
+// complianceHistory serves GET /v1/reports/compliance/history?days=N (1 to 366, default 90).
+func (a *API) complianceHistory(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+	days := 90
+	if v := r.URL.Query().Get("days"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 366 {
+			return badf("days %q: want 1 to 366", v)
+		}
+		days = n
+	}
+	hist := []report.Summary{}
+	if a.Reports != nil {
+		var err error
+		if hist, err = a.Reports.History(r.Context(), days); err != nil {
+			return err
+		}
+	}
+	return writeJSONStatus(w, http.StatusOK, map[string]any{"days": hist})
 }
 
 type leakRequest struct {

@@ -24,6 +24,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
@@ -102,7 +103,8 @@ func newFixture(t testing.TB, d testenv.Database, adjust func(*httpapi.API)) *fi
 	f := &fixture{t: t, db: db, vault: v, svc: svc, cloud: c, trail: trail, logs: logs, engine: engine, clock: clock,
 		creds: map[string]http.Header{}, seeds: map[string]string{}}
 	f.api = &httpapi.API{Auth: svc, Vault: v, Trail: trail, Version: "test",
-		Access: &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail}}
+		Access: &access.Service{Auth: svc, Vault: v, Engine: engine, Audit: trail}, Inventory: db.Inventory(),
+		Reports: &report.Service{Inventory: db.Inventory(), Snapshots: db.Inventory(), Trail: trail, Rotations: db.Rotations(), Vault: v, Policy: engine.Policy}}
 	if adjust != nil {
 		adjust(f.api)
 	}

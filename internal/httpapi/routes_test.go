@@ -32,36 +32,39 @@ var refused = []int{401, 401, 401, 401, 401, 401, 401, 403}
 // ones (a public route ignores credentials), except where it says all 16.
 var table = map[string][]int{
 	//                                   anon admin  adm-n  oper  audit member mem-n apikey
-	"GET /healthz":                     {200, 200, 200, 200, 200, 200, 200, 200},
-	"GET /readyz":                      {200, 200, 200, 200, 200, 200, 200, 200},
-	"GET /metrics":                     {200, 200, 200, 200, 200, 200, 200, 200},
-	"GET /.well-known/jwks.json":       {200, 200, 200, 200, 200, 200, 200, 200},
-	"GET /v1/openapi.json":             {200, 200, 200, 200, 200, 200, 200, 200},
-	"POST /v1/auth/login":              {200, 200, 200, 200, 200, 200, 200, 200},
-	"GET /v1/auth/oidc/login":          {404, 404, 404, 404, 404, 404, 404, 404},
-	"GET /v1/auth/oidc/callback":       {404, 404, 404, 404, 404, 404, 404, 404},
-	"POST /v1/auth/token":              {401, 401, 401, 401, 401, 401, 401, 200, 401, 401, 401, 401, 401, 401, 401, 403},
-	"POST /v1/auth/logout":             {401, 204, 204, 204, 204, 204, 204, 204},
-	"GET /v1/me":                       {401, 200, 200, 200, 200, 200, 200, 200},
-	"GET /v1/teams/{team}/credentials": {401, 200, 403, 200, 403, 200, 403, 200},
-	"POST /v1/teams/{team}/rotate":     {401, 202, 202, 202, 403, 403, 403, 403},
-	"GET /v1/rotations/{id}":           {401, 200, 200, 200, 403, 403, 403, 403},
-	"GET /v1/keys":                     {401, 200, 200, 200, 200, 403, 403, 403},
-	"GET /v1/status":                   {401, 200, 200, 200, 200, 403, 403, 403},
-	"GET /v1/audit":                    {401, 200, 200, 403, 200, 403, 403, 403},
-	"GET /v1/export":                   {401, 200, 403, 403, 403, 403, 403, 403},
-	"GET /v1/users":                    {401, 200, 403, 403, 403, 403, 403, 403},
-	"POST /v1/users":                   {401, 201, 403, 403, 403, 403, 403, 403},
-	"DELETE /v1/users/{name}":          {401, 204, 403, 403, 403, 403, 403, 403},
-	"GET /v1/teams":                    {401, 200, 403, 403, 403, 403, 403, 403},
-	"POST /v1/teams":                   {401, 201, 403, 403, 403, 403, 403, 403},
-	"DELETE /v1/teams/{team}":          {401, 204, 403, 403, 403, 403, 403, 403},
-	"POST /v1/teams/{team}/members":    {401, 204, 403, 403, 403, 403, 403, 403},
-	"GET /v1/apikeys":                  {401, 200, 403, 403, 403, 403, 403, 403},
-	"POST /v1/apikeys":                 {401, 201, 403, 403, 403, 403, 403, 403},
-	"DELETE /v1/apikeys/{name}":        {401, 204, 403, 403, 403, 403, 403, 403},
-	"POST /v1/leaks":                   {401, 200, 200, 200, 403, 403, 403, 403},
-	"POST /v1/leaks/aws-health":        {401, 200, 200, 200, 403, 403, 403, 403},
+	"GET /healthz":                       {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /readyz":                        {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /metrics":                       {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /.well-known/jwks.json":         {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /v1/openapi.json":               {200, 200, 200, 200, 200, 200, 200, 200},
+	"POST /v1/auth/login":                {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /v1/auth/oidc/login":            {404, 404, 404, 404, 404, 404, 404, 404},
+	"GET /v1/auth/oidc/callback":         {404, 404, 404, 404, 404, 404, 404, 404},
+	"POST /v1/auth/token":                {401, 401, 401, 401, 401, 401, 401, 200, 401, 401, 401, 401, 401, 401, 401, 403},
+	"POST /v1/auth/logout":               {401, 204, 204, 204, 204, 204, 204, 204},
+	"GET /v1/me":                         {401, 200, 200, 200, 200, 200, 200, 200},
+	"GET /v1/teams/{team}/credentials":   {401, 200, 403, 200, 403, 200, 403, 200},
+	"POST /v1/teams/{team}/rotate":       {401, 202, 202, 202, 403, 403, 403, 403},
+	"GET /v1/rotations/{id}":             {401, 200, 200, 200, 403, 403, 403, 403},
+	"GET /v1/keys":                       {401, 200, 200, 200, 200, 403, 403, 403},
+	"GET /v1/status":                     {401, 200, 200, 200, 200, 403, 403, 403},
+	"GET /v1/audit":                      {401, 200, 200, 403, 200, 403, 403, 403},
+	"GET /v1/export":                     {401, 200, 403, 403, 403, 403, 403, 403},
+	"GET /v1/users":                      {401, 200, 403, 403, 403, 403, 403, 403},
+	"POST /v1/users":                     {401, 201, 403, 403, 403, 403, 403, 403},
+	"DELETE /v1/users/{name}":            {401, 204, 403, 403, 403, 403, 403, 403},
+	"GET /v1/teams":                      {401, 200, 403, 403, 403, 403, 403, 403},
+	"POST /v1/teams":                     {401, 201, 403, 403, 403, 403, 403, 403},
+	"DELETE /v1/teams/{team}":            {401, 204, 403, 403, 403, 403, 403, 403},
+	"POST /v1/teams/{team}/members":      {401, 204, 403, 403, 403, 403, 403, 403},
+	"GET /v1/apikeys":                    {401, 200, 403, 403, 403, 403, 403, 403},
+	"POST /v1/apikeys":                   {401, 201, 403, 403, 403, 403, 403, 403},
+	"DELETE /v1/apikeys/{name}":          {401, 204, 403, 403, 403, 403, 403, 403},
+	"POST /v1/leaks":                     {401, 200, 200, 200, 403, 403, 403, 403},
+	"POST /v1/leaks/aws-health":          {401, 200, 200, 200, 403, 403, 403, 403},
+	"GET /v1/inventory":                  {401, 200, 200, 200, 200, 403, 403, 403},
+	"GET /v1/reports/compliance":         {401, 200, 200, 403, 200, 403, 403, 403},
+	"GET /v1/reports/compliance/history": {401, 200, 200, 403, 200, 403, 403, 403},
 }
 
 // request builds a route's request for a principal: concrete path values and a valid body, unique
@@ -125,7 +128,7 @@ func TestRouteRoleTable(t *testing.T) {
 
 	// Deny by default: every route names a permission, and only known ones.
 	known := []auth.Permission{auth.Public, auth.Authenticated, auth.ReadCredentials, auth.Rotate, auth.ReadInventory,
-		auth.ReadAudit, auth.Export, auth.Administer, auth.ReportLeak}
+		auth.ReadAudit, auth.Export, auth.Administer, auth.ReportLeak, auth.ReadReports}
 	for _, r := range routes {
 		if !slices.Contains(known, r.Perm) {
 			t.Errorf("route %s declares permission %q", r.Pattern, r.Perm)
