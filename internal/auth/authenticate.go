@@ -188,7 +188,36 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 	if err != nil {
 		return nil, err
 	}
-	kind, name, _ := strings.Cut(claims.Subject, ":")
+	p, err := s.Principal(ctx, Grant{Subject: claims.Subject, Generation: claims.Generation, MFA: claims.MFA})
+	if err != nil {
+		return nil, err
+	}
+	p.Via, p.ExpiresAt = "token", claims.ExpiresAt.Time
+	return p, nil
+}
+
+// Grant is what a login granted: the principal, its generation then, and whether a second factor
+// was given. A token carries one; so does a web session.
+type Grant struct {
+	Subject    string // user:NAME or apikey:NAME
+	Generation int64
+	MFA        bool
+}
+
+// GrantOf reads what a token of this service grants (its signature and expiry checked).
+func (s *Service) GrantOf(ctx context.Context, token secret.Value) (Grant, error) {
+	claims, err := s.tokens.Parse(ctx, token.Reveal())
+	if err != nil {
+		return Grant{}, err
+	}
+	return Grant{Subject: claims.Subject, Generation: claims.Generation, MFA: claims.MFA}, nil
+}
+
+// Principal returns a grant's principal as it is now: a disabled user, a revoked API key, or a
+// generation moved on since the grant (logout) all fail with ErrUnauthenticated.
+func (s *Service) Principal(ctx context.Context, g Grant) (*Principal, error) {
+	var err error
+	kind, name, _ := strings.Cut(g.Subject, ":")
 	var p *Principal
 	var gen int64
 	switch kind {
@@ -212,10 +241,10 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 	default:
 		return nil, fmt.Errorf("%w: token subject of unknown kind", ErrUnauthenticated)
 	}
-	if claims.Generation != gen {
+	if g.Generation != gen {
 		return nil, fmt.Errorf("%w: token revoked", ErrUnauthenticated)
 	}
-	p.MFA, p.Via, p.ExpiresAt = claims.MFA, "token", claims.ExpiresAt.Time
+	p.MFA = g.MFA
 	if p.Teams, err = s.store.TeamsOf(ctx, p.ID()); err != nil {
 		return nil, err
 	}
