@@ -26,6 +26,7 @@ import (
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
+	"github.com/keyward/keyward/internal/web"
 )
 
 func (a *app) serveCommand() *cobra.Command {
@@ -117,6 +118,7 @@ type components struct {
 	passes     *passWatch
 	inventory  *inventory.Reader
 	reports    *report.Service
+	ui         *web.UI
 	demoAfter  func(rotation.Report, error)
 }
 
@@ -161,6 +163,8 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
 		return nil, err
 	}
+	c.ui = &web.UI{Auth: c.api.Auth, Access: c.api.Access, Sessions: c.db.UISessions(), Log: a.log, Secure: a.cfg.Server.TLSCertFile != "",
+		TTL: a.cfg.UI.SessionTTL.Std(), Idle: a.cfg.UI.IdleTimeout.Std()}
 	return c, nil
 }
 
@@ -209,7 +213,7 @@ func (a *app) listeners(c *components) []*listener {
 	sc := a.cfg.Server
 	metricsElsewhere := sc.MetricsListen != ""
 	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: c.metrics, MetricsToken: sc.MetricsToken,
-		MetricsElsewhere: metricsElsewhere, API: c.api, Checks: []httpapi.Check{
+		MetricsElsewhere: metricsElsewhere, API: c.api, UI: c.ui.Handler(), Checks: []httpapi.Check{
 			{Name: "database", Func: databaseCheck(c.db)},
 			{Name: "rotation", Func: c.passes.check},
 			{Name: "notifications", Func: outboxCheck(c.db, a.cfg.Notify.StuckAfter.Std())},

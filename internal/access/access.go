@@ -363,3 +363,44 @@ func (s *Service) ReportLeak(ctx context.Context, p *auth.Principal, keyID, reas
 	}
 	return resp, nil
 }
+
+// TeamKey is what a member sees of a team's key without asking for its secret.
+type TeamKey struct {
+	Team        string
+	Identity    vault.Identity
+	SessionOnly bool
+	NeedsMFA    bool      // the principal must log in with a second factor to read it
+	AccessKeyID string    // "" when the team has no key yet (its first read makes one)
+	CreatedAt   time.Time // of the current key
+	Expiration  time.Time // when it is due to be replaced (zero: exempt)
+}
+
+// TeamKeys returns, without any secret, the current key of each of p's teams.
+func (s *Service) TeamKeys(ctx context.Context, p *auth.Principal) ([]TeamKey, error) {
+	var out []TeamKey
+	for _, name := range p.Teams {
+		needsMFA := false
+		t, err := s.team(ctx, p, auth.ReadCredentials, name)
+		if errors.Is(err, auth.ErrMFARequired) { // a member's own team: what it is may be shown, not its secret
+			needsMFA = true
+			t, err = s.Auth.Team(ctx, name)
+		}
+		if errors.Is(err, auth.ErrForbidden) || errors.Is(err, ErrNoSuchTeam) || errors.Is(err, auth.ErrNotFound) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		k := TeamKey{Team: t.Name, Identity: t.Identity, SessionOnly: t.SessionOnly, NeedsMFA: needsMFA}
+		versions, err := s.Vault.VersionsOf(ctx, t.Identity)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range versions {
+			if v.State == vault.StateCurrent {
+				k.AccessKeyID, k.CreatedAt, k.Expiration = v.AccessKeyID, v.CreatedAt, s.expiration(v)
+			}
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}

@@ -122,6 +122,12 @@ func WithOrigin(ctx context.Context, sourceIP, requestID string) context.Context
 	return context.WithValue(ctx, originKey{}, origin{ip: sourceIP, requestID: requestID})
 }
 
+// SourceIP returns the source address WithOrigin put in ctx ("" when none).
+func SourceIP(ctx context.Context) string {
+	o, _ := ctx.Value(originKey{}).(origin)
+	return o.ip
+}
+
 // Record appends events, in the unit of work ctx carries if any: with it, the events are committed
 // with the work they describe, or not at all.
 func (t *Trail) Record(ctx context.Context, events ...Event) error {

@@ -46,6 +46,15 @@ type Config struct {
 	Delivery Delivery `yaml:"delivery"`
 	// Reports configures the inventory's refresh and the compliance report's daily snapshot.
 	Reports Reports `yaml:"reports"`
+	// UI configures the web pages' sessions.
+	UI UI `yaml:"ui"`
+}
+
+// UI is the web interface's sessions.
+type UI struct {
+	// SessionTTL is a session's longest life; IdleTimeout ends it sooner without requests.
+	SessionTTL  Duration `yaml:"session_ttl"`
+	IdleTimeout Duration `yaml:"idle_timeout"`
 }
 
 // Reports is how often serve reads the inventory again and stores the compliance summary.
@@ -438,6 +447,7 @@ func Default() Config {
 		Retention: Retention{Horizon: Duration(90 * day), Interval: Duration(day)},
 		Delivery:  Delivery{Timeout: Duration(2 * time.Minute)},
 		Reports:   Reports{Interval: Duration(day)},
+		UI:        UI{SessionTTL: Duration(8 * time.Hour), IdleTimeout: Duration(time.Hour)},
 	}
 }
 
@@ -486,6 +496,12 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	c.Auth.validate(report)
 	c.Retention.validate(report)
 	c.Delivery.validate(report)
+	if c.UI.SessionTTL < Duration(time.Minute) || c.UI.SessionTTL > Duration(7*24*time.Hour) {
+		report("ui.session_ttl", "want 1m to 7d (got %s)", c.UI.SessionTTL)
+	}
+	if c.UI.IdleTimeout < Duration(time.Minute) || c.UI.IdleTimeout > c.UI.SessionTTL {
+		report("ui.idle_timeout", "want at least 1m and at most ui.session_ttl (got %s)", c.UI.IdleTimeout)
+	}
 	if i := c.Reports.Interval; i != 0 && i < Duration(time.Minute) {
 		report("reports.interval", "want 0 (off) or at least 1m (got %s)", i)
 	}

@@ -52,6 +52,9 @@ type Options struct {
 	MetricsElsewhere bool
 	// API, when set, serves the REST API under /v1 (probes and metrics only otherwise).
 	API *API
+	// UI, when set, serves the web pages under /ui/ (and / sends there), behind the same network
+	// allowlist and per-address rate limit as the API.
+	UI http.Handler
 }
 
 // MetricsHandler serves the metrics; with a token, only to requests that bear it (401 otherwise).
@@ -123,6 +126,10 @@ func newServer(o Options) *server {
 	}
 	if o.API != nil {
 		s.apiRoutes()
+	}
+	if o.UI != nil {
+		s.mux.Handle("/ui/", o.UI)
+		s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
 	}
 	return s
 }

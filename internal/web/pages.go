@@ -1,0 +1,134 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/keyward/keyward/internal/access"
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// loginPage shows the sign-in form, with a fresh anti-forgery token in a cookie of its own.
+func (u *UI) loginPage(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	if s != nil {
+		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+		return nil
+	}
+	token := randomToken()
+	u.setCookie(w, loginCookie, token, 0)
+	u.render(w, r, http.StatusOK, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Next": safeNext(r.URL.Query().Get("next"))})
+	return nil
+}
+
+// safeNext keeps a return address on this site's pages.
+func safeNext(next string) string {
+	if strings.HasPrefix(next, "/ui/") && !strings.HasPrefix(next, "//") && !strings.Contains(next, "\\") {
+		return next
+	}
+	return "/ui/"
+}
+
+// login checks the password and code as the API's login does (the same lockout and delays), then
+// starts a session.
+func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
+	name := strings.TrimSpace(r.PostFormValue("username"))
+	tok, err := u.Auth.Login(r.Context(), name, secret.New(r.PostFormValue("password")), strings.TrimSpace(r.PostFormValue("code")), sourceIP(r))
+	var locked *auth.LockedError
+	var busy *auth.BusyError
+	again := func(status int, msg string) error {
+		token := randomToken()
+		u.setCookie(w, loginCookie, token, 0)
+		u.render(w, r, status, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Error": msg, "Username": name,
+			"Next": safeNext(r.PostFormValue("next"))})
+		return nil
+	}
+	switch {
+	case errors.As(err, &locked):
+		return again(http.StatusTooManyRequests, "Too many failed attempts: try again in "+locked.RetryAfter.Round(1e9).String()+".")
+	case errors.As(err, &busy):
+		return again(http.StatusTooManyRequests, "Too many sign-ins at once: try again in a moment.")
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return again(http.StatusUnauthorized, "Wrong user name, password or code.")
+	case err != nil:
+		return err
+	}
+	g, err := u.Auth.GrantOf(r.Context(), tok.Token)
+	if err != nil {
+		return err
+	}
+	if err := u.startSession(w, r, g); err != nil {
+		return err
+	}
+	u.clearCookie(w, loginCookie)
+	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
+	return nil
+}
+
+// logout ends the session and every token of the principal (its generation moves on).
+func (u *UI) logout(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	if err := u.Auth.Logout(r.Context(), s.principal); err != nil {
+		return err
+	}
+	if err := u.Sessions.DeleteSession(r.Context(), s.session.IDHash, u.now()); err != nil {
+		return err
+	}
+	u.clearCookie(w, sessionCookie)
+	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+	return nil
+}
+
+// myKeys lists the principal's teams and their current keys, without secrets.
+func (u *UI) myKeys(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	keys, err := u.Access.TeamKeys(r.Context(), s.principal)
+	if err != nil {
+		return err
+	}
+	u.render(w, r, http.StatusOK, "keys", s, map[string]any{"Title": "My keys", "Keys": keys})
+	return nil
+}
+
+// reveal shows a team's key (or, for a session-only team, a session) once: answered to a POST,
+// recorded before it is shown, never cached, hidden again by the page after 60 seconds.
+func (u *UI) reveal(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	team := r.PathValue("team")
+	data := map[string]any{"Title": "Key of " + team, "Team": team, "Server": u.serverURL(r)}
+	keys, err := u.Access.TeamKeys(r.Context(), s.principal)
+	if err != nil {
+		return err
+	}
+	sessionOnly := false
+	for _, k := range keys {
+		if k.Team == team {
+			sessionOnly = k.SessionOnly
+		}
+	}
+	if sessionOnly {
+		c, err := u.Access.SessionCredentials(r.Context(), s.principal, team, access.DefaultSessionDuration)
+		if err != nil {
+			return err
+		}
+		data["KeyID"], data["Secret"], data["Token"], data["Expires"] = c.AccessKeyID, c.SecretAccessKey, c.SessionToken, c.Expiration
+	} else {
+		c, err := u.Access.Credentials(r.Context(), s.principal, team)
+		if err != nil {
+			return err
+		}
+		data["KeyID"], data["Secret"], data["Expires"] = c.AccessKeyID, c.SecretAccessKey, c.Expiration
+	}
+	u.render(w, r, http.StatusOK, "reveal", s, data)
+	return nil
+}
+
+// serverURL is this server's address, for the credential_process line.
+func (u *UI) serverURL(r *http.Request) string {
+	if u.ServerURL != "" {
+		return u.ServerURL
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
