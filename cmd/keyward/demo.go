@@ -2,10 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/store"
+	"github.com/keyward/keyward/internal/vault"
 
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
@@ -95,4 +105,105 @@ func demoConsumer(ctx context.Context, c *sim.Cloud) {
 			c.UseKey(old, now)
 		}
 	}
+}
+
+// demoPerson is one of the demo's people: a role, teams, and an authenticator when the role needs it.
+type demoPerson struct {
+	name  string
+	role  auth.Role
+	teams []string
+	mfa   bool
+}
+
+// demoPeople are who signs in to the demo's web pages.
+var demoPeople = []demoPerson{
+	{"ada", auth.RoleAdmin, nil, true},
+	{"oscar", auth.RoleOperator, []string{"ci"}, false},
+	{"alma", auth.RoleAuditor, nil, false},
+	{"mia", auth.RoleMember, []string{"ci"}, true},
+	{"sam", auth.RoleMember, []string{"partners"}, true},
+}
+
+// demoSeed makes the demo's teams and people, and prints how to sign in: the UI's address first.
+func (a *app) demoSeed(ctx context.Context, c *components) error {
+	svc := c.api.Auth
+	for team, user := range map[string]string{"ci": "ci-deploy", "partners": "partner-acme"} {
+		if _, err := svc.AddTeam(ctx, "cli:demo", auth.Team{Name: team, Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: demoAccount, UserName: user}}); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(a.stdout, "\nThe web interface: http://%s/ui/\nSign in as (password, then the code of `keyward demo totp NAME --config %s`):\n",
+		a.cfg.Server.Listen, a.demoConfigPath)
+	for _, p := range demoPeople {
+		pw := secret.New(randomWords())
+		if _, err := svc.AddUser(ctx, "cli:demo", p.name, p.role, p.teams, pw); err != nil {
+			return err
+		}
+		seed := "-"
+		if p.mfa {
+			uri, err := svc.EnrollMFA(ctx, "cli:demo", p.name)
+			if err != nil {
+				return err
+			}
+			if u, err := url.Parse(uri.Reveal()); err == nil {
+				seed = u.Query().Get("secret")
+			}
+		}
+		teams := strings.Join(p.teams, ",")
+		if teams == "" {
+			teams = "-"
+		}
+		fmt.Fprintf(a.stdout, "  %-6s %-9s teams %-9s password %-24s TOTP seed %s\n", p.name, p.role, teams, pw.Reveal(), seed)
+	}
+	fmt.Fprintln(a.stdout)
+	return nil
+}
+
+// randomWords is a demo password: four short words from a small list (the demo's only).
+func randomWords() string {
+	words := strings.Fields("amber basil cedar delta ember fable grove harbor iris jade kelp lunar maple noble orbit pearl quill raven sable tidal umber velvet willow")
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	out := make([]string, 4)
+	for i := range out {
+		out[i] = words[int(b[i])%len(words)]
+	}
+	return strings.Join(out, "-")
+}
+
+// freeListen keeps addr when it can be listened on, and otherwise picks a free port on the same host
+// (the demo's 8080 may be taken).
+func freeListen(addr string) (string, bool) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		defer ln.Close()
+		return ln.Addr().String(), false // the port itself when addr asked for any (:0)
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if ln, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
+		return addr, false
+	}
+	defer ln.Close()
+	return ln.Addr().String(), true
+}
+
+func (a *app) demoCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "demo", Short: "Helpers for keyward serve --demo"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "totp NAME --config DEMO/keyward.yaml",
+		Short: "Print the authenticator code of one of the demo's people (as their app would show it now)",
+		Args:  cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			return a.withAuth(ctx, func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+				code, err := svc.TOTPCode(ctx, args[0], time.Now())
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(a.stdout, code)
+				return err
+			})
+		}),
+	})
+	return cmd
 }

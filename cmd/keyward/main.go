@@ -65,6 +65,9 @@ type app struct {
 
 	cfg *config.Config
 	log *slog.Logger
+	// demoSetup, when set, runs once serve's parts are built: the demo's people.
+	demoSetup      func(ctx context.Context, c *components) error
+	demoConfigPath string
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, environ []string) int {
@@ -108,6 +111,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.statusCommand(),
 		a.deliverCommand(),
 		a.credentialsCommand(),
+		a.demoCommand(),
 		a.leakCommand(),
 		a.scanCommand(),
 		a.inventoryCommand(),

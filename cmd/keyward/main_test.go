@@ -11,6 +11,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -524,7 +527,8 @@ func TestServeDemo(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	// The pass's summary is printed first, then the table of plans: wait for all of it.
-	wants := []string{"pass: rotated 4,", "blocked 1", "break-glass   exempt", "two-keys      blocked", "keyward vault list --config "}
+	wants := []string{"pass: rotated 4,", "blocked 1", "break-glass   exempt", "two-keys      blocked", "keyward vault list --config ",
+		"The web interface: http://", "mia    member", "TOTP seed"}
 	deadline := time.Now().Add(90 * time.Second)
 	for missing := wants; len(missing) > 0; {
 		text := out.String()
@@ -533,6 +537,44 @@ func TestServeDemo(t *testing.T) {
 			t.Fatalf("after 90 s the demo's output lacks %q:\n%s", missing, text)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The UI's address comes first; the demo's people sign in with its helper's code.
+	text := out.String()
+	if !strings.HasPrefix(text, "Keyward demo: open http://127.0.0.1:") && !strings.Contains(strings.SplitN(text, "\n", 3)[1], "Keyward demo: open http://127.0.0.1:") {
+		t.Fatalf("the demo does not start with the UI's address:\n%s", text[:min(len(text), 300)])
+	}
+	ui := strings.Fields(strings.SplitN(text, "The web interface: ", 2)[1])[0]
+	cfgPath := strings.Fields(strings.SplitN(text, "keyward vault list --config ", 2)[1])[0]
+	var pw string
+	for _, line := range strings.Split(text, "\n") {
+		if f := strings.Fields(line); len(f) > 6 && f[0] == "mia" {
+			pw = f[5]
+		}
+	}
+	code := strings.TrimSpace(e.must(t, 0, "", "demo", "totp", "mia", "--config", cfgPath).stdout)
+	if len(code) != 6 || pw == "" {
+		t.Fatalf("code %q, password %q", code, pw)
+	}
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar}
+	resp, err := client.Get(ui + "login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if resp.StatusCode != 200 || csrf == nil {
+		t.Fatalf("the sign-in page: %d", resp.StatusCode)
+	}
+	resp, err = client.PostForm(ui+"login", url.Values{"csrf": {string(csrf[1])}, "username": {"mia"}, "password": {pw}, "code": {code}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "My keys") || !strings.Contains(string(page), "ci-deploy") {
+		t.Fatalf("mia's keys after signing in: %d\n%s", resp.StatusCode, page)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -679,5 +721,22 @@ func TestServePurgesPastRetention(t *testing.T) {
 	}
 	if fmt.Sprint(left) != "[recent]" || !strings.Contains(p.logs.String(), `"notifications":1`) {
 		t.Fatalf("left %v after:\n%s", left, p.logs.String())
+	}
+}
+
+// The demo's port: kept when free, another free one when taken.
+func TestFreeListen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	taken := ln.Addr().String()
+	addr, moved := freeListen(taken)
+	if !moved || addr == taken || !strings.HasPrefix(addr, "127.0.0.1:") {
+		t.Fatalf("a taken port: %s %v", addr, moved)
+	}
+	if got, moved := freeListen(addr); moved || got != addr {
+		t.Fatalf("a free port: %s %v", got, moved)
 	}
 }

@@ -60,6 +60,13 @@ temporary directory. It prints what happens after every pass.`,
 				return err
 			}
 			a.cfg = cfg
+			addr, moved := freeListen(cfg.Server.Listen)
+			if moved {
+				fmt.Fprintf(a.stdout, "%s is taken: the demo listens on %s instead.\n", cfg.Server.Listen, addr)
+			}
+			cfg.Server.Listen = addr
+			a.demoConfigPath, a.demoSetup = cfgPath, a.demoSeed
+			fmt.Fprintf(a.stdout, "Keyward demo: open http://%s/ui/ in a browser (people and passwords below).\n\n", cfg.Server.Listen)
 			c := demoCloud(time.Now())
 			go demoConsumer(cmd.Context(), c)
 			fmt.Fprintf(a.stdout, `Keyward demo — a simulated AWS account (%s) with 10 IAM users; nothing leaves this machine.
@@ -100,6 +107,11 @@ func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func
 	defer closeQuietly(c.db)
 	if afterPass != nil {
 		c.demoAfter = afterPass(c.engine)
+	}
+	if a.demoSetup != nil {
+		if err := a.demoSetup(ctx, c); err != nil {
+			return err
+		}
 	}
 	return a.run(ctx, c)
 }
