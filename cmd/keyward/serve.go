@@ -176,6 +176,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 		return nil, err
 	}
 	c.ui = &web.UI{Auth: c.api.Auth, Access: c.api.Access, Sessions: c.db.UISessions(), Log: a.log, Secure: a.cfg.Server.TLSCertFile != "",
+		Trail: c.api.Trail, Vault: c.vault, Reports: c.reports,
 		TTL: a.cfg.UI.SessionTTL.Std(), Idle: a.cfg.UI.IdleTimeout.Std()}
 	return c, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 )
@@ -38,5 +39,9 @@ func Browser(t testing.TB) context.Context {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start headless Chromium (%s): %v", path, err)
 	}
-	return ctx
+	// Every later action of the test is bounded: a page that never shows what a test waits for
+	// fails the test instead of hanging it.
+	bounded, cancelBounded := context.WithTimeout(ctx, 2*time.Minute)
+	t.Cleanup(cancelBounded)
+	return bounded
 }

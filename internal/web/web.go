@@ -21,7 +21,9 @@ import (
 	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 //go:embed templates/*.html static/*
@@ -37,7 +39,12 @@ type UI struct {
 	Auth     *auth.Service
 	Access   *access.Service
 	Sessions SessionStore
-	Log      *slog.Logger
+	// Trail and Vault serve the audit page (the trail, and the keys that signed its checkpoints).
+	Trail *audit.Trail
+	Vault *vault.Vault
+	// Reports, when set, serves the compliance report page (absent until the inventory was read).
+	Reports *report.Service
+	Log     *slog.Logger
 	// Secure: served over TLS (cookies are __Host- prefixed and Secure).
 	Secure bool
 	// TTL is a session's lifetime; Idle ends it sooner without requests.
@@ -87,6 +94,13 @@ func (u *UI) Handler() http.Handler {
 	u.page("POST /ui/logout", auth.Authenticated, u.logout)
 	u.page("GET /ui/{$}", auth.Authenticated, u.myKeys)
 	u.page("POST /ui/teams/{team}/reveal", auth.ReadCredentials, u.reveal)
+	u.page("GET /ui/audit", auth.ReadAudit, u.auditPage)
+	u.page("GET /ui/audit/verify", auth.ReadAudit, u.auditVerify)
+	u.page("GET /ui/audit/export", auth.ReadAudit, u.auditExport)
+	u.page("GET /ui/reports", auth.ReadReports, u.reportsPage)
+	u.page("GET /ui/reports/compliance.html", auth.ReadReports, u.reportDownload)
+	u.page("GET /ui/admin", auth.Administer, u.adminPage)
+	u.page("POST /ui/admin/{action}", auth.Administer, u.adminAction)
 	u.mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		u.render(w, r, http.StatusNotFound, "error", nil, map[string]any{"Title": "Not found", "Message": "There is no page " + r.URL.Path + "."})
 	})
@@ -115,9 +129,13 @@ func (u *UI) page(pattern string, perm auth.Permission, h pageFunc) {
 				}
 				return
 			}
-			if perm != auth.Authenticated && perm != auth.ReadCredentials && !s.principal.Role.Can(perm) {
-				u.fail(w, r, s, auth.ErrForbidden)
-				return
+			// A team's key is checked by internal/access, team by team; the rest here, as the API does
+			// (with the second factor where auth.require_mfa asks for it).
+			if perm != auth.ReadCredentials {
+				if err := s.principal.Authorize(perm, ""); err != nil {
+					u.fail(w, r, s, err)
+					return
+				}
 			}
 		}
 		if r.Method == http.MethodPost && !u.formTokenOK(r, s) {
@@ -195,6 +213,9 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	if s != nil {
 		data["Me"] = s.principal
 		data["CSRF"] = csrfToken(s.id)
+		// The menu shows what the principal may open, and the reports page only once there is one.
+		data["Can"] = map[string]bool{"audit": s.principal.Role.Can(auth.ReadAudit), "admin": s.principal.Role.Can(auth.Administer),
+			"reports": s.principal.Role.Can(auth.ReadReports) && u.reportsExist(r)}
 	}
 	t := u.pages[name]
 	var buf strings.Builder
@@ -227,7 +248,7 @@ func parsePages() map[string]*template.Template {
 		"reveal": func(v secret.Value) string { return v.Reveal() },
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"login", "keys", "reveal", "error"} {
+	for _, name := range []string{"login", "keys", "reveal", "error", "audit", "reports", "admin", "confirm", "created"} {
 		out[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
 	}
 	return out

@@ -24,6 +24,8 @@ import (
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/httpapi"
+	"github.com/keyward/keyward/internal/inventory"
+	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
@@ -40,15 +42,17 @@ var password = secret.New("correct horse battery staple")
 // site is Keyward's API and pages over a simulated cloud, with people: mia (member of payments,
 // TOTP), otto (auditor of payments), sam (member of search).
 type site struct {
-	t     *testing.T
-	db    *store.DB
-	vault *vault.Vault
-	svc   *auth.Service
-	trail *audit.Trail
-	cloud *sim.Cloud
-	srv   *httptest.Server
-	seeds map[string]string
-	logs  *testenv.SyncBuffer
+	t       *testing.T
+	db      *store.DB
+	vault   *vault.Vault
+	svc     *auth.Service
+	trail   *audit.Trail
+	cloud   *sim.Cloud
+	srv     *httptest.Server
+	seeds   map[string]string
+	logs    *testenv.SyncBuffer
+	reports *report.Service
+	engine  *rotation.Engine
 }
 
 func newSite(t *testing.T) *site {
@@ -82,7 +86,8 @@ func newSite(t *testing.T) *site {
 		role  auth.Role
 		teams []string
 		mfa   bool
-	}{{"mia", auth.RoleMember, []string{"payments"}, true}, {"otto", auth.RoleAuditor, []string{"payments"}, false}, {"sam", auth.RoleMember, []string{"search"}, true}} {
+	}{{"mia", auth.RoleMember, []string{"payments"}, true}, {"otto", auth.RoleAuditor, []string{"payments"}, false}, {"sam", auth.RoleMember, []string{"search"}, true},
+		{"ada", auth.RoleAdmin, nil, true}} {
 		if _, err := s.svc.AddUser(ctx, "cli:test", u.name, u.role, u.teams, password); err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +101,10 @@ func newSite(t *testing.T) *site {
 		}
 	}
 	acc := &access.Service{Auth: s.svc, Vault: s.vault, Engine: engine, Audit: s.trail}
-	ui := &web.UI{Auth: s.svc, Access: acc, Sessions: s.db.UISessions(), Log: log}
+	s.reports = &report.Service{Inventory: s.db.Inventory(), Snapshots: s.db.Inventory(), Trail: s.trail, Rotations: s.db.Rotations(),
+		Vault: s.vault, Policy: engine.Policy}
+	s.engine = engine
+	ui := &web.UI{Auth: s.svc, Access: acc, Sessions: s.db.UISessions(), Log: log, Trail: s.trail, Vault: s.vault, Reports: s.reports}
 	api := &httpapi.API{Auth: s.svc, Vault: s.vault, Trail: s.trail, Access: acc, Version: "test"}
 	s.srv = httptest.NewServer(httpapi.Handler(httpapi.Options{Log: log, API: api, UI: ui.Handler()}))
 	t.Cleanup(s.srv.Close)
@@ -438,4 +446,84 @@ func (j *jar) get(name string) string {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.c[name]
+}
+
+// TestAuditorAndAdmin: the auditor reads and verifies the trail, and finds no reports page until the
+// inventory was read; the admin adds a user (after confirming) and creates an API key, shown once.
+func TestAuditorAndAdmin(t *testing.T) {
+	s := newSite(t)
+	ctx := testenv.Browser(t)
+	if err := s.signIn(ctx, "otto", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('a[href="/ui/reports"]').length`)); n != 0 {
+		t.Fatal("a reports link before there is a report")
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href="/ui/audit"]`)), chromedp.WaitVisible(chromedp.CSS("table"))); err != nil {
+		t.Fatal(err)
+	}
+	if body := text(t, ctx, "tbody"); !strings.Contains(body, "auth.login") || !strings.Contains(body, "user:otto") {
+		t.Fatalf("the audit page: %s", body)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href="/ui/audit/verify"]`)), chromedp.WaitVisible(chromedp.CSS("p.ok, p.error"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := text(t, ctx, "p.ok"); !strings.HasPrefix(got, "Chain intact:") {
+		t.Fatalf("verification: %q", got)
+	}
+	shot(t, ctx, "audit")
+	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
+		t.Fatalf("audit page: unlabelled %v, %d bytes", bad, size)
+	}
+	// The inventory is read: the reports page appears.
+	r := &inventory.Reader{Cloud: s.cloud, Reports: s.cloud, Policy: s.engine.Policy, Vault: s.vault}
+	accounts, err := r.Read(context.Background(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range accounts {
+		_ = s.db.Inventory().SaveAccount(context.Background(), a)
+	}
+	if _, err := s.reports.Snapshot(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/"), chromedp.Click(chromedp.CSS(`a[href="/ui/reports"]`)), chromedp.WaitVisible(chromedp.CSS("svg.chart, table"))); err != nil {
+		t.Fatal(err)
+	}
+	if h := text(t, ctx, "main h1"); h != "Compliance" {
+		t.Fatalf("reports page: %q", h)
+	}
+	shot(t, ctx, "reports")
+
+	// The admin (with her code) adds a user — after confirming — and creates an API key.
+	actx := testenv.Browser(t)
+	if err := s.signIn(actx, "ada", s.code("ada")); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(actx, chromedp.Navigate(s.srv.URL+"/ui/admin"), chromedp.WaitVisible(chromedp.CSS("#u-name")),
+		chromedp.SendKeys(chromedp.CSS("#u-name"), "nina"), chromedp.SendKeys(chromedp.CSS("#u-teams"), "search"),
+		chromedp.SendKeys(chromedp.CSS("#u-password"), "a long enough password"),
+		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/add-user"] button`)), chromedp.WaitVisible(chromedp.CSS(`main form button`))); err != nil {
+		t.Fatal(err)
+	}
+	shot(t, actx, "admin-confirm")
+	if err := chromedp.Do(actx, chromedp.Click(chromedp.CSS("main form button")), chromedp.WaitVisible(chromedp.CSS("p.ok"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.svc.User(context.Background(), "nina"); err != nil {
+		t.Fatalf("the user was not added: %v", err)
+	}
+	shot(t, actx, "admin")
+	if bad, size := unlabelled(t, actx); len(bad) > 0 || size > 200<<10 {
+		t.Fatalf("admin page: unlabelled %v, %d bytes", bad, size)
+	}
+	if err := chromedp.Do(actx, chromedp.SendKeys(chromedp.CSS("#k-name"), "ci"), chromedp.SendKeys(chromedp.CSS("#k-teams"), "payments"),
+		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/create-key"] button`)), chromedp.WaitVisible(chromedp.CSS("main form button")),
+		chromedp.Click(chromedp.CSS("main form button")), chromedp.WaitVisible(chromedp.CSS("#created"))); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := chromedp.Run(actx, chromedp.Value(chromedp.CSS("#created")))
+	if p, err := s.svc.AuthenticateAPIKey(context.Background(), key); err != nil || p.Name != "ci" {
+		t.Fatalf("the API key shown does not work: %v", err)
+	}
 }
