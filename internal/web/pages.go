@@ -3,6 +3,7 @@ package web
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/keyward/keyward/internal/access"
@@ -62,7 +63,42 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
 		return err
 	}
 	u.clearCookie(w, loginCookie)
-	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
+	next := safeNext(r.PostFormValue("next"))
+	if p, err := u.Auth.Principal(r.Context(), g); err == nil && p.NeedsEnrolment() {
+		next = "/ui/mfa" // a role that needs a second factor, and none yet: enrol first
+	}
+	http.Redirect(w, r, next, http.StatusSeeOther)
+	return nil
+}
+
+// mfaPage offers a user without an authenticator to enrol one.
+func (u *UI) mfaPage(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	u.render(w, r, http.StatusOK, "mfa", s, map[string]any{"Title": "Authenticator", "Enrolled": s.principal.MFAEnrolled,
+		"Needed": s.principal.NeedsEnrolment()})
+	return nil
+}
+
+// mfaEnroll gives the user an authenticator seed, shown once as a QR code. Enrolling ends the
+// user's sessions and tokens (they were granted without the factor): the user signs in again with
+// a code. A user who has one already asks an administrator for a new one.
+func (u *UI) mfaEnroll(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	p := s.principal
+	if p.Kind != auth.KindUser || p.MFAEnrolled {
+		u.render(w, r, http.StatusConflict, "error", s, map[string]any{"Title": "Already enrolled",
+			"Message": "You have an authenticator: an administrator gives you a new one if you lost it."})
+		return nil
+	}
+	uri, err := u.Auth.EnrollMFA(r.Context(), p.ID(), p.Name)
+	if err != nil {
+		return err
+	}
+	_ = u.Sessions.DeleteSession(r.Context(), s.session.IDHash, u.now())
+	u.clearCookie(w, sessionCookie)
+	seed := ""
+	if parsed, err := url.Parse(uri.Reveal()); err == nil {
+		seed = parsed.Query().Get("secret")
+	}
+	u.render(w, r, http.StatusOK, "mfa", nil, map[string]any{"Title": "Authenticator", "URI": uri, "Seed": secret.New(seed)})
 	return nil
 }
 

@@ -94,6 +94,8 @@ func (u *UI) Handler() http.Handler {
 	u.page("POST /ui/logout", auth.Authenticated, u.logout)
 	u.page("GET /ui/{$}", auth.Authenticated, u.myKeys)
 	u.page("POST /ui/teams/{team}/reveal", auth.ReadCredentials, u.reveal)
+	u.page("GET /ui/mfa", auth.Authenticated, u.mfaPage)
+	u.page("POST /ui/mfa", auth.Authenticated, u.mfaEnroll)
 	u.page("GET /ui/audit", auth.ReadAudit, u.auditPage)
 	u.page("GET /ui/audit/verify", auth.ReadAudit, u.auditVerify)
 	u.page("GET /ui/audit/export", auth.ReadAudit, u.auditExport)
@@ -246,9 +248,10 @@ func parsePages() map[string]*template.Template {
 		},
 		"date":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 		"reveal": func(v secret.Value) string { return v.Reveal() },
+		"qr":     qrSVG,
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"login", "keys", "reveal", "error", "audit", "reports", "admin", "confirm", "created"} {
+	for _, name := range []string{"login", "keys", "reveal", "error", "audit", "reports", "admin", "confirm", "created", "mfa"} {
 		out[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
 	}
 	return out

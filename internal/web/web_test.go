@@ -527,3 +527,36 @@ func TestAuditorAndAdmin(t *testing.T) {
 		t.Fatalf("the API key shown does not work: %v", err)
 	}
 }
+
+// A member without an authenticator is sent to enrol one at first sign-in: a QR code and the seed,
+// shown once; the session ends, and the next sign-in with the app's code reaches the keys.
+func TestEnrolmentAtFirstSignIn(t *testing.T) {
+	s := newSite(t)
+	if _, err := s.svc.AddUser(context.Background(), "cli:test", "nora", auth.RoleMember, []string{"payments"}, password); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testenv.Browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/login"), chromedp.WaitVisible(chromedp.CSS("#username")),
+		chromedp.SendKeys(chromedp.CSS("#username"), "nora"), chromedp.SendKeys(chromedp.CSS("#password"), password.Reveal()),
+		chromedp.Submit(chromedp.CSS("#password")), chromedp.WaitVisible(chromedp.CSS(`form[action="/ui/mfa"]`))); err != nil {
+		t.Fatalf("first sign-in did not lead to enrolment: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`form[action="/ui/mfa"] button`)), chromedp.WaitVisible(chromedp.CSS("svg.qr"))); err != nil {
+		t.Fatal(err)
+	}
+	shot(t, ctx, "enrolment")
+	seed, _ := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#seed")))
+	if len(seed) < 16 {
+		t.Fatalf("seed %q", seed)
+	}
+	s.seeds["nora"] = seed
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/"), chromedp.WaitVisible(chromedp.CSS("#username"))); err != nil {
+		t.Fatalf("the session outlived the enrolment: %v", err)
+	}
+	if err := s.signIn(ctx, "nora", s.code("nora")); err != nil {
+		t.Fatal(err)
+	}
+	if h := text(t, ctx, "main h1"); h != "My keys" {
+		t.Fatalf("after enrolling and signing in with the code: %q", h)
+	}
+}
