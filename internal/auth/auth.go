@@ -160,7 +160,9 @@ func (p *Principal) ID() string { return p.Kind + ":" + p.Name }
 
 // NeedsEnrolment says whether the principal is a user whose role needs a second factor and who has
 // no authenticator yet: the web pages send such a user to enrol one.
-func (p *Principal) NeedsEnrolment() bool { return p.Kind == KindUser && p.requireMFA && !p.MFAEnrolled }
+func (p *Principal) NeedsEnrolment() bool {
+	return p.Kind == KindUser && p.requireMFA && !p.MFAEnrolled
+}
 
 // InTeam says whether the principal is a member of team.
 func (p *Principal) InTeam(team string) bool { return slices.Contains(p.Teams, team) }
