@@ -67,6 +67,13 @@ type line struct {
 	X     int
 }
 
+// Histogram is the template data of an SVG histogram of key ages (days) against the policy's
+// deadlines: Bars, Lines, W, H.
+func Histogram(ages []int, p PolicyDays) map[string]any {
+	bars, lines, w, h := histogram(Report{KeyAges: ages, Policy: p})
+	return map[string]any{"Bars": bars, "Lines": lines, "W": w, "H": h, "BaseY": h - 24, "AxisY": h - 38, "MidX": w / 2}
+}
+
 // histogram lays the active keys' ages out in buckets of 15 days (the last one open-ended), with
 // the policy's deadlines as lines.
 func histogram(r Report) (bars []bar, lines []line, width, height int) {

@@ -189,3 +189,56 @@ func (s *Rotations) LastFinished(ctx context.Context, id vault.Identity) (rotati
 func (s *Rotations) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
 	return s.db.Atomically(ctx, fn)
 }
+
+// States returns, in two statements, which identities have a rotation open now, and the last
+// finished rotation of each identity whose last one failed: what an overview of thousands of
+// identities needs without a query per identity.
+func (s *Rotations) States(ctx context.Context) (open map[vault.Identity]bool, failed map[vault.Identity]rotation.Record, err error) {
+	open, failed = map[vault.Identity]bool{}, map[vault.Identity]rotation.Record{}
+	rows, err := s.db.query(ctx, `SELECT cloud, account_id, user_name FROM rotations WHERE finished_at IS NULL`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open rotations: %w", err)
+	}
+	for rows.Next() {
+		var id vault.Identity
+		if err := rows.Scan(&id.Cloud, &id.AccountID, &id.UserName); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		open[id] = true
+	}
+	rows.Close()
+	rows, err = s.db.query(ctx, `SELECT `+rotationColumns+` FROM rotations r WHERE finished_at IS NOT NULL AND outcome = 'failed'
+		AND id = (SELECT MAX(id) FROM rotations l WHERE l.cloud = r.cloud AND l.account_id = r.account_id AND l.user_name = r.user_name AND l.finished_at IS NOT NULL)`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed rotations: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		rec, err := scanRotation(rows)
+		if err != nil {
+			return nil, nil, err
+		}
+		failed[rec.Identity] = rec
+	}
+	return open, failed, rows.Err()
+}
+
+// History returns an identity's rotations, newest first, at most limit.
+func (s *Rotations) History(ctx context.Context, id vault.Identity, limit int) ([]rotation.Record, error) {
+	rows, err := s.db.query(ctx, `SELECT `+rotationColumns+` FROM rotations WHERE cloud = $1 AND account_id = $2 AND user_name = $3
+		ORDER BY id DESC LIMIT $4`, id.Cloud, id.AccountID, id.UserName, limit)
+	if err != nil {
+		return nil, fmt.Errorf("rotations of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []rotation.Record
+	for rows.Next() {
+		rec, err := scanRotation(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, rows.Err()
+}

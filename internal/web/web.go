@@ -94,6 +94,10 @@ func (u *UI) Handler() http.Handler {
 	u.page("POST /ui/logout", auth.Authenticated, u.logout)
 	u.page("GET /ui/{$}", auth.Authenticated, u.myKeys)
 	u.page("POST /ui/teams/{team}/reveal", auth.ReadCredentials, u.reveal)
+	u.page("GET /ui/inventory", auth.ReadInventory, u.inventoryPage)
+	u.page("GET /ui/identities/{account}/{user}", auth.ReadInventory, u.historyPage)
+	u.page("POST /ui/teams/{team}/rotate", auth.Rotate, u.rotateNow)
+	u.page("GET /ui/rotations/{id}", auth.Rotate, u.rotationPage)
 	u.page("GET /ui/mfa", auth.Authenticated, u.mfaPage)
 	u.page("POST /ui/mfa", auth.Authenticated, u.mfaEnroll)
 	u.page("GET /ui/audit", auth.ReadAudit, u.auditPage)
@@ -217,6 +221,7 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 		data["CSRF"] = csrfToken(s.id)
 		// The menu shows what the principal may open, and the reports page only once there is one.
 		data["Can"] = map[string]bool{"audit": s.principal.Role.Can(auth.ReadAudit), "admin": s.principal.Role.Can(auth.Administer),
+			"inventory": s.principal.Role.Can(auth.ReadInventory) && u.Reports != nil, "rotate": s.principal.Role.Can(auth.Rotate),
 			"reports": s.principal.Role.Can(auth.ReadReports) && u.reportsExist(r)}
 	}
 	t := u.pages[name]
@@ -247,11 +252,12 @@ func parsePages() map[string]*template.Template {
 			return fmt.Sprintf("%d minutes", int(d/time.Minute))
 		},
 		"date":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"since":  func(d time.Duration) time.Time { return time.Now().Add(-d) },
 		"reveal": func(v secret.Value) string { return v.Reveal() },
 		"qr":     qrSVG,
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"login", "keys", "reveal", "error", "audit", "reports", "admin", "confirm", "created", "mfa"} {
+	for _, name := range []string{"login", "keys", "reveal", "error", "audit", "reports", "admin", "confirm", "created", "mfa", "inventory", "history", "rotation"} {
 		out[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
 	}
 	return out

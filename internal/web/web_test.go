@@ -22,6 +22,7 @@ import (
 	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/inventory"
@@ -42,7 +43,7 @@ var password = secret.New("correct horse battery staple")
 // site is Keyward's API and pages over a simulated cloud, with people: mia (member of payments,
 // TOTP), otto (auditor of payments), sam (member of search).
 type site struct {
-	t       *testing.T
+	t       testing.TB
 	db      *store.DB
 	vault   *vault.Vault
 	svc     *auth.Service
@@ -55,7 +56,9 @@ type site struct {
 	engine  *rotation.Engine
 }
 
-func newSite(t *testing.T) *site {
+func newSite(t *testing.T) *site { return newSiteB(t) }
+
+func newSiteB(t testing.TB) *site {
 	t.Helper()
 	ctx := context.Background()
 	s := &site{t: t, seeds: map[string]string{}, logs: &testenv.SyncBuffer{}}
@@ -249,6 +252,8 @@ func TestSignInRevealSignOut(t *testing.T) {
 		t.Fatalf("after signing out, the keys page did not send to the sign-in page: %v", err)
 	}
 }
+
+func cloudUser(name string) cloud.User { return cloud.User{AccountID: account, Name: name} }
 
 // unlabelled lists the page's form controls that no label names (accessibility), and its size.
 func unlabelled(t *testing.T, ctx context.Context) ([]string, int) {
@@ -503,11 +508,11 @@ func TestAuditorAndAdmin(t *testing.T) {
 	if err := chromedp.Do(actx, chromedp.Navigate(s.srv.URL+"/ui/admin"), chromedp.WaitVisible(chromedp.CSS("#u-name")),
 		chromedp.SendKeys(chromedp.CSS("#u-name"), "nina"), chromedp.SendKeys(chromedp.CSS("#u-teams"), "search"),
 		chromedp.SendKeys(chromedp.CSS("#u-password"), "a long enough password"),
-		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/add-user"] button`)), chromedp.WaitVisible(chromedp.CSS(`main form button`))); err != nil {
+		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/add-user"] button`)), chromedp.WaitVisible(chromedp.CSS(`#confirm`))); err != nil {
 		t.Fatal(err)
 	}
 	shot(t, actx, "admin-confirm")
-	if err := chromedp.Do(actx, chromedp.Click(chromedp.CSS("main form button")), chromedp.WaitVisible(chromedp.CSS("p.ok"))); err != nil {
+	if err := chromedp.Do(actx, chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("p.ok"))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.svc.User(context.Background(), "nina"); err != nil {
@@ -518,8 +523,8 @@ func TestAuditorAndAdmin(t *testing.T) {
 		t.Fatalf("admin page: unlabelled %v, %d bytes", bad, size)
 	}
 	if err := chromedp.Do(actx, chromedp.SendKeys(chromedp.CSS("#k-name"), "ci"), chromedp.SendKeys(chromedp.CSS("#k-teams"), "payments"),
-		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/create-key"] button`)), chromedp.WaitVisible(chromedp.CSS("main form button")),
-		chromedp.Click(chromedp.CSS("main form button")), chromedp.WaitVisible(chromedp.CSS("#created"))); err != nil {
+		chromedp.Click(chromedp.CSS(`form[action="/ui/admin/create-key"] button`)), chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("#created"))); err != nil {
 		t.Fatal(err)
 	}
 	key, _ := chromedp.Run(actx, chromedp.Value(chromedp.CSS("#created")))
@@ -558,5 +563,66 @@ func TestEnrolmentAtFirstSignIn(t *testing.T) {
 	}
 	if h := text(t, ctx, "main h1"); h != "My keys" {
 		t.Fatalf("after enrolling and signing in with the code: %q", h)
+	}
+}
+
+// The inventory page: every identity with its state, filtered and paged on the server, a histogram;
+// an operator rotates a team's key from it (after confirming) and watches the rotation finish; the
+// identity's history shows it.
+func TestInventoryAndRotateNow(t *testing.T) {
+	s := newSite(t)
+	if _, err := s.svc.AddUser(context.Background(), "cli:test", "olga", auth.RoleOperator, []string{"payments"}, password); err != nil {
+		t.Fatal(err)
+	}
+	// payments gets its first key (a rotation); search has none yet.
+	if _, err := s.engine.Provision(context.Background(), cloudUser("payments-app"), rotation.VisitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testenv.Browser(t)
+	if err := s.signIn(ctx, "olga", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href="/ui/inventory"]`)), chromedp.WaitVisible(chromedp.CSS("table"))); err != nil {
+		t.Fatal(err)
+	}
+	if body := text(t, ctx, "tbody"); !strings.Contains(body, "payments-app") || !strings.Contains(body, "ok") {
+		t.Fatalf("inventory: %s", body)
+	}
+	shot(t, ctx, "inventory")
+	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
+		t.Fatalf("inventory page: unlabelled %v, %d bytes", bad, size)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`form[action="/ui/teams/payments/rotate"] button`)), chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("dd[role=status]"))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if got := text(t, ctx, "dd[role=status]"); strings.HasPrefix(got, "rotated") {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the rotation did not finish: %q", got)
+		}
+		time.Sleep(500 * time.Millisecond)
+		_ = chromedp.Do(ctx, chromedp.Reload())
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href^="/ui/identities/"]`)), chromedp.WaitVisible(chromedp.CSS("h2"))); err != nil {
+		t.Fatal(err)
+	}
+	if body := text(t, ctx, "main"); !strings.Contains(body, "rotated") || !strings.Contains(body, "key.rotated") {
+		t.Fatalf("history: %s", body)
+	}
+	shot(t, ctx, "history")
+	// A state filter that matches nothing; a bad one is refused.
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/inventory?state=blocked"), chromedp.WaitVisible(chromedp.CSS("tbody"))); err != nil {
+		t.Fatal(err)
+	}
+	if body := text(t, ctx, "tbody"); !strings.Contains(body, "No identity matches") {
+		t.Fatalf("blocked filter: %s", body)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/inventory?state=<b>"), chromedp.WaitVisible(chromedp.CSS("main h1"))); err != nil {
+		t.Fatal(err)
+	}
+	if h := text(t, ctx, "main h1"); h != "Bad filter" {
+		t.Fatalf("a bad state: %q", h)
 	}
 }

@@ -1,0 +1,77 @@
+package web_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/vault"
+)
+
+// BenchmarkInventoryPage is the server's time for the inventory page over 10,000 identities (a page
+// of 100, sorted by age) on SQLite: what the web UI's issue asks to stay within 30 ms.
+func BenchmarkInventoryPage(b *testing.B) {
+	s := newSiteB(b)
+	ctx := context.Background()
+	const n = 10000
+	now := time.Now()
+	for i := range n {
+		id := vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: fmt.Sprintf("svc-%05d", i)}
+		if _, err := s.vault.Adopt(ctx, id, fmt.Sprintf("AKIA%016d", i), now.Add(-time.Duration(i%400)*24*time.Hour)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := s.svc.AddUser(ctx, "cli:test", "olga", auth.RoleOperator, nil, password); err != nil {
+		b.Fatal(err)
+	}
+	cookie := signInHTTP(b, s.srv.URL, "olga", "")
+	req, _ := http.NewRequest("GET", s.srv.URL+"/ui/inventory?sort=age", nil)
+	req.Header.Set("Cookie", cookie)
+	handler := s.srv.Config.Handler
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, req)
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), "10000 identities") {
+			b.Fatalf("inventory page: %d %s", rec.Code, rec.Body.String()[:min(300, rec.Body.Len())])
+		}
+	}
+}
+
+// signInHTTP signs in with a plain client and returns the session cookie.
+func signInHTTP(b testing.TB, base, user, code string) string {
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(base + "/ui/login")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var login string
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "keyward_login" {
+			login = ck.Value
+		}
+	}
+	resp.Body.Close()
+	req, _ := http.NewRequest("POST", base+"/ui/login", strings.NewReader(url.Values{"csrf": {login}, "username": {user},
+		"password": {password.Reveal()}, "code": {code}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Cookie", "keyward_login="+login)
+	resp, err = c.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "keyward_session" {
+			return "keyward_session=" + ck.Value
+		}
+	}
+	b.Fatalf("no session: %d", resp.StatusCode)
+	return ""
+}
