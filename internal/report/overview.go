@@ -71,29 +71,48 @@ type RotationStates interface {
 	States(ctx context.Context) (open map[vault.Identity]bool, failed map[vault.Identity]rotation.Record, err error)
 }
 
-// Overview builds one page of the overview.
+// facts are the engine's states an overview reads: open and failed rotations, held and blocked.
+type facts struct {
+	open          map[vault.Identity]bool
+	failed        map[vault.Identity]rotation.Record
+	held, blocked map[string]string
+}
+
+func (s *Service) facts(ctx context.Context, now time.Time) (facts, error) {
+	states, ok := s.Rotations.(RotationStates)
+	if !ok {
+		return facts{}, fmt.Errorf("the rotation store gives no bulk states")
+	}
+	var f facts
+	var err error
+	if f.open, f.failed, err = states.States(ctx); err != nil {
+		return f, err
+	}
+	f.held, f.blocked = map[string]string{}, map[string]string{}
+	since := now.Add(-48 * time.Hour)
+	if err := s.latest(ctx, rotation.ActionHeld, since, func(r audit.Record) string { return "old key " + r.Detail["access_key_id"] + " still in use" }, f.held); err != nil {
+		return f, err
+	}
+	return f, s.latest(ctx, rotation.ActionBlocked, since, func(r audit.Record) string { return r.Detail["reason"] }, f.blocked)
+}
+
+// Overview builds one page of the overview. Sorted by age with no team or state filter — the page
+// one opens — it is cut in SQL and only its identities are read; otherwise every identity is read
+// and the page cut here.
 func (s *Service) Overview(ctx context.Context, q OverviewQuery, teamsOf map[vault.Identity][]string) (OverviewPage, error) {
 	now := s.now()
+	f, err := s.facts(ctx, now)
+	if err != nil {
+		return OverviewPage{}, err
+	}
+	if q.Sort != "name" && q.Team == "" && q.State == "" {
+		return s.overviewByAge(ctx, q, teamsOf, f, now)
+	}
 	versions, err := s.Vault.List(ctx)
 	if err != nil {
 		return OverviewPage{}, err
 	}
-	states, ok := s.Rotations.(RotationStates)
-	if !ok {
-		return OverviewPage{}, fmt.Errorf("the rotation store gives no bulk states")
-	}
-	open, failed, err := states.States(ctx)
-	if err != nil {
-		return OverviewPage{}, err
-	}
-	held, blocked := map[string]string{}, map[string]string{}
-	since := now.Add(-48 * time.Hour)
-	if err := s.latest(ctx, rotation.ActionHeld, since, func(r audit.Record) string { return "old key " + r.Detail["access_key_id"] + " still in use" }, held); err != nil {
-		return OverviewPage{}, err
-	}
-	if err := s.latest(ctx, rotation.ActionBlocked, since, func(r audit.Record) string { return r.Detail["reason"] }, blocked); err != nil {
-		return OverviewPage{}, err
-	}
+	open, failed, held, blocked := f.open, f.failed, f.held, f.blocked
 	var rows []Row
 	for i := 0; i < len(versions); {
 		j := i
@@ -107,27 +126,74 @@ func (s *Service) Overview(ctx context.Context, q OverviewQuery, teamsOf map[vau
 		}
 		i = j
 	}
-	// Exempt users Keyward holds nothing of, from the stored inventory.
-	if accounts, err := s.Inventory.Accounts(ctx); err == nil {
-		known := map[vault.Identity]bool{}
-		for _, r := range rows {
-			known[r.Identity] = true
-		}
-		for _, a := range accounts {
-			for _, u := range a.Users {
-				id := vault.Identity{Cloud: vault.CloudAWS, AccountID: a.ID, UserName: u.Name}
-				if u.ExemptBy == "" || known[id] {
-					continue
-				}
-				row := Row{Identity: id, State: StateExempt, Reason: "exempted by " + u.ExemptBy, Teams: teamsOf[id], Next: rotation.NextNone}
-				for _, k := range u.Keys {
-					row.Keys = append(row.Keys, KeyRow{AccessKeyID: k.AccessKeyID, CreatedAt: k.CreatedAt})
-				}
-				rows = append(rows, row)
-			}
+	rows = append(rows, s.exemptRows(ctx, rows, teamsOf)...)
+	return pageOf(rows, q), nil
+}
+
+// overviewByAge is the page by age cut in SQL: the identities with a current key, oldest (or
+// youngest) first, then the exempt ones of the inventory.
+func (s *Service) overviewByAge(ctx context.Context, q OverviewQuery, teamsOf map[vault.Identity][]string, f facts, now time.Time) (OverviewPage, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
+	}
+	ids, total, created, err := s.Vault.CurrentByAge(ctx, q.Account, q.Asc, q.Offset, q.Limit)
+	if err != nil {
+		return OverviewPage{}, err
+	}
+	versions, err := s.Vault.VersionsOfMany(ctx, ids)
+	if err != nil {
+		return OverviewPage{}, err
+	}
+	out := OverviewPage{AgeDays: make([]int, 0, len(created))}
+	for _, c := range created {
+		out.AgeDays = append(out.AgeDays, int(now.Sub(c)/(24*time.Hour)))
+	}
+	for _, id := range ids {
+		row := s.row(versions[id], now, f.open, f.failed, f.held, f.blocked)
+		row.Teams = teamsOf[id]
+		out.Rows = append(out.Rows, row)
+	}
+	var exempt []Row
+	for _, r := range s.exemptRows(ctx, nil, teamsOf) {
+		if q.Account == "" || r.Identity.AccountID == q.Account {
+			exempt = append(exempt, r)
 		}
 	}
-	return pageOf(rows, q), nil
+	out.Total = total + len(exempt)
+	if len(out.Rows) < q.Limit { // the page reaches past the managed identities
+		start := max(q.Offset-total, 0)
+		for i := start; i < len(exempt) && len(out.Rows) < q.Limit; i++ {
+			out.Rows = append(out.Rows, exempt[i])
+		}
+	}
+	return out, nil
+}
+
+// exemptRows are the inventory's exempt users that Keyward holds nothing of.
+func (s *Service) exemptRows(ctx context.Context, known []Row, teamsOf map[vault.Identity][]string) []Row {
+	accounts, err := s.Inventory.Accounts(ctx)
+	if err != nil {
+		return nil
+	}
+	seen := map[vault.Identity]bool{}
+	for _, r := range known {
+		seen[r.Identity] = true
+	}
+	var out []Row
+	for _, a := range accounts {
+		for _, u := range a.Users {
+			id := vault.Identity{Cloud: vault.CloudAWS, AccountID: a.ID, UserName: u.Name}
+			if u.ExemptBy == "" || seen[id] {
+				continue
+			}
+			row := Row{Identity: id, State: StateExempt, Reason: "exempted by " + u.ExemptBy, Teams: teamsOf[id], Next: rotation.NextNone}
+			for _, k := range u.Keys {
+				row.Keys = append(row.Keys, KeyRow{AccessKeyID: k.AccessKeyID, CreatedAt: k.CreatedAt})
+			}
+			out = append(out, row)
+		}
+	}
+	return out
 }
 
 // row is one identity's overview row from its versions (in the vault's order) and the facts.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/vault"
@@ -590,4 +591,68 @@ func (s *Vault) DeleteBlob(ctx context.Context, name string) error {
 // Atomically implements vault.Store: see DB.Atomically.
 func (s *Vault) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
 	return s.db.Atomically(ctx, fn)
+}
+
+// CurrentByAge implements vault.Store: the page in SQL (ordered by the current key's creation, cut
+// by LIMIT and OFFSET), the count and the creation times in one more statement of one column.
+func (s *Vault) CurrentByAge(ctx context.Context, accountID string, asc bool, offset, limit int) ([]vault.Identity, int, []time.Time, error) {
+	where, args := `v.state = 'current'`, []any{}
+	if accountID != "" {
+		where, args = where+` AND i.account_id = $1`, append(args, accountID)
+	}
+	rows, err := s.db.query(ctx, `SELECT v.created_at FROM credential_versions v JOIN identities i ON i.id = v.identity_id WHERE `+where, args...)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("current keys: %w", err)
+	}
+	var created []time.Time
+	for rows.Next() {
+		var at int64
+		if err := rows.Scan(&at); err != nil {
+			rows.Close()
+			return nil, 0, nil, err
+		}
+		created = append(created, time.UnixMicro(at).UTC())
+	}
+	rows.Close()
+	order := "v.created_at ASC, i.user_name" // the oldest key first
+	if asc {
+		order = "v.created_at DESC, i.user_name"
+	}
+	n := len(args)
+	rows, err = s.db.query(ctx, fmt.Sprintf(`SELECT `+identityColumns+` FROM credential_versions v JOIN identities i ON i.id = v.identity_id
+		WHERE %s ORDER BY %s LIMIT $%d OFFSET $%d`, where, order, n+1, n+2), append(args, limit, offset)...)
+	ids, err := collect(rows, err, func(r scanner) (vault.Identity, error) {
+		var id vault.Identity
+		return id, r.Scan(&id.Cloud, &id.AccountID, &id.UserName)
+	})
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("a page of identities: %w", err)
+	}
+	return ids, len(created), created, nil
+}
+
+// VersionsOfMany implements vault.Store.
+func (s *Vault) VersionsOfMany(ctx context.Context, ids []vault.Identity) (map[vault.Identity][]vault.Version, error) {
+	out := map[vault.Identity][]vault.Version{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	var cond []string
+	var args []any
+	for _, id := range ids {
+		n := len(args)
+		cond = append(cond, fmt.Sprintf("(i.cloud = $%d AND i.account_id = $%d AND i.user_name = $%d)", n+1, n+2, n+3))
+		args = append(args, id.Cloud, id.AccountID, id.UserName)
+	}
+	rows, err := s.db.query(ctx, `SELECT `+identityColumns+`, `+versionColumns+`, v.ciphertext IS NOT NULL
+		FROM credential_versions v JOIN identities i ON i.id = v.identity_id WHERE `+strings.Join(cond, " OR ")+`
+		ORDER BY i.cloud, i.account_id, i.user_name, v.version`, args...)
+	versions, err := collect(rows, err, scanListedVersion(nil))
+	if err != nil {
+		return nil, fmt.Errorf("versions of a page: %w", err)
+	}
+	for _, v := range versions {
+		out[v.Identity] = append(out[v.Identity], v)
+	}
+	return out, nil
 }

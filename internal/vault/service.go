@@ -206,6 +206,16 @@ func (v *Vault) Adopt(ctx context.Context, id Identity, accessKeyID string, crea
 	return out, err
 }
 
+// CurrentByAge pages the identities with a current key by its age (see Store.CurrentByAge).
+func (v *Vault) CurrentByAge(ctx context.Context, accountID string, asc bool, offset, limit int) ([]Identity, int, []time.Time, error) {
+	return v.store.CurrentByAge(ctx, accountID, asc, offset, limit)
+}
+
+// VersionsOfMany lists the versions of several identities, by identity.
+func (v *Vault) VersionsOfMany(ctx context.Context, ids []Identity) (map[Identity][]Version, error) {
+	return v.store.VersionsOfMany(ctx, ids)
+}
+
 // VersionByKey finds the version holding an access key id (destroyed ones too). Errors: ErrNotFound.
 func (v *Vault) VersionByKey(ctx context.Context, accessKeyID string) (Version, error) {
 	return v.store.VersionByKey(ctx, accessKeyID)

@@ -203,6 +203,12 @@ type Store interface {
 	Versions(ctx context.Context) ([]Version, error)
 	// VersionsOf lists one identity's versions' metadata, ordered by number (none: empty, no error).
 	VersionsOf(ctx context.Context, id Identity) ([]Version, error)
+	// CurrentByAge pages the identities that have a current version (of one account, or all with ""),
+	// by the current key's age (oldest first, or youngest with asc), and returns how many there are
+	// and every current key's creation time.
+	CurrentByAge(ctx context.Context, accountID string, asc bool, offset, limit int) (page []Identity, total int, created []time.Time, err error)
+	// VersionsOfMany lists the versions of several identities, by identity.
+	VersionsOfMany(ctx context.Context, ids []Identity) (map[Identity][]Version, error)
 	// Transition moves a version from one state to another at a time. Moving to current demotes the
 	// identity's current version to previous in the same transaction. Moving to destroyed erases the
 	// sealed material. Errors: ErrConflict when the version is not in state from, ErrNotFound.
