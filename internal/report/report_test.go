@@ -3,8 +3,8 @@ package report_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"encoding/csv"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
