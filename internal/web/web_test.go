@@ -626,3 +626,32 @@ func TestInventoryAndRotateNow(t *testing.T) {
 		t.Fatalf("a bad state: %q", h)
 	}
 }
+
+// Every page names its permission where it is registered, and the table of them is as meant: the
+// pages of a secret or an action need what the API's routes of the same need.
+func TestPagePermissions(t *testing.T) {
+	s := newSite(t)
+	ui := &web.UI{Auth: s.svc, Sessions: s.db.UISessions()}
+	ui.Handler()
+	want := map[string]auth.Permission{
+		"GET /ui/login": auth.Public, "POST /ui/login": auth.Public, "POST /ui/logout": auth.Authenticated, "GET /ui/{$}": auth.Authenticated,
+		"POST /ui/teams/{team}/reveal": auth.ReadCredentials, "GET /ui/inventory": auth.ReadInventory,
+		"GET /ui/identities/{account}/{user}": auth.ReadInventory, "POST /ui/teams/{team}/rotate": auth.Rotate,
+		"GET /ui/rotations/{id}": auth.Rotate, "GET /ui/mfa": auth.Authenticated, "POST /ui/mfa": auth.Authenticated,
+		"GET /ui/audit": auth.ReadAudit, "GET /ui/audit/verify": auth.ReadAudit, "GET /ui/audit/export": auth.ReadAudit,
+		"GET /ui/reports": auth.ReadReports, "GET /ui/reports/compliance.html": auth.ReadReports,
+		"GET /ui/admin": auth.Administer, "POST /ui/admin/{action}": auth.Administer,
+	}
+	got := map[string]auth.Permission{}
+	for _, p := range ui.Pages() {
+		got[p.Pattern] = p.Perm
+	}
+	for pattern, perm := range want {
+		if got[pattern] != perm {
+			t.Errorf("%s: %q, want %q", pattern, got[pattern], perm)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d pages, %d in the table", len(got), len(want))
+	}
+}
