@@ -178,6 +178,13 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	c.ui = &web.UI{Auth: c.api.Auth, Access: c.api.Access, Sessions: c.db.UISessions(), Log: a.log, Secure: a.cfg.Server.TLSCertFile != "",
 		Trail: c.api.Trail, Vault: c.vault, Reports: c.reports,
 		TTL: a.cfg.UI.SessionTTL.Std(), Idle: a.cfg.UI.IdleTimeout.Std()}
+	if c.api.OIDC != nil { // a nil *OIDC in the interface would not be nil
+		c.ui.SSO = c.api.OIDC
+		// The pages' callback is beside the API's, at the origin the provider already knows.
+		if origin, ok := strings.CutSuffix(a.cfg.Auth.OIDC.RedirectURL, "/v1/auth/oidc/callback"); ok {
+			c.ui.ServerURL = origin
+		}
+	}
 	return c, nil
 }
 

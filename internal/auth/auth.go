@@ -147,6 +147,8 @@ type Principal struct {
 	// requireMFA: the role is one of require_mfa: it needs a second factor for what can lead to a
 	// secret (see Authorize).
 	requireMFA bool
+	// sso: a user the OIDC provider signs in, whose second factor is the provider's to ask.
+	sso bool
 }
 
 // Principal kinds.
@@ -161,8 +163,12 @@ func (p *Principal) ID() string { return p.Kind + ":" + p.Name }
 // NeedsEnrolment says whether the principal is a user whose role needs a second factor and who has
 // no authenticator yet: the web pages send such a user to enrol one.
 func (p *Principal) NeedsEnrolment() bool {
-	return p.Kind == KindUser && p.requireMFA && !p.MFAEnrolled
+	return p.Kind == KindUser && p.requireMFA && !p.MFAEnrolled && !p.MFA && !p.sso
 }
+
+// SSO says whether the principal is a user the OIDC provider signs in (its second factor, where
+// its role needs one, is asked by the provider, not by an authenticator enrolled here).
+func (p *Principal) SSO() bool { return p.sso }
 
 // InTeam says whether the principal is a member of team.
 func (p *Principal) InTeam(team string) bool { return slices.Contains(p.Teams, team) }

@@ -230,7 +230,7 @@ func (s *Service) Principal(ctx context.Context, g Grant) (*Principal, error) {
 		}
 		gen = u.Generation
 		p = &Principal{Kind: KindUser, Name: u.Name, Role: u.Role, MFAEnrolled: u.MFAEnrolled,
-			requireMFA: slices.Contains(s.cfg.RequireMFA, u.Role)}
+			requireMFA: slices.Contains(s.cfg.RequireMFA, u.Role), sso: u.OIDCSubject != ""}
 	case KindAPIKey:
 		k, err := s.apiKeyUsable(ctx, name)
 		if err != nil {

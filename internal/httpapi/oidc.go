@@ -65,13 +65,35 @@ func (a *API) oidcLogin(w http.ResponseWriter, r *http.Request, _ *auth.Principa
 		problem(w, r, http.StatusNotFound, "not-found", "single sign-on is not configured (auth.oidc.issuer)")
 		return nil
 	}
-	l := auth.OIDCLogin{State: randomToken(), Nonce: randomToken(), Verifier: oauth2.GenerateVerifier(),
-		ExpiresAt: time.Now().Add(10 * time.Minute)}
-	if err := a.Auth.Store().PutOIDCLogin(r.Context(), l); err != nil {
+	to, err := a.OIDC.Begin(r.Context(), a.Auth, "")
+	if err != nil {
 		return err
 	}
-	http.Redirect(w, r, a.OIDC.oauth.AuthCodeURL(l.State, oidc.Nonce(l.Nonce), oauth2.S256ChallengeOption(l.Verifier)), http.StatusFound)
+	http.Redirect(w, r, to, http.StatusFound)
 	return nil
+}
+
+// config is the OAuth configuration with the redirect address of the caller's flow ("" for the
+// configured one, the API's).
+func (o *OIDC) config(redirectURL string) oauth2.Config {
+	c := o.oauth
+	if redirectURL != "" {
+		c.RedirectURL = redirectURL
+	}
+	return c
+}
+
+// Begin starts a sign-in: the state, nonce and PKCE verifier kept (ten minutes, once), and the
+// provider's address to send the browser to. redirectURL is where the provider sends it back ("" for
+// the configured auth.oidc.redirect_url; the web pages use their own).
+func (o *OIDC) Begin(ctx context.Context, svc *auth.Service, redirectURL string) (string, error) {
+	l := auth.OIDCLogin{State: randomToken(), Nonce: randomToken(), Verifier: oauth2.GenerateVerifier(),
+		ExpiresAt: time.Now().Add(10 * time.Minute)}
+	if err := svc.Store().PutOIDCLogin(ctx, l); err != nil {
+		return "", err
+	}
+	c := o.config(redirectURL)
+	return c.AuthCodeURL(l.State, oidc.Nonce(l.Nonce), oauth2.S256ChallengeOption(l.Verifier)), nil
 }
 
 // oidcCallback finishes the flow: the code is exchanged with the PKCE verifier, the ID token checked
@@ -89,42 +111,49 @@ func (a *API) oidcCallback(w http.ResponseWriter, r *http.Request, _ *auth.Princ
 	if state == "" || code == "" {
 		return badf("state and code are required")
 	}
-	l, err := a.Auth.Store().TakeOIDCLogin(r.Context(), state)
-	if errors.Is(err, auth.ErrNotFound) || (err == nil && time.Now().After(l.ExpiresAt)) {
-		return fmt.Errorf("%w: unknown or expired sign-in; start again at /v1/auth/oidc/login", auth.ErrUnauthenticated)
-	} else if err != nil {
-		return err
-	}
-	o := a.OIDC
-	ctx := oidc.ClientContext(r.Context(), o.client)
-	tok, err := o.oauth.Exchange(ctx, code, oauth2.VerifierOption(l.Verifier))
-	if err != nil {
-		return fmt.Errorf("%w: code exchange: %v", auth.ErrUnauthenticated, err)
-	}
-	raw, ok := tok.Extra("id_token").(string)
-	if !ok {
-		return fmt.Errorf("%w: the provider returned no ID token", auth.ErrUnauthenticated)
-	}
-	idt, err := o.verifier.Verify(ctx, raw)
-	if err != nil {
-		return fmt.Errorf("%w: ID token: %v", auth.ErrUnauthenticated, err)
-	}
-	if idt.Nonce != l.Nonce {
-		return fmt.Errorf("%w: ID token: wrong nonce", auth.ErrUnauthenticated)
-	}
-	var claims map[string]any
-	if err := idt.Claims(&claims); err != nil {
-		return fmt.Errorf("%w: ID token claims: %v", auth.ErrUnauthenticated, err)
-	}
-	id, err := o.identity(idt.Subject, claims)
-	if err != nil {
-		return err
-	}
-	t, err := a.Auth.SignInSSO(r.Context(), id)
+	t, err := a.OIDC.Finish(r.Context(), a.Auth, "", state, code)
 	if err != nil {
 		return err
 	}
 	return writeToken(w, t)
+}
+
+// Finish ends a sign-in begun with Begin (the same redirectURL): the code is exchanged with the
+// PKCE verifier, the ID token checked (signature, issuer, audience, expiry, nonce), the user's groups
+// mapped through the rules, and a Keyward token issued.
+func (o *OIDC) Finish(ctx context.Context, svc *auth.Service, redirectURL, state, code string) (auth.Token, error) {
+	l, err := svc.Store().TakeOIDCLogin(ctx, state)
+	if errors.Is(err, auth.ErrNotFound) || (err == nil && time.Now().After(l.ExpiresAt)) {
+		return auth.Token{}, fmt.Errorf("%w: unknown or expired sign-in; start again", auth.ErrUnauthenticated)
+	} else if err != nil {
+		return auth.Token{}, err
+	}
+	cctx := oidc.ClientContext(ctx, o.client)
+	c := o.config(redirectURL)
+	tok, err := c.Exchange(cctx, code, oauth2.VerifierOption(l.Verifier))
+	if err != nil {
+		return auth.Token{}, fmt.Errorf("%w: code exchange: %v", auth.ErrUnauthenticated, err)
+	}
+	raw, ok := tok.Extra("id_token").(string)
+	if !ok {
+		return auth.Token{}, fmt.Errorf("%w: the provider returned no ID token", auth.ErrUnauthenticated)
+	}
+	idt, err := o.verifier.Verify(cctx, raw)
+	if err != nil {
+		return auth.Token{}, fmt.Errorf("%w: ID token: %v", auth.ErrUnauthenticated, err)
+	}
+	if idt.Nonce != l.Nonce {
+		return auth.Token{}, fmt.Errorf("%w: ID token: wrong nonce", auth.ErrUnauthenticated)
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		return auth.Token{}, fmt.Errorf("%w: ID token claims: %v", auth.ErrUnauthenticated, err)
+	}
+	id, err := o.identity(idt.Subject, claims)
+	if err != nil {
+		return auth.Token{}, err
+	}
+	return svc.SignInSSO(ctx, id)
 }
 
 // identity maps the ID token's claims through the rules: the most powerful role of the matching

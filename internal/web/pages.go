@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -19,8 +20,53 @@ func (u *UI) loginPage(w http.ResponseWriter, r *http.Request, s *signedIn) erro
 	}
 	token := randomToken()
 	u.setCookie(w, loginCookie, token, 0)
-	u.render(w, r, http.StatusOK, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Next": safeNext(r.URL.Query().Get("next"))})
+	u.render(w, r, http.StatusOK, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Next": safeNext(r.URL.Query().Get("next")),
+		"SSO": u.SSO != nil})
 	return nil
+}
+
+// SSO is single sign-on through an OpenID Connect provider (httpapi.OIDC).
+type SSO interface {
+	Begin(ctx context.Context, svc *auth.Service, redirectURL string) (string, error)
+	Finish(ctx context.Context, svc *auth.Service, redirectURL, state, code string) (auth.Token, error)
+}
+
+// ssoStart sends the browser to the provider.
+func (u *UI) ssoStart(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
+	if u.SSO == nil {
+		u.render(w, r, http.StatusNotFound, "error", nil, map[string]any{"Title": "Not found", "Message": "Single sign-on is not configured."})
+		return nil
+	}
+	to, err := u.SSO.Begin(r.Context(), u.Auth, u.serverURL(r)+"/ui/sso/callback")
+	if err != nil {
+		return err
+	}
+	http.Redirect(w, r, to, http.StatusFound)
+	return nil
+}
+
+// ssoCallback finishes the sign-in the provider sends back, and starts a session.
+func (u *UI) ssoCallback(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
+	if u.SSO == nil {
+		http.NotFound(w, r)
+		return nil
+	}
+	q := r.URL.Query()
+	again := func(msg string) error { return u.loginAgain(w, r, http.StatusUnauthorized, msg, "", "/ui/") }
+	if q.Get("error") != "" || q.Get("state") == "" || q.Get("code") == "" {
+		return again("Single sign-on did not finish: try again.")
+	}
+	tok, err := u.SSO.Finish(r.Context(), u.Auth, u.serverURL(r)+"/ui/sso/callback", q.Get("state"), q.Get("code"))
+	switch {
+	case errors.Is(err, auth.ErrForbidden):
+		return again("None of your groups is given access to Keyward.")
+	case errors.Is(err, auth.ErrUnauthenticated):
+		u.Log.Info("single sign-on refused", "reason", err.Error())
+		return again("Single sign-on did not succeed: try again.")
+	case err != nil:
+		return err
+	}
+	return u.enter(w, r, tok, "/ui/")
 }
 
 // safeNext keeps a return address on this site's pages.
@@ -39,11 +85,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
 	var locked *auth.LockedError
 	var busy *auth.BusyError
 	again := func(status int, msg string) error {
-		token := randomToken()
-		u.setCookie(w, loginCookie, token, 0)
-		u.render(w, r, status, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Error": msg, "Username": name,
-			"Next": safeNext(r.PostFormValue("next"))})
-		return nil
+		return u.loginAgain(w, r, status, msg, name, safeNext(r.PostFormValue("next")))
 	}
 	switch {
 	case errors.As(err, &locked):
@@ -55,6 +97,21 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
 	case err != nil:
 		return err
 	}
+	return u.enter(w, r, tok, safeNext(r.PostFormValue("next")))
+}
+
+// loginAgain shows the sign-in form again, with what went wrong.
+func (u *UI) loginAgain(w http.ResponseWriter, r *http.Request, status int, msg, username, next string) error {
+	token := randomToken()
+	u.setCookie(w, loginCookie, token, 0)
+	u.render(w, r, status, "login", nil, map[string]any{"Title": "Sign in", "LoginCSRF": token, "Error": msg, "Username": username,
+		"Next": next, "SSO": u.SSO != nil})
+	return nil
+}
+
+// enter starts a session for a signed-in principal and sends the browser on (to enrol an
+// authenticator first where its role needs a second factor and it has none).
+func (u *UI) enter(w http.ResponseWriter, r *http.Request, tok auth.Token, next string) error {
 	g, err := u.Auth.GrantOf(r.Context(), tok.Token)
 	if err != nil {
 		return err
@@ -63,7 +120,6 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
 		return err
 	}
 	u.clearCookie(w, loginCookie)
-	next := safeNext(r.PostFormValue("next"))
 	if p, err := u.Auth.Principal(r.Context(), g); err == nil && p.NeedsEnrolment() {
 		next = "/ui/mfa" // a role that needs a second factor, and none yet: enrol first
 	}
@@ -74,7 +130,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request, _ *signedIn) error {
 // mfaPage offers a user without an authenticator to enrol one.
 func (u *UI) mfaPage(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	u.render(w, r, http.StatusOK, "mfa", s, map[string]any{"Title": "Authenticator", "Enrolled": s.principal.MFAEnrolled,
-		"Needed": s.principal.NeedsEnrolment()})
+		"Needed": s.principal.NeedsEnrolment(), "SSO": s.principal.SSO()})
 	return nil
 }
 
@@ -83,6 +139,11 @@ func (u *UI) mfaPage(w http.ResponseWriter, r *http.Request, s *signedIn) error 
 // a code. A user who has one already asks an administrator for a new one.
 func (u *UI) mfaEnroll(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	p := s.principal
+	if p.SSO() {
+		u.render(w, r, http.StatusConflict, "error", s, map[string]any{"Title": "Signed in with SSO",
+			"Message": "You sign in through your identity provider: it asks for your second factor."})
+		return nil
+	}
 	if p.Kind != auth.KindUser || p.MFAEnrolled {
 		u.render(w, r, http.StatusConflict, "error", s, map[string]any{"Title": "Already enrolled",
 			"Message": "You have an authenticator: an administrator gives you a new one if you lost it."})
@@ -121,7 +182,7 @@ func (u *UI) myKeys(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	if err != nil {
 		return err
 	}
-	u.render(w, r, http.StatusOK, "keys", s, map[string]any{"Title": "My keys", "Keys": keys})
+	u.render(w, r, http.StatusOK, "keys", s, map[string]any{"Title": "My keys", "Keys": keys, "SSO": s.principal.SSO()})
 	return nil
 }
 

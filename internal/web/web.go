@@ -44,7 +44,10 @@ type UI struct {
 	Vault *vault.Vault
 	// Reports, when set, serves the compliance report page (absent until the inventory was read).
 	Reports *report.Service
-	Log     *slog.Logger
+	// SSO, when set, offers "Sign in with SSO" (the OpenID Connect flow the API has, returning to
+	// /ui/sso/callback, which the provider must allow as a redirect address).
+	SSO SSO
+	Log *slog.Logger
 	// Secure: served over TLS (cookies are __Host- prefixed and Secure).
 	Secure bool
 	// TTL is a session's lifetime; Idle ends it sooner without requests.
@@ -92,6 +95,8 @@ func (u *UI) Handler() http.Handler {
 	u.page("GET /ui/login", auth.Public, u.loginPage)
 	u.page("POST /ui/login", auth.Public, u.login)
 	u.page("POST /ui/logout", auth.Authenticated, u.logout)
+	u.page("GET /ui/sso", auth.Public, u.ssoStart)
+	u.page("GET /ui/sso/callback", auth.Public, u.ssoCallback)
 	u.page("GET /ui/{$}", auth.Authenticated, u.myKeys)
 	u.page("POST /ui/teams/{team}/reveal", auth.ReadCredentials, u.reveal)
 	u.page("GET /ui/inventory", auth.ReadInventory, u.inventoryPage)

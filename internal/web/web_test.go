@@ -54,6 +54,8 @@ type site struct {
 	logs    *testenv.SyncBuffer
 	reports *report.Service
 	engine  *rotation.Engine
+	ui      *web.UI
+	api     *httpapi.API
 }
 
 func newSite(t *testing.T) *site { return newSiteB(t) }
@@ -109,6 +111,7 @@ func newSiteB(t testing.TB) *site {
 	s.engine = engine
 	ui := &web.UI{Auth: s.svc, Access: acc, Sessions: s.db.UISessions(), Log: log, Trail: s.trail, Vault: s.vault, Reports: s.reports}
 	api := &httpapi.API{Auth: s.svc, Vault: s.vault, Trail: s.trail, Access: acc, Version: "test"}
+	s.ui, s.api = ui, api
 	s.srv = httptest.NewServer(httpapi.Handler(httpapi.Options{Log: log, API: api, UI: ui.Handler()}))
 	t.Cleanup(s.srv.Close)
 	return s
@@ -634,7 +637,7 @@ func TestPagePermissions(t *testing.T) {
 	ui := &web.UI{Auth: s.svc, Sessions: s.db.UISessions()}
 	ui.Handler()
 	want := map[string]auth.Permission{
-		"GET /ui/login": auth.Public, "POST /ui/login": auth.Public, "POST /ui/logout": auth.Authenticated, "GET /ui/{$}": auth.Authenticated,
+		"GET /ui/login": auth.Public, "POST /ui/login": auth.Public, "GET /ui/sso": auth.Public, "GET /ui/sso/callback": auth.Public, "POST /ui/logout": auth.Authenticated, "GET /ui/{$}": auth.Authenticated,
 		"POST /ui/teams/{team}/reveal": auth.ReadCredentials, "GET /ui/inventory": auth.ReadInventory,
 		"GET /ui/identities/{account}/{user}": auth.ReadInventory, "POST /ui/teams/{team}/rotate": auth.Rotate,
 		"GET /ui/rotations/{id}": auth.Rotate, "GET /ui/mfa": auth.Authenticated, "POST /ui/mfa": auth.Authenticated,
