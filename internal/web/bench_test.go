@@ -6,11 +6,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -42,6 +44,59 @@ func BenchmarkInventoryPage(b *testing.B) {
 			b.Fatalf("inventory page: %d %s", rec.Code, rec.Body.String()[:min(300, rec.Body.Len())])
 		}
 	}
+}
+
+// BenchmarkReveal compares the server's time of a Reveal (the page's POST) with the API's read of the
+// same key (GET /v1/teams/{team}/credentials): both check the permission, record the read in the
+// audit trail and open the key from the vault; the page adds its template.
+func BenchmarkReveal(b *testing.B) {
+	s := newSiteB(b)
+	ctx := context.Background()
+	if _, err := s.svc.AddUser(ctx, "cli:test", "olga", auth.RoleOperator, []string{"payments"}, password); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.engine.Provision(ctx, cloudUser("payments-app"), rotation.VisitOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	handler := s.srv.Config.Handler
+	run := func(b *testing.B, req func() *http.Request, want string) {
+		for b.Loop() {
+			rec := httptest.NewRecorder()
+			handler.ServeHTTP(rec, req())
+			if rec.Code != 200 || !strings.Contains(rec.Body.String(), want) {
+				b.Fatalf("%d %s", rec.Code, rec.Body.String()[:min(300, rec.Body.Len())])
+			}
+		}
+	}
+	b.Run("web", func(b *testing.B) {
+		cookie := signInHTTP(b, s.srv.URL, "olga", "")
+		get, _ := http.NewRequest("GET", s.srv.URL+"/ui/", nil)
+		get.Header.Set("Cookie", cookie)
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, get)
+		m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(rec.Body.String())
+		if m == nil {
+			b.Fatal("no anti-forgery token on My keys")
+		}
+		form := url.Values{"csrf": {m[1]}}.Encode()
+		run(b, func() *http.Request {
+			req, _ := http.NewRequest("POST", s.srv.URL+"/ui/teams/payments/reveal", strings.NewReader(form))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Cookie", cookie)
+			return req
+		}, `id="secret"`)
+	})
+	b.Run("api", func(b *testing.B) {
+		tok, err := s.svc.Login(ctx, "olga", password, "", "127.0.0.1")
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, func() *http.Request {
+			req, _ := http.NewRequest("GET", s.srv.URL+"/v1/teams/payments/credentials", nil)
+			req.Header.Set("Authorization", "Bearer "+tok.Token.Reveal())
+			return req
+		}, "SecretAccessKey")
+	})
 }
 
 // signInHTTP signs in with a plain client and returns the session cookie.

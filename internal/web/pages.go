@@ -191,27 +191,17 @@ func (u *UI) myKeys(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 func (u *UI) reveal(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	team := r.PathValue("team")
 	data := map[string]any{"Title": "Key of " + team, "Team": team, "Server": u.serverURL(r)}
-	keys, err := u.Access.TeamKeys(r.Context(), s.principal)
-	if err != nil {
+	c, err := u.Access.Credentials(r.Context(), s.principal, team)
+	switch {
+	case errors.Is(err, access.ErrSessionOnly): // the team hands out sessions only: one is made
+		sc, err := u.Access.SessionCredentials(r.Context(), s.principal, team, access.DefaultSessionDuration)
+		if err != nil {
+			return err
+		}
+		data["KeyID"], data["Secret"], data["Token"], data["Expires"] = sc.AccessKeyID, sc.SecretAccessKey, sc.SessionToken, sc.Expiration
+	case err != nil:
 		return err
-	}
-	sessionOnly := false
-	for _, k := range keys {
-		if k.Team == team {
-			sessionOnly = k.SessionOnly
-		}
-	}
-	if sessionOnly {
-		c, err := u.Access.SessionCredentials(r.Context(), s.principal, team, access.DefaultSessionDuration)
-		if err != nil {
-			return err
-		}
-		data["KeyID"], data["Secret"], data["Token"], data["Expires"] = c.AccessKeyID, c.SecretAccessKey, c.SessionToken, c.Expiration
-	} else {
-		c, err := u.Access.Credentials(r.Context(), s.principal, team)
-		if err != nil {
-			return err
-		}
+	default:
 		data["KeyID"], data["Secret"], data["Expires"] = c.AccessKeyID, c.SecretAccessKey, c.Expiration
 	}
 	u.render(w, r, http.StatusOK, "reveal", s, data)

@@ -608,6 +608,7 @@ func TestInventoryAndRotateNow(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		_ = chromedp.Do(ctx, chromedp.Reload())
 	}
+	shot(t, ctx, "rotation")
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href^="/ui/identities/"]`)), chromedp.WaitVisible(chromedp.CSS("h2"))); err != nil {
 		t.Fatal(err)
 	}
@@ -656,5 +657,44 @@ func TestPagePermissions(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d pages, %d in the table", len(got), len(want))
+	}
+}
+
+// A session-only team's Reveal shows short-lived session credentials (with their token), never the
+// long-lived key, and the read is recorded as a session.
+func TestRevealSessionOnly(t *testing.T) {
+	s := newSite(t)
+	ctx := context.Background()
+	s.cloud.AddUser(account, "batch-app", "/", nil)
+	if _, err := s.svc.AddTeam(ctx, "cli:test", auth.Team{Name: "batch", SessionOnly: true,
+		Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "batch-app"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.svc.AddUser(ctx, "cli:test", "olga", auth.RoleOperator, []string{"batch"}, password); err != nil {
+		t.Fatal(err)
+	}
+	b := testenv.Browser(t)
+	if err := s.signIn(b, "olga", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(b, chromedp.Click(chromedp.CSS(`form[action="/ui/teams/batch/reveal"] button`)), chromedp.WaitVisible(chromedp.CSS("#token"))); err != nil {
+		t.Fatal(err)
+	}
+	shot(t, b, "reveal-session")
+	keyID, _ := chromedp.Run(b, chromedp.Value(chromedp.CSS("#key-id")))
+	token, _ := chromedp.Run(b, chromedp.Value(chromedp.CSS("#token")))
+	cur, err := s.vault.Current(ctx, vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "batch-app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token == "" || keyID == "" || keyID == cur.AccessKeyID {
+		t.Fatalf("session credentials: key %q (the long-lived one is %q), token %d characters", keyID, cur.AccessKeyID, len(token))
+	}
+	if html, _ := chromedp.Run(b, chromedp.OuterHTML(chromedp.CSS("html"))); strings.Contains(html, cur.SecretAccessKey.Reveal()) {
+		t.Fatal("the page shows the long-lived secret")
+	}
+	recs, _, _ := s.trail.Find(ctx, audit.Filter{Action: "key.read", Limit: 10})
+	if len(recs) != 1 || recs[0].Detail["type"] != "session" || recs[0].Detail["via"] != "web" {
+		t.Fatalf("read records: %+v", recs)
 	}
 }
