@@ -502,6 +502,19 @@ func TestAuditorAndAdmin(t *testing.T) {
 		t.Fatalf("reports page: %q", h)
 	}
 	shot(t, ctx, "reports")
+	// The auditor sees the inventory, without Reveal or Rotate now.
+	if _, err := s.engine.Provision(context.Background(), cloudUser("payments-app"), rotation.VisitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/inventory"), chromedp.WaitVisible(chromedp.CSS("tbody"))); err != nil {
+		t.Fatal(err)
+	}
+	if body := text(t, ctx, "tbody"); !strings.Contains(body, "payments-app") {
+		t.Fatalf("the auditor's inventory: %s", body)
+	}
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('form[action$="/reveal"], form[action$="/rotate"]').length`)); n != 0 {
+		t.Fatalf("the auditor sees %d Reveal or Rotate buttons on the inventory", n)
+	}
 
 	// The admin (with her code) adds a user — after confirming — and creates an API key.
 	actx := testenv.Browser(t)
