@@ -21,6 +21,7 @@ import (
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/metrics/awsmetrics"
 	"github.com/keyward/keyward/internal/notify"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
@@ -132,6 +133,8 @@ type components struct {
 	reports    *report.Service
 	ui         *web.UI
 	demoAfter  func(rotation.Report, error)
+	// cloudWatch, when metrics.cloudwatch.namespace is set, puts each pass's metrics there.
+	cloudWatch func(rotation.Report)
 }
 
 // build opens the database (migrating it) and the vault, and wires every part over them.
@@ -159,6 +162,13 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall), dest)
 	c.inventory, c.reports = a.inventoryReader(c.engine, c.db, provider), a.reports(c.engine, c.db)
 	c.engine.Observe = c.metrics.Rotation
+	if ns := a.cfg.Metrics.CloudWatch.Namespace; ns != "" {
+		awsCfg, err := a.awsConfig(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.cloudWatch = a.cloudWatchPublisher(awsmetrics.New(awsCfg, ns), c)
+	}
 	if err := a.recordConfigLoaded(ctx, c.db, "engine:"+c.engine.Owner); err != nil {
 		return nil, err
 	}
@@ -222,8 +232,47 @@ func (a *app) run(ctx context.Context, c *components) error {
 func (c *components) afterPass(rep rotation.Report, err error) {
 	c.passes.finished(time.Now(), rep.Errors)
 	c.metrics.LastPass.SetToCurrentTime()
+	if c.cloudWatch != nil {
+		c.cloudWatch(rep)
+	}
 	if c.demoAfter != nil {
 		c.demoAfter(rep, err)
+	}
+}
+
+// cloudWatchPublisher puts a finished pass's counts into CloudWatch, with each account's oldest
+// current key and how many are overdue (older than rotation.rotate_after and one interval). A
+// CloudWatch that does not answer costs a pass at most 30 s and a warning, never the pass.
+func (a *app) cloudWatchPublisher(p *awsmetrics.Publisher, c *components) func(rotation.Report) {
+	overdue := a.cfg.Rotation.RotateAfter.Std() + a.cfg.Rotation.Interval.Std()
+	return func(rep rotation.Report) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		now := time.Now()
+		pass := awsmetrics.Pass{At: now, Rotated: rep.Summary.Rotated, Failed: rep.Summary.Failed, Blocked: rep.Summary.Blocked,
+			Held: rep.Summary.Held, Accounts: map[string]awsmetrics.Account{}}
+		versions, err := c.vault.List(ctx)
+		if err != nil {
+			a.log.Warn("cloudwatch metrics not sent", "error", err)
+			return
+		}
+		for _, v := range versions {
+			if v.State != vault.StateCurrent {
+				continue
+			}
+			acc, age := pass.Accounts[v.Identity.AccountID], now.Sub(v.CreatedAt)
+			acc.OldestKeyAge = max(acc.OldestKeyAge, age)
+			if age > overdue {
+				acc.Overdue++
+			}
+			pass.Accounts[v.Identity.AccountID] = acc
+		}
+		if n, _, err := c.db.Outbox().Pending(ctx); err == nil {
+			pass.NotificationsPending = n
+		}
+		if err := p.Publish(ctx, pass); err != nil {
+			a.log.Warn("cloudwatch metrics not sent", "error", err)
+		}
 	}
 }
 

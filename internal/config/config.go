@@ -48,6 +48,19 @@ type Config struct {
 	Reports Reports `yaml:"reports"`
 	// UI configures the web pages' sessions.
 	UI UI `yaml:"ui"`
+	// Metrics sends what each pass found to CloudWatch as well as to /metrics.
+	Metrics Metrics `yaml:"metrics"`
+}
+
+// Metrics configures where metrics go besides /metrics.
+type Metrics struct {
+	CloudWatch CloudWatchMetrics `yaml:"cloudwatch"`
+}
+
+// CloudWatchMetrics: when Namespace is set, every pass puts its counts and each account's oldest key
+// age into that CloudWatch namespace (cloud: aws only).
+type CloudWatchMetrics struct {
+	Namespace string `yaml:"namespace"`
 }
 
 // UI is the web interface's sessions.
@@ -501,6 +514,14 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	if c.UI.IdleTimeout < Duration(time.Minute) || c.UI.IdleTimeout > c.UI.SessionTTL {
 		report("ui.idle_timeout", "want at least 1m and at most ui.session_ttl (got %s)", c.UI.IdleTimeout)
+	}
+	if ns := c.Metrics.CloudWatch.Namespace; ns != "" {
+		switch {
+		case c.Cloud != "aws":
+			report("metrics.cloudwatch.namespace", "CloudWatch needs cloud: aws (got cloud: %s)", c.Cloud)
+		case len(ns) > 255 || strings.HasPrefix(ns, "AWS/") || strings.Trim(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#:") != "":
+			report("metrics.cloudwatch.namespace", "want up to 255 letters, digits and . - _ / # :, not starting with AWS/ (got %q)", ns)
+		}
 	}
 	if i := c.Reports.Interval; i != 0 && i < Duration(time.Minute) {
 		report("reports.interval", "want 0 (off) or at least 1m (got %s)", i)

@@ -154,6 +154,17 @@ func TestProblems(t *testing.T) {
 		notWant string
 	}{
 		{
+			name: "cloudwatch namespace needs aws",
+			yaml: "cloud: sim\nmetrics:\n  cloudwatch:\n    namespace: Keyward\n",
+			want: []string{"metrics.cloudwatch.namespace: CloudWatch needs cloud: aws (got cloud: sim)"},
+		},
+		{
+			name:    "cloudwatch namespace reserved",
+			yaml:    "cloud: aws\naws:\n  region: eu-west-1\n",
+			environ: []string{"KEYWARD_METRICS_CLOUDWATCH_NAMESPACE=AWS/IAM"},
+			want:    []string{`metrics.cloudwatch.namespace: want up to 255 letters, digits and . - _ / # :, not starting with AWS/ (got "AWS/IAM")`},
+		},
+		{
 			name: "delivery targets",
 			yaml: "delivery:\n  timeout: 10m\n  targets:\n" +
 				"    - {match: {user: \"ci-*\"}, kind: vault, name: x}\n" +
