@@ -740,3 +740,20 @@ func TestFreeListen(t *testing.T) {
 		t.Fatalf("a free port: %s %v", got, moved)
 	}
 }
+
+// TestSecondServeOnSQLite: SQLite serves one process. A second serve on the same database refuses
+// to start and says why and what to do; once the first is gone (even killed), a serve starts again.
+func TestSecondServeOnSQLite(t *testing.T) {
+	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")})
+	first := startServe(t, e)
+	r := e.with("KEYWARD_CLOUD=sim", "KEYWARD_SERVER_LISTEN=127.0.0.1:0").must(t, 1, "", "serve")
+	want := fmt.Sprintf("another keyward serve (pid %d) already runs on the SQLite database", first.cmd.Process.Pid)
+	if !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "PostgreSQL") {
+		t.Fatalf("a second serve: %s", r.stderr)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-first.done
+	startServe(t, e) // the lock went with the process
+}

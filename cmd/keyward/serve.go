@@ -101,6 +101,15 @@ Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look 
 func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func(*rotation.Engine) func(rotation.Report, error)) error {
 	a.log.Info("configuration loaded", "cloud", a.cfg.Cloud, "vault_driver", a.cfg.Vault.Driver,
 		"key_source", a.cfg.Vault.MasterKey.Source, "listen", a.cfg.Server.Listen)
+	if a.cfg.Vault.Driver == store.SQLite {
+		if path := store.SQLitePath(a.cfg.Vault.DSN.Reveal()); path != ":memory:" {
+			release, err := lockSQLiteServe(path)
+			if err != nil {
+				return err
+			}
+			defer release()
+		}
+	}
 	c, err := a.build(ctx, provider)
 	if err != nil {
 		return err
