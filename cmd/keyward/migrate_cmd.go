@@ -23,7 +23,7 @@ func (a *app) migrateCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal())
+			db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal(), store.WithStatementTimeout(a.cfg.Database.StatementTimeout.Std()))
 			if err != nil {
 				return err
 			}

@@ -40,7 +40,7 @@ func (a *app) openDB(ctx context.Context, mode dbMode) (*store.DB, error) {
 			}
 		}
 	}
-	db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal())
+	db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal(), store.WithStatementTimeout(a.cfg.Database.StatementTimeout.Std()))
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,14 @@ type Config struct {
 	UI UI `yaml:"ui"`
 	// Metrics sends what each pass found to CloudWatch as well as to /metrics.
 	Metrics Metrics `yaml:"metrics"`
+	// Database bounds how long Keyward waits on PostgreSQL.
+	Database Database `yaml:"database"`
+}
+
+// Database: how long a statement may take on PostgreSQL before it is cut (0: no bound). A request
+// that meets a database away or too slow is answered 503 instead of hanging.
+type Database struct {
+	StatementTimeout Duration `yaml:"statement_timeout"`
 }
 
 // Metrics configures where metrics go besides /metrics.
@@ -460,6 +468,7 @@ func Default() Config {
 		Retention: Retention{Horizon: Duration(90 * day), Interval: Duration(day)},
 		Delivery:  Delivery{Timeout: Duration(2 * time.Minute)},
 		Reports:   Reports{Interval: Duration(day)},
+		Database:  Database{StatementTimeout: Duration(30 * time.Second)},
 		UI:        UI{SessionTTL: Duration(8 * time.Hour), IdleTimeout: Duration(time.Hour)},
 	}
 }
@@ -514,6 +523,9 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	}
 	if c.UI.IdleTimeout < Duration(time.Minute) || c.UI.IdleTimeout > c.UI.SessionTTL {
 		report("ui.idle_timeout", "want at least 1m and at most ui.session_ttl (got %s)", c.UI.IdleTimeout)
+	}
+	if st := c.Database.StatementTimeout; st != 0 && (st < Duration(100*time.Millisecond) || st > Duration(10*time.Minute)) {
+		report("database.statement_timeout", "want 0 (no bound) or 100ms to 10m (got %s)", st)
 	}
 	if ns := c.Metrics.CloudWatch.Namespace; ns != "" {
 		switch {

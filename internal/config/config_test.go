@@ -154,6 +154,11 @@ func TestProblems(t *testing.T) {
 		notWant string
 	}{
 		{
+			name:    "statement timeout",
+			environ: []string{"KEYWARD_DATABASE_STATEMENT_TIMEOUT=20m"},
+			want:    []string{"database.statement_timeout: want 0 (no bound) or 100ms to 10m (got 20m0s)"},
+		},
+		{
 			name: "cloudwatch namespace needs aws",
 			yaml: "cloud: sim\nmetrics:\n  cloudwatch:\n    namespace: Keyward\n",
 			want: []string{"metrics.cloudwatch.namespace: CloudWatch needs cloud: aws (got cloud: sim)"},

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -571,5 +572,49 @@ func TestStatusShowsDeliveryTargets(t *testing.T) {
 	if got.Identity.UserName != "payments-app" || len(got.Targets) != 1 || got.Targets[0].Target != "secrets_manager:eu-west-1:keyward/payments-app" ||
 		!got.Targets[0].HoldsCurrent || got.Targets[0].AccessKeyID != got.CurrentKeyID {
 		t.Fatalf("targets: %s", body)
+	}
+}
+
+// TestDatabaseTooSlowIsA503: a PostgreSQL that does not finish a statement within
+// statement_timeout (here: the audit trail's order held by another session) makes the API answer
+// 503 with Retry-After and a public message, at once instead of hanging; once the database answers
+// again, so does the API.
+func TestDatabaseTooSlowIsA503(t *testing.T) {
+	ctx := context.Background()
+	dsn := testenv.PostgresDSN(t) + "&statement_timeout=300" // what database.statement_timeout sets
+	f := newFixture(t, testenv.Database{Driver: "postgres", DSN: dsn}, nil)
+	if status, _, body := f.credentials("payments", f.creds["member"]); status != http.StatusOK {
+		t.Fatalf("a read before: %d %s", status, body)
+	}
+	other, err := sql.Open("pgx", testenv.PostgresDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	holder, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	const auditLockKey = 0x6b7761756469740 // internal/store/audit.go: the order of appends to the trail
+	if _, err := holder.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, auditLockKey); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp := f.send("GET", "/v1/teams/payments/credentials", f.creds["member"], nil)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), "database is unavailable or too slow") || strings.Contains(string(body), "statement timeout") {
+		t.Fatalf("a read with the database too slow: %d %s", resp.StatusCode, body)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the 503 took %s", took)
+	}
+	if _, err := holder.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, auditLockKey); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, body := f.credentials("payments", f.creds["member"]); status != http.StatusOK {
+		t.Fatalf("a read after: %d %s", status, body)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/store"
 )
 
 // handlerFunc serves a request for a principal (nil on public routes). An error it returns is
@@ -193,6 +194,10 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		problem(w, r, http.StatusServiceUnavailable, "unavailable", detail())
 	case errors.Is(err, context.Canceled):
 		problem(w, r, 499, "", "request cancelled")
+	case store.Unavailable(err):
+		s.log.Warn("database unavailable", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
+		w.Header().Set("Retry-After", "5")
+		problem(w, r, http.StatusServiceUnavailable, "unavailable", "the database is unavailable or too slow: try again shortly")
 	default:
 		s.log.Error("request failed", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
 		problem(w, r, http.StatusInternalServerError, "", "internal error; the log has its request id")

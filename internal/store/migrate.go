@@ -121,6 +121,10 @@ func (db *DB) Migrate(ctx context.Context) ([]Migration, error) {
 		did := false
 		err := db.inTx(ctx, func(tx *Tx) error {
 			if db.driver == Postgres {
+				// A migration may rewrite a large table: database.statement_timeout is not for it.
+				if _, err := tx.exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+					return err
+				}
 				if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
 					return fmt.Errorf("take migration lock: %w", err)
 				}

@@ -6,17 +6,20 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"github.com/jackc/pgx/v5/stdlib" // also registers the "pgx" database/sql driver
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
@@ -47,7 +50,11 @@ type DB struct {
 // Open connects to the database. For SQLite, dsn is a file path (created 0600 when missing) or a
 // file: URI; the connection is set up for WAL and durable commits. For PostgreSQL, dsn is a pgx
 // connection string (URL or key=value), TLS settings included.
-func Open(ctx context.Context, driver, dsn string) (*DB, error) {
+func Open(ctx context.Context, driver, dsn string, opts ...Option) (*DB, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var (
 		db  *sql.DB
 		err error
@@ -61,7 +68,16 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 		}
 		db, err = sql.Open("sqlite", conn)
 	case Postgres:
-		db, err = sql.Open("pgx", dsn)
+		var cfg *pgx.ConnConfig
+		if cfg, err = pgx.ParseConfig(dsn); err != nil {
+			return nil, fmt.Errorf("open postgres database: the DSN does not parse (%s)", redactedParseError(err))
+		}
+		if o.statementTimeout > 0 {
+			// Every statement of every connection is bounded: a database that stops answering fails
+			// the request (503) instead of holding it. Migrations lift the bound for themselves.
+			cfg.RuntimeParams["statement_timeout"] = strconv.FormatInt(o.statementTimeout.Milliseconds(), 10)
+		}
+		db = stdlib.OpenDB(*cfg)
 	default:
 		return nil, fmt.Errorf("unknown database driver %q (want sqlite or postgres)", driver)
 	}
@@ -94,6 +110,54 @@ func Open(ctx context.Context, driver, dsn string) (*DB, error) {
 		s.commits = newCommitter(s, &s.writer)
 	}
 	return s, nil
+}
+
+// Option changes how Open connects.
+type Option func(*options)
+
+type options struct{ statementTimeout time.Duration }
+
+// WithStatementTimeout bounds every statement on PostgreSQL (database.statement_timeout); 0: no bound.
+func WithStatementTimeout(d time.Duration) Option { return func(o *options) { o.statementTimeout = d } }
+
+// redactedParseError says what is wrong with a DSN without repeating it (it may hold a password).
+func redactedParseError(err error) string {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) && pe.Unwrap() != nil {
+		return pe.Unwrap().Error()
+	}
+	return "check its syntax"
+}
+
+// ErrUnavailable marks an error of a database that is away or too slow: a request that meets it is
+// answered 503 with Retry-After, and tried again later by whoever asked.
+var ErrUnavailable = errors.New("database unavailable")
+
+// Unavailable says whether err is the database being away or too slow rather than a fault of the
+// request or of Keyward: a statement cut by statement_timeout, a server shutting down or starting,
+// a connection refused or lost.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "57014", // query_canceled (statement_timeout)
+			"57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
+			"08000", "08003", "08006", "08001", "08004": // connection exceptions
+			return true
+		}
+		return false
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	return pgconn.SafeToRetry(err) || pgconn.Timeout(err) && !errors.Is(err, context.Canceled)
 }
 
 // SQLitePath is the file an SQLite DSN names ("" for an in-memory database).
