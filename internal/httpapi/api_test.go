@@ -2,7 +2,6 @@ package httpapi_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -580,26 +579,13 @@ func TestStatusShowsDeliveryTargets(t *testing.T) {
 // 503 with Retry-After and a public message, at once instead of hanging; once the database answers
 // again, so does the API.
 func TestDatabaseTooSlowIsA503(t *testing.T) {
-	ctx := context.Background()
 	dsn := testenv.PostgresDSN(t) + "&statement_timeout=300" // what database.statement_timeout sets
 	f := newFixture(t, testenv.Database{Driver: "postgres", DSN: dsn}, nil)
 	if status, _, body := f.credentials("payments", f.creds["member"]); status != http.StatusOK {
 		t.Fatalf("a read before: %d %s", status, body)
 	}
-	other, err := sql.Open("pgx", testenv.PostgresDSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	holder, err := other.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
 	const auditLockKey = 0x6b7761756469740 // internal/store/audit.go: the order of appends to the trail
-	if _, err := holder.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, auditLockKey); err != nil {
-		t.Fatal(err)
-	}
+	release := testenv.HoldAdvisoryLock(t, auditLockKey)
 	start := time.Now()
 	resp := f.send("GET", "/v1/teams/payments/credentials", f.creds["member"], nil)
 	body, _ := io.ReadAll(resp.Body)
@@ -611,9 +597,7 @@ func TestDatabaseTooSlowIsA503(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("the 503 took %s", took)
 	}
-	if _, err := holder.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, auditLockKey); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if status, _, body := f.credentials("payments", f.creds["member"]); status != http.StatusOK {
 		t.Fatalf("a read after: %d %s", status, body)
 	}

@@ -162,6 +162,10 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Warn("request refused", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
 	}
 	switch {
+	case store.Unavailable(err):
+		s.log.Warn("database unavailable", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
+		w.Header().Set("Retry-After", "5")
+		problem(w, r, http.StatusServiceUnavailable, "unavailable", "the database is unavailable or too slow: try again shortly")
 	case errors.As(err, &bad):
 		problem(w, r, http.StatusBadRequest, "bad-request", bad.Error())
 	case errors.Is(err, access.ErrBadRequest):
@@ -194,10 +198,6 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		problem(w, r, http.StatusServiceUnavailable, "unavailable", detail())
 	case errors.Is(err, context.Canceled):
 		problem(w, r, 499, "", "request cancelled")
-	case store.Unavailable(err):
-		s.log.Warn("database unavailable", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
-		w.Header().Set("Retry-After", "5")
-		problem(w, r, http.StatusServiceUnavailable, "unavailable", "the database is unavailable or too slow: try again shortly")
 	default:
 		s.log.Error("request failed", "request_id", RequestID(r.Context()), "route", r.Pattern, "error", err.Error())
 		problem(w, r, http.StatusInternalServerError, "", "internal error; the log has its request id")

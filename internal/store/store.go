@@ -6,7 +6,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,6 +22,7 @@ import (
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
+	"github.com/keyward/keyward/internal/store/dbfault"
 	"github.com/keyward/keyward/internal/store/groupcommit"
 )
 
@@ -129,36 +129,12 @@ func redactedParseError(err error) string {
 	return "check its syntax"
 }
 
-// ErrUnavailable marks an error of a database that is away or too slow: a request that meets it is
-// answered 503 with Retry-After, and tried again later by whoever asked.
-var ErrUnavailable = errors.New("database unavailable")
-
-// Unavailable says whether err is the database being away or too slow rather than a fault of the
-// request or of Keyward: a statement cut by statement_timeout, a server shutting down or starting,
-// a connection refused or lost.
-func Unavailable(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, driver.ErrBadConn) {
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		switch pe.Code {
-		case "57014", // query_canceled (statement_timeout)
-			"57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
-			"08000", "08003", "08006", "08001", "08004": // connection exceptions
-			return true
-		}
-		return false
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return true
-	}
-	return pgconn.SafeToRetry(err) || pgconn.Timeout(err) && !errors.Is(err, context.Canceled)
-}
+// ErrUnavailable and Unavailable: see package dbfault (a leaf, so that the web pages, which this
+// package imports, can classify errors too).
+var (
+	ErrUnavailable = dbfault.ErrUnavailable
+	Unavailable    = dbfault.Unavailable
+)
 
 // SQLitePath is the file an SQLite DSN names ("" for an in-memory database).
 func SQLitePath(dsn string) string {

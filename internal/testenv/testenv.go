@@ -255,3 +255,22 @@ func (c *Clock) Add(d time.Duration) {
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
 }
+
+// HoldAdvisoryLock takes a PostgreSQL advisory lock in a session of its own (the test database's),
+// as another replica would, and returns what releases it. Released at cleanup at the latest.
+func HoldAdvisoryLock(t testing.TB, key int64) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, need(t, "KEYWARD_TEST_POSTGRES_DSN", "PostgreSQL"))
+	if err != nil {
+		t.Fatalf("connect to test PostgreSQL: %v", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
+		t.Fatalf("take advisory lock: %v", err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = conn.Close(context.Background()) }) } // the lock goes with the session
+	t.Cleanup(release)
+	return release
+}

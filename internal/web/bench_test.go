@@ -13,6 +13,7 @@ import (
 
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/rotation"
+	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -129,4 +130,45 @@ func signInHTTP(b testing.TB, base, user, code string) string {
 	}
 	b.Fatalf("no session: %d", resp.StatusCode)
 	return ""
+}
+
+// TestDatabaseTooSlowIsA503Page: on a PostgreSQL that does not finish a statement within
+// statement_timeout (the audit trail's order held by another session), a Reveal is a 503 page with
+// Retry-After, shown at once, revealing nothing; once the database answers, the Reveal works.
+func TestDatabaseTooSlowIsA503Page(t *testing.T) {
+	ctx := context.Background()
+	s := newSiteOn(t, testenv.Database{Driver: "postgres", DSN: testenv.PostgresDSN(t) + "&statement_timeout=300"})
+	if _, err := s.svc.AddUser(ctx, "cli:test", "olga", auth.RoleOperator, []string{"payments"}, password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.engine.Provision(ctx, cloudUser("payments-app"), rotation.VisitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cookie := signInHTTP(t, s.srv.URL, "olga", "")
+	get, _ := http.NewRequest("GET", s.srv.URL+"/ui/", nil)
+	get.Header.Set("Cookie", cookie)
+	rec := httptest.NewRecorder()
+	s.srv.Config.Handler.ServeHTTP(rec, get)
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(rec.Body.String())
+	if m == nil {
+		t.Fatal("no anti-forgery token on My keys")
+	}
+	reveal := func() *httptest.ResponseRecorder {
+		req, _ := http.NewRequest("POST", s.srv.URL+"/ui/teams/payments/reveal", strings.NewReader(url.Values{"csrf": {m[1]}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Cookie", cookie)
+		rec := httptest.NewRecorder()
+		s.srv.Config.Handler.ServeHTTP(rec, req)
+		return rec
+	}
+	const auditLockKey = 0x6b7761756469740 // internal/store/audit.go: the order of appends to the trail
+	release := testenv.HoldAdvisoryLock(t, auditLockKey)
+	if rec := reveal(); rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" ||
+		!strings.Contains(rec.Body.String(), "The database is unavailable or too slow") || strings.Contains(rec.Body.String(), `id="secret"`) {
+		t.Fatalf("a reveal with the database too slow: %d %s", rec.Code, rec.Body.String())
+	}
+	release()
+	if rec := reveal(); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `id="secret"`) {
+		t.Fatalf("a reveal after: %d", rec.Code)
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/store/dbfault"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -184,6 +185,11 @@ func (u *UI) formTokenOK(r *http.Request, s *signedIn) bool {
 func (u *UI) fail(w http.ResponseWriter, r *http.Request, s *signedIn, err error) {
 	var pub interface{ PublicMessage() string }
 	switch {
+	case dbfault.Unavailable(err):
+		u.Log.Warn("database unavailable", "path", r.URL.Path, "error", err.Error())
+		w.Header().Set("Retry-After", "5")
+		u.render(w, r, http.StatusServiceUnavailable, "error", s, map[string]any{"Title": "Try again shortly",
+			"Message": "The database is unavailable or too slow. Nothing was done: try again in a moment."})
 	case errors.Is(err, auth.ErrMFARequired):
 		u.render(w, r, http.StatusForbidden, "error", s, map[string]any{"Title": "Second factor needed",
 			"Message": "Reading a secret needs a sign-in with your authenticator code: sign out, then sign in with the code."})

@@ -62,9 +62,15 @@ func newSite(t *testing.T) *site { return newSiteB(t) }
 
 func newSiteB(t testing.TB) *site {
 	t.Helper()
+	return newSiteOn(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")})
+}
+
+// newSiteOn is the site over a database of the test's choice.
+func newSiteOn(t testing.TB, d testenv.Database) *site {
+	t.Helper()
 	ctx := context.Background()
 	s := &site{t: t, seeds: map[string]string{}, logs: &testenv.SyncBuffer{}}
-	s.db = storetest.Open(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")})
+	s.db = storetest.Open(t, d)
 	s.vault = storetest.Vault(t, s.db, nil)
 	log := slog.New(slog.NewJSONHandler(s.logs, nil))
 	s.trail = audit.New(s.db.Audit(), nil, log)
