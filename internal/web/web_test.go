@@ -508,6 +508,9 @@ func TestAuditorAndAdmin(t *testing.T) {
 		t.Fatalf("reports page: %q", h)
 	}
 	shot(t, ctx, "reports")
+	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
+		t.Fatalf("reports page: unlabelled %v, %d bytes", bad, size)
+	}
 	// The auditor sees the inventory, without Reveal or Rotate now.
 	if _, err := s.engine.Provision(context.Background(), cloudUser("payments-app"), rotation.VisitOptions{}); err != nil {
 		t.Fatal(err)
@@ -628,6 +631,9 @@ func TestInventoryAndRotateNow(t *testing.T) {
 		_ = chromedp.Do(ctx, chromedp.Reload())
 	}
 	shot(t, ctx, "rotation")
+	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
+		t.Fatalf("rotation page: unlabelled %v, %d bytes", bad, size)
+	}
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href^="/ui/identities/"]`)), chromedp.WaitVisible(chromedp.CSS("h2"))); err != nil {
 		t.Fatal(err)
 	}
