@@ -323,10 +323,8 @@ func (a *app) teamAddCommand() *cobra.Command {
 			if err := vault.ValidateUserName(iamUser); err != nil {
 				return usageErr("--iam-user: %v", err)
 			}
-			if account != "" {
-				if err := vault.ValidateAccountID(account); err != nil {
-					return usageErr("--account: %v", err)
-				}
+			if err := accountFlag(account); err != nil {
+				return err
 			}
 			return a.withAuth(cmd.Context(), func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
 				if account == "" {
@@ -429,17 +427,15 @@ func (a *app) apikeyCreateCommand() *cobra.Command {
 			}
 			var prefixes []netip.Prefix
 			for _, c := range cidrs {
-				p, err := netip.ParsePrefix(c)
+				p, err := auth.ParseCIDR(c)
 				if err != nil {
-					return usageErr("--cidr %q: not a CIDR such as 10.0.0.0/8", c)
+					return usageErr("--cidr %v", err)
 				}
-				prefixes = append(prefixes, p.Masked())
+				prefixes = append(prefixes, p)
 			}
-			var ttl time.Duration
-			if expires != "" {
-				if ttl, err = config.ParseDuration(expires); err != nil || ttl <= 0 {
-					return usageErr("--expires %q: want a positive duration such as 90d or 12h", expires)
-				}
+			ttl, err := auth.ParseKeyLifetime(expires)
+			if err != nil {
+				return usageErr("--expires %v", err)
 			}
 			if err := textOrJSON(output); err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/delivery/awsdelivery"
 	"github.com/keyward/keyward/internal/rotation"
@@ -60,10 +61,7 @@ func (x *teamIndex) of(ctx context.Context, id vault.Identity) ([]string, error)
 		if err != nil {
 			return nil, err
 		}
-		x.by = map[vault.Identity][]string{}
-		for _, t := range teams {
-			x.by[t.Identity] = append(x.by[t.Identity], t.Name)
-		}
+		x.by = auth.TeamsByIdentity(teams)
 		x.read = time.Now()
 	}
 	return x.by[id], nil

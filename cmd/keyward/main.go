@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // Exit codes.
@@ -43,6 +44,17 @@ func (e *exitError) Unwrap() error { return e.err }
 // usageErr reports bad input: exit 2.
 func usageErr(format string, args ...any) error {
 	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// accountFlag checks an --account flag: empty (every account) or a 12-digit AWS account id.
+func accountFlag(account string) error {
+	if account == "" {
+		return nil
+	}
+	if err := vault.ValidateAccountID(account); err != nil {
+		return usageErr("--account: %v", err)
+	}
+	return nil
 }
 
 // asUsage marks err as bad input.

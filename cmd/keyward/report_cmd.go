@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/inventory"
@@ -29,11 +30,7 @@ func (a *app) inventoryReader(e *rotation.Engine, db *store.DB, provider cloud.P
 		if err != nil {
 			return nil, err
 		}
-		by := map[vault.Identity][]string{}
-		for _, t := range teams {
-			by[t.Identity] = append(by[t.Identity], t.Name)
-		}
-		return by, nil
+		return auth.TeamsByIdentity(teams), nil
 	}}
 	if inv, ok := provider.(cloud.Inventory); ok {
 		r.Reports = inv
@@ -96,10 +93,8 @@ report where it can be had, per-user calls where not.`,
 			if err := textOrJSON(output); err != nil {
 				return err
 			}
-			if account != "" {
-				if err := vault.ValidateAccountID(account); err != nil {
-					return usageErr("--account: %v", err)
-				}
+			if err := accountFlag(account); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			e, db, provider, err := a.openForReports(ctx)
@@ -208,10 +203,8 @@ it finds: a report is not a gate.`,
 			if !ok {
 				return usageErr("--format must be table, json, csv or html (got %q)", format)
 			}
-			if account != "" {
-				if err := vault.ValidateAccountID(account); err != nil {
-					return usageErr("--account: %v", err)
-				}
+			if err := accountFlag(account); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			e, db, provider, err := a.openForReports(ctx)

@@ -157,10 +157,8 @@ func passFilter(users []string, account string) (rotation.PassOptions, error) {
 			return rotation.PassOptions{}, usageErr("--user: %v", err)
 		}
 	}
-	if account != "" {
-		if err := vault.ValidateAccountID(account); err != nil {
-			return rotation.PassOptions{}, usageErr("--account: %v", err)
-		}
+	if err := accountFlag(account); err != nil {
+		return rotation.PassOptions{}, err
 	}
 	return rotation.PassOptions{Users: users, AccountID: account}, nil
 }

@@ -226,10 +226,7 @@ func (s *Service) ExportAll(ctx context.Context, ts Teams, actor, via string) ([
 	if err != nil {
 		return nil, err
 	}
-	owners := map[vault.Identity][]string{}
-	for _, t := range teams {
-		owners[t.Identity] = append(owners[t.Identity], t.Name)
-	}
+	owners := auth.TeamsByIdentity(teams)
 	versions, err := s.Vault.List(ctx)
 	if err != nil {
 		return nil, err

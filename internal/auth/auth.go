@@ -217,6 +217,15 @@ type Team struct {
 	SessionOnly bool `json:"session_only"`
 }
 
+// TeamsByIdentity names the teams of each identity (an identity may belong to several teams).
+func TeamsByIdentity(teams []Team) map[vault.Identity][]string {
+	by := map[vault.Identity][]string{}
+	for _, t := range teams {
+		by[t.Identity] = append(by[t.Identity], t.Name)
+	}
+	return by
+}
+
 // User is a person.
 type User struct {
 	Name         string    `json:"name"`

@@ -19,6 +19,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -470,6 +471,29 @@ const apiKeyPrefix = "kw_"
 func hashAPIKey(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:])
+}
+
+// ParseCIDR reads a network an API key may be used from, such as 10.0.0.0/8, masked to its prefix.
+// The CLI, the API and the web pages read their input with it.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, invalid("%q is not a CIDR such as 10.0.0.0/8", s)
+	}
+	return p.Masked(), nil
+}
+
+// ParseKeyLifetime reads how long an API key lasts: a positive duration in the configuration's
+// syntax (90d, 36h, 1d12h); "" is no end.
+func ParseKeyLifetime(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	ttl, err := config.ParseDuration(s)
+	if err != nil || ttl <= 0 {
+		return 0, invalid("%q: want a positive duration such as 90d or 12h", s)
+	}
+	return ttl, nil
 }
 
 // CreateAPIKey makes an API key and returns it with its value, which is shown once and never stored.

@@ -760,18 +760,15 @@ func (a *API) createAPIKey(w http.ResponseWriter, r *http.Request, p *auth.Princ
 	}
 	var cidrs []netip.Prefix
 	for i, c := range req.CIDRs {
-		pre, err := netip.ParsePrefix(c)
+		pre, err := auth.ParseCIDR(c)
 		if err != nil {
-			return badf("body.cidrs[%d]: %q is not a CIDR such as 10.0.0.0/8", i, c)
+			return badf("body.cidrs[%d]: %v", i, err)
 		}
-		cidrs = append(cidrs, pre.Masked())
+		cidrs = append(cidrs, pre)
 	}
-	var ttl time.Duration
-	if req.Expires != "" {
-		// The same syntax as the CLI's --expires and the configuration's durations: 90d, 36h, 1d12h.
-		if ttl, err = config.ParseDuration(req.Expires); err != nil || ttl <= 0 {
-			return badf("body.expires %q: want a positive duration such as 90d or 12h", req.Expires)
-		}
+	ttl, err := auth.ParseKeyLifetime(req.Expires)
+	if err != nil {
+		return badf("body.expires %v", err)
 	}
 	k, value, err := a.Auth.CreateAPIKey(r.Context(), p.ID(), req.Name, role, req.Teams, cidrs, ttl)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/vault"
@@ -21,11 +22,7 @@ func (u *UI) teamsOf(ctx context.Context) (map[vault.Identity][]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	by := map[vault.Identity][]string{}
-	for _, t := range teams {
-		by[t.Identity] = append(by[t.Identity], t.Name)
-	}
-	return by, nil
+	return auth.TeamsByIdentity(teams), nil
 }
 
 // inventoryPage lists every identity: keys, ages, state, next step; filtered, sorted, paged on the

@@ -1,19 +1,20 @@
 package web
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
-	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
@@ -267,31 +268,11 @@ func (u *UI) adminAction(w http.ResponseWriter, r *http.Request, s *signedIn) er
 	case "add-member":
 		err = u.Auth.AddMember(ctx, actor, form["team"], form["member"])
 	case "create-key":
-		var role auth.Role
 		var key secret.Value
-		if role, err = auth.ParseRole(form["role"]); err == nil {
-			var cidrs []netip.Prefix
-			for _, c := range splitList(form["cidrs"]) {
-				p, perr := netip.ParsePrefix(c)
-				if perr != nil {
-					err = fmt.Errorf("%w: cidrs: %q is not a network such as 10.0.0.0/8", auth.ErrInvalid, c)
-					break
-				}
-				cidrs = append(cidrs, p)
-			}
-			var ttl time.Duration
-			if err == nil && form["expires"] != "" {
-				if ttl, err = config.ParseDuration(form["expires"]); err != nil {
-					err = fmt.Errorf("%w: expires %q: want a duration such as 90d", auth.ErrInvalid, form["expires"])
-				}
-			}
-			if err == nil {
-				if _, key, err = u.Auth.CreateAPIKey(ctx, actor, form["name"], role, splitList(form["teams"]), cidrs, ttl); err == nil {
-					u.render(w, r, http.StatusOK, "created", s, map[string]any{"Title": "API key created", "What": "API key " + form["name"],
-						"Secret": key, "Hint": "Copy it now: it is shown once, and only its hash is kept."})
-					return nil
-				}
-			}
+		if key, err = u.createKey(ctx, actor, form); err == nil {
+			u.render(w, r, http.StatusOK, "created", s, map[string]any{"Title": "API key created", "What": "API key " + form["name"],
+				"Secret": key, "Hint": "Copy it now: it is shown once, and only its hash is kept."})
+			return nil
 		}
 	case "revoke-key":
 		err = u.Auth.RevokeAPIKey(ctx, actor, form["name"])
@@ -303,14 +284,33 @@ func (u *UI) adminAction(w http.ResponseWriter, r *http.Request, s *signedIn) er
 		u.render(w, r, http.StatusBadRequest, "error", s, map[string]any{"Title": "Not done", "Message": err.Error()})
 		return nil
 	}
-	http.Redirect(w, r, "/ui/admin?done="+urlQueryEscape(done), http.StatusSeeOther)
+	http.Redirect(w, r, "/ui/admin?done="+url.QueryEscape(done), http.StatusSeeOther)
 	return nil
+}
+
+// createKey reads the form's role, teams, networks and lifetime as the API reads them, and creates
+// the API key.
+func (u *UI) createKey(ctx context.Context, actor string, form map[string]string) (secret.Value, error) {
+	role, err := auth.ParseRole(form["role"])
+	if err != nil {
+		return secret.Value{}, err
+	}
+	var cidrs []netip.Prefix
+	for _, c := range splitList(form["cidrs"]) {
+		p, err := auth.ParseCIDR(c)
+		if err != nil {
+			return secret.Value{}, fmt.Errorf("cidrs: %w", err)
+		}
+		cidrs = append(cidrs, p)
+	}
+	ttl, err := auth.ParseKeyLifetime(form["expires"])
+	if err != nil {
+		return secret.Value{}, fmt.Errorf("expires %w", err)
+	}
+	_, key, err := u.Auth.CreateAPIKey(ctx, actor, form["name"], role, splitList(form["teams"]), cidrs, ttl)
+	return key, err
 }
 
 func splitList(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
-}
-
-func urlQueryEscape(s string) string {
-	return strings.NewReplacer("%", "%25", "&", "%26", "#", "%23", "+", "%2B", " ", "+", "?", "%3F").Replace(s)
 }
