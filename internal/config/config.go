@@ -54,10 +54,27 @@ type Config struct {
 	Database Database `yaml:"database"`
 }
 
+func (m Metrics) validate(report func(key, format string, args ...any), cloud string) {
+	ns := m.CloudWatch.Namespace
+	switch {
+	case ns == "":
+	case cloud != "aws":
+		report("metrics.cloudwatch.namespace", "CloudWatch needs cloud: aws (got cloud: %s)", cloud)
+	case len(ns) > 255 || strings.HasPrefix(ns, "AWS/") || strings.Trim(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#:") != "":
+		report("metrics.cloudwatch.namespace", "want up to 255 letters, digits and . - _ / # :, not starting with AWS/ (got %q)", ns)
+	}
+}
+
 // Database: how long a statement may take on PostgreSQL before it is cut (0: no bound). A request
 // that meets a database away or too slow is answered 503 instead of hanging.
 type Database struct {
 	StatementTimeout Duration `yaml:"statement_timeout"`
+}
+
+func (d Database) validate(report func(key, format string, args ...any)) {
+	if st := d.StatementTimeout; st != 0 && (st < Duration(100*time.Millisecond) || st > Duration(10*time.Minute)) {
+		report("database.statement_timeout", "want 0 (no bound) or 100ms to 10m (got %s)", st)
+	}
 }
 
 // Metrics configures where metrics go besides /metrics.
@@ -524,17 +541,8 @@ func (c *Config) validate(report func(key, format string, args ...any)) {
 	if c.UI.IdleTimeout < Duration(time.Minute) || c.UI.IdleTimeout > c.UI.SessionTTL {
 		report("ui.idle_timeout", "want at least 1m and at most ui.session_ttl (got %s)", c.UI.IdleTimeout)
 	}
-	if st := c.Database.StatementTimeout; st != 0 && (st < Duration(100*time.Millisecond) || st > Duration(10*time.Minute)) {
-		report("database.statement_timeout", "want 0 (no bound) or 100ms to 10m (got %s)", st)
-	}
-	if ns := c.Metrics.CloudWatch.Namespace; ns != "" {
-		switch {
-		case c.Cloud != "aws":
-			report("metrics.cloudwatch.namespace", "CloudWatch needs cloud: aws (got cloud: %s)", c.Cloud)
-		case len(ns) > 255 || strings.HasPrefix(ns, "AWS/") || strings.Trim(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#:") != "":
-			report("metrics.cloudwatch.namespace", "want up to 255 letters, digits and . - _ / # :, not starting with AWS/ (got %q)", ns)
-		}
-	}
+	c.Database.validate(report)
+	c.Metrics.validate(report, c.Cloud)
 	if i := c.Reports.Interval; i != 0 && i < Duration(time.Minute) {
 		report("reports.interval", "want 0 (off) or at least 1m (got %s)", i)
 	}

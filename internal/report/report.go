@@ -168,28 +168,45 @@ func summarize(now time.Time, users, compliant int, fs []Finding) Summary {
 
 // checkUser is every control on one user.
 func checkUser(f Facts, u inventory.User) []Finding {
-	var out []Finding
-	add := func(c Control, keyID, evidence string) {
-		out = append(out, Finding{Control: c.ID, Source: c.Source, Title: c.Title, Severity: c.Severity, Account: u.AccountID,
-			User: u.Name, KeyID: keyID, Evidence: evidence, Remedy: c.Remedy})
-	}
-	days := func(t time.Time) int { return int(f.Now.Sub(t) / day) }
+	c := &userCheck{f: f, u: u}
 	if u.Root {
 		if u.RootKeys > 0 {
-			add(RootAccessKey, "", fmt.Sprintf("%d active access key(s) on the root user", u.RootKeys))
+			c.add(RootAccessKey, "", fmt.Sprintf("%d active access key(s) on the root user", u.RootKeys))
 		}
-		return out
+		return c.out
 	}
+	c.credentials()
+	c.policy()
+	return c.out
+}
+
+// userCheck gathers one IAM user's findings.
+type userCheck struct {
+	f   Facts
+	u   inventory.User
+	out []Finding
+}
+
+func (c *userCheck) add(ctl Control, keyID, evidence string) {
+	c.out = append(c.out, Finding{Control: ctl.ID, Source: ctl.Source, Title: ctl.Title, Severity: ctl.Severity, Account: c.u.AccountID,
+		User: c.u.Name, KeyID: keyID, Evidence: evidence, Remedy: ctl.Remedy})
+}
+
+func (c *userCheck) days(t time.Time) int { return int(c.f.Now.Sub(t) / day) }
+
+// credentials: the CIS controls on the user's console password and access keys.
+func (c *userCheck) credentials() {
+	u := c.u
 	if u.Console && !u.MFA {
-		add(ConsoleWithoutMFA, "", "console password enabled, no MFA device")
+		c.add(ConsoleWithoutMFA, "", "console password enabled, no MFA device")
 	}
 	if u.Console {
 		last, what := u.PasswordLastUsed, "password last used"
 		if last.IsZero() {
 			last, what = u.CreatedAt, "password never used; user created"
 		}
-		if !last.IsZero() && days(last) >= 45 {
-			add(UnusedCredentials, "", fmt.Sprintf("%s %d days ago", what, days(last)))
+		if !last.IsZero() && c.days(last) >= 45 {
+			c.add(UnusedCredentials, "", fmt.Sprintf("%s %d days ago", what, c.days(last)))
 		}
 	}
 	active := 0
@@ -198,39 +215,44 @@ func checkUser(f Facts, u inventory.User) []Finding {
 			continue
 		}
 		active++
-		if days(k.CreatedAt) > 90 {
-			add(NotRotated, k.AccessKeyID, fmt.Sprintf("created %d days ago (%s)", days(k.CreatedAt), k.CreatedAt.Format(time.DateOnly)))
+		if c.days(k.CreatedAt) > 90 {
+			c.add(NotRotated, k.AccessKeyID, fmt.Sprintf("created %d days ago (%s)", c.days(k.CreatedAt), k.CreatedAt.Format(time.DateOnly)))
 		}
 		last, what := k.LastUsed, "last used"
 		if last.IsZero() {
 			last, what = k.CreatedAt, "never used; created"
 		}
-		if days(last) >= 45 {
-			add(UnusedCredentials, k.AccessKeyID, fmt.Sprintf("%s %d days ago", what, days(last)))
+		if c.days(last) >= 45 {
+			c.add(UnusedCredentials, k.AccessKeyID, fmt.Sprintf("%s %d days ago", what, c.days(last)))
 		}
 		if k.LastUsed.IsZero() {
-			add(NeverUsed, k.AccessKeyID, fmt.Sprintf("never used since it was created %d days ago", days(k.CreatedAt)))
+			c.add(NeverUsed, k.AccessKeyID, fmt.Sprintf("never used since it was created %d days ago", c.days(k.CreatedAt)))
 		}
 		if !k.Managed && len(u.Teams) == 0 && u.Owners == "" && u.ExemptBy == "" {
-			add(Unowned, k.AccessKeyID, "Keyward does not hold it, and no team or keyward:owner tag names an owner")
+			c.add(Unowned, k.AccessKeyID, "Keyward does not hold it, and no team or keyward:owner tag names an owner")
 		}
 	}
 	if active > 1 {
-		add(TwoActiveKeys, "", fmt.Sprintf("%d active access keys", active))
+		c.add(TwoActiveKeys, "", fmt.Sprintf("%d active access keys", active))
 	}
+}
+
+// policy: Keyward's own controls — exempt, failing, blocked, held, overdue.
+func (c *userCheck) policy() {
+	f, u := c.f, c.u
 	id := "aws:" + u.AccountID + ":" + u.Name
 	if u.ExemptBy != "" {
-		add(Exempt, "", "exempted by "+u.ExemptBy)
-		return out
+		c.add(Exempt, "", "exempted by "+u.ExemptBy)
+		return
 	}
 	if ev, ok := f.Failing[id]; ok {
-		add(Failing, "", ev)
+		c.add(Failing, "", ev)
 	}
 	if ev, ok := f.Blocked[id]; ok {
-		add(Blocked, "", ev)
+		c.add(Blocked, "", ev)
 	}
 	if ev, ok := f.Held[id]; ok {
-		add(Held, "", ev)
+		c.add(Held, "", ev)
 	}
 	pol, _, err := f.Policy.For(cloud.User{AccountID: u.AccountID, Name: u.Name, Path: u.Path, Tags: u.Tags}, nil)
 	if err != nil {
@@ -238,8 +260,7 @@ func checkUser(f Facts, u inventory.User) []Finding {
 	}
 	for _, k := range u.Keys {
 		if k.VaultState == "current" && f.Now.Sub(k.CreatedAt) > pol.RotateAfter && !f.Rotating[id] && f.Failing[id] == "" && f.Blocked[id] == "" {
-			add(Overdue, k.AccessKeyID, fmt.Sprintf("current for %d days, rotate_after is %s", days(k.CreatedAt), pol.RotateAfter))
+			c.add(Overdue, k.AccessKeyID, fmt.Sprintf("current for %d days, rotate_after is %s", c.days(k.CreatedAt), pol.RotateAfter))
 		}
 	}
-	return out
 }
