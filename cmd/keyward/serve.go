@@ -216,6 +216,17 @@ func (a *app) run(ctx context.Context, c *components) error {
 		every(ctx, a.cfg.Audit.CheckpointInterval.Std(), func() { a.checkpoint(context.WithoutCancel(ctx), c.signer, c.db) })
 	})
 	defer func() { stopCheckpoints(); a.checkpoint(context.Background(), c.signer, c.db) }()
+	// On PostgreSQL, records appended by every replica are sealed into the chain within a second.
+	if c.db.Driver() == store.Postgres {
+		trail := audit.New(c.db.Audit(), nil, a.log)
+		defer background(ctx, func(ctx context.Context) {
+			every(ctx, time.Second, func() {
+				if _, err := trail.Seal(ctx); err != nil && ctx.Err() == nil {
+					a.log.Warn("audit trail not sealed", "error", err.Error())
+				}
+			})
+		})()
+	}
 	// Sinks and notifications go from the database on their own schedules: one that is down never
 	// holds a rotation.
 	if c.shipper != nil {

@@ -69,9 +69,14 @@ type Checkpoint struct {
 
 // Store keeps the trail.
 type Store interface {
-	// Append reads the head under a lock that orders appends, in the unit of work ctx carries if any,
-	// and stores the records build makes from it.
-	Append(ctx context.Context, build func(head Head) ([]Record, error)) error
+	// Append stores records (their Time and Event set) in the unit of work ctx carries if any: they
+	// are durable with it, or not at all. The store numbers and chains them (see Chain) in the
+	// order appends commit: at once, under a lock that orders appends, or afterwards, when Seal
+	// seals what has committed since.
+	Append(ctx context.Context, recs []Record) error
+	// Seal numbers and chains the records appended and committed but not yet in the chain, and
+	// returns how many. Records, Head and Find seal first, so they see every committed record.
+	Seal(ctx context.Context) (int, error)
 	// Records calls fn for each record with from <= seq (and seq <= to when to > 0), in order.
 	Records(ctx context.Context, from, to int64, fn func(Record) error) error
 	// Head returns the trail's last record's number and hash.
@@ -150,21 +155,40 @@ func (t *Trail) Record(ctx context.Context, events ...Event) error {
 			}
 		}
 	}
-	err := t.store.Append(ctx, func(head Head) ([]Record, error) {
-		// Microseconds: what the store keeps, so that the hash is computed over what is read back.
-		now := t.now().UTC().Truncate(time.Microsecond)
-		recs := make([]Record, len(events))
-		for i, e := range events {
-			r := Record{Seq: head.Seq + 1, Time: now, Event: e, PrevHash: head.Hash}
-			r.Hash = r.ComputeHash()
-			recs[i], head = r, Head{Seq: r.Seq, Hash: r.Hash}
-		}
-		return recs, nil
-	})
+	// Microseconds: what the store keeps, so that the hash is computed over what is read back.
+	now := t.now().UTC().Truncate(time.Microsecond)
+	recs := make([]Record, len(events))
+	for i, e := range events {
+		recs[i] = Record{Time: now, Event: e}
+	}
+	err := t.store.Append(ctx, recs)
 	if err != nil {
 		return fmt.Errorf("audit %s: %w", events[0].Action, err)
 	}
 	return nil
+}
+
+// Chain numbers recs after head and chains them to it and to each other, in place, and returns the
+// new head: what a Store does when it puts appended records into the trail.
+func Chain(head Head, recs []Record) Head {
+	for i := range recs {
+		r := &recs[i]
+		r.Seq, r.PrevHash = head.Seq+1, head.Hash
+		r.Hash = r.ComputeHash()
+		head = Head{Seq: r.Seq, Hash: r.Hash}
+	}
+	return head
+}
+
+// Seal puts the records appended and committed since the last seal into the chain (see
+// Store.Seal), and returns how many. Anything that reads the trail seals first; serve also seals
+// every second, so that a record spends little time outside the chain.
+func (t *Trail) Seal(ctx context.Context) (int, error) {
+	n, err := t.store.Seal(ctx)
+	if err != nil {
+		return n, fmt.Errorf("seal the audit trail: %w", err)
+	}
+	return n, nil
 }
 
 // ComputeHash returns the hex SHA-256 of the record's content and its prev_hash: every field but

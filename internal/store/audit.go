@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,8 +20,8 @@ func (db *DB) Audit() *Audit { return &Audit{db: db} }
 
 var _ audit.Store = (*Audit)(nil)
 
-// auditLockKey is the PostgreSQL advisory lock that orders appends to the trail ("kwaudit" in ASCII).
-// On SQLite, BEGIN IMMEDIATE has already made the appender the only writer.
+// auditLockKey is the PostgreSQL advisory lock that orders the sealing of the trail ("kwaudit" in
+// ASCII): one sealer at a time, on any replica. Appenders do not take it.
 const auditLockKey = 0x6b7761756469740
 
 const auditColumns = `seq, time, actor, action, target, outcome, source_ip, request_id, detail, prev_hash, hash`
@@ -36,42 +37,131 @@ func (t *auditTail) snapshot() func() {
 	return func() { t.head = head }
 }
 
-// Append implements audit.Store.
-func (s *Audit) Append(ctx context.Context, build func(head audit.Head) ([]audit.Record, error)) error {
+// Append implements audit.Store. On SQLite the transaction already holds the only write lock, so the
+// records are chained at once after the head it reads (or wrote). On PostgreSQL they go to
+// audit_pending, with no lock: Seal chains them once committed, so that concurrent transactions do
+// not queue behind one another's commit for the trail's order.
+func (s *Audit) Append(ctx context.Context, recs []audit.Record) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
-		// A transaction that appended already holds the order (SQLite's write lock, or the advisory
-		// lock) and knows the head: it wrote it.
-		var head audit.Head
+		if s.db.driver == Postgres {
+			for _, r := range recs {
+				if _, err := tx.exec(ctx, `INSERT INTO audit_pending (time, actor, action, target, outcome, source_ip, request_id, detail)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, micros(r.Time), r.Actor, r.Action, r.Target, r.Outcome,
+					r.SourceIP, r.RequestID, audit.MarshalDetail(r.Detail)); err != nil {
+					return fmt.Errorf("append audit record: %w", err)
+				}
+			}
+			return nil
+		}
 		tail := txState(tx, auditTailKey{}, func() *auditTail { return &auditTail{} })
+		var head audit.Head
 		if tail.head != nil {
 			head = *tail.head
 		} else {
-			if s.db.driver == Postgres {
-				if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
-					return fmt.Errorf("lock the audit trail: %w", err)
-				}
-			}
 			var err error
 			if head, err = s.head(ctx, tx.queryRow); err != nil {
 				return err
 			}
 		}
-		recs, err := build(head)
-		if err != nil {
+		recs = slices.Clone(recs)
+		end := audit.Chain(head, recs)
+		if err := insertChained(ctx, tx, recs); err != nil {
 			return err
 		}
-		for _, r := range recs {
-			if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-				r.Seq, micros(r.Time), r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
-				audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash); err != nil {
-				return fmt.Errorf("append audit record %d: %w", r.Seq, err)
-			}
-		}
-		if n := len(recs); n > 0 {
-			tail.head = &audit.Head{Seq: recs[n-1].Seq, Hash: recs[n-1].Hash}
-		}
+		tail.head = &end
 		return nil
 	})
+}
+
+// insertChained writes numbered and chained records into audit_events.
+func insertChained(ctx context.Context, tx *Tx, recs []audit.Record) error {
+	for _, r := range recs {
+		if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			r.Seq, micros(r.Time), r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
+			audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash); err != nil {
+			return fmt.Errorf("append audit record %d: %w", r.Seq, err)
+		}
+	}
+	return nil
+}
+
+// sealBatch is how many pending records one sealing transaction chains.
+const sealBatch = 1000
+
+// Seal implements audit.Store. On PostgreSQL: under the sealing lock, in a transaction of its own
+// (never the caller's unit of work, whose records are not committed yet), it reads the committed
+// pending records in the order they were appended, chains them after the head, writes them into
+// audit_events and deletes them from audit_pending, a batch at a time. Its reads and writes all
+// come after the lock, so a sealer that waited sees what the one before it sealed.
+func (s *Audit) Seal(ctx context.Context) (int, error) {
+	if s.db.driver != Postgres {
+		return 0, nil
+	}
+	ctx = context.WithValue(ctx, txKey{}, nil) // its own transaction
+	var pending bool
+	if err := s.db.queryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_pending)`).Scan(&pending); err != nil || !pending {
+		return 0, err
+	}
+	total := 0
+	for {
+		var n int
+		err := s.db.inTx(ctx, func(tx *Tx) error {
+			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
+				return fmt.Errorf("lock the audit trail: %w", err)
+			}
+			rows, err := tx.query(ctx, `SELECT id, time, actor, action, target, outcome, source_ip, request_id, detail
+				FROM audit_pending ORDER BY id LIMIT $1`, sealBatch)
+			var ids []int64
+			recs, err := collect(rows, err, func(rows scanner) (audit.Record, error) {
+				var r audit.Record
+				var id, at int64
+				var detail string
+				if err := rows.Scan(&id, &at, &r.Actor, &r.Action, &r.Target, &r.Outcome, &r.SourceIP, &r.RequestID, &detail); err != nil {
+					return r, err
+				}
+				r.Time = time.UnixMicro(at).UTC()
+				d, err := audit.UnmarshalDetail(detail)
+				if err != nil {
+					return r, fmt.Errorf("pending audit record %d: %w", id, err)
+				}
+				r.Detail = d
+				ids = append(ids, id)
+				return r, nil
+			})
+			if err != nil || len(recs) == 0 {
+				return err
+			}
+			head, err := s.head(ctx, tx.queryRow)
+			if err != nil {
+				return err
+			}
+			audit.Chain(head, recs)
+			var seqs, times []int64
+			texts := make([][]string, 9) // actor … hash, in auditColumns' order
+			for _, r := range recs {
+				seqs, times = append(seqs, r.Seq), append(times, micros(r.Time))
+				for i, v := range []string{r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
+					audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash} {
+					texts[i] = append(texts[i], v)
+				}
+			}
+			if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`)
+				SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+					$7::text[], $8::text[], $9::text[], $10::text[], $11::text[])`,
+				seqs, times, texts[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6], texts[7], texts[8]); err != nil {
+				return fmt.Errorf("seal audit records %d to %d: %w", recs[0].Seq, recs[len(recs)-1].Seq, err)
+			}
+			if _, err := tx.exec(ctx, `DELETE FROM audit_pending WHERE id = ANY($1::bigint[])`, ids); err != nil {
+				return fmt.Errorf("seal audit records: %w", err)
+			}
+			n = len(recs)
+			return nil
+		})
+		total += n
+		if err != nil || n < sealBatch {
+			return total, err
+		}
+	}
 }
 
 func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string, ...any) scanner) (audit.Head, error) {
@@ -91,6 +181,9 @@ func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string,
 // first turned into a range of record numbers — times only grow along the trail — so that every
 // query reads the trail in its own order from a known start.
 func (s *Audit) Find(ctx context.Context, f audit.Filter) ([]audit.Record, int64, error) {
+	if _, err := s.Seal(ctx); err != nil {
+		return nil, 0, err
+	}
 	from, to, err := s.seqWindow(ctx, f)
 	if err != nil {
 		return nil, 0, err
@@ -174,13 +267,21 @@ func (s *Audit) seqWindow(ctx context.Context, f audit.Filter) (from, to int64, 
 }
 
 // Head implements audit.Store.
-func (s *Audit) Head(ctx context.Context) (audit.Head, error) { return s.head(ctx, s.db.queryRow) }
+func (s *Audit) Head(ctx context.Context) (audit.Head, error) {
+	if _, err := s.Seal(ctx); err != nil {
+		return audit.Head{}, err
+	}
+	return s.head(ctx, s.db.queryRow)
+}
 
 // auditPage is how many records Records reads per query, so that no read stays open for long.
 const auditPage = 1000
 
 // Records implements audit.Store.
 func (s *Audit) Records(ctx context.Context, from, to int64, fn func(audit.Record) error) error {
+	if _, err := s.Seal(ctx); err != nil {
+		return err
+	}
 	for {
 		rows, err := s.db.query(ctx, `SELECT `+auditColumns+` FROM audit_events
 			WHERE seq >= $1 AND ($2 = 0 OR seq <= $2) ORDER BY seq LIMIT $3`, from, to, auditPage)

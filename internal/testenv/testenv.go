@@ -256,6 +256,29 @@ func (c *Clock) Add(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
+// HoldTableLock locks table (ACCESS EXCLUSIVE) in a transaction of its own on the database dsn
+// names, as a long migration or a stuck session would: every statement that touches the table waits.
+// It returns what releases the lock; released at cleanup at the latest.
+func HoldTableLock(t testing.TB, dsn, table string) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to test PostgreSQL: %v", err)
+	}
+	if _, err := conn.Exec(ctx, `BEGIN`); err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	if _, err := conn.Exec(ctx, `LOCK TABLE `+pgx.Identifier{table}.Sanitize()+` IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatalf("lock %s: %v", table, err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = conn.Close(context.Background()) }) } // the lock goes with the session
+	t.Cleanup(release)
+	return release
+}
+
 // HoldAdvisoryLock takes a PostgreSQL advisory lock in a session of its own (the test database's),
 // as another replica would, and returns what releases it. Released at cleanup at the latest.
 func HoldAdvisoryLock(t testing.TB, key int64) (release func()) {
