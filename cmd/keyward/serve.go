@@ -17,6 +17,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/cluster"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/inventory"
@@ -138,6 +139,7 @@ type components struct {
 	dispatcher *notify.Dispatcher
 	api        *httpapi.API
 	passes     *passWatch
+	member     *cluster.Member // this replica among those sharing the database
 	inventory  *inventory.Reader
 	reports    *report.Service
 	ui         *web.UI
@@ -171,6 +173,10 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	c.engine = a.newEngine(c.vault, c.db, cloud.Observed(provider, c.metrics.CloudCall), dest)
 	c.inventory, c.reports = a.inventoryReader(c.engine, c.db, provider), a.reports(c.engine, c.db)
 	c.engine.Observe = c.metrics.Rotation
+	c.member = &cluster.Member{Store: c.db.Cluster(), ID: c.engine.Owner, Version: version, Lease: a.cfg.Rotation.Lease.Std(),
+		Log: a.log, HolderGone: rotation.LocalOwnerGone}
+	c.engine.OwnerGone = func(owner string) bool { return rotation.LocalOwnerGone(owner) || c.member.Gone(owner) }
+	c.passes.lastPass = c.member.LastPass
 	if ns := a.cfg.Metrics.CloudWatch.Namespace; ns != "" {
 		awsCfg, err := a.awsConfig(ctx)
 		if err != nil {
@@ -194,6 +200,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
 		return nil, err
 	}
+	c.api.Cluster = c.member.Status
 	c.ui = &web.UI{Auth: c.api.Auth, Access: c.api.Access, Sessions: c.db.UISessions(), Log: a.log, Secure: a.cfg.Server.TLSCertFile != "",
 		Trail: c.api.Trail, Vault: c.vault, Reports: c.reports,
 		TTL: a.cfg.UI.SessionTTL.Std(), Idle: a.cfg.UI.IdleTimeout.Std()}
@@ -227,25 +234,41 @@ func (a *app) run(ctx context.Context, c *components) error {
 			})
 		})()
 	}
-	// Sinks and notifications go from the database on their own schedules: one that is down never
-	// holds a rotation.
-	if c.shipper != nil {
-		defer background(ctx, func(ctx context.Context) { c.shipper.Run(ctx, a.cfg.Audit.ShipInterval.Std()) })()
-	}
+	// Notifications go from the database on their own schedule, from every replica (each claims its
+	// own rows): one that is down never holds a rotation.
 	defer background(ctx, func(ctx context.Context) { c.dispatcher.Run(ctx, a.cfg.Notify.Interval.Std()) })()
-	// What only grows is purged past the retention horizon, at start and every interval.
-	defer background(ctx, func(ctx context.Context) { every(ctx, a.cfg.Retention.Interval.Std(), func() { a.retain(ctx, c.db) }) })()
-	// The inventory is read again, and the day's compliance summary stored, every reports.interval.
-	if i := a.cfg.Reports.Interval.Std(); i > 0 {
-		defer background(ctx, func(ctx context.Context) { every(ctx, i, func() { a.refreshReports(ctx, c) }) })()
-	}
-	// Passes run until shutdown; a pass cut short resumes from its records at the next start.
+	// One replica at a time leads the rest (see lead); a pass cut short resumes from its records at
+	// the next start, or on the next leader.
 	defer background(context.WithoutCancel(ctx), func(ctx context.Context) {
-		c.engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency}, c.afterPass)
+		c.member.Run(ctx, func(ctx context.Context, fence int64) { a.lead(ctx, c, fence) })
 	})()
 	// Rotations asked for through the API, stopped and waited for before the database closes.
 	defer c.engine.OnDemand.Stop()
 	return a.listen(ctx, a.listeners(c))
+}
+
+// lead runs what one replica at a time runs, until ctx ends (shutdown, or the leadership lost):
+// the rotation schedule, the audit trail's sinks (so that each gets each record once), the retention
+// purge and the inventory refresh. Each finished pass is recorded with the term's fence.
+func (a *app) lead(ctx context.Context, c *components, fence int64) {
+	var wg sync.WaitGroup
+	if c.shipper != nil {
+		wg.Go(func() { c.shipper.Run(ctx, a.cfg.Audit.ShipInterval.Std()) })
+	}
+	// What only grows is purged past the retention horizon, at start and every interval.
+	wg.Go(func() { every(ctx, a.cfg.Retention.Interval.Std(), func() { a.retain(ctx, c.db) }) })
+	// The inventory is read again, and the day's compliance summary stored, every reports.interval.
+	if i := a.cfg.Reports.Interval.Std(); i > 0 {
+		wg.Go(func() { every(ctx, i, func() { a.refreshReports(ctx, c) }) })
+	}
+	wg.Go(func() {
+		c.engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency},
+			func(rep rotation.Report, err error) {
+				c.member.PassFinished(context.WithoutCancel(ctx), fence, time.Now())
+				c.afterPass(rep, err)
+			})
+	})
+	wg.Wait()
 }
 
 // afterPass is told of every finished pass: readiness, the metric, and the demo's table.
@@ -488,10 +511,12 @@ func serveMetrics(v *vault.Vault, db *store.DB, provider cloud.Provider) *metric
 }
 
 // passWatch tells readiness whether rotation passes are happening: not ready once no pass has
-// finished for three intervals (counted from the start until the first one finishes), nor while
-// the last pass could not list the cloud's users.
+// finished for three intervals (counted from the start until the first one finishes) on this
+// replica or, when several share the database, on whichever leads; nor while this replica's last
+// pass could not list the cloud's users.
 type passWatch struct {
 	interval time.Duration
+	lastPass func(context.Context) (time.Time, error) // the cluster's last pass (nil: this replica's only)
 	mu       sync.Mutex
 	since    time.Time // the last pass's end, or the start
 	unlisted []string  // what the last pass could not list
@@ -503,10 +528,20 @@ func (p *passWatch) finished(at time.Time, unlisted []string) {
 	p.since, p.unlisted = at, unlisted
 }
 
-func (p *passWatch) check(context.Context) error {
+func (p *passWatch) check(ctx context.Context) error {
+	var last time.Time
+	if p.lastPass != nil {
+		var err error
+		if last, err = p.lastPass(ctx); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if late := time.Since(p.since); late > 3*p.interval {
+	if p.since.After(last) {
+		last = p.since
+	}
+	if late := time.Since(last); late > 3*p.interval {
 		return &httpapi.NotReady{Reason: "pass_overdue",
 			Err: fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)}
 	}

@@ -438,6 +438,7 @@ type Rotation struct {
 	DeleteForeignInactiveAfter Duration `yaml:"delete_foreign_inactive_after"`
 	LeakDeleteAfter            Duration `yaml:"leak_delete_after"`
 	Concurrency                int      `yaml:"concurrency"`
+	Lease                      Duration `yaml:"lease"`
 	Rules                      []Rule   `yaml:"rules"`
 }
 
@@ -470,6 +471,7 @@ func Default() Config {
 		Rotation: Rotation{
 			RotateAfter: Duration(90 * day), DeactivateAfter: Duration(10 * day), DeleteAfter: Duration(10 * day),
 			Interval: Duration(10 * time.Minute), VerifyTimeout: Duration(60 * time.Second), VerifyInterval: Duration(time.Second),
+			Lease:       Duration(30 * time.Second),
 			QuietPeriod: Duration(day), LeakDeleteAfter: Duration(time.Hour),
 			Concurrency: 32,
 		},
@@ -649,6 +651,9 @@ func (r Rotation) validate(report func(key, format string, args ...any)) {
 	}
 	if r.Concurrency < 1 || r.Concurrency > 64 {
 		report("rotation.concurrency", "want 1 to 64 (got %d)", r.Concurrency)
+	}
+	if r.Lease.Std() < time.Second || r.Lease.Std() > 5*time.Minute {
+		report("rotation.lease", "want 1s to 5m (got %s)", r.Lease)
 	}
 	for i, rule := range r.Rules {
 		key := fmt.Sprintf("rotation.rules[%d]", i)

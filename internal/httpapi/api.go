@@ -17,6 +17,7 @@ import (
 	"github.com/keyward/keyward/internal/access"
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/cluster"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/report"
@@ -43,6 +44,8 @@ type API struct {
 	Version string
 	// Targets, when set, lists every identity's delivery targets for /v1/status.
 	Targets func(ctx context.Context) ([]rotation.IdentityTargets, error)
+	// Cluster, when set, says which replica leads the scheduler and when the last pass finished.
+	Cluster func(ctx context.Context) (cluster.Status, error)
 	// Inventory is the stored inventory (GET /v1/inventory); Reports the compliance report.
 	Inventory inventory.Store
 	Reports   *report.Service
@@ -568,6 +571,13 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ *auth.Principal) 
 			targets = []rotation.IdentityTargets{}
 		}
 		doc["delivery"] = map[string]any{"identities": targets, "stale_targets": stale}
+	}
+	if a.Cluster != nil {
+		st, err := a.Cluster(r.Context())
+		if err != nil {
+			return err
+		}
+		doc["cluster"] = st
 	}
 	return writeJSONStatus(w, http.StatusOK, doc)
 }

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/testenv"
+)
+
+// TestThreeReplicas runs three `keyward serve` on one PostgreSQL against moto, with 200 users due and
+// the API under load on every replica, and SIGKILLs the scheduler's leader in the middle of its pass.
+// Another replica leads within the lease; every user ends with exactly one current key that works,
+// rotated once; no notice is delivered twice (beyond one in flight on the killed replica); the audit
+// trail verifies; and the surviving replicas answered every request.
+func TestThreeReplicas(t *testing.T) {
+	const users, lease = 200, 2 * time.Second
+	dsn := testenv.PostgresDSN(t)
+	var (
+		mu       sync.Mutex
+		received = map[string][]time.Time{} // delivery id → when received
+	)
+	hook := newHookServer(t, func(r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		id := r.Header.Get("X-Keyward-Delivery")
+		received[id] = append(received[id], time.Now())
+	})
+	w := newMotoWorld(t, "KEYWARD_VAULT_DRIVER=postgres", "KEYWARD_VAULT_DSN="+dsn,
+		fmt.Sprintf("KEYWARD_ROTATION_LEASE=%s", lease), "KEYWARD_ROTATION_CONCURRENCY=4", "KEYWARD_ROTATION_INTERVAL=1h",
+		"KEYWARD_ROTATION_ROTATE_AFTER=90d", "KEYWARD_NOTIFY_INTERVAL=200ms",
+		"KEYWARD_SERVER_RATE_LIMIT_PER_IP=0", "KEYWARD_SERVER_RATE_LIMIT_PER_PRINCIPAL=0",
+		fmt.Sprintf(`KEYWARD_NOTIFY_WEBHOOKS=[{url: "%s/hook", secret: "hook-secret-for-the-test", events: ["key.rotated"]}]`, hook))
+	names := make([]string, users)
+	for i := range names {
+		names[i] = fmt.Sprintf("u%03d", i)
+	}
+	pre := w.addUsers(t, names...)
+	// Every key adopted, then made 100 days old: all 200 are due, and a key made today is not.
+	w.env.must(t, 0, "", "rotate", "--once")
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE credential_versions SET created_at = created_at - $1`, (100 * 24 * time.Hour).Microseconds()); err != nil {
+		t.Fatal(err)
+	}
+	w.env.must(t, 0, "", "team", "add", "payments", "--iam-user", "u007", "--account", "123456789012")
+	var key, member struct{ Key string } // an admin's for /v1/status, a team member's for the load
+	if err := json.Unmarshal([]byte(w.env.must(t, 0, "", "apikey", "create", "--name", "ops", "--role", "admin", "-o", "json").stdout), &key); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(w.env.must(t, 0, "", "apikey", "create", "--name", "load", "--role", "member", "--team", "payments",
+		"-o", "json").stdout), &member); err != nil {
+		t.Fatal(err)
+	}
+
+	replicas := make([]*serveProcess, 3)
+	for i := range replicas {
+		replicas[i] = startServe(t, w.env.with("KEYWARD_CLOUD=aws"))
+	}
+	leaderOf := func(p *serveProcess) string { // the replica id (host/pid/nonce) a replica's status names as leader
+		code, body := httpGet(t, "http://"+p.addr+"/v1/status", "X-API-Key", key.Key)
+		var st struct {
+			Cluster struct {
+				Leader *struct{ Replica string }
+			}
+		}
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil {
+			t.Fatalf("/v1/status = %d %s", code, body)
+		}
+		if st.Cluster.Leader == nil {
+			return ""
+		}
+		return st.Cluster.Leader.Replica
+	}
+	var leaderID string
+	for deadline := time.Now().Add(30 * time.Second); leaderID == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		leaderID = leaderOf(replicas[1])
+	}
+	var leader *serveProcess
+	for _, p := range replicas {
+		if strings.Contains(leaderID, fmt.Sprintf("/%d/", p.cmd.Process.Pid)) {
+			leader = p
+		}
+	}
+	if leader == nil {
+		t.Fatalf("no replica leads (status says %q)", leaderID)
+	}
+
+	// The API under load on every replica, until the end.
+	var (
+		killed            atomic.Pointer[serveProcess]
+		requests, failed  atomic.Int64
+		failures          []string
+		stopLoad          = make(chan struct{})
+		loadWG            sync.WaitGroup
+		client            = &http.Client{Timeout: 10 * time.Second}
+		failuresMu        sync.Mutex
+		killedDuringCalls atomic.Int64
+	)
+	for _, p := range replicas {
+		for range 2 {
+			loadWG.Go(func() {
+				for {
+					select {
+					case <-stopLoad:
+						return
+					default:
+					}
+					if killed.Load() == p {
+						return
+					}
+					req, _ := http.NewRequest("GET", "http://"+p.addr+"/v1/teams/payments/credentials", nil)
+					req.Header.Set("X-API-Key", member.Key)
+					resp, err := client.Do(req)
+					requests.Add(1)
+					status := 0
+					if err == nil {
+						status = resp.StatusCode
+						resp.Body.Close()
+					}
+					if status != http.StatusOK {
+						if killed.Load() == p {
+							killedDuringCalls.Add(1) // in flight on the replica killed under it
+							return
+						}
+						failed.Add(1)
+						failuresMu.Lock()
+						failures = append(failures, fmt.Sprintf("%d %v", status, err))
+						failuresMu.Unlock()
+					}
+				}
+			})
+		}
+	}
+
+	// SIGKILL the leader once its pass is well under way.
+	rotatedSoFar := func() int {
+		var n int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM rotations WHERE outcome = 'rotated'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(60 * time.Second); rotatedSoFar() < 40; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the leader's pass did not get going:\n%s", leader.logs.String())
+		}
+	}
+	killed.Store(leader)
+	killedAt := time.Now()
+	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	atKill := rotatedSoFar()
+	if atKill >= users {
+		t.Fatalf("the pass was over (%d rotated) before the kill", atKill)
+	}
+	var survivor *serveProcess
+	for _, p := range replicas {
+		if p != leader {
+			survivor = p
+		}
+	}
+	var next string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if next = leaderOf(survivor); next != "" && next != leaderID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no replica took the lead over")
+		}
+	}
+	tookOver := time.Since(killedAt)
+	if tookOver > lease+lease/2 {
+		t.Fatalf("the new leader took over %s after the kill, with a lease of %s", tookOver, lease)
+	}
+	for deadline := time.Now().Add(120 * time.Second); rotatedSoFar() < users; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d rotated two minutes after the kill", rotatedSoFar(), users)
+		}
+	}
+	// Notices of the last rotations go out within a few notify intervals.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var pending int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM notification_outbox WHERE state = 'pending'`).Scan(&pending); err != nil {
+			t.Fatal(err)
+		}
+		if pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d notices still pending", pending)
+		}
+	}
+	close(stopLoad)
+	loadWG.Wait()
+
+	// Each user rotated once, for its one due date.
+	var twice int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM (SELECT user_name FROM rotations WHERE outcome = 'rotated'
+		GROUP BY user_name HAVING COUNT(*) > 1) AS t`).Scan(&twice); err != nil {
+		t.Fatal(err)
+	}
+	if twice > 0 {
+		t.Fatalf("%d users were rotated more than once", twice)
+	}
+	if rotated := w.checkAfterRecovery(t, pre); rotated != users {
+		t.Fatalf("%d users hold a rotated key, want %d", rotated, users)
+	}
+	// Every notice delivered, none twice but one the killed replica had in flight.
+	mu.Lock()
+	var dupes []string
+	for id, at := range received {
+		if len(at) > 1 && (at[0].Before(killedAt.Add(-time.Second)) || at[0].After(killedAt)) {
+			dupes = append(dupes, id)
+		}
+	}
+	notices := len(received)
+	mu.Unlock()
+	if notices != users || len(dupes) > 0 {
+		t.Fatalf("%d notices received for %d rotations; delivered twice: %v", notices, users, dupes)
+	}
+	w.env.must(t, 0, "", "audit", "verify")
+	failuresMu.Lock()
+	defer failuresMu.Unlock()
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d requests to live replicas failed: %v", failed.Load(), requests.Load(), failures[:min(5, len(failures))])
+	}
+	if requests.Load() < 100 {
+		t.Fatalf("only %d requests made: the load did not run", requests.Load())
+	}
+	leaderName := regexp.MustCompile(`/\d+/`).FindString(next)
+	t.Logf("%d requests, %d cut by the kill; %d of %d rotated at the kill; replica %s led %s after it", requests.Load(),
+		killedDuringCalls.Load(), atKill, users, leaderName, tookOver.Round(time.Millisecond))
+}
+
+// newHookServer serves webhooks on loopback, calling got for each, and returns its URL.
+func newHookServer(t *testing.T, got func(*http.Request)) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got(r) }))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
