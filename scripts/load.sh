@@ -82,6 +82,8 @@ fi
 echo "keyward serve's CPU: $(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f s", ($14 + $15) / hz}' "/proc/$pid/stat")"
 reads=$(kw audit export -o jsonl 2>/dev/null | grep -c '"action":"key.read"' || true)
 echo "audit trail: $reads key.read records"
+kw audit verify >/dev/null || { echo "load.sh: the audit trail does not verify" >&2; exit 1; }
+echo "audit trail verifies"
 if grep -qE "Non-2xx or 3xx responses|Socket errors" "$work/wrk.out"; then
   echo "load.sh: some requests failed" >&2
   exit 1
