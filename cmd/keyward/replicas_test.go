@@ -25,43 +25,16 @@ import (
 func TestThreeReplicas(t *testing.T) {
 	const users, lease = 200, 2 * time.Second
 	dsn := testenv.PostgresDSN(t)
-	var (
-		mu       sync.Mutex
-		received = map[string][]time.Time{} // delivery id → when received
-	)
-	hook := newHookServer(t, func(r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		id := r.Header.Get("X-Keyward-Delivery")
-		received[id] = append(received[id], time.Now())
-	})
+	hooks, hook := newHookLog(t)
 	w := newMotoWorld(t, "KEYWARD_VAULT_DRIVER=postgres", "KEYWARD_VAULT_DSN="+dsn,
 		fmt.Sprintf("KEYWARD_ROTATION_LEASE=%s", lease), "KEYWARD_ROTATION_CONCURRENCY=4", "KEYWARD_ROTATION_INTERVAL=1h",
 		"KEYWARD_ROTATION_ROTATE_AFTER=90d", "KEYWARD_NOTIFY_INTERVAL=200ms",
 		"KEYWARD_SERVER_RATE_LIMIT_PER_IP=0", "KEYWARD_SERVER_RATE_LIMIT_PER_PRINCIPAL=0",
 		fmt.Sprintf(`KEYWARD_NOTIFY_WEBHOOKS=[{url: "%s/hook", secret: "hook-secret-for-the-test", events: ["key.rotated"]}]`, hook))
-	names := make([]string, users)
-	for i := range names {
-		names[i] = fmt.Sprintf("u%03d", i)
-	}
-	pre := w.addUsers(t, names...)
-	// Every key adopted, then made 100 days old: all 200 are due, and a key made today is not.
-	w.env.must(t, 0, "", "rotate", "--once")
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`UPDATE credential_versions SET created_at = created_at - $1`, (100 * 24 * time.Hour).Microseconds()); err != nil {
-		t.Fatal(err)
-	}
-	w.env.must(t, 0, "", "team", "add", "payments", "--iam-user", "u007", "--account", "123456789012")
-	var key, member struct{ Key string } // an admin's for /v1/status, a team member's for the load
+	db, pre := w.dueUsers(t, dsn, users)
+	member := w.loadTeam(t)
+	var key struct{ Key string } // an admin's, for /v1/status
 	if err := json.Unmarshal([]byte(w.env.must(t, 0, "", "apikey", "create", "--name", "ops", "--role", "admin", "-o", "json").stdout), &key); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal([]byte(w.env.must(t, 0, "", "apikey", "create", "--name", "load", "--role", "member", "--team", "payments",
-		"-o", "json").stdout), &member); err != nil {
 		t.Fatal(err)
 	}
 
@@ -122,7 +95,7 @@ func TestThreeReplicas(t *testing.T) {
 						return
 					}
 					req, _ := http.NewRequest("GET", "http://"+p.addr+"/v1/teams/payments/credentials", nil)
-					req.Header.Set("X-API-Key", member.Key)
+					req.Header.Set("X-API-Key", member)
 					resp, err := client.Do(req)
 					requests.Add(1)
 					status := 0
@@ -146,13 +119,7 @@ func TestThreeReplicas(t *testing.T) {
 	}
 
 	// SIGKILL the leader once its pass is well under way.
-	rotatedSoFar := func() int {
-		var n int
-		if err := db.QueryRow(`SELECT COUNT(*) FROM rotations WHERE outcome = 'rotated'`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	rotatedSoFar := func() int { return rotated(db) }
 	for deadline := time.Now().Add(60 * time.Second); rotatedSoFar() < 40; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the leader's pass did not get going:\n%s", leader.logs.String())
@@ -207,31 +174,8 @@ func TestThreeReplicas(t *testing.T) {
 	close(stopLoad)
 	loadWG.Wait()
 
-	// Each user rotated once, for its one due date.
-	var twice int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM (SELECT user_name FROM rotations WHERE outcome = 'rotated'
-		GROUP BY user_name HAVING COUNT(*) > 1) AS t`).Scan(&twice); err != nil {
-		t.Fatal(err)
-	}
-	if twice > 0 {
-		t.Fatalf("%d users were rotated more than once", twice)
-	}
-	if rotated := w.checkAfterRecovery(t, pre); rotated != users {
-		t.Fatalf("%d users hold a rotated key, want %d", rotated, users)
-	}
-	// Every notice delivered, none twice but one the killed replica had in flight.
-	mu.Lock()
-	var dupes []string
-	for id, at := range received {
-		if len(at) > 1 && (at[0].Before(killedAt.Add(-time.Second)) || at[0].After(killedAt)) {
-			dupes = append(dupes, id)
-		}
-	}
-	notices := len(received)
-	mu.Unlock()
-	if notices != users || len(dupes) > 0 {
-		t.Fatalf("%d notices received for %d rotations; delivered twice: %v", notices, users, dupes)
-	}
+	w.checkRotatedOnce(t, db, pre, users)
+	hooks.checkOnce(t, users, killedAt.Add(-time.Second), killedAt) // but one the killed replica had in flight
 	w.env.must(t, 0, "", "audit", "verify")
 	failuresMu.Lock()
 	defer failuresMu.Unlock()
@@ -246,10 +190,98 @@ func TestThreeReplicas(t *testing.T) {
 		killedDuringCalls.Load(), atKill, users, leaderName, tookOver.Round(time.Millisecond))
 }
 
-// newHookServer serves webhooks on loopback, calling got for each, and returns its URL.
-func newHookServer(t *testing.T, got func(*http.Request)) string {
+// dueUsers makes n users in moto (u000, u001…) with a key each, has Keyward adopt the keys into the
+// vault at dsn, then makes them 100 days old: all n are due under rotate_after 90d, and a key made
+// today is not. It returns the database, opened beside Keyward, and each user's key.
+func (w *motoWorld) dueUsers(t *testing.T, dsn string, n int) (*sql.DB, map[string]string) {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got(r) }))
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("u%03d", i)
+	}
+	pre := w.addUsers(t, names...)
+	w.env.must(t, 0, "", "rotate", "--once")
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Exec(`UPDATE credential_versions SET created_at = created_at - $1`, (100 * 24 * time.Hour).Microseconds()); err != nil {
+		t.Fatal(err)
+	}
+	return db, pre
+}
+
+// loadTeam makes team payments for u007 and rotates u007 at once, so that Keyward holds the secret
+// its readers get (an adopted key's it does not), and returns a member's API key for the team.
+func (w *motoWorld) loadTeam(t *testing.T) string {
+	t.Helper()
+	w.env.must(t, 0, "", "team", "add", "payments", "--iam-user", "u007", "--account", "123456789012")
+	w.env.must(t, 0, "", "rotate", "--once", "--user", "u007", "--force")
+	var member struct{ Key string }
+	if err := json.Unmarshal([]byte(w.env.must(t, 0, "", "apikey", "create", "--name", "load", "--role", "member", "--team", "payments",
+		"-o", "json").stdout), &member); err != nil {
+		t.Fatal(err)
+	}
+	return member.Key
+}
+
+// rotated counts the rotations finished with a new key, or -1 while the database does not answer.
+func rotated(db *sql.DB) int {
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM rotations WHERE outcome = 'rotated'`).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// hookLog records the webhooks Keyward sends, by delivery id.
+type hookLog struct {
+	mu       sync.Mutex
+	received map[string][]time.Time // delivery id → when received
+}
+
+// newHookLog serves webhooks on loopback and returns their log and URL.
+func newHookLog(t *testing.T) (*hookLog, string) {
+	t.Helper()
+	h := &hookLog{received: map[string][]time.Time{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		id := r.Header.Get("X-Keyward-Delivery")
+		h.received[id] = append(h.received[id], time.Now())
+	}))
 	t.Cleanup(srv.Close)
-	return srv.URL
+	return h, srv.URL
+}
+
+// checkOnce asserts that want notices arrived, none twice unless first sent within [from, to] (in
+// flight when a fault struck: delivery is at least once, receivers drop a delivery id they have).
+func (h *hookLog) checkOnce(t *testing.T, want int, from, to time.Time) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var dupes []string
+	for id, at := range h.received {
+		if len(at) > 1 && (at[0].Before(from) || at[0].After(to)) {
+			dupes = append(dupes, id)
+		}
+	}
+	if len(h.received) != want || len(dupes) > 0 {
+		t.Fatalf("%d notices received, want %d; delivered twice: %v", len(h.received), want, dupes)
+	}
+}
+
+// checkRotatedOnce asserts that each of the users was rotated exactly once (one due date each), and
+// holds one current key that works (checkAfterRecovery).
+func (w *motoWorld) checkRotatedOnce(t *testing.T, db *sql.DB, pre map[string]string, users int) {
+	t.Helper()
+	var twice int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM (SELECT user_name FROM rotations WHERE outcome = 'rotated'
+		GROUP BY user_name HAVING COUNT(*) > 1) AS t`).Scan(&twice); err != nil || twice > 0 {
+		t.Fatalf("%d users were rotated more than once (%v)", twice, err)
+	}
+	if n := w.checkAfterRecovery(t, pre); n != users {
+		t.Fatalf("%d users hold a rotated key, want %d", n, users)
+	}
 }

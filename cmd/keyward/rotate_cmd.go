@@ -63,7 +63,7 @@ func (a *app) newEngine(v *vault.Vault, db *store.DB, provider cloud.Provider, d
 		Audit: a.trail(db), NoticeLead: a.cfg.Notify.LeadTime.Std(),
 		OnDemand: rotation.NewOnDemand(a.cfg.Rotation.Concurrency, onDemandDeadline),
 		Delivery: &rotation.Delivery{Router: a.deliveryRouter(db), To: dest, Records: db.Deliveries(), Timeout: a.cfg.Delivery.Timeout.Std()},
-		Leaks:    db.Leaks(),
+		Leaks:    db.Leaks(), Transient: store.Unavailable,
 	})
 	if n := a.notifier(db); n != nil { // a nil *Notifier in the interface would not be nil
 		e.Notifier = n

@@ -197,6 +197,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	if err != nil {
 		return nil, err
 	}
+	c.dispatcher.Gone = c.member.GoneReplicas
 	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +23,8 @@ import (
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/keyward/keyward/internal/testenv"
 )
 
 var soakRotations = flag.Int("soak", 0, "TestContinuitySoak: rotations to watch, with 5 crashes (0: a short run of 4 rotations and 2 crashes, as in CI)")
@@ -76,7 +77,7 @@ func TestContinuitySoak(t *testing.T) {
 		rotations, crashes = *soakRotations, 5
 	}
 	ctx := context.Background()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	w := newMotoWorld(t, "KEYWARD_CLOUD=aws", `KEYWARD_AWS_ACCOUNTS=[{id: "123456789012"}]`,
 		"KEYWARD_SERVER_LISTEN=127.0.0.1:"+strconv.Itoa(port),
 		"KEYWARD_ROTATION_ROTATE_AFTER=3s", "KEYWARD_ROTATION_DEACTIVATE_AFTER=1s", "KEYWARD_ROTATION_DELETE_AFTER=1s",
@@ -493,14 +494,4 @@ func (s *soak) promotions() map[string]time.Time {
 		}
 	}
 	return out
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -203,6 +203,19 @@ func (m *Member) Gone(owner string) bool {
 	return ok && m.now().Sub(seen) > m.Lease
 }
 
+// GoneReplicas names the replicas last seen more than a lease ago (as of the last heartbeat).
+func (m *Member) GoneReplicas() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var gone []string
+	for id, seen := range m.seen {
+		if m.now().Sub(seen) > m.Lease {
+			gone = append(gone, id)
+		}
+	}
+	return gone
+}
+
 // Alive says whether a replica seen at seen counts as alive now, for status pages.
 func (m *Member) Alive(seen time.Time) bool { return m.now().Sub(seen) <= m.Lease }
 

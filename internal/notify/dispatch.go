@@ -11,10 +11,13 @@ import (
 // Dispatcher delivers what the outbox holds, retrying with exponential backoff (30 s doubling, at
 // most an hour) up to MaxAttempts, after which a delivery is dead and logged.
 type Dispatcher struct {
-	Outbox      Outbox
-	Channels    map[string]Channel
-	Templates   *Templates
-	Owner       string // this process, for claims
+	Outbox    Outbox
+	Channels  map[string]Channel
+	Templates *Templates
+	Owner     string // this process, for claims
+	// Gone, when set, names the processes known to be gone (replicas not seen for a lease): their
+	// claims are taken over at once instead of when they run out.
+	Gone        func() []string
 	Log         *slog.Logger
 	Now         func() time.Time
 	Observe     func(channel, outcome string) // metrics: outcome sent, retry or dead
@@ -45,7 +48,14 @@ func (d *Dispatcher) DeliverDue(ctx context.Context) (int, error) {
 	sent := 0
 	for {
 		now := d.now()
-		batch, err := d.Outbox.Claim(ctx, d.Owner, now, now.Add(claimLease), claimBatch)
+		// Rounds run one at a time, and a round settles every delivery it claimed before it claims
+		// more: a claim of this owner's found now is one whose outcome could not be written (the
+		// database went away mid-round), taken again rather than left until it runs out.
+		takeFrom := []string{d.Owner}
+		if d.Gone != nil {
+			takeFrom = append(takeFrom, d.Gone()...)
+		}
+		batch, err := d.Outbox.Claim(ctx, d.Owner, now, now.Add(claimLease), claimBatch, takeFrom...)
 		if err != nil || len(batch) == 0 {
 			return sent, err
 		}

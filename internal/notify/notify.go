@@ -156,8 +156,9 @@ func deliveryID(noticeID, channel, destination string) string {
 type Outbox interface {
 	// Enqueue stores deliveries in the unit of work ctx carries; one already queued is left alone.
 	Enqueue(ctx context.Context, ds []Delivery, at time.Time) error
-	// Claim takes up to n deliveries that are due, for owner until leaseUntil.
-	Claim(ctx context.Context, owner string, now, leaseUntil time.Time, n int) ([]Delivery, error)
+	// Claim takes up to n deliveries that are due, for owner until leaseUntil: unclaimed ones, those
+	// whose claim ran out, and those claimed by takeFrom (processes known to be gone).
+	Claim(ctx context.Context, owner string, now, leaseUntil time.Time, n int, takeFrom ...string) ([]Delivery, error)
 	// Sent records a delivery as done.
 	Sent(ctx context.Context, id string, at time.Time) error
 	// Retry records a failed attempt: the delivery is due again at next, or dead when next is zero.

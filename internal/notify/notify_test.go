@@ -461,5 +461,13 @@ func TestTeamRoutes(t *testing.T) {
 			ds[0].Notice.Team != "deploy" {
 			t.Fatalf("deliveries: %+v", ds)
 		}
+		// Claimed by "test" for two hours: another process gets it only when "test" is known gone.
+		at := time.Now().Add(90 * time.Minute)
+		if again, err := db.Outbox().Claim(ctx, "other", at, at.Add(time.Hour), 10, "someone-gone"); err != nil || len(again) != 0 {
+			t.Fatalf("a live claim was taken: %+v %v", again, err)
+		}
+		if again, err := db.Outbox().Claim(ctx, "other", at, at.Add(time.Hour), 10, "someone-gone", "test"); err != nil || len(again) != 1 {
+			t.Fatalf("the claim of a process gone was not taken over: %+v %v", again, err)
+		}
 	})
 }

@@ -66,6 +66,9 @@ type Result struct {
 	Outcome  Outcome        `json:"outcome"`
 	Reason   string         `json:"reason,omitempty"`
 	Actions  []Action       `json:"actions,omitempty"`
+	// Interrupted: the visit failed on an error that passes (Engine.Transient: the database away),
+	// not on the user's own trouble; the scheduler comes back soon instead of an interval later.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 func (r *Result) did(kind ActionKind, keyID string) {
@@ -113,6 +116,12 @@ type Engine struct {
 	OwnerGone func(owner string) bool
 	// VerifyInterval is the pause between verification calls, doubled after each refusal (default 1 s).
 	VerifyInterval time.Duration
+	// Transient, when set, says whether an error that failed a visit passes by itself (the database
+	// unavailable or too slow): such a visit is Interrupted, and its pass is tried again soon.
+	Transient func(error) bool
+	// PassRetry is the wait after a pass cut short by an error or unable to list an account, doubled
+	// per such pass in a row up to the schedule's interval (default 5 s).
+	PassRetry time.Duration
 	// RetryBackoff is the wait after a failed rotation, doubled per consecutive failure (default 10 minutes, at most 24 h).
 	RetryBackoff time.Duration
 	// Delivery, when set, puts every new key into its identity's targets before it is promoted.
@@ -153,6 +162,9 @@ func New(e Engine) *Engine {
 	}
 	if e.VerifyInterval == 0 {
 		e.VerifyInterval = time.Second
+	}
+	if e.PassRetry == 0 {
+		e.PassRetry = 5 * time.Second
 	}
 	if e.RetryBackoff == 0 {
 		e.RetryBackoff = 10 * time.Minute

@@ -40,6 +40,8 @@ type Report struct {
 	Summary Summary  `json:"summary"`
 	Users   []Result `json:"users"`
 	Errors  []string `json:"errors,omitempty"` // accounts that could not be listed
+	// Interrupted counts the visits that failed on an error that passes (see Result.Interrupted).
+	Interrupted int `json:"interrupted,omitempty"`
 }
 
 // Add counts one outcome.
@@ -158,6 +160,9 @@ func (p *pass) start(ctx context.Context, u cloud.User) error {
 		if err == nil {
 			p.rep.Users = append(p.rep.Users, res)
 			p.rep.Summary.Add(res.Outcome)
+			if res.Interrupted {
+				p.rep.Interrupted++
+			}
 		}
 		p.done++
 		if p.opts.Progress != nil {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"math/rand/v2"
 	"time"
+
+	"github.com/keyward/keyward/internal/backoff"
 )
 
 // Schedule runs a pass, waits Interval (±10% jitter, so that replicas and accounts do not fall into
 // step), and again, until ctx ends. One pass at a time; each is bounded by opts.Concurrency. A pass
 // cut short by ctx is abandoned safely: its rotations resume from their records at the next start.
 func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts PassOptions, after func(Report, error)) {
+	failures := 0 // passes in a row cut short, unable to list, or with visits interrupted (the database away)
 	for {
 		start := e.now()
 		rep, err := e.Pass(ctx, opts)
@@ -30,6 +33,14 @@ func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts Pass
 			after(rep, err)
 		}
 		wait := time.Duration(float64(interval) * (0.9 + 0.2*rand.Float64()))
+		// A pass that could not finish is tried again soon, and less soon each time it fails again,
+		// rather than an interval later: the database or the cloud coming back resumes it.
+		if (err != nil && !errors.Is(err, context.Canceled)) || len(rep.Errors) > 0 || rep.Interrupted > 0 {
+			failures++
+			wait = min(wait, backoff.Exponential(e.PassRetry, interval, failures))
+		} else {
+			failures = 0
+		}
 		if err := e.Sleep(ctx, wait); err != nil {
 			return
 		}

@@ -42,8 +42,7 @@ func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Re
 	v := e.newVisit(u, opts)
 	pol, exempt, err := v.e.policyFor(ctx, u)
 	if err != nil {
-		v.res.Outcome, v.res.Reason = Failed, err.Error()
-		return v.res, nil
+		return v.result(err)
 	}
 	if exempt {
 		v.res.Outcome = Exempt
@@ -118,6 +117,7 @@ func (v *visit) result(err error) (Result, error) {
 		return v.res, err
 	}
 	v.res.Outcome, v.res.Reason = Failed, err.Error()
+	v.res.Interrupted = v.e.Transient != nil && v.e.Transient(err)
 	return v.res, nil
 }
 

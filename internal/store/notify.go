@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/keyward/keyward/internal/notify"
@@ -37,12 +38,22 @@ func (s *Outbox) Enqueue(ctx context.Context, ds []notify.Delivery, at time.Time
 }
 
 // Claim implements notify.Outbox.
-func (s *Outbox) Claim(ctx context.Context, owner string, now, leaseUntil time.Time, n int) ([]notify.Delivery, error) {
+func (s *Outbox) Claim(ctx context.Context, owner string, now, leaseUntil time.Time, n int, takeFrom ...string) ([]notify.Delivery, error) {
 	var out []notify.Delivery
 	err := s.db.inTx(ctx, func(tx *Tx) error {
+		args := []any{micros(now), n}
+		free := "claimed_until IS NULL OR claimed_until < $1"
+		if len(takeFrom) > 0 {
+			marks := make([]string, len(takeFrom))
+			for i, o := range takeFrom {
+				args = append(args, o)
+				marks[i] = fmt.Sprintf("$%d", len(args))
+			}
+			free += " OR claimed_by IN (" + strings.Join(marks, ", ") + ")"
+		}
 		rows, err := tx.query(ctx, `SELECT id, channel, destination, notice, attempts, created_at FROM notification_outbox
-			WHERE state = 'pending' AND next_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1)
-			ORDER BY next_at LIMIT $2`+s.skipLocked(), micros(now), n)
+			WHERE state = 'pending' AND next_at <= $1 AND (`+free+`)
+			ORDER BY next_at LIMIT $2`+s.skipLocked(), args...)
 		out, err = collect(rows, err, func(rows scanner) (notify.Delivery, error) {
 			var d notify.Delivery
 			var notice string
