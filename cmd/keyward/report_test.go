@@ -135,10 +135,14 @@ func TestInventoryReportRemediateAgainstMoto(t *testing.T) {
 	})
 }
 
-// stsAssume is a credentials provider that assumes a role with the admin's credentials.
-func stsAssume(admin aws.Config, roleARN string) aws.CredentialsProviderFunc {
+// stsAssume is a credentials provider that assumes a role with cfg's credentials (and an external id).
+func stsAssume(cfg aws.Config, roleARN string, externalID ...string) aws.CredentialsProviderFunc {
 	return func(ctx context.Context) (aws.Credentials, error) {
-		out, err := sts.NewFromConfig(admin).AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String(roleARN), RoleSessionName: aws.String("test")})
+		in := &sts.AssumeRoleInput{RoleArn: aws.String(roleARN), RoleSessionName: aws.String("test")}
+		if len(externalID) > 0 {
+			in.ExternalId = aws.String(externalID[0])
+		}
+		out, err := sts.NewFromConfig(cfg).AssumeRole(ctx, in)
 		if err != nil {
 			return aws.Credentials{}, err
 		}

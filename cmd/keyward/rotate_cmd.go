@@ -45,7 +45,8 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := awsiam.Options{OrganizationRoleName: a.cfg.AWS.Organization.RoleName, MaxRPS: a.cfg.AWS.MaxRPS, Logger: a.log}
+	opts := awsiam.Options{OrganizationRoleName: a.cfg.AWS.Organization.RoleName,
+		OrganizationExternalID: a.cfg.AWS.Organization.ExternalID, MaxRPS: a.cfg.AWS.MaxRPS, Logger: a.log}
 	for _, acct := range a.cfg.AWS.Accounts {
 		opts.Accounts = append(opts.Accounts, awsiam.AccountConfig{ID: acct.ID, RoleARN: acct.RoleARN, ExternalID: acct.ExternalID})
 	}

@@ -421,7 +421,8 @@ type AWSAccount struct {
 
 // Organization configures account discovery through AWS Organizations.
 type Organization struct {
-	RoleName string `yaml:"role_name"`
+	RoleName   string `yaml:"role_name"`
+	ExternalID string `yaml:"external_id"`
 }
 
 // Rotation is the rotation policy and the scheduler's settings.
@@ -638,6 +639,9 @@ func (a AWS) validate(report func(key, format string, args ...any)) {
 	}
 	if len(a.Accounts) > 0 && a.Organization.RoleName != "" {
 		report("aws.organization.role_name", "set aws.accounts or aws.organization.role_name, not both")
+	}
+	if a.Organization.ExternalID != "" && a.Organization.RoleName == "" {
+		report("aws.organization.external_id", "needs aws.organization.role_name")
 	}
 }
 

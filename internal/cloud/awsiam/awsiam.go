@@ -45,6 +45,8 @@ type Options struct {
 	// OrganizationRoleName, when set, discovers the organization's active accounts and assumes
 	// arn:aws:iam::<account>:role/<name> in each.
 	OrganizationRoleName string
+	// OrganizationExternalID is the external id the discovered accounts' roles require ("": none).
+	OrganizationExternalID string
 	// MaxRPS is the client-side limit of requests per second to each account (default 5).
 	MaxRPS float64
 	Logger *slog.Logger
@@ -147,12 +149,18 @@ func (p *Provider) organizationAccounts(ctx context.Context) ([]cloud.Account, e
 			out = append(out, cloud.Account{ID: id, Name: aws.ToString(a.Name)})
 			p.mu.Lock()
 			if _, known := p.roles[id]; !known {
-				p.roles[id] = AccountConfig{ID: id, RoleARN: "arn:aws:iam::" + id + ":role/" + p.opts.OrganizationRoleName}
+				p.roles[id] = p.orgRole(id)
 			}
 			p.mu.Unlock()
 		}
 	}
 	return out, nil
+}
+
+// orgRole is the role assumed in an account of the organization.
+func (p *Provider) orgRole(accountID string) AccountConfig {
+	return AccountConfig{ID: accountID, RoleARN: "arn:aws:iam::" + accountID + ":role/" + p.opts.OrganizationRoleName,
+		ExternalID: p.opts.OrganizationExternalID}
 }
 
 // client returns the IAM client of an account, assuming its role when it has one. Every request it
@@ -164,7 +172,13 @@ func (p *Provider) client(accountID string) *iam.Client {
 		return c
 	}
 	cfg := p.base.Copy()
-	if role := p.roles[accountID]; role.RoleARN != "" {
+	role, known := p.roles[accountID]
+	if !known && p.opts.OrganizationRoleName != "" {
+		// An account of the organization not listed yet in this process (a leak answered before
+		// any pass): its role is the organization's, as listing would have named it.
+		role = p.orgRole(accountID)
+	}
+	if role.RoleARN != "" {
 		assume := stscreds.NewAssumeRoleProvider(sts.NewFromConfig(p.base), role.RoleARN, func(o *stscreds.AssumeRoleOptions) {
 			o.RoleSessionName = "keyward"
 			if role.ExternalID != "" {
