@@ -5,8 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/keyward/keyward/internal/testenv"
 )
@@ -78,5 +82,122 @@ func TestSystemdUnit(t *testing.T) {
 	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(dir, "k.db")}).with(vars...)
 	if r := e.must(t, 0, "", check...); strings.Contains(r.stderr, "unknown") {
 		t.Fatalf("config check with the unit's settings: %s", r.stderr)
+	}
+}
+
+// cfnStatements reads a CloudFormation template's IAM policy statements by Sid, each as its sorted
+// actions: the short forms (!Sub, !Ref) are tags yaml keeps as plain values.
+func cfnStatements(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	out := map[string][]string{}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.MappingNode {
+			var sid string
+			var acts []string
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				switch k, v := n.Content[i].Value, n.Content[i+1]; k {
+				case "Sid":
+					sid = v.Value
+				case "Action":
+					if v.Kind == yaml.ScalarNode {
+						acts = []string{v.Value}
+					}
+					for _, a := range v.Content {
+						acts = append(acts, a.Value)
+					}
+				}
+			}
+			if sid != "" && acts != nil {
+				slices.Sort(acts)
+				out[sid] = acts
+			}
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(&doc)
+	return out
+}
+
+// TestCloudFormationAndTerraformMatchTheIAMPolicies: the CloudFormation templates grant, statement
+// by statement, the actions of deploy/iam's policies (which TestLeastPrivilegeAgainstMoto proves),
+// and cfn-lint accepts them; Terraform renders deploy/iam's files themselves (templatefile) with
+// the variables its modules pass, into valid JSON, and its files are formatted.
+func TestCloudFormationAndTerraformMatchTheIAMPolicies(t *testing.T) {
+	vars := map[string]string{"UserPath": "/", "MemberRoleName": "keyward", "VaultKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/k",
+		"ManagementAccountId": "123456789012", "AuditLogGroup": "keyward-audit", "MetricsNamespace": "Keyward",
+		"NotifyTopicPrefix": "keyward-", "DeliveryPrefix": "keyward/", "KeywardPrincipalArn": "arn:aws:iam::123456789012:role/keyward", "ExternalId": "x"}
+	for tmpl, policies := range map[string][]string{
+		"keyward-member.yaml":     {"keyward-member-policy.json", "keyward-member-trust-policy.json"},
+		"keyward-management.yaml": {"keyward-management-policy.json"},
+	} {
+		got := cfnStatements(t, filepath.Join("..", "..", "deploy", "cloudformation", tmpl))
+		want := map[string][]string{}
+		for _, p := range policies {
+			for _, s := range deployPolicy(t, p, vars).Statement {
+				acts := actions(s)
+				slices.Sort(acts)
+				want[s.Sid] = acts
+			}
+		}
+		for sid, acts := range want {
+			if !slices.Equal(got[sid], acts) {
+				t.Errorf("%s, statement %s: actions %v, deploy/iam has %v", tmpl, sid, got[sid], acts)
+			}
+		}
+		for sid := range got {
+			if _, ok := want[sid]; !ok && !strings.HasPrefix(sid, "TheAccountAdministersTheKey") && sid != "KeywardUsesTheKey" {
+				t.Errorf("%s, statement %s: not in deploy/iam", tmpl, sid)
+			}
+		}
+	}
+	if out, err := exec.Command("cfn-lint", "../../deploy/cloudformation/keyward-member.yaml", "../../deploy/cloudformation/keyward-management.yaml").CombinedOutput(); err != nil {
+		t.Fatalf("cfn-lint: %v\n%s", err, out)
+	}
+
+	if out, err := exec.Command("terraform", "fmt", "-check", "-recursive", "-diff", "../../deploy/terraform").CombinedOutput(); err != nil {
+		t.Fatalf("terraform fmt -check: %v\n%s", err, out)
+	}
+	// The modules' own templatefile calls — each file and the names of the variables it is given —
+	// rendered by terraform itself (no provider needed for that): a variable a file uses but is not
+	// given, or a file that is no longer JSON, fails here.
+	call := regexp.MustCompile(`(?s)templatefile\("\$\{path\.module\}/\.\./\.\./iam/([a-z-]+\.json)", \{(.*?)\}\)`)
+	name := regexp.MustCompile(`(?m)^\s*(\w+)\s*=`)
+	iamDir, _ := filepath.Abs("../../deploy/iam")
+	calls := 0
+	for _, mod := range []string{"management", "member"} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "terraform", mod, "main.tf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range call.FindAllStringSubmatch(string(raw), -1) {
+			calls++
+			args := strings.ReplaceAll(m[2], ",", "\n")
+			var vars []string
+			for _, v := range name.FindAllStringSubmatch(args, -1) {
+				vars = append(vars, v[1]+` = "x"`)
+			}
+			expr := `jsonencode(jsondecode(templatefile("` + iamDir + "/" + m[1] + `", { ` + strings.Join(vars, ", ") + ` })))`
+			cmd := exec.Command("terraform", "console")
+			cmd.Dir = t.TempDir()
+			cmd.Stdin = strings.NewReader(expr + "\n")
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Statement") {
+				t.Errorf("deploy/terraform/%s renders %s: %v\n%s", mod, m[1], err, out)
+			}
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("%d templatefile calls of deploy/iam's files in the Terraform modules, want 3", calls)
 	}
 }

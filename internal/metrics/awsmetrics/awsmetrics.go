@@ -76,9 +76,13 @@ func (p *Publisher) Publish(ctx context.Context, pass Pass) error {
 		count(MetricHeld, pass.Held), count(MetricNotificationsPending, pass.NotificationsPending),
 	}
 	accounts := make([]string, 0, len(pass.Accounts))
-	for id := range pass.Accounts {
+	overdue := 0
+	for id, a := range pass.Accounts {
 		accounts = append(accounts, id)
+		overdue += a.Overdue
 	}
+	// The total without a dimension too: what an alarm watches (alarms cannot sum over a dimension).
+	data = append(data, count(MetricOverdue, overdue))
 	sort.Strings(accounts)
 	for _, id := range accounts {
 		a := pass.Accounts[id]

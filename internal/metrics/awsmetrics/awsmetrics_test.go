@@ -44,7 +44,7 @@ func TestPublish(t *testing.T) {
 		return aws.ToFloat64(out.Datapoints[0].Maximum)
 	}
 	for name, want := range map[string]float64{awsmetrics.MetricRotated: 3, awsmetrics.MetricFailed: 1, awsmetrics.MetricBlocked: 2,
-		awsmetrics.MetricHeld: 0, awsmetrics.MetricNotificationsPending: 5} {
+		awsmetrics.MetricHeld: 0, awsmetrics.MetricNotificationsPending: 5, awsmetrics.MetricOverdue: 600 /* the total, for alarms */} {
 		if got := stat(name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
