@@ -44,3 +44,8 @@ go tool staticcheck ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m "$@" ./...
+
+# The Prometheus rules are parsed by Prometheus's own parser, in a module of their own (its
+# dependencies stay out of Keyward's).
+echo "== deploy/prometheus"
+(cd deploy/prometheus && go vet ./... && go test -count=1 ./...)

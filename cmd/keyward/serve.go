@@ -275,7 +275,9 @@ func (a *app) lead(ctx context.Context, c *components, fence int64) {
 // afterPass is told of every finished pass: readiness, the metric, and the demo's table.
 func (c *components) afterPass(rep rotation.Report, err error) {
 	c.passes.finished(time.Now(), rep.Errors)
-	c.metrics.LastPass.SetToCurrentTime()
+	sum := rep.Summary
+	c.metrics.Pass(map[string]int{"rotated": sum.Rotated, "failed": sum.Failed, "blocked": sum.Blocked, "held": sum.Held,
+		"deactivated": sum.Deactivated, "deleted": sum.Deleted, "exempt": sum.Exempt, "skipped": sum.Skipped})
 	if c.cloudWatch != nil {
 		c.cloudWatch(rep)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -23,6 +24,7 @@ type Metrics struct {
 	HTTPDuration     *prometheus.HistogramVec
 	Notifications    *prometheus.CounterVec // channel, outcome
 	LastPass         prometheus.Gauge
+	PassUsers        *prometheus.GaugeVec // outcome
 }
 
 // KeyAge is the age of an identity's access key in one vault state. No label carries an access key
@@ -60,9 +62,11 @@ func New(src Sources) *Metrics {
 			Help: "Notification deliveries, by channel and outcome (sent, failed)."}, []string{"channel", "outcome"}),
 		LastPass: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_last_pass_timestamp_seconds",
 			Help: "When the last rotation pass finished (Unix time)."}),
+		PassUsers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keyward_last_pass_users",
+			Help: "Users of the last rotation pass, by outcome (rotated, failed, blocked, held…)."}, []string{"outcome"}),
 	}
 	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Rotations, m.RotationDuration, m.CloudCalls, m.HTTPRequests, m.HTTPDuration, m.Notifications, m.LastPass)
+		m.Rotations, m.RotationDuration, m.CloudCalls, m.HTTPRequests, m.HTTPDuration, m.Notifications, m.LastPass, m.PassUsers)
 	throttles := src.Throttles
 	if throttles == nil {
 		throttles = func() float64 { return 0 }
@@ -82,6 +86,17 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) Rotation(outcome string, took time.Duration) {
 	m.Rotations.WithLabelValues(outcome).Inc()
 	m.RotationDuration.Observe(took.Seconds())
+}
+
+// Gather returns the metrics as a scrape would read them.
+func (m *Metrics) Gather() ([]*dto.MetricFamily, error) { return m.registry.Gather() }
+
+// Pass records a finished pass's counts of users by outcome.
+func (m *Metrics) Pass(byOutcome map[string]int) {
+	m.LastPass.SetToCurrentTime()
+	for outcome, n := range byOutcome {
+		m.PassUsers.WithLabelValues(outcome).Set(float64(n))
+	}
 }
 
 // CloudCall counts a cloud call.
