@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -199,5 +202,89 @@ func TestCloudFormationAndTerraformMatchTheIAMPolicies(t *testing.T) {
 	}
 	if calls != 3 {
 		t.Fatalf("%d templatefile calls of deploy/iam's files in the Terraform modules, want 3", calls)
+	}
+}
+
+// TestDockerfile: no Docker daemon here to build the image, so the test takes the Dockerfile at its
+// word: its final stage is distroless and non-root, its health check is `keyward healthcheck`, and
+// what it writes is under /var/lib/keyward; its build command, run here, makes a static binary (no
+// ELF interpreter, no shared library), which, started with the image's environment (the data
+// directory moved to a temporary one), serves, keeps its data there, and answers the health check.
+func TestDockerfile(t *testing.T) {
+	raw, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := string(raw)
+	for _, want := range []string{"FROM gcr.io/distroless/static-debian12:nonroot\n", "USER 65532:65532\n", "WORKDIR /var/lib/keyward\n",
+		`CMD ["/usr/local/bin/keyward", "healthcheck"]`, `ENTRYPOINT ["/usr/local/bin/keyward"]`} {
+		if !strings.Contains(file, want) {
+			t.Errorf("the Dockerfile lost %q", strings.TrimSpace(want))
+		}
+	}
+	build := regexp.MustCompile(`RUN (CGO_ENABLED=0 go build [^\n]+)`).FindStringSubmatch(file)
+	if build == nil {
+		t.Fatal("no CGO_ENABLED=0 go build in the Dockerfile")
+	}
+	out := filepath.Join(t.TempDir(), "keyward")
+	cmd := exec.Command("sh", "-c", strings.ReplaceAll(build[1], "/out/keyward", out)) // as the image's shell runs it
+	cmd.Dir, cmd.Env = "../..", append(os.Environ(), "VERSION=test")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", build[1], err, b)
+	}
+	bin, err := elf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	libs, _ := bin.ImportedLibraries()
+	for _, p := range bin.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatal("the binary asks for a dynamic loader: not static")
+		}
+	}
+	bin.Close()
+	if len(libs) > 0 {
+		t.Fatalf("the binary needs shared libraries: %v", libs)
+	}
+
+	data := t.TempDir()
+	port := testenv.FreePort(t)
+	var env []string
+	for _, m := range regexp.MustCompile(`(KEYWARD_[A-Z_]+)=(\S+)`).FindAllStringSubmatch(file, -1) {
+		env = append(env, m[1]+"="+strings.ReplaceAll(m[2], "/var/lib/keyward", data))
+	}
+	env = append(env, baseVars()...)
+	env = append(env, "KEYWARD_CLOUD=sim", fmt.Sprintf("KEYWARD_SERVER_LISTEN=127.0.0.1:%d", port))
+	check := func() error {
+		c := exec.Command(out, "healthcheck")
+		c.Env, c.Dir = env, data
+		b, err := c.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, b)
+		}
+		return nil
+	}
+	if err := check(); err == nil {
+		t.Fatal("the health check passed with nothing listening")
+	}
+	serve := exec.Command(out, "serve")
+	serve.Env, serve.Dir = env, data
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = serve.Process.Kill(); _ = serve.Wait() }()
+	var last error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if last = check(); last == nil {
+			break
+		}
+	}
+	if last != nil {
+		t.Fatalf("the health check never passed: %v", last)
+	}
+	for _, f := range []string{"keyward.db", "keyward.key"} {
+		if _, err := os.Stat(filepath.Join(data, f)); err != nil {
+			t.Errorf("the data directory lacks %s: %v", f, err)
+		}
 	}
 }

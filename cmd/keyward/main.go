@@ -118,6 +118,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.configCommand(),
 		a.migrateCommand(),
 		a.serveCommand(),
+		a.healthcheckCommand(),
 		a.vaultCommand(),
 		a.rotateCommand(),
 		a.statusCommand(),
