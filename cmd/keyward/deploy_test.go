@@ -288,3 +288,120 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 }
+
+// helmBinary finds helm: on PATH, or where .ci/run installs it (go install, into GOPATH/bin).
+func helmBinary(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("helm"); err == nil {
+		return p
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err == nil {
+		if p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "helm"); fileExists(p) {
+			return p
+		}
+	}
+	t.Fatal("helm not found: .ci/run installs it (go install helm.sh/helm/v3/cmd/helm@v3.22.0)")
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestHelmChart: helm lint passes; the rendered chart runs several replicas with the DSN and the
+// master key from Secrets, probes on /healthz and /readyz, a read-only non-root container, a
+// PodDisruptionBudget, a ServiceMonitor, a NetworkPolicy and (when asked) the rotate --once CronJob;
+// Keyward accepts the configuration the chart renders; a KMS master key without its id is refused.
+func TestHelmChart(t *testing.T) {
+	helm, chart := helmBinary(t), "../../deploy/helm/keyward"
+	if out, err := exec.Command(helm, "lint", "--strict", chart).CombinedOutput(); err != nil {
+		t.Fatalf("helm lint: %v\n%s", err, out)
+	}
+	out, err := exec.Command(helm, "template", "r", chart, "--set", "cronJob.enabled=true").CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, out)
+	}
+	docs := map[string]map[string]any{}
+	dec := yaml.NewDecoder(strings.NewReader(string(out)))
+	for {
+		var d map[string]any
+		if err := dec.Decode(&d); err != nil {
+			break
+		}
+		if d != nil {
+			docs[d["kind"].(string)] = d
+		}
+	}
+	for _, kind := range []string{"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy", "CronJob"} {
+		if docs[kind] == nil {
+			t.Fatalf("the chart renders no %s:\n%s", kind, out)
+		}
+	}
+	get := func(v any, path ...any) any {
+		for _, p := range path {
+			switch k := p.(type) {
+			case string:
+				v = v.(map[string]any)[k]
+			case int:
+				v = v.([]any)[k]
+			}
+		}
+		return v
+	}
+	dep := docs["Deployment"]
+	container := get(dep, "spec", "template", "spec", "containers", 0)
+	for _, c := range []struct {
+		path []any
+		want any
+	}{
+		{[]any{"spec", "replicas"}, 3},
+		{[]any{"spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet", "path"}, "/readyz"},
+		{[]any{"spec", "template", "spec", "containers", 0, "livenessProbe", "httpGet", "path"}, "/healthz"},
+		{[]any{"spec", "template", "spec", "containers", 0, "securityContext", "readOnlyRootFilesystem"}, true},
+		{[]any{"spec", "template", "spec", "containers", 0, "securityContext", "runAsNonRoot"}, true},
+	} {
+		if got := get(dep, c.path...); got != c.want {
+			t.Errorf("Deployment %v = %v, want %v", c.path, got, c.want)
+		}
+	}
+	if got := get(docs["PodDisruptionBudget"], "spec", "minAvailable"); got != 2 {
+		t.Errorf("PodDisruptionBudget minAvailable = %v", got)
+	}
+	if args := fmt.Sprint(get(docs["CronJob"], "spec", "jobTemplate", "spec", "template", "spec", "containers", 0, "args")); !strings.Contains(args, "rotate --once") {
+		t.Errorf("CronJob args %s", args)
+	}
+	// The container's environment, with the Secrets' values put in, and the rendered keyward.yaml:
+	// Keyward accepts them.
+	dir := t.TempDir()
+	configFile := filepath.Join(dir, "keyward.yaml")
+	if err := os.WriteFile(configFile, []byte(get(docs["ConfigMap"], "data", "keyward.yaml").(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "master.key")
+	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := baseVars()
+	for _, e := range container.(map[string]any)["env"].([]any) {
+		name := get(e, "name").(string)
+		value, _ := e.(map[string]any)["value"].(string)
+		switch {
+		case get(e, "valueFrom") != nil:
+			value = "postgres://keyward@db.example:5432/keyward?sslmode=verify-full"
+		case name == "KEYWARD_VAULT_MASTER_KEY_FILE":
+			if !strings.HasPrefix(value, "/etc/keyward/master-key/") {
+				t.Errorf("the master key file %s is not the Secret's mount", value)
+			}
+			value = keyFile
+		}
+		env = append(env, name+"="+value)
+	}
+	check := exec.Command(binary, "--config", configFile, "config", "check")
+	check.Env = env
+	if b, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("keyward config check with the chart's configuration: %v\n%s", err, b)
+	}
+	if b, err := exec.Command(helm, "template", "r", chart, "--set", "masterKey.source=aws-kms").CombinedOutput(); err == nil ||
+		!strings.Contains(string(b), "masterKey.kmsKeyId is required") {
+		t.Fatalf("a KMS master key without its id: %v\n%s", err, b)
+	}
+}
