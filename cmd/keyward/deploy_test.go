@@ -159,9 +159,30 @@ func TestCloudFormationAndTerraformMatchTheIAMPolicies(t *testing.T) {
 			}
 		}
 		for sid := range got {
-			if _, ok := want[sid]; !ok && !strings.HasPrefix(sid, "TheAccountAdministersTheKey") && sid != "KeywardUsesTheKey" {
+			// Besides deploy/iam's: the vault key's own policy, and the Lambda function's runtime (its
+			// logs, the DSN's secret, its VPC attachment), which only the function needs.
+			extra := []string{"TheAccountAdministersTheKey", "KeywardUsesTheKey", "WriteTheFunctionsLogs", "ReadTheVaultsDSN", "AttachToTheVpc"}
+			if _, ok := want[sid]; !ok && !slices.Contains(extra, sid) {
 				t.Errorf("%s, statement %s: not in deploy/iam", tmpl, sid)
 			}
+		}
+	}
+	// The function's configuration names only settings Keyward has (each documented in CONFIG.md).
+	raw, err := os.ReadFile("../../deploy/cloudformation/keyward-management.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented, err := os.ReadFile("../../docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	envVars := regexp.MustCompile(`(?m)^\s+(KEYWARD_[A-Z_]+):`).FindAllStringSubmatch(string(raw), -1)
+	if len(envVars) < 10 {
+		t.Fatalf("only %d KEYWARD_ variables in the function's environment", len(envVars))
+	}
+	for _, v := range envVars {
+		if !strings.Contains(string(documented), "`"+v[1]+"`") {
+			t.Errorf("the function sets %s, which is no setting of Keyward's", v[1])
 		}
 	}
 	if out, err := exec.Command("cfn-lint", "../../deploy/cloudformation/keyward-member.yaml", "../../deploy/cloudformation/keyward-management.yaml").CombinedOutput(); err != nil {

@@ -27,7 +27,11 @@ const (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Environ())
+	args := os.Args[1:]
+	if isLambdaBootstrap(os.Args) {
+		args = []string{"lambda"}
+	}
+	code := run(ctx, args, os.Stdin, os.Stdout, os.Stderr, os.Environ())
 	stop()
 	os.Exit(code)
 }
@@ -119,6 +123,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.migrateCommand(),
 		a.serveCommand(),
 		a.healthcheckCommand(),
+		a.lambdaCommand(),
 		a.vaultCommand(),
 		a.rotateCommand(),
 		a.statusCommand(),

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/term"
 
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
 	"github.com/keyward/keyward/internal/vault/awskms"
@@ -33,6 +37,9 @@ const (
 
 // openDB opens the database as mode allows.
 func (a *app) openDB(ctx context.Context, mode dbMode) (*store.DB, error) {
+	if err := a.resolveDSN(ctx); err != nil {
+		return nil, err
+	}
 	if mode != dbMigrate && a.cfg.Vault.Driver == store.SQLite {
 		if path := store.SQLitePath(a.cfg.Vault.DSN.Reveal()); path != "" {
 			if info, err := os.Stat(path); (err != nil || info.Size() == 0) && (mode == dbExisting || a.keyFileExists()) {
@@ -116,6 +123,32 @@ func (a *app) openVault(ctx context.Context, mode dbMode) (*vault.Vault, *store.
 		return nil, nil, err
 	}
 	return v, db, nil
+}
+
+// resolveDSN reads vault.dsn from the Secrets Manager secret vault.dsn_secret_arn names, when it is
+// set; the DSN (and its password) then never sits in the configuration.
+func (a *app) resolveDSN(ctx context.Context) error {
+	arn := a.cfg.Vault.DSNSecretARN
+	if arn == "" {
+		return nil
+	}
+	cfg, err := a.awsConfig(ctx)
+	if err != nil {
+		return err
+	}
+	out, err := secretsmanager.NewFromConfig(cfg).GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String(arn)})
+	if err != nil {
+		return fmt.Errorf("vault.dsn_secret_arn: read the DSN: %w", err)
+	}
+	dsn := strings.TrimSpace(aws.ToString(out.SecretString))
+	if a.cfg.Vault.Driver == store.Postgres {
+		if _, err := pgconn.ParseConfig(dsn); err != nil {
+			// pgconn's parse errors redact the password of the string they quote.
+			return asUsage(fmt.Errorf("vault.dsn_secret_arn: the secret %s is not a PostgreSQL connection string: %v", arn, err))
+		}
+	}
+	a.cfg.Vault.DSN = secret.New(dsn)
+	return nil
 }
 
 // loadAndOpenVault loads the configuration and opens the vault, for the commands that only use it.

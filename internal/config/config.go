@@ -379,10 +379,13 @@ type Log struct {
 
 // Vault configures the credential vault: its database and its key-encryption key.
 type Vault struct {
-	Driver    string       `yaml:"driver"`
-	DSN       secret.Value `yaml:"dsn"`
-	DSNFile   string       `yaml:"dsn_file"`
-	MasterKey MasterKey    `yaml:"master_key"`
+	Driver  string       `yaml:"driver"`
+	DSN     secret.Value `yaml:"dsn"`
+	DSNFile string       `yaml:"dsn_file"`
+	// DSNSecretARN, when set, names a Secrets Manager secret whose string is the DSN, read when the
+	// database is opened (a Lambda function, a container without a file for it).
+	DSNSecretARN string    `yaml:"dsn_secret_arn"`
+	MasterKey    MasterKey `yaml:"master_key"`
 }
 
 // Key sources for the vault's key-encryption key.
@@ -589,6 +592,10 @@ func (r Retention) validate(report func(key, format string, args ...any)) {
 func (v Vault) validate(report func(key, format string, args ...any), awsRegion string) {
 	if oneOf(report, "vault.driver", v.Driver, "sqlite", "postgres") {
 		switch {
+		case v.DSNSecretARN != "":
+			if !strings.HasPrefix(v.DSNSecretARN, "arn:aws") || !strings.Contains(v.DSNSecretARN, ":secretsmanager:") {
+				report("vault.dsn_secret_arn", "want a Secrets Manager secret ARN (arn:aws:secretsmanager:…), got %q", v.DSNSecretARN)
+			}
 		case v.DSN.IsZero():
 			report("vault.dsn", "must not be empty")
 		case v.Driver == "postgres":

@@ -311,6 +311,12 @@ func TestProblems(t *testing.T) {
 			want: []string{`keyward.yaml:1: cloud: must be one of aws, sim (got "gcp")`, "keyward.yaml:3: rotation.concurrency: want 1 to 64", "keyward.yaml:4: rotation.interval: must be positive"},
 		},
 		{
+			name: "bad cluster and secret settings",
+			yaml: "vault:\n  driver: postgres\n  dsn_secret_arn: keyward/dsn\nrotation:\n  lease: 10m\naws:\n  organization:\n    external_id: x\n",
+			want: []string{`keyward.yaml:3: vault.dsn_secret_arn: want a Secrets Manager secret ARN`, "keyward.yaml:5: rotation.lease: want 1s to 5m",
+				"keyward.yaml:8: aws.organization.external_id: needs aws.organization.role_name"},
+		},
+		{
 			name: "bad endpoint",
 			yaml: "aws:\n  endpoint_url: localhost:5000\n",
 			want: []string{"keyward.yaml:2: aws.endpoint_url: want an http:// or https:// URL"},
