@@ -44,8 +44,9 @@ func (t *auditTail) snapshot() func() {
 func (s *Audit) Append(ctx context.Context, recs []audit.Record) error {
 	return s.db.inTx(ctx, func(tx *Tx) error {
 		if s.db.driver == Postgres {
+			// Sent with the transaction's next statement or its COMMIT: no round trip of its own.
 			for _, r := range recs {
-				if _, err := tx.exec(ctx, `INSERT INTO audit_pending (time, actor, action, target, outcome, source_ip, request_id, detail)
+				if err := tx.execLater(ctx, `INSERT INTO audit_pending (time, actor, action, target, outcome, source_ip, request_id, detail)
 					VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, micros(r.Time), r.Actor, r.Action, r.Target, r.Outcome,
 					r.SourceIP, r.RequestID, audit.MarshalDetail(r.Detail)); err != nil {
 					return fmt.Errorf("append audit record: %w", err)

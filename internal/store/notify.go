@@ -27,7 +27,8 @@ func (s *Outbox) Enqueue(ctx context.Context, ds []notify.Delivery, at time.Time
 			if err != nil {
 				return err
 			}
-			if _, err := tx.exec(ctx, `INSERT INTO notification_outbox (id, channel, destination, notice, state, attempts, next_at, created_at)
+			// Nothing reads its result: on PostgreSQL it travels with the next statement or COMMIT.
+			if err := tx.execLater(ctx, `INSERT INTO notification_outbox (id, channel, destination, notice, state, attempts, next_at, created_at)
 				VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT (id) DO NOTHING`,
 				d.ID, d.Channel, d.Destination, string(notice), micros(at)); err != nil {
 				return fmt.Errorf("queue notification %s: %w", d.ID, err)

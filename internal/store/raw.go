@@ -167,9 +167,10 @@ func (r *rawRows) Close() error {
 
 func (r *rawRows) Err() error { return r.err }
 
-// rawRow is the first row of a query, as *sql.Row: sql.ErrNoRows when there is none.
+// rawRow is the first row of a query, as *sql.Row: sql.ErrNoRows when there is none. It reads
+// SQLite's rows (rawRows) and PostgreSQL's in a transaction (pgRows).
 type rawRow struct {
-	rows *rawRows
+	rows rowsScanner
 	err  error
 }
 

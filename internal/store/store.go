@@ -256,21 +256,6 @@ func (db *DB) query(ctx context.Context, query string, args ...any) (rowsScanner
 	return st.QueryContext(ctx, args...)
 }
 
-// A transaction must never wait for a second connection: with SQLite, the other pooled connections
-// may all be waiting for the write lock the transaction holds. So inside a transaction a statement
-// is used only if it is already prepared; otherwise it runs unprepared on the transaction's own
-// connection, and inTx prepares it once the transaction is over.
-
-// txStmt returns the kept statement for query bound to tx, or nil (and notes the query) when the
-// statement is not prepared yet.
-func (db *DB) txStmt(ctx context.Context, tx *sql.Tx, query string, missed *[]string) *sql.Stmt {
-	if st, ok := db.stmts.Load(query); ok {
-		return tx.StmtContext(ctx, st.(*sql.Stmt))
-	}
-	*missed = append(*missed, query)
-	return nil
-}
-
 // Kinds of constraint violation, recognised by driver error code.
 type violation int
 

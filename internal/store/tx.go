@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"fmt"
 
+	"github.com/jackc/pgx/v5/stdlib"
+
 	"github.com/keyward/keyward/internal/store/groupcommit"
 )
 
@@ -14,10 +16,9 @@ import (
 // shared by several callers' work, each in its own savepoint (package groupcommit); domain state
 // kept in its memory follows those savepoints (see txState).
 type Tx struct {
-	sql         *sql.Tx  // PostgreSQL
+	pg          *pgTx    // PostgreSQL, on pgx's connection (see pgtx.go)
 	raw         *rawConn // SQLite, inside BEGIN IMMEDIATE
 	db          *DB
-	missed      []string
 	afterCommit []func(context.Context)
 	state       map[any]follower // domain state kept for the transaction's length
 }
@@ -116,10 +117,19 @@ func (tx *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, 
 	if tx.raw != nil {
 		return tx.raw.exec(ctx, query, args)
 	}
-	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
-		return st.ExecContext(ctx, args...)
+	return tx.pg.exec(ctx, query, args)
+}
+
+// execLater runs a write whose result nobody reads: on PostgreSQL it travels with the transaction's
+// next statement or its COMMIT (one round trip fewer), and its error fails that one; on SQLite, at
+// once.
+func (tx *Tx) execLater(ctx context.Context, query string, args ...any) error {
+	if tx.raw != nil {
+		_, err := tx.raw.exec(ctx, query, args)
+		return err
 	}
-	return tx.sql.ExecContext(ctx, query, args...)
+	tx.pg.execLater(query, args)
+	return nil
 }
 
 // execScript runs SQL that may hold several statements (a migration) in the transaction, unprepared.
@@ -127,7 +137,23 @@ func (tx *Tx) execScript(ctx context.Context, query string, args ...any) (sql.Re
 	if tx.raw != nil {
 		return tx.raw.execScript(ctx, query, args)
 	}
-	return tx.sql.ExecContext(ctx, query, args...)
+	if len(args) > 0 {
+		return tx.pg.exec(ctx, query, args)
+	}
+	// Several statements in one: the simple protocol, once what is pending has been sent.
+	if len(tx.pg.pending) > 0 {
+		if _, err := tx.pg.exec(ctx, "select 1", nil); err != nil {
+			return nil, err
+		}
+	}
+	tag, err := tx.pg.conn.PgConn().Exec(ctx, query).ReadAll()
+	if err != nil {
+		return nil, tx.pg.fault(err)
+	}
+	if len(tag) == 0 {
+		return pgResult{}, nil
+	}
+	return pgResult(tag[len(tag)-1].CommandTag), nil
 }
 
 // queryRow runs a one-row read in the transaction.
@@ -136,10 +162,7 @@ func (tx *Tx) queryRow(ctx context.Context, query string, args ...any) scanner {
 		rows, err := tx.raw.query(ctx, query, args)
 		return rawRow{rows: rows, err: err}
 	}
-	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
-		return st.QueryRowContext(ctx, args...)
-	}
-	return tx.sql.QueryRowContext(ctx, query, args...)
+	return tx.pg.queryRow(ctx, query, args)
 }
 
 // query runs a many-row read in the transaction.
@@ -151,10 +174,7 @@ func (tx *Tx) query(ctx context.Context, query string, args ...any) (rowsScanner
 		}
 		return rows, nil
 	}
-	if st := tx.db.txStmt(ctx, tx.sql, query, &tx.missed); st != nil {
-		return st.QueryContext(ctx, args...)
-	}
-	return tx.sql.QueryContext(ctx, query, args...)
+	return tx.pg.query(ctx, query, args)
 }
 
 // Commit implements groupcommit.Tx.
@@ -163,7 +183,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		_, err := tx.raw.exec(ctx, "COMMIT", nil)
 		return err
 	}
-	return tx.sql.Commit()
+	return tx.pg.commit(ctx)
 }
 
 // Rollback implements groupcommit.Tx: a transaction SQLite already rolled back is no error.
@@ -172,7 +192,7 @@ func (tx *Tx) Rollback(ctx context.Context) {
 		_, _ = tx.raw.exec(context.WithoutCancel(ctx), "ROLLBACK", nil)
 		return
 	}
-	_ = tx.sql.Rollback()
+	tx.pg.rollback(ctx)
 }
 
 // inTx runs fn in one transaction, committed when fn returns nil; inside a unit of work (see
@@ -186,35 +206,24 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *Tx) error) error {
 	if db.driver == SQLite {
 		return db.commits.Do(w)
 	}
-	begin := func(ctx context.Context) (*Tx, error) {
-		sqlTx, err := db.sql.BeginTx(ctx, nil)
-		if err != nil {
-			return nil, err
-		}
-		return &Tx{sql: sqlTx, db: db}, nil
+	// The transaction runs on the pooled connection's pgx side (see pgtx.go); database/sql gets the
+	// connection back after, and drops it if the server went away meanwhile.
+	conn, err := db.sql.Conn(ctx)
+	if err != nil {
+		return err
 	}
-	done, _ := db.writeGroup(ctx, begin, []*groupcommit.Write[*Tx]{w}, nil)
-	done.Finish(ctx, nil) // PostgreSQL's commit returns once it is durable
+	defer conn.Close()
+	err = conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		begin := func(ctx context.Context) (*Tx, error) { return &Tx{pg: newPGTx(pc), db: db}, nil }
+		done, _ := groupcommit.WriteGroup(ctx, begin, []*groupcommit.Write[*Tx]{w}, nil)
+		done.Finish(ctx, nil) // PostgreSQL's commit returns once it is durable
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	return w.Wait()
-}
-
-// writeGroup is groupcommit.WriteGroup, and then the preparing of the statements the transaction
-// ran unprepared (see txStmt).
-func (db *DB) writeGroup(ctx context.Context, begin func(context.Context) (*Tx, error), group []*groupcommit.Write[*Tx],
-	more func() []*groupcommit.Write[*Tx]) (groupcommit.Committed[*Tx], bool) {
-	var tx *Tx
-	defer func() {
-		if tx != nil {
-			for _, q := range tx.missed {
-				_, _ = db.stmt(context.WithoutCancel(ctx), q) // a failure here only means the next call parses again
-			}
-		}
-	}()
-	return groupcommit.WriteGroup(ctx, func(ctx context.Context) (*Tx, error) {
-		t, err := begin(ctx)
-		tx = t
-		return t, err
-	}, group, more)
 }
 
 // sqliteWriter writes SQLite's groups (package groupcommit) on one kept connection, through the
@@ -270,7 +279,7 @@ func (c *sqliteWriter) write(db *DB, group []*groupcommit.Write[*Tx], more func(
 				}
 				return &Tx{raw: c.raw, db: db}, nil
 			}
-			done, began = db.writeGroup(ctx, begin, group, more)
+			done, began = groupcommit.WriteGroup(ctx, begin, group, more)
 			return nil
 		})
 		if panicked != nil {

@@ -155,11 +155,11 @@ func (s *Vault) identityID(ctx context.Context, tx *Tx, id vault.Identity, creat
 	return rowID, err
 }
 
-// demoteCurrent makes the identity's current version previous.
+// demoteCurrent makes the identity's current version previous. Nothing reads its result: on
+// PostgreSQL it travels with the next statement (the new current version's insert).
 func (s *Vault) demoteCurrent(ctx context.Context, tx *Tx, identity int64, at time.Time) error {
-	_, err := tx.exec(ctx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
+	return tx.execLater(ctx, `UPDATE credential_versions SET state = 'previous', previous_at = $1
 		WHERE identity_id = $2 AND state = 'current'`, micros(at), identity)
-	return err
 }
 
 // CreateVersion implements vault.Store.
