@@ -398,6 +398,36 @@ func TestVerificationFailureRollsBack(t *testing.T) {
 	})
 }
 
+// TestCreateAnswerLost: CreateAccessKey made the key but its answer never came back (a connection
+// cut after the request reached IAM). The key's secret is nowhere, so the failed rotation deletes it
+// before recording the failure: the user is left with its old key only, not blocked by a key nobody
+// can use, and the next attempt rotates.
+func TestCreateAnswerLost(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		w := newWorld(t, d)
+		old := w.addUser("alice", 100*day, nil)
+		w.fault = func(op, _ string) error {
+			if op == "CreateAccessKey.answer" {
+				return errors.New("read tcp: connection reset by peer")
+			}
+			return nil
+		}
+		r := w.visit("alice", false)
+		if r.Outcome != rotation.Failed || !strings.Contains(r.Reason, "connection reset") || !strings.Contains(actions(r), "deleted_orphan") {
+			t.Fatalf("a create whose answer was lost: %+v", r)
+		}
+		if keys := w.cloud.Keys(acct, "alice"); len(keys) != 1 || keys[0].ID != old.ID || keys[0].Status != cloud.KeyActive {
+			t.Fatalf("after it the cloud holds %+v; want only the old key, active", keys)
+		}
+		w.fault = nil
+		w.clock.Add(11 * time.Minute)
+		if r := w.visit("alice", false); r.Outcome != rotation.Rotated {
+			t.Fatalf("the next attempt: %+v", r)
+		}
+		w.checkInvariants("alice")
+	})
+}
+
 // TestCrashAtEveryPoint stops the engine at each point of the protocol, as a killed process stops,
 // then lets a restarted process (another owner, after the lease ran out) finish the work.
 func TestCrashAtEveryPoint(t *testing.T) {

@@ -84,6 +84,12 @@ func (v *visit) create(ctx context.Context) (done bool, err error) {
 	id := v.rec.Identity
 	nk, err := v.e.Cloud.CreateAccessKey(ctx, id.AccountID, id.UserName)
 	if err != nil {
+		// The call may have made the key though its answer was lost: such a key has no secret
+		// anywhere, so it is found (made since the rotation began, unknown to the vault) and deleted
+		// before the failure is recorded, rather than left to block the user.
+		if serr := v.settleCreate(ctx); serr != nil {
+			return true, fmt.Errorf("create access key: %v; then: %w", err, serr)
+		}
 		return true, v.failed(ctx, fmt.Sprintf("create access key: %v", err), nil)
 	}
 	if err := v.e.crashAt("created"); err != nil {

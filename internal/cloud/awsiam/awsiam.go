@@ -312,7 +312,15 @@ func (p *Provider) ListAccessKeys(ctx context.Context, accountID, userName strin
 // CreateAccessKey implements cloud.Provider.
 func (p *Provider) CreateAccessKey(ctx context.Context, accountID, userName string) (cloud.NewAccessKey, error) {
 	c := p.client(accountID)
-	out, err := c.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(userName)})
+	// Retried by the SDK only when throttled (refused before anything was made): a retry after a
+	// lost answer would make a second key, or hit the limit of two. The engine settles a failed call
+	// itself (rotation's create step) and tries again later.
+	out, err := c.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(userName)}, func(o *iam.Options) {
+		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
+			throttle := retry.ThrottleErrorCode{Codes: retry.DefaultThrottleErrorCodes}
+			so.Retryables = []retry.IsErrorRetryable{retry.IsErrorRetryableFunc(throttle.IsErrorThrottle)}
+		})
+	})
 	if err != nil {
 		return cloud.NewAccessKey{}, p.wrap("create access key for "+userName, err)
 	}

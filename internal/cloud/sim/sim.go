@@ -343,6 +343,13 @@ func (c *Cloud) CreateAccessKey(_ context.Context, accountID, userName string) (
 	if err != nil {
 		return cloud.NewAccessKey{}, err
 	}
+	// A fault on "CreateAccessKey.answer" loses the answer of a call that did create the key, as a
+	// connection cut after the request reached IAM does.
+	if c.fault != nil {
+		if err := c.fault("CreateAccessKey.answer", accountID, userName); err != nil {
+			return cloud.NewAccessKey{}, fmt.Errorf("CreateAccessKey %s/%s: %w", accountID, userName, err)
+		}
+	}
 	return cloud.NewAccessKey{AccessKey: k.AccessKey, Secret: k.secret}, nil
 }
 
