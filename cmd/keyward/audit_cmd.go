@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -98,13 +97,9 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 				return err
 			}
 			defer closeQuietly(db)
-			keys, err := v.SigningKeys(ctx, vault.PurposeAudit)
+			keys, err := v.PublicSigningKeys(ctx, vault.PurposeAudit) // checking needs the public halves only
 			if err != nil {
 				return err
-			}
-			pub := map[string]ed25519.PublicKey{}
-			for _, k := range keys {
-				pub[k.ID] = k.Public
 			}
 			var progress func(int64)
 			if bar := a.progress("verifying"); bar != nil {
@@ -114,7 +109,7 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 					}
 				}
 			}
-			rep, err := a.trail(db).Verify(ctx, audit.Ed25519Verifier(pub), progress)
+			rep, err := a.trail(db).Verify(ctx, audit.Ed25519Verifier(vault.PublicKeys(keys)), progress)
 			if err != nil {
 				return err
 			}

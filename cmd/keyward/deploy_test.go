@@ -137,9 +137,7 @@ func cfnStatements(t *testing.T, path string) map[string][]string {
 // and cfn-lint accepts them; Terraform renders deploy/iam's files themselves (templatefile) with
 // the variables its modules pass, into valid JSON, and its files are formatted.
 func TestCloudFormationAndTerraformMatchTheIAMPolicies(t *testing.T) {
-	vars := map[string]string{"UserPath": "/", "MemberRoleName": "keyward", "VaultKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/k",
-		"ManagementAccountId": "123456789012", "AuditLogGroup": "keyward-audit", "MetricsNamespace": "Keyward",
-		"NotifyTopicPrefix": "keyward-", "DeliveryPrefix": "keyward/", "KeywardPrincipalArn": "arn:aws:iam::123456789012:role/keyward", "ExternalId": "x"}
+	vars := samplePolicyVars
 	for tmpl, policies := range map[string][]string{
 		"keyward-member.yaml":     {"keyward-member-policy.json", "keyward-member-trust-policy.json"},
 		"keyward-management.yaml": {"keyward-management-policy.json"},

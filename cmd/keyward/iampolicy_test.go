@@ -45,6 +45,12 @@ type policyDocument struct {
 	Statement []policyStatement
 }
 
+// samplePolicyVars fill every placeholder of deploy/iam's policies, for the tests that read them
+// without an account behind them.
+var samplePolicyVars = map[string]string{"UserPath": "/", "MemberRoleName": "keyward", "VaultKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/k",
+	"ManagementAccountId": "123456789012", "AuditLogGroup": "keyward-audit", "MetricsNamespace": "Keyward",
+	"NotifyTopicPrefix": "keyward-", "DeliveryPrefix": "keyward/", "KeywardPrincipalArn": "arn:aws:iam::123456789012:role/keyward", "ExternalId": "x"}
+
 // deployPolicy reads a policy of deploy/iam with its ${…} placeholders filled in.
 func deployPolicy(t *testing.T, name string, vars map[string]string) policyDocument {
 	t.Helper()
@@ -108,9 +114,7 @@ func forMoto(doc policyDocument) string {
 // and those held by a condition instead (CloudWatch metrics by namespace, KMS through the delivery
 // services); none allows a wildcard action; the trust policy requires an external id.
 func TestDeployPoliciesAreScoped(t *testing.T) {
-	vars := map[string]string{"UserPath": "/", "MemberRoleName": "keyward", "VaultKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/k",
-		"ManagementAccountId": "123456789012", "AuditLogGroup": "keyward-audit", "MetricsNamespace": "Keyward",
-		"NotifyTopicPrefix": "keyward-", "DeliveryPrefix": "keyward/", "KeywardPrincipalArn": "arn:aws:iam::123456789012:role/keyward", "ExternalId": "x"}
+	vars := samplePolicyVars
 	unscoped := []string{"iam:ListUsers", "iam:GenerateCredentialReport", "iam:GetCredentialReport", "organizations:ListAccounts"}
 	for _, name := range []string{"keyward-management-policy.json", "keyward-member-policy.json"} {
 		for _, s := range deployPolicy(t, name, vars).Statement {

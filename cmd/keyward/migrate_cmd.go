@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -81,29 +80,9 @@ KEYWARD_MIGRATE_TO_DSN than on the command line.`,
 
 // copyVault copies a SQLite vault into an empty PostgreSQL database and checks the copy.
 func (a *app) copyVault(ctx context.Context, from, to, output string) error {
-	path, ok := strings.CutPrefix(from, "sqlite:")
-	if !ok || path == "" {
-		return usageErr("--from %q: want sqlite:PATH (the SQLite vault to copy)", from)
-	}
-	dsn, ok := strings.CutPrefix(to, "postgres:")
-	if !ok {
-		return usageErr("--to: want postgres:DSN (an empty PostgreSQL database)")
-	}
-	if dsn == "" {
-		for _, kv := range a.environ {
-			if v, found := strings.CutPrefix(kv, "KEYWARD_MIGRATE_TO_DSN="); found {
-				dsn = v
-			}
-		}
-		if dsn == "" {
-			return usageErr("--to postgres: with no DSN: set KEYWARD_MIGRATE_TO_DSN")
-		}
-	}
-	if _, err := pgconn.ParseConfig(dsn); err != nil {
-		return usageErr("--to: not a PostgreSQL connection string: %v", err) // pgconn redacts the password
-	}
-	if info, err := os.Stat(path); err != nil || info.Size() == 0 {
-		return usageErr("--from %s: no SQLite vault there", path)
+	path, dsn, err := a.copyEnds(from, to)
+	if err != nil {
+		return err
 	}
 	release, err := lockSQLiteServe(path)
 	if err != nil {
@@ -133,42 +112,9 @@ func (a *app) copyVault(ctx context.Context, from, to, output string) error {
 	if err != nil {
 		return err
 	}
-	// The check: every table holds as many rows on both sides, and the trail verifies in its new home
-	// and ends where it ended.
-	for _, t := range copied {
-		n, err := src.CountRows(ctx, t.Table)
-		if err != nil {
-			return err
-		}
-		if n != t.Rows {
-			return fmt.Errorf("table %s: %d rows in SQLite, %d copied", t.Table, n, t.Rows)
-		}
-	}
-	keys, err := dst.Vault().SigningKeys(ctx, vault.PurposeAudit)
+	rep, err := a.checkCopy(ctx, src, dst, copied)
 	if err != nil {
 		return err
-	}
-	pub := map[string]ed25519.PublicKey{}
-	for _, k := range keys {
-		pub[k.ID] = k.Public
-	}
-	rep, err := a.trail(dst).Verify(ctx, audit.Ed25519Verifier(pub), nil)
-	if err != nil {
-		return err
-	}
-	if !rep.OK() {
-		return fmt.Errorf("the copied audit trail does not verify: %w at record %d: %s", audit.ErrTampered, rep.BadSeq, rep.Problem)
-	}
-	srcHead, err := src.Audit().Head(ctx)
-	if err != nil {
-		return err
-	}
-	dstHead, err := dst.Audit().Head(ctx)
-	if err != nil {
-		return err
-	}
-	if srcHead != dstHead {
-		return fmt.Errorf("the copied audit trail ends at record %d, the SQLite one at %d", dstHead.Seq, srcHead.Seq)
 	}
 	if output == "json" {
 		return json.NewEncoder(a.stdout).Encode(map[string]any{"tables": copied, "audit_records": rep.Records, "audit_checkpoints": rep.Checkpoints, "verified": true})
@@ -181,4 +127,71 @@ func (a *app) copyVault(ctx context.Context, from, to, output string) error {
 		"Point vault.driver at postgres and vault.dsn at it, keep vault.master_key, and start serve.\n",
 		total, len(copied), path, rep.Records, rep.Checkpoints)
 	return err
+}
+
+// copyEnds reads --from and --to: the SQLite vault's path and the PostgreSQL DSN (from
+// KEYWARD_MIGRATE_TO_DSN when --to is postgres: alone).
+func (a *app) copyEnds(from, to string) (path, dsn string, err error) {
+	path, ok := strings.CutPrefix(from, "sqlite:")
+	if !ok || path == "" {
+		return "", "", usageErr("--from %q: want sqlite:PATH (the SQLite vault to copy)", from)
+	}
+	dsn, ok = strings.CutPrefix(to, "postgres:")
+	if !ok {
+		return "", "", usageErr("--to: want postgres:DSN (an empty PostgreSQL database)")
+	}
+	if dsn == "" {
+		for _, kv := range a.environ {
+			if v, found := strings.CutPrefix(kv, "KEYWARD_MIGRATE_TO_DSN="); found {
+				dsn = v
+			}
+		}
+		if dsn == "" {
+			return "", "", usageErr("--to postgres: with no DSN: set KEYWARD_MIGRATE_TO_DSN")
+		}
+	}
+	if _, err := pgconn.ParseConfig(dsn); err != nil {
+		return "", "", usageErr("--to: not a PostgreSQL connection string: %v", err) // pgconn redacts the password
+	}
+	if info, err := os.Stat(path); err != nil || info.Size() == 0 {
+		return "", "", usageErr("--from %s: no SQLite vault there", path)
+	}
+	return path, dsn, nil
+}
+
+// checkCopy checks a copy: every table holds as many rows on both sides, and the trail verifies in
+// its new home (its public keys read from the copy, no KEK needed) and ends where it ended.
+func (a *app) checkCopy(ctx context.Context, src, dst *store.DB, copied []store.TableRows) (audit.Report, error) {
+	for _, t := range copied {
+		n, err := src.CountRows(ctx, t.Table)
+		if err != nil {
+			return audit.Report{}, err
+		}
+		if n != t.Rows {
+			return audit.Report{}, fmt.Errorf("table %s: %d rows in SQLite, %d copied", t.Table, n, t.Rows)
+		}
+	}
+	keys, err := vault.PublicSigningKeysOf(ctx, dst.Vault(), vault.PurposeAudit)
+	if err != nil {
+		return audit.Report{}, err
+	}
+	rep, err := a.trail(dst).Verify(ctx, audit.Ed25519Verifier(vault.PublicKeys(keys)), nil)
+	if err != nil {
+		return rep, err
+	}
+	if !rep.OK() {
+		return rep, fmt.Errorf("the copied audit trail does not verify: %w at record %d: %s", audit.ErrTampered, rep.BadSeq, rep.Problem)
+	}
+	srcHead, err := src.Audit().Head(ctx)
+	if err != nil {
+		return rep, err
+	}
+	dstHead, err := dst.Audit().Head(ctx)
+	if err != nil {
+		return rep, err
+	}
+	if srcHead != dstHead {
+		return rep, fmt.Errorf("the copied audit trail ends at record %d, the SQLite one at %d", dstHead.Seq, srcHead.Seq)
+	}
+	return rep, nil
 }

@@ -162,19 +162,7 @@ func TestThreeReplicas(t *testing.T) {
 			t.Fatalf("%d of %d rotated two minutes after the kill", rotatedSoFar(), users)
 		}
 	}
-	// Notices of the last rotations go out within a few notify intervals.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		var pending int
-		if err := db.QueryRow(`SELECT COUNT(*) FROM notification_outbox WHERE state = 'pending'`).Scan(&pending); err != nil {
-			t.Fatal(err)
-		}
-		if pending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d notices still pending", pending)
-		}
-	}
+	waitOutboxDrained(t, db) // the notices of the last rotations
 	close(stopLoad)
 	loadWG.Wait()
 
@@ -276,6 +264,22 @@ func (w *motoWorld) loadTeam(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return member.Key
+}
+
+// waitOutboxDrained waits up to 30 s for the outbox to hold no pending notice (the database may be
+// coming back meanwhile).
+func waitOutboxDrained(t *testing.T, db *sql.DB) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var pending int
+		err := db.QueryRow(`SELECT COUNT(*) FROM notification_outbox WHERE state = 'pending'`).Scan(&pending)
+		if err == nil && pending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("notices still pending after 30 s: %d (%v)", pending, err)
+		}
+	}
 }
 
 // rotated counts the rotations finished with a new key, or -1 while the database does not answer.

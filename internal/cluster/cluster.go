@@ -200,7 +200,7 @@ func (m *Member) Gone(owner string) bool {
 	m.mu.Lock()
 	seen, ok := m.seen[owner]
 	m.mu.Unlock()
-	return ok && m.now().Sub(seen) > m.Lease
+	return ok && !m.Alive(seen)
 }
 
 // GoneReplicas names the replicas last seen more than a lease ago (as of the last heartbeat).
@@ -209,7 +209,7 @@ func (m *Member) GoneReplicas() []string {
 	defer m.mu.Unlock()
 	var gone []string
 	for id, seen := range m.seen {
-		if m.now().Sub(seen) > m.Lease {
+		if !m.Alive(seen) {
 			gone = append(gone, id)
 		}
 	}

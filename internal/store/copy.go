@@ -65,14 +65,8 @@ func (db *DB) CopyTo(ctx context.Context, to *DB, progress func(TableRows)) ([]T
 		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
 			return err
 		}
-		for _, t := range tables {
-			var n int64
-			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM `+pgx.Identifier{t}.Sanitize()).Scan(&n); err != nil {
-				return fmt.Errorf("count %s: %w", t, err)
-			}
-			if n > 0 && t != "schema_migrations" {
-				return fmt.Errorf("the PostgreSQL database is not empty: table %s holds %d rows; copy into a new database", t, n)
-			}
+		if err := assertEmpty(ctx, tx, tables); err != nil {
+			return err
 		}
 		for _, t := range tables {
 			if t == "schema_migrations" { // the target's own, written by its migration
@@ -81,21 +75,6 @@ func (db *DB) CopyTo(ctx context.Context, to *DB, progress func(TableRows)) ([]T
 			n, err := db.copyTable(ctx, tx, t, columns[t])
 			if err != nil {
 				return err
-			}
-			var there int64
-			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM `+pgx.Identifier{t}.Sanitize()).Scan(&there); err != nil {
-				return err
-			}
-			if there != n {
-				return fmt.Errorf("table %s: %d rows read, %d in PostgreSQL", t, n, there)
-			}
-			for _, c := range columns[t] {
-				if c.identity {
-					if _, err := tx.Exec(ctx, `SELECT setval(pg_get_serial_sequence($1, $2), GREATEST(MAX(`+pgx.Identifier{c.name}.Sanitize()+`), 1),
-						MAX(`+pgx.Identifier{c.name}.Sanitize()+`) IS NOT NULL) FROM `+pgx.Identifier{t}.Sanitize(), t, c.name); err != nil {
-						return fmt.Errorf("table %s: continue its ids: %w", t, err)
-					}
-				}
 			}
 			counts = append(counts, TableRows{Table: t, Rows: n})
 			if progress != nil {
@@ -174,7 +153,8 @@ func (db *DB) copyPlan(ctx context.Context) ([]string, map[string][]pgColumn, er
 }
 
 // copyTable streams one SQLite table into PostgreSQL with COPY, converting what SQLite stores
-// loosely (0 and 1 for a boolean, text for bytes) to the column's type, and returns how many rows.
+// loosely (0 and 1 for a boolean, text for bytes) to the column's type; counts the rows again on
+// PostgreSQL's side and continues its identity columns there. It returns how many rows.
 func (db *DB) copyTable(ctx context.Context, tx pgx.Tx, table string, cols []pgColumn) (int64, error) {
 	names := make([]string, len(cols))
 	quoted := make([]string, len(cols))
@@ -210,7 +190,37 @@ func (db *DB) copyTable(ctx context.Context, tx pgx.Tx, table string, cols []pgC
 	if err != nil {
 		return 0, fmt.Errorf("copy %s: %w", table, err)
 	}
+	var there int64
+	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM `+pgx.Identifier{table}.Sanitize()).Scan(&there); err != nil {
+		return 0, err
+	}
+	if there != n {
+		return 0, fmt.Errorf("table %s: %d rows read, %d in PostgreSQL", table, n, there)
+	}
+	for _, c := range cols { // ids made later continue after the highest copied
+		if c.identity {
+			col := pgx.Identifier{c.name}.Sanitize()
+			if _, err := tx.Exec(ctx, `SELECT setval(pg_get_serial_sequence($1, $2), GREATEST(MAX(`+col+`), 1), MAX(`+col+`) IS NOT NULL)
+				FROM `+pgx.Identifier{table}.Sanitize(), table, c.name); err != nil {
+				return 0, fmt.Errorf("table %s: continue its ids: %w", table, err)
+			}
+		}
+	}
 	return n, nil
+}
+
+// assertEmpty refuses a target that holds rows (but for its own schema_migrations).
+func assertEmpty(ctx context.Context, tx pgx.Tx, tables []string) error {
+	for _, t := range tables {
+		var n int64
+		if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM `+pgx.Identifier{t}.Sanitize()).Scan(&n); err != nil {
+			return fmt.Errorf("count %s: %w", t, err)
+		}
+		if n > 0 && t != "schema_migrations" {
+			return fmt.Errorf("the PostgreSQL database is not empty: table %s holds %d rows; copy into a new database", t, n)
+		}
+	}
+	return nil
 }
 
 // convert turns a value SQLite returned into one for a PostgreSQL column of dataType.

@@ -114,7 +114,13 @@ func (v *Vault) SigningKeys(ctx context.Context, purpose string) ([]SigningKey, 
 // PublicSigningKeys returns every signing key for purpose, oldest first, with its public half only:
 // what checking signatures needs, read without a call to the KEK. Such a key cannot sign.
 func (v *Vault) PublicSigningKeys(ctx context.Context, purpose string) ([]SigningKey, error) {
-	sealed, err := v.store.SigningKeys(ctx, purpose)
+	return PublicSigningKeysOf(ctx, v.store, purpose)
+}
+
+// PublicSigningKeysOf is PublicSigningKeys read straight from a store, for what has no KEK at hand (a
+// copy of the vault into another database checking its trail).
+func PublicSigningKeysOf(ctx context.Context, st Store, purpose string) ([]SigningKey, error) {
+	sealed, err := st.SigningKeys(ctx, purpose)
 	if err != nil {
 		return nil, fmt.Errorf("%s signing keys: %w", purpose, err)
 	}
@@ -126,6 +132,15 @@ func (v *Vault) PublicSigningKeys(ctx context.Context, purpose string) ([]Signin
 		keys = append(keys, SigningKey{ID: s.ID, Purpose: s.Purpose, Public: s.Public, CreatedAt: s.CreatedAt})
 	}
 	return keys, nil
+}
+
+// PublicKeys are the keys' public halves by id, as checking a signature wants them.
+func PublicKeys(keys []SigningKey) map[string]ed25519.PublicKey {
+	pub := make(map[string]ed25519.PublicKey, len(keys))
+	for _, k := range keys {
+		pub[k.ID] = k.Public
+	}
+	return pub
 }
 
 // OpenSigningKey returns one signing key for purpose by id, opened (one call to the KEK).

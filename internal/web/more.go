@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,11 +74,7 @@ func (u *UI) auditVerify(w http.ResponseWriter, r *http.Request, s *signedIn) er
 	if err != nil {
 		return err
 	}
-	pub := map[string]ed25519.PublicKey{}
-	for _, k := range keys {
-		pub[k.ID] = k.Public
-	}
-	rep, err := u.Trail.Verify(r.Context(), audit.Ed25519Verifier(pub), nil)
+	rep, err := u.Trail.Verify(r.Context(), audit.Ed25519Verifier(vault.PublicKeys(keys)), nil)
 	if err != nil {
 		return err
 	}
