@@ -106,63 +106,68 @@ func (s *Audit) Seal(ctx context.Context) (int, error) {
 	total := 0
 	for {
 		var n int
-		err := s.db.inTx(ctx, func(tx *Tx) error {
-			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
-				return fmt.Errorf("lock the audit trail: %w", err)
-			}
-			rows, err := tx.query(ctx, `SELECT id, time, actor, action, target, outcome, source_ip, request_id, detail
-				FROM audit_pending ORDER BY id LIMIT $1`, sealBatch)
-			var ids []int64
-			recs, err := collect(rows, err, func(rows scanner) (audit.Record, error) {
-				var r audit.Record
-				var id, at int64
-				var detail string
-				if err := rows.Scan(&id, &at, &r.Actor, &r.Action, &r.Target, &r.Outcome, &r.SourceIP, &r.RequestID, &detail); err != nil {
-					return r, err
-				}
-				r.Time = time.UnixMicro(at).UTC()
-				d, err := audit.UnmarshalDetail(detail)
-				if err != nil {
-					return r, fmt.Errorf("pending audit record %d: %w", id, err)
-				}
-				r.Detail = d
-				ids = append(ids, id)
-				return r, nil
-			})
-			if err != nil || len(recs) == 0 {
-				return err
-			}
-			head, err := s.head(ctx, tx.queryRow)
-			if err != nil {
-				return err
-			}
-			audit.Chain(head, recs)
-			var seqs, times []int64
-			texts := make([][]string, 9) // actor … hash, in auditColumns' order
-			for _, r := range recs {
-				seqs, times = append(seqs, r.Seq), append(times, micros(r.Time))
-				for i, v := range []string{r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
-					audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash} {
-					texts[i] = append(texts[i], v)
-				}
-			}
-			if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`)
-				SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-					$7::text[], $8::text[], $9::text[], $10::text[], $11::text[])`,
-				seqs, times, texts[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6], texts[7], texts[8]); err != nil {
-				return fmt.Errorf("seal audit records %d to %d: %w", recs[0].Seq, recs[len(recs)-1].Seq, err)
-			}
-			if _, err := tx.exec(ctx, `DELETE FROM audit_pending WHERE id = ANY($1::bigint[])`, ids); err != nil {
-				return fmt.Errorf("seal audit records: %w", err)
-			}
-			n = len(recs)
-			return nil
+		err := s.db.inTx(ctx, func(tx *Tx) (err error) {
+			n, err = s.sealOnce(ctx, tx)
+			return err
 		})
 		total += n
 		if err != nil || n < sealBatch {
 			return total, err
 		}
 	}
+}
+
+// sealOnce seals up to sealBatch pending records in tx, under the sealing lock, and returns how many.
+func (s *Audit) sealOnce(ctx context.Context, tx *Tx) (int, error) {
+	if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
+		return 0, fmt.Errorf("lock the audit trail: %w", err)
+	}
+	rows, err := tx.query(ctx, `SELECT id, time, actor, action, target, outcome, source_ip, request_id, detail
+		FROM audit_pending ORDER BY id LIMIT $1`, sealBatch)
+	var ids []int64
+	recs, err := collect(rows, err, func(rows scanner) (audit.Record, error) {
+		var r audit.Record
+		var id, at int64
+		var detail string
+		if err := rows.Scan(&id, &at, &r.Actor, &r.Action, &r.Target, &r.Outcome, &r.SourceIP, &r.RequestID, &detail); err != nil {
+			return r, err
+		}
+		r.Time = time.UnixMicro(at).UTC()
+		d, err := audit.UnmarshalDetail(detail)
+		if err != nil {
+			return r, fmt.Errorf("pending audit record %d: %w", id, err)
+		}
+		r.Detail = d
+		ids = append(ids, id)
+		return r, nil
+	})
+	if err != nil || len(recs) == 0 {
+		return 0, err
+	}
+	head, err := s.head(ctx, tx.queryRow)
+	if err != nil {
+		return 0, err
+	}
+	audit.Chain(head, recs)
+	var seqs, times []int64
+	texts := make([][]string, 9) // actor … hash, in auditColumns' order
+	for _, r := range recs {
+		seqs, times = append(seqs, r.Seq), append(times, micros(r.Time))
+		for i, v := range []string{r.Actor, r.Action, r.Target, r.Outcome, r.SourceIP, r.RequestID,
+			audit.MarshalDetail(r.Detail), r.PrevHash, r.Hash} {
+			texts[i] = append(texts[i], v)
+		}
+	}
+	if _, err := tx.exec(ctx, `INSERT INTO audit_events (`+auditColumns+`)
+		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+			$7::text[], $8::text[], $9::text[], $10::text[], $11::text[])`,
+		seqs, times, texts[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6], texts[7], texts[8]); err != nil {
+		return 0, fmt.Errorf("seal audit records %d to %d: %w", recs[0].Seq, recs[len(recs)-1].Seq, err)
+	}
+	if _, err := tx.exec(ctx, `DELETE FROM audit_pending WHERE id = ANY($1::bigint[])`, ids); err != nil {
+		return 0, fmt.Errorf("seal audit records: %w", err)
+	}
+	return len(recs), nil
 }
 
 func (s *Audit) head(ctx context.Context, queryRow func(context.Context, string, ...any) scanner) (audit.Head, error) {
