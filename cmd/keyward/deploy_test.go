@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/keyward/keyward/internal/metrics/awsmetrics"
 	"github.com/keyward/keyward/internal/testenv"
 )
 
@@ -422,5 +423,44 @@ func TestHelmChart(t *testing.T) {
 	if b, err := exec.Command(helm, "template", "r", chart, "--set", "masterKey.source=aws-kms").CombinedOutput(); err == nil ||
 		!strings.Contains(string(b), "masterKey.kmsKeyId is required") {
 		t.Fatalf("a KMS master key without its id: %v\n%s", err, b)
+	}
+}
+
+// TestAlarmsWatchPublishedMetrics: every CloudWatch alarm of the CloudFormation template and the
+// Terraform module watches a metric Keyward puts (awsmetrics), and keyward-silent watches the
+// scheduler's heartbeat, which a long pass keeps sending — not the end of a pass.
+func TestAlarmsWatchPublishedMetrics(t *testing.T) {
+	put := map[string]bool{}
+	for _, m := range []string{awsmetrics.MetricRotated, awsmetrics.MetricFailed, awsmetrics.MetricBlocked, awsmetrics.MetricHeld,
+		awsmetrics.MetricOldestKeyAge, awsmetrics.MetricOverdue, awsmetrics.MetricNotificationsPending, awsmetrics.MetricProgress} {
+		put[m] = true
+	}
+	cfn, err := os.ReadFile("../../deploy/cloudformation/keyward-management.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf, err := os.ReadFile("../../deploy/terraform/management/main.tf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range regexp.MustCompile(`MetricName: (\w+)`).FindAllStringSubmatch(string(cfn), -1) {
+		names = append(names, m[1])
+	}
+	for _, m := range regexp.MustCompile(`"keyward-[a-z-]+"\s+= \["(\w+)"`).FindAllStringSubmatch(string(tf), -1) {
+		names = append(names, m[1])
+	}
+	if len(names) != 10 {
+		t.Fatalf("%d alarms found, want 5 in each file: %v", len(names), names)
+	}
+	for _, n := range names {
+		if !put[n] {
+			t.Errorf("an alarm watches %s, which Keyward does not put", n)
+		}
+	}
+	silent := regexp.MustCompile(`(?s)KeywardSilentAlarm:.*?MetricName: (\w+)`).FindStringSubmatch(string(cfn))
+	tfSilent := regexp.MustCompile(`"keyward-silent"\s+= \["(\w+)"`).FindStringSubmatch(string(tf))
+	if silent == nil || silent[1] != awsmetrics.MetricProgress || tfSilent == nil || tfSilent[1] != awsmetrics.MetricProgress {
+		t.Fatalf("keyward-silent watches %v / %v, want %s", silent, tfSilent, awsmetrics.MetricProgress)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/audit"
+	"github.com/keyward/keyward/internal/cluster"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 )
@@ -59,6 +60,24 @@ command by itself); configure it with KEYWARD_* variables, the DSN with KEYWARD_
 	}
 }
 
+// lambdaPass makes the invocation's pass. The invocation leads the scheduler for it, so that status
+// and /healthz/rotation of any replica see the pass and its end; a serve that leads meanwhile keeps
+// leading (and the pass is not recorded).
+func (a *app) lambdaPass(ctx context.Context, c *components, start time.Time) (rotation.Report, error) {
+	c.metrics.PassStarted(start)
+	fence, leads, _ := c.member.Store.Lead(ctx, cluster.Scheduler, c.member.ID, start, start.Add(15*time.Minute))
+	if leads {
+		c.member.RecordPass(ctx, fence, cluster.PassReport{StartedAt: start, At: start})
+	}
+	rep, err := c.engine.Pass(ctx, rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency})
+	if leads {
+		c.member.RecordPass(ctx, fence, cluster.PassReport{StartedAt: start, At: time.Now(), Done: rep.Summary.Scanned,
+			Known: rep.Summary.Scanned, Finished: true, Unlisted: len(rep.Errors)})
+		_ = c.member.Store.Resign(context.WithoutCancel(ctx), cluster.Scheduler, c.member.ID)
+	}
+	return rep, err
+}
+
 // lambdaHandler returns the function each invocation calls, and what closes the database. The parts
 // are built at the first invocation and kept while the function's instance is warm: the next
 // invocations reuse the database pool and the cloud clients.
@@ -77,12 +96,12 @@ func (a *app) lambdaHandler() (func(ctx context.Context, event json.RawMessage) 
 		if buildErr != nil {
 			return LambdaResult{}, buildErr
 		}
-		rep, err := c.engine.Pass(ctx, rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency})
+		rep, err := a.lambdaPass(ctx, c, start)
 		res := LambdaResult{Summary: rep.Summary, Errors: rep.Errors, Interrupted: rep.Interrupted}
 		if err != nil {
 			res.Errors = append(res.Errors, err.Error())
 		}
-		c.afterPass(rep, err)
+		c.afterPass(start, time.Now(), rep, err)
 		// What serve does in the background, done once before the invocation ends.
 		if res.Sent, err = c.dispatcher.DeliverDue(ctx); err != nil {
 			res.Errors = append(res.Errors, "notifications: "+err.Error())

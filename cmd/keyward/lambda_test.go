@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -31,7 +32,7 @@ func TestLambdaHandler(t *testing.T) {
 	hooks, hook := newHookLog(t)
 	w := newMotoWorld(t, "KEYWARD_VAULT_DRIVER=postgres", "KEYWARD_VAULT_DSN="+dsn, "KEYWARD_ROTATION_ROTATE_AFTER=90d",
 		fmt.Sprintf(`KEYWARD_NOTIFY_WEBHOOKS=[{url: "%s/hook", secret: "hook-secret-for-the-test", events: ["key.rotated"]}]`, hook))
-	w.dueUsers(t, dsn, users)
+	db, _ := w.dueUsers(t, dsn, users)
 	// The AWS SDK reads its credentials from the process's environment, as in a function.
 	for _, v := range w.env.vars {
 		if name, value, ok := strings.Cut(v, "="); ok && strings.HasPrefix(name, "AWS_") {
@@ -69,6 +70,13 @@ func TestLambdaHandler(t *testing.T) {
 		t.Fatalf("the warm invocation: %+v, %v\n%s", again, err, logs.String())
 	}
 	hooks.checkOnce(t, users, time.Time{}, time.Time{}) // no fault: nothing may come twice
+	// Each invocation's pass is recorded where status and /healthz/rotation read it.
+	var finished sql.NullInt64
+	var running sql.NullInt64
+	if err := db.QueryRow(`SELECT last_pass_at, pass_started_at FROM leadership WHERE name = 'scheduler'`).Scan(&finished, &running); err != nil ||
+		!finished.Valid || running.Valid {
+		t.Fatalf("the invocations' passes were not recorded: finished %v, running %v, %v", finished, running, err)
+	}
 	w.env.must(t, 0, "", "audit", "verify")
 
 	sqlite := &app{stdout: &logs, stderr: &logs, environ: append(append([]string{}, w.env.vars...), "KEYWARD_VAULT_DRIVER=sqlite",

@@ -24,7 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/testenv"
 )
 
@@ -581,29 +580,6 @@ func TestServeDemo(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("demo did not stop cleanly: %v\n%s", err, out.String())
-	}
-}
-
-// TestReadinessFollowsPasses: not ready once no pass has finished for three intervals (pass_overdue),
-// nor while the last pass could not list the cloud's users (cloud_unavailable).
-func TestReadinessFollowsPasses(t *testing.T) {
-	p := &passWatch{interval: time.Minute, since: time.Now().Add(-2 * time.Minute)}
-	if err := p.check(context.Background()); err != nil {
-		t.Fatalf("two intervals without a pass: %v", err)
-	}
-	p.since = time.Now().Add(-4 * time.Minute)
-	var nr *httpapi.NotReady
-	if err := p.check(context.Background()); !errors.As(err, &nr) || nr.Reason != "pass_overdue" ||
-		!strings.Contains(err.Error(), "no rotation pass has finished for 4m0s") {
-		t.Fatalf("four intervals without a pass: %v", err)
-	}
-	p.finished(time.Now(), nil)
-	if err := p.check(context.Background()); err != nil {
-		t.Fatalf("right after a pass: %v", err)
-	}
-	p.finished(time.Now(), []string{"list users of 123456789012: connection refused"})
-	if err := p.check(context.Background()); !errors.As(err, &nr) || nr.Reason != "cloud_unavailable" {
-		t.Fatalf("after a pass that could not list users: %v", err)
 	}
 }
 

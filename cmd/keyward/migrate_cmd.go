@@ -38,44 +38,48 @@ KEYWARD_MIGRATE_TO_DSN than on the command line.`,
 			if from != "" || to != "" {
 				return a.copyVault(cmd.Context(), from, to, output)
 			}
-			if err := a.loadConfig(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			if err := a.resolveDSN(ctx); err != nil {
-				return err
-			}
-			db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal(), store.WithStatementTimeout(a.cfg.Database.StatementTimeout.Std()))
-			if err != nil {
-				return err
-			}
-			defer closeQuietly(db)
-			applied, err := db.Migrate(ctx)
-			if err != nil {
-				return err
-			}
-			version, err := db.SchemaVersion(ctx)
-			if err != nil {
-				return err
-			}
-			if output == "json" {
-				names := make([]string, len(applied))
-				for i, m := range applied {
-					names[i] = fmt.Sprintf("%04d_%s", m.Version, m.Name)
-				}
-				return json.NewEncoder(a.stdout).Encode(map[string]any{"applied": names, "schema_version": version})
-			}
-			for _, m := range applied {
-				fmt.Fprintf(a.stdout, "applied %04d_%s\n", m.Version, m.Name)
-			}
-			_, err = fmt.Fprintf(a.stdout, "database schema at version %d\n", version)
-			return err
+			return a.migrate(cmd.Context(), output)
 		}),
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().StringVar(&from, "from", "", "copy from this SQLite vault: sqlite:PATH")
 	cmd.Flags().StringVar(&to, "to", "", "copy into this empty PostgreSQL database: postgres:DSN (postgres: alone reads KEYWARD_MIGRATE_TO_DSN)")
 	return cmd
+}
+
+// migrate applies the migrations this binary needs to the configured database, and says which.
+func (a *app) migrate(ctx context.Context, output string) error {
+	if err := a.loadConfig(); err != nil {
+		return err
+	}
+	if err := a.resolveDSN(ctx); err != nil {
+		return err
+	}
+	db, err := store.Open(ctx, a.cfg.Vault.Driver, a.cfg.Vault.DSN.Reveal(), store.WithStatementTimeout(a.cfg.Database.StatementTimeout.Std()))
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(db)
+	applied, err := db.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	version, err := db.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		names := make([]string, len(applied))
+		for i, m := range applied {
+			names[i] = fmt.Sprintf("%04d_%s", m.Version, m.Name)
+		}
+		return json.NewEncoder(a.stdout).Encode(map[string]any{"applied": names, "schema_version": version})
+	}
+	for _, m := range applied {
+		fmt.Fprintf(a.stdout, "applied %04d_%s\n", m.Version, m.Name)
+	}
+	_, err = fmt.Fprintf(a.stdout, "database schema at version %d\n", version)
+	return err
 }
 
 // copyVault copies a SQLite vault into an empty PostgreSQL database and checks the copy.

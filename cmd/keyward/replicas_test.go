@@ -205,9 +205,14 @@ func TestThreeReplicas(t *testing.T) {
 }
 
 // dueUsers makes n users in moto (u000, u001…) with a key each, has Keyward adopt the keys into the
-// vault at dsn, then makes them 100 days old: all n are due under rotate_after 90d, and a key made
-// today is not. It returns the database, opened beside Keyward, and each user's key.
+// PostgreSQL vault at dsn, then makes them 100 days old: all n are due under rotate_after 90d, and a
+// key made today is not. It returns the database, opened beside Keyward, and each user's key.
 func (w *motoWorld) dueUsers(t *testing.T, dsn string, n int) (*sql.DB, map[string]string) {
+	return w.dueUsersIn(t, testenv.Database{Driver: "postgres", DSN: dsn}, n)
+}
+
+// dueUsersIn is dueUsers on either database.
+func (w *motoWorld) dueUsersIn(t *testing.T, vault testenv.Database, n int) (*sql.DB, map[string]string) {
 	t.Helper()
 	names := make([]string, n)
 	for i := range names {
@@ -215,7 +220,8 @@ func (w *motoWorld) dueUsers(t *testing.T, dsn string, n int) (*sql.DB, map[stri
 	}
 	pre := w.addUsers(t, names...)
 	w.env.must(t, 0, "", "rotate", "--once")
-	db, err := sql.Open("pgx", dsn)
+	driver := map[string]string{"postgres": "pgx", "sqlite": "sqlite"}[vault.Driver]
+	db, err := sql.Open(driver, vault.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
-	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/duration"
 	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
@@ -206,25 +206,8 @@ it finds: a report is not a gate.`,
 			if err := accountFlag(account); err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			e, db, provider, err := a.openForReports(ctx)
+			r, err := a.compliance(cmd.Context(), account)
 			if err != nil {
-				return err
-			}
-			defer closeQuietly(db)
-			if stored, err := db.Inventory().Accounts(ctx); err != nil {
-				return err
-			} else if len(stored) == 0 {
-				if err := a.refreshInventory(ctx, a.inventoryReader(e, db, provider), db, ""); err != nil {
-					return err
-				}
-			}
-			svc := a.reports(e, db)
-			r, err := svc.Compliance(ctx, account)
-			if err != nil {
-				return err
-			}
-			if r.History, err = svc.History(ctx, 90); err != nil {
 				return err
 			}
 			w := a.stdout
@@ -246,6 +229,30 @@ it finds: a report is not a gate.`,
 	return cmd
 }
 
+// compliance builds the compliance report over the stored inventory (read first when there is none)
+// with its 90 days of history.
+func (a *app) compliance(ctx context.Context, account string) (report.Report, error) {
+	e, db, provider, err := a.openForReports(ctx)
+	if err != nil {
+		return report.Report{}, err
+	}
+	defer closeQuietly(db)
+	if stored, err := db.Inventory().Accounts(ctx); err != nil {
+		return report.Report{}, err
+	} else if len(stored) == 0 {
+		if err := a.refreshInventory(ctx, a.inventoryReader(e, db, provider), db, ""); err != nil {
+			return report.Report{}, err
+		}
+	}
+	svc := a.reports(e, db)
+	r, err := svc.Compliance(ctx, account)
+	if err != nil {
+		return report.Report{}, err
+	}
+	r.History, err = svc.History(ctx, 90)
+	return r, err
+}
+
 func (a *app) remediateCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "remediate", Short: "Act on a report's findings, explicitly"}
 	var olderThan, output string
@@ -261,7 +268,7 @@ by policy). --dry-run says what would be done; it is the default when standard i
 terminal (give --dry-run=false to act from a script).`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			d, err := config.ParseDuration(olderThan)
+			d, err := duration.Parse(olderThan)
 			if err != nil || d < 24*time.Hour {
 				return usageErr("--older-than %q: want a duration of at least 1d, such as 45d", olderThan)
 			}
@@ -274,7 +281,8 @@ terminal (give --dry-run=false to act from a script).`,
 				return err
 			}
 			defer closeQuietly(db)
-			remedies, errs := e.RemediateUnused(ctx, d, includeUnmanaged, dryRun, cliActor(), rotation.PassOptions{Progress: a.progress("checking keys")})
+			remedies, errs := e.RemediateUnused(ctx, rotation.Remediation{OlderThan: d, IncludeUnmanaged: includeUnmanaged,
+				DryRun: dryRun, Actor: cliActor(), Pass: rotation.PassOptions{Progress: a.progress("checking keys")}})
 			a.checkpoint(context.WithoutCancel(ctx), a.auditSigner(e.Vault), db)
 			a.deliverOnce(ctx, db, e.Owner)
 			if err := printRemedies(a.stdout, remedies, output, dryRun); err != nil {

@@ -46,9 +46,10 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 		return nil, err
 	}
 	opts := awsiam.Options{OrganizationRoleName: a.cfg.AWS.Organization.RoleName,
-		OrganizationExternalID: a.cfg.AWS.Organization.ExternalID, MaxRPS: a.cfg.AWS.MaxRPS, Logger: a.log}
+		OrganizationExternalID: a.cfg.AWS.Organization.ExternalID, UserPath: a.cfg.AWS.UserPath, MaxRPS: a.cfg.AWS.MaxRPS, Logger: a.log}
 	for _, acct := range a.cfg.AWS.Accounts {
-		opts.Accounts = append(opts.Accounts, awsiam.AccountConfig{ID: acct.ID, RoleARN: acct.RoleARN, ExternalID: acct.ExternalID})
+		opts.Accounts = append(opts.Accounts, awsiam.AccountConfig{ID: acct.ID, RoleARN: acct.RoleARN, ExternalID: acct.ExternalID,
+			UserPath: acct.UserPath})
 	}
 	return awsiam.New(cfg, opts), nil
 }
@@ -262,15 +263,20 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			defer closeQuietly(db)
 			plans, errs := engine.PlanPass(ctx, rotation.PassOptions{Progress: a.progress("reading")})
+			sched, err := a.schedulerHealth(db.Cluster().Scheduler, time.Time{})(ctx)
+			if err != nil {
+				return err
+			}
 			if output == "json" {
 				if plans == nil {
 					plans = []rotation.Plan{}
 				}
-				return json.NewEncoder(a.stdout).Encode(map[string]any{"identities": plans, "errors": errs})
+				return json.NewEncoder(a.stdout).Encode(map[string]any{"identities": plans, "errors": errs, "scheduler": sched})
 			}
 			if err := a.printPlans(plans); err != nil {
 				return err
 			}
+			fmt.Fprintf(a.stdout, "\nScheduler: %s — %s\n", sched.State, sched.Reason)
 			if len(errs) > 0 {
 				return fmt.Errorf("%s", strings.Join(errs, "; "))
 			}

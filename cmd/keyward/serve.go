@@ -53,25 +53,35 @@ temporary directory. It prints what happens after every pass.`,
 			if !demo {
 				return a.serve(cmd.Context(), nil, nil)
 			}
-			dir, err := os.MkdirTemp("", "keyward-demo-")
-			if err != nil {
-				return err
-			}
-			cfg, cfgPath, err := demoConfig(dir, a.cfg)
-			if err != nil {
-				return err
-			}
-			a.cfg = cfg
-			addr, moved := freeListen(cfg.Server.Listen)
-			if moved {
-				fmt.Fprintf(a.stdout, "%s is taken: the demo listens on %s instead.\n", cfg.Server.Listen, addr)
-			}
-			cfg.Server.Listen = addr
-			a.demoConfigPath, a.demoSetup = cfgPath, a.demoSeed
-			fmt.Fprintf(a.stdout, "Keyward demo: open http://%s/ui/ in a browser (people and passwords below).\n\n", cfg.Server.Listen)
-			c := demoCloud(time.Now())
-			go demoConsumer(cmd.Context(), c)
-			fmt.Fprintf(a.stdout, `Keyward demo — a simulated AWS account (%s) with 10 IAM users; nothing leaves this machine.
+			return a.serveDemo(cmd.Context())
+		}),
+	}
+	cmd.Flags().BoolVar(&demo, "demo", false, "run on a simulated cloud with a policy in minutes (no AWS account, no configuration)")
+	return cmd
+}
+
+// serveDemo runs serve --demo: a simulated cloud of ten users, a policy in minutes and a vault in a
+// new temporary directory, with what happens printed after every pass.
+func (a *app) serveDemo(ctx context.Context) error {
+	dir, err := os.MkdirTemp("", "keyward-demo-")
+	if err != nil {
+		return err
+	}
+	cfg, cfgPath, err := demoConfig(dir, a.cfg)
+	if err != nil {
+		return err
+	}
+	a.cfg = cfg
+	addr, moved := freeListen(cfg.Server.Listen)
+	if moved {
+		fmt.Fprintf(a.stdout, "%s is taken: the demo listens on %s instead.\n", cfg.Server.Listen, addr)
+	}
+	cfg.Server.Listen = addr
+	a.demoConfigPath, a.demoSetup = cfgPath, a.demoSeed
+	fmt.Fprintf(a.stdout, "Keyward demo: open http://%s/ui/ in a browser (people and passwords below).\n\n", cfg.Server.Listen)
+	c := demoCloud(time.Now())
+	go demoConsumer(ctx, c)
+	fmt.Fprintf(a.stdout, `Keyward demo — a simulated AWS account (%s) with 10 IAM users; nothing leaves this machine.
 Policy in minutes: keys are replaced at %s, the old key deactivated %s later and deleted %s after that.
 Watch: ci-deploy and partner-acme are due now; legacy-erp's old key stays in use (held);
 break-glass is exempt; two-keys holds two active keys (blocked); fast-lane has a 2m tag.
@@ -81,20 +91,16 @@ Try, in another terminal:  keyward vault list --config %s
 Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look at.
 
 `, demoAccount, cfg.Rotation.RotateAfter, cfg.Rotation.DeactivateAfter, cfg.Rotation.DeleteAfter,
-				cfg.Vault.DSN.Reveal(), cfg.Vault.MasterKey.File, cfgPath, cfgPath, cfg.Server.Listen)
-			var engine *rotation.Engine
-			after := func(rep rotation.Report, _ error) {
-				s := rep.Summary
-				fmt.Fprintf(a.stdout, "\n%s pass: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d\n",
-					time.Now().Format(time.TimeOnly), s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed)
-				plans, _ := engine.PlanPass(context.Background(), rotation.PassOptions{})
-				_ = a.printPlans(plans)
-			}
-			return a.serve(cmd.Context(), c, func(e *rotation.Engine) func(rotation.Report, error) { engine = e; return after })
-		}),
+		cfg.Vault.DSN.Reveal(), cfg.Vault.MasterKey.File, cfgPath, cfgPath, cfg.Server.Listen)
+	var engine *rotation.Engine
+	after := func(rep rotation.Report, _ error) {
+		s := rep.Summary
+		fmt.Fprintf(a.stdout, "\n%s pass: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d\n",
+			time.Now().Format(time.TimeOnly), s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed)
+		plans, _ := engine.PlanPass(context.Background(), rotation.PassOptions{})
+		_ = a.printPlans(plans)
 	}
-	cmd.Flags().BoolVar(&demo, "demo", false, "run on a simulated cloud with a policy in minutes (no AWS account, no configuration)")
-	return cmd
+	return a.serve(ctx, c, func(e *rotation.Engine) func(rotation.Report, error) { engine = e; return after })
 }
 
 // serve runs the service. provider overrides the configured cloud (the demo's); afterPass, when set,
@@ -138,19 +144,22 @@ type components struct {
 	shipper    *audit.Shipper // nil: no sink besides the database
 	dispatcher *notify.Dispatcher
 	api        *httpapi.API
-	passes     *passWatch
+	started    time.Time // when this process began: the scheduler is not judged stalled before it could run
+	scheduler  func(context.Context) (rotation.Health, error)
 	member     *cluster.Member // this replica among those sharing the database
 	inventory  *inventory.Reader
 	reports    *report.Service
 	ui         *web.UI
 	demoAfter  func(rotation.Report, error)
-	// cloudWatch, when metrics.cloudwatch.namespace is set, puts each pass's metrics there.
-	cloudWatch func(rotation.Report)
+	// cloudWatch, when metrics.cloudwatch.namespace is set, puts each pass's metrics there, and
+	// cloudWatchBeat the heartbeat of a pass under way.
+	cloudWatch     func(rotation.Report)
+	cloudWatchBeat *awsmetrics.Publisher
 }
 
 // build opens the database (migrating it) and the vault, and wires every part over them.
 func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components, err error) {
-	c = &components{passes: &passWatch{interval: a.cfg.Rotation.Interval.Std(), since: time.Now()}}
+	c = &components{started: time.Now()}
 	if c.vault, c.db, err = a.openVault(ctx, dbMigrate); err != nil {
 		return nil, err
 	}
@@ -176,13 +185,14 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 	c.member = &cluster.Member{Store: c.db.Cluster(), ID: c.engine.Owner, Version: version, Lease: a.cfg.Rotation.Lease.Std(),
 		Log: a.log, HolderGone: rotation.LocalOwnerGone}
 	c.engine.OwnerGone = func(owner string) bool { return rotation.LocalOwnerGone(owner) || c.member.Gone(owner) }
-	c.passes.lastPass = c.member.LastPass
+	c.scheduler = a.schedulerHealth(c.member.Scheduler, c.started)
 	if ns := a.cfg.Metrics.CloudWatch.Namespace; ns != "" {
 		awsCfg, err := a.awsConfig(ctx)
 		if err != nil {
 			return nil, err
 		}
-		c.cloudWatch = a.cloudWatchPublisher(awsmetrics.New(awsCfg, ns), c)
+		c.cloudWatchBeat = awsmetrics.New(awsCfg, ns)
+		c.cloudWatch = a.cloudWatchPublisher(c.cloudWatchBeat, c)
 	}
 	if err := a.recordConfigLoaded(ctx, c.db, "engine:"+c.engine.Owner); err != nil {
 		return nil, err
@@ -198,10 +208,18 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 		return nil, err
 	}
 	c.dispatcher.Gone = c.member.GoneReplicas
-	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
+	if err := a.faces(ctx, c); err != nil {
 		return nil, err
 	}
-	c.api.Cluster = c.member.Status
+	return c, nil
+}
+
+// faces wires the two faces of the same services: the REST API and the web pages.
+func (a *app) faces(ctx context.Context, c *components) (err error) {
+	if c.api, err = a.api(ctx, c.vault, c.db, c.engine, c.reports); err != nil {
+		return err
+	}
+	c.api.Cluster, c.api.Scheduler = c.member.Status, c.scheduler
 	c.ui = &web.UI{Auth: c.api.Auth, Access: c.api.Access, Sessions: c.db.UISessions(), Log: a.log, Secure: a.cfg.Server.TLSCertFile != "",
 		Trail: c.api.Trail, Vault: c.vault, Reports: c.reports,
 		TTL: a.cfg.UI.SessionTTL.Std(), Idle: a.cfg.UI.IdleTimeout.Std()}
@@ -212,7 +230,7 @@ func (a *app) build(ctx context.Context, provider cloud.Provider) (c *components
 			c.ui.ServerURL = origin
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // run starts the background work — checkpoints, audit sinks, notifications, retention, the
@@ -262,21 +280,35 @@ func (a *app) lead(ctx context.Context, c *components, fence int64) {
 	if i := a.cfg.Reports.Interval.Std(); i > 0 {
 		wg.Go(func() { every(ctx, i, func() { a.refreshReports(ctx, c) }) })
 	}
+	// The pass's heartbeat: its start, its progress every few seconds and its end, where every
+	// replica reads them (the scheduler's health is progress, not completion).
+	beat := c.member.Heartbeat(fence, 0)
+	wg.Go(func() { beat.Run(ctx) })
+	if c.cloudWatchBeat != nil {
+		wg.Go(func() { a.cloudWatchHeartbeat(ctx, c.cloudWatchBeat, beat) })
+	}
 	wg.Go(func() {
+		defer c.metrics.PassStopped()
 		c.engine.Schedule(ctx, a.cfg.Rotation.Interval.Std(), rotation.PassOptions{Concurrency: a.cfg.Rotation.Concurrency},
-			func(rep rotation.Report, err error) {
-				c.member.PassFinished(context.WithoutCancel(ctx), fence, time.Now())
-				c.afterPass(rep, err)
+			rotation.PassEvents{
+				Started: func(at time.Time) { c.metrics.PassStarted(at); beat.Started(ctx, at) },
+				Progress: func(at time.Time, done, known int) {
+					c.metrics.PassProgress(at, done, known)
+					beat.Progress(at, done, known)
+				},
+				Finished: func(started, at time.Time, rep rotation.Report, err error) {
+					beat.Finished(context.WithoutCancel(ctx), started, at, rep.Summary.Scanned, len(rep.Errors))
+					c.afterPass(started, at, rep, err)
+				},
 			})
 	})
 	wg.Wait()
 }
 
-// afterPass is told of every finished pass: readiness, the metric, and the demo's table.
-func (c *components) afterPass(rep rotation.Report, err error) {
-	c.passes.finished(time.Now(), rep.Errors)
+// afterPass is told of every finished pass: the metrics, CloudWatch, and the demo's table.
+func (c *components) afterPass(started, at time.Time, rep rotation.Report, err error) {
 	sum := rep.Summary
-	c.metrics.Pass(map[string]int{"rotated": sum.Rotated, "failed": sum.Failed, "blocked": sum.Blocked, "held": sum.Held,
+	c.metrics.Pass(started, at, map[string]int{"rotated": sum.Rotated, "failed": sum.Failed, "blocked": sum.Blocked, "held": sum.Held,
 		"deactivated": sum.Deactivated, "deleted": sum.Deleted, "exempt": sum.Exempt, "skipped": sum.Skipped})
 	if c.cloudWatch != nil {
 		c.cloudWatch(rep)
@@ -295,7 +327,7 @@ func (a *app) cloudWatchPublisher(p *awsmetrics.Publisher, c *components) func(r
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		now := time.Now()
-		pass := awsmetrics.Pass{At: now, Rotated: rep.Summary.Rotated, Failed: rep.Summary.Failed, Blocked: rep.Summary.Blocked,
+		pass := awsmetrics.Pass{At: now, Rotated: rep.Summary.Rotated, Failed: rep.Summary.Failed, Blocked: rep.Summary.Blocked, Visited: rep.Summary.Scanned,
 			Held: rep.Summary.Held, Accounts: map[string]awsmetrics.Account{}}
 		versions, err := c.vault.List(ctx)
 		if err != nil {
@@ -322,15 +354,44 @@ func (a *app) cloudWatchPublisher(p *awsmetrics.Publisher, c *components) func(r
 	}
 }
 
+// cloudWatchHeartbeat puts the progress of a pass under way into CloudWatch once a minute, so that
+// the keyward-silent alarm sees a long pass making progress.
+func (a *app) cloudWatchHeartbeat(ctx context.Context, p *awsmetrics.Publisher, beat *cluster.Heartbeat) {
+	var sent time.Time
+	var sentDone int
+	every(ctx, time.Minute, func() {
+		r, running := beat.Current()
+		if !running || !r.At.After(sent) {
+			return
+		}
+		if r.StartedAt.After(sent) {
+			sentDone = 0 // a new pass
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := p.Heartbeat(cctx, r.At, r.Done-sentDone); err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("cloudwatch heartbeat not sent", "error", err)
+			}
+			return
+		}
+		sent, sentDone = r.At, r.Done
+	})
+}
+
 // listeners are the HTTP servers: the API and probes on server.listen, and the metrics there or on
 // server.metrics_listen.
 func (a *app) listeners(c *components) []*listener {
 	sc := a.cfg.Server
 	metricsElsewhere := sc.MetricsListen != ""
 	handler := httpapi.Handler(httpapi.Options{Log: a.log, Metrics: c.metrics, MetricsToken: sc.MetricsToken,
-		MetricsElsewhere: metricsElsewhere, API: c.api, UI: c.ui.Handler(), Checks: []httpapi.Check{
+		MetricsElsewhere: metricsElsewhere, API: c.api, UI: c.ui.Handler(),
+		Checks: []httpapi.Check{
 			{Name: "database", Func: databaseCheck(c.db)},
-			{Name: "rotation", Func: c.passes.check},
+			{Name: "signing_key", Func: signingKeyCheck(c.api.Auth.Tokens().Ready)},
+		},
+		RotationChecks: []httpapi.Check{
+			{Name: "scheduler", Func: schedulerCheck(c.scheduler)},
 			{Name: "notifications", Func: outboxCheck(c.db, a.cfg.Notify.StuckAfter.Std())},
 		}})
 	servers := []*listener{{key: "server.listen", addr: sc.Listen, handler: handler, tls: sc.TLSCertFile != ""}}
@@ -447,21 +508,6 @@ func (a *app) retain(ctx context.Context, db *store.DB) {
 	}
 }
 
-// databaseCheck is the readiness condition on the database: it answers (reason database) and its
-// schema is the one this binary needs (reason migrations).
-func databaseCheck(db *store.DB) func(context.Context) error {
-	return func(ctx context.Context) error {
-		err := db.Ready(ctx)
-		switch {
-		case errors.Is(err, store.ErrNotMigrated):
-			return &httpapi.NotReady{Reason: "migrations", Err: err}
-		case err != nil:
-			return &httpapi.NotReady{Reason: "database", Err: err}
-		}
-		return nil
-	}
-}
-
 // api wires the REST API: authentication, access to teams' keys, SSO when configured.
 func (a *app) api(ctx context.Context, v *vault.Vault, db *store.DB, engine *rotation.Engine, reports *report.Service) (*httpapi.API, error) {
 	svc, err := a.authService(v, db, engine.Cloud)
@@ -511,48 +557,6 @@ func serveMetrics(v *vault.Vault, db *store.DB, provider cloud.Provider) *metric
 		src.Throttles = func() float64 { return float64(t.Throttles()) }
 	}
 	return metrics.New(src)
-}
-
-// passWatch tells readiness whether rotation passes are happening: not ready once no pass has
-// finished for three intervals (counted from the start until the first one finishes) on this
-// replica or, when several share the database, on whichever leads; nor while this replica's last
-// pass could not list the cloud's users.
-type passWatch struct {
-	interval time.Duration
-	lastPass func(context.Context) (time.Time, error) // the cluster's last pass (nil: this replica's only)
-	mu       sync.Mutex
-	since    time.Time // the last pass's end, or the start
-	unlisted []string  // what the last pass could not list
-}
-
-func (p *passWatch) finished(at time.Time, unlisted []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.since, p.unlisted = at, unlisted
-}
-
-func (p *passWatch) check(ctx context.Context) error {
-	var last time.Time
-	if p.lastPass != nil {
-		var err error
-		if last, err = p.lastPass(ctx); err != nil {
-			return err
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.since.After(last) {
-		last = p.since
-	}
-	if late := time.Since(last); late > 3*p.interval {
-		return &httpapi.NotReady{Reason: "pass_overdue",
-			Err: fmt.Errorf("no rotation pass has finished for %s (3 intervals of %s)", late.Round(time.Second), p.interval)}
-	}
-	if len(p.unlisted) > 0 {
-		return &httpapi.NotReady{Reason: "cloud_unavailable",
-			Err: fmt.Errorf("the last pass could not list: %s", strings.Join(p.unlisted, "; "))}
-	}
-	return nil
 }
 
 // background runs fn in a goroutine under a context of its own (derived from ctx); the returned stop

@@ -19,7 +19,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/keyward/keyward/internal/audit"
-	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/duration"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/vault"
 )
@@ -489,7 +489,7 @@ func ParseKeyLifetime(s string) (time.Duration, error) {
 	if s == "" {
 		return 0, nil
 	}
-	ttl, err := config.ParseDuration(s)
+	ttl, err := duration.Parse(s)
 	if err != nil || ttl <= 0 {
 		return 0, invalid("%q: want a positive duration such as 90d or 12h", s)
 	}

@@ -338,3 +338,10 @@ func (t *Tokens) JWKS(ctx context.Context) ([]byte, error) {
 	t.mu.RUnlock()
 	return json.Marshal(set)
 }
+
+// Ready says whether tokens can be signed now: the newest signing key is opened (once; it is kept)
+// — a KEK that cannot be reached makes this fail, and readiness with it.
+func (t *Tokens) Ready(ctx context.Context) error {
+	_, err := t.signer(ctx)
+	return err
+}

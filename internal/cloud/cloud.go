@@ -6,6 +6,7 @@ package cloud
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/keyward/keyward/internal/secret"
@@ -22,7 +23,35 @@ var (
 	ErrThrottled = errors.New("throttled")
 	// ErrKeyRefused: the cloud refused a request signed with the key being verified.
 	ErrKeyRefused = errors.New("key refused by the cloud")
+	// ErrAccessDenied: Keyward's own credentials may not make the call (a *DeniedError says which
+	// action). A user Keyward may not manage is reported, never a failure of the pass.
+	ErrAccessDenied = errors.New("access denied")
 )
+
+// DeniedError is a call the cloud refused for lack of permission.
+type DeniedError struct {
+	Action string // the IAM action refused, as a policy names it: "iam:ListUserTags"
+	Doing  string // what Keyward was doing
+	Err    error
+}
+
+func (e *DeniedError) Error() string {
+	return fmt.Sprintf("%s: %s refused (%v)", e.Doing, e.Action, e.Err)
+}
+
+// Is makes errors.Is(err, ErrAccessDenied) true.
+func (e *DeniedError) Is(target error) bool { return target == ErrAccessDenied }
+
+func (e *DeniedError) Unwrap() error { return e.Err }
+
+// DeniedAction returns the action a refused call needed, when err is one.
+func DeniedAction(err error) (string, bool) {
+	var d *DeniedError
+	if errors.As(err, &d) {
+		return d.Action, true
+	}
+	return "", false
+}
 
 // Account is one cloud account Keyward manages.
 type Account struct {
@@ -37,6 +66,10 @@ type User struct {
 	Path      string
 	ARN       string
 	Tags      map[string]string
+	// Denied names the action Keyward was refused while listing the user (its tags: a policy
+	// scoped to an IAM path the user is outside of); "" when none was. Such a user is reported as
+	// outside Keyward's permissions, and the listing goes on.
+	Denied string
 }
 
 // KeyStatus is an access key's status in the cloud.
@@ -132,8 +165,9 @@ const (
 type Provider interface {
 	// Accounts lists the accounts to manage.
 	Accounts(ctx context.Context) ([]Account, error)
-	// ListUsers calls fn for every user of an account, following the cloud's paging; an error from
-	// fn stops the listing and is returned.
+	// ListUsers calls fn for every user of an account (under the account's user path, when one is
+	// configured), following the cloud's paging; an error from fn stops the listing and is returned.
+	// A user whose own details Keyward may not read is passed with Denied set, not an error.
 	ListUsers(ctx context.Context, accountID string, fn func(User) error) error
 	// GetUser returns one user, with its tags. ErrNoSuchEntity when there is none.
 	GetUser(ctx context.Context, accountID, userName string) (User, error)

@@ -23,15 +23,37 @@ type Replica struct {
 }
 
 // Term is a leadership as the database holds it: who leads, in which term (the fence), until when,
-// and the last pass a leader finished.
+// the last pass a leader finished, and the pass under way.
 type Term struct {
-	Name       string
-	Holder     string
-	Fence      int64
-	Since      time.Time
-	Expires    time.Time
-	LastPassAt time.Time // zero: none yet
-	LastPassBy string
+	Name              string
+	Holder            string
+	Fence             int64
+	Since             time.Time
+	Expires           time.Time
+	LastPassAt        time.Time // when it finished; zero: none yet
+	LastPassStartedAt time.Time
+	LastPassBy        string
+	LastPassUnlisted  int      // accounts the last pass could not list
+	Running           *Running // the pass under way, as its leader last reported it; nil: none
+}
+
+// Running is a pass under way: when it started, how far it has come, and when it last made
+// progress (its start, or a user visited).
+type Running struct {
+	StartedAt  time.Time `json:"started_at"`
+	ProgressAt time.Time `json:"progress_at"`
+	Done       int       `json:"done"`  // users visited
+	Known      int       `json:"known"` // users found so far (the listing goes on as they are visited)
+	By         string    `json:"by"`
+}
+
+// PassReport is what a leader writes of its pass: its progress while it runs, then its end.
+type PassReport struct {
+	StartedAt   time.Time
+	At          time.Time // of this report: the last progress, or the end
+	Done, Known int
+	Finished    bool
+	Unlisted    int // accounts that could not be listed (a finished pass)
 }
 
 // Store keeps the replicas and the leaderships.
@@ -50,9 +72,9 @@ type Store interface {
 	Resign(ctx context.Context, name, holder string) error
 	// Term returns name's leadership, if anyone ever led it.
 	Term(ctx context.Context, name string) (Term, bool, error)
-	// PassFinished writes that a pass finished at at, only if holder still leads name in term
+	// RecordPass writes a pass's progress or its end, only if holder still leads name in term
 	// fence; false when not (a deposed leader).
-	PassFinished(ctx context.Context, name, holder string, fence int64, at time.Time) (bool, error)
+	RecordPass(ctx context.Context, name, holder string, fence int64, r PassReport) (bool, error)
 }
 
 // Member is this process in the cluster. Its fields are set before Run.
@@ -237,6 +259,7 @@ type LeaderStatus struct {
 
 // PassStatus is the last pass a leader finished.
 type PassStatus struct {
+	StartedAt  time.Time `json:"started_at"`
 	FinishedAt time.Time `json:"finished_at"`
 	By         string    `json:"by"`
 }
@@ -258,7 +281,7 @@ func (m *Member) Status(ctx context.Context) (Status, error) {
 		st.Leader = &LeaderStatus{Replica: term.Holder, Fence: term.Fence, Since: term.Since, LeaseExpires: term.Expires}
 	}
 	if ok && !term.LastPassAt.IsZero() {
-		st.LastPass = &PassStatus{FinishedAt: term.LastPassAt, By: term.LastPassBy}
+		st.LastPass = &PassStatus{StartedAt: term.LastPassStartedAt, FinishedAt: term.LastPassAt, By: term.LastPassBy}
 	}
 	rs, err := m.Store.Replicas(ctx)
 	if err != nil {
@@ -270,20 +293,113 @@ func (m *Member) Status(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
-// PassFinished records a pass the leader of term fence finished at at; a deposed leader's is not
-// recorded, and says so.
-func (m *Member) PassFinished(ctx context.Context, fence int64, at time.Time) {
-	ok, err := m.Store.PassFinished(ctx, Scheduler, m.ID, fence, at)
+// RecordPass records the progress or the end of a pass of the leader of term fence; a deposed
+// leader's is not recorded, and says so.
+func (m *Member) RecordPass(ctx context.Context, fence int64, r PassReport) {
+	ok, err := m.Store.RecordPass(ctx, Scheduler, m.ID, fence, r)
 	switch {
 	case err != nil:
-		m.Log.Warn("pass not recorded", "error", err.Error())
+		if ctx.Err() == nil {
+			m.Log.Warn("pass not recorded", "finished", r.Finished, "error", err.Error())
+		}
 	case !ok:
-		m.Log.Warn("pass finished after this replica stopped leading", "replica", m.ID, "fence", fence)
+		m.Log.Warn("pass reported after this replica stopped leading", "replica", m.ID, "fence", fence, "finished", r.Finished)
 	}
 }
 
-// LastPass returns when the cluster's last pass finished (zero: none yet).
-func (m *Member) LastPass(ctx context.Context) (time.Time, error) {
-	term, _, err := m.Store.Term(ctx, Scheduler)
-	return term.LastPassAt, err
+// Scheduler returns the scheduler's term as the database holds it (ok false: nobody ever led).
+func (m *Member) Scheduler(ctx context.Context) (Term, bool, error) {
+	return m.Store.Term(ctx, Scheduler)
+}
+
+// Heartbeat reports the passes a leader runs in one term: the start and the end of each at once,
+// its progress at most once an Every (Run writes it), so that every replica can tell a long pass
+// that makes progress from a scheduler that has stopped.
+type Heartbeat struct {
+	m     *Member
+	fence int64
+	every time.Duration
+
+	mu      sync.Mutex
+	current *PassReport // the pass under way; nil between passes
+	dirty   bool        // progress not written yet
+	// writing orders the writes: a progress report read before the pass finished is written
+	// before its end, never after (which would show the pass under way again).
+	writing sync.Mutex
+}
+
+// Heartbeat returns the heartbeat of the term fence, writing progress every every (default: a
+// third of the lease).
+func (m *Member) Heartbeat(fence int64, every time.Duration) *Heartbeat {
+	if every <= 0 {
+		every = m.Lease / 3
+	}
+	return &Heartbeat{m: m, fence: fence, every: every}
+}
+
+// Started records that a pass started at at.
+func (h *Heartbeat) Started(ctx context.Context, at time.Time) {
+	r := PassReport{StartedAt: at, At: at}
+	h.mu.Lock()
+	h.current, h.dirty = &r, false
+	h.mu.Unlock()
+	h.writing.Lock()
+	defer h.writing.Unlock()
+	h.m.RecordPass(ctx, h.fence, r)
+}
+
+// Progress notes that the pass has visited done of the known users at at. It never waits for the
+// database (the pass calls it under its own lock): Run writes it.
+func (h *Heartbeat) Progress(at time.Time, done, known int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.current != nil {
+		h.current.At, h.current.Done, h.current.Known = at, done, known
+		h.dirty = true
+	}
+}
+
+// Current returns the pass under way as last noted (ok false between passes).
+func (h *Heartbeat) Current() (PassReport, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.current == nil {
+		return PassReport{}, false
+	}
+	return *h.current, true
+}
+
+// Finished records the end of the pass that started at started.
+func (h *Heartbeat) Finished(ctx context.Context, started, at time.Time, done, unlisted int) {
+	h.mu.Lock()
+	h.current, h.dirty = nil, false
+	h.mu.Unlock()
+	h.writing.Lock()
+	defer h.writing.Unlock()
+	h.m.RecordPass(ctx, h.fence, PassReport{StartedAt: started, At: at, Done: done, Known: done, Finished: true, Unlisted: unlisted})
+}
+
+// Run writes the pass's progress every Every while it changes, until ctx ends.
+func (h *Heartbeat) Run(ctx context.Context) {
+	t := time.NewTicker(h.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.writing.Lock()
+		h.mu.Lock()
+		var r PassReport
+		write := h.current != nil && h.dirty
+		if write {
+			r, h.dirty = *h.current, false
+		}
+		h.mu.Unlock()
+		if write {
+			h.m.RecordPass(ctx, h.fence, r)
+		}
+		h.writing.Unlock()
+	}
 }

@@ -44,10 +44,10 @@ func TestLeaseAndFence(t *testing.T) {
 		if _, ok := lead("a", t0.Add(52*time.Second)); ok {
 			t.Fatal("the deposed leader renewed")
 		}
-		if ok, err := st.PassFinished(ctx, cluster.Scheduler, "a", 1, t0.Add(53*time.Second)); err != nil || ok {
+		if ok, err := st.RecordPass(ctx, cluster.Scheduler, "a", 1, finished(t0.Add(53*time.Second))); err != nil || ok {
 			t.Fatalf("a pass by the deposed leader was recorded: %v %v", ok, err)
 		}
-		if ok, err := st.PassFinished(ctx, cluster.Scheduler, "b", 2, t0.Add(54*time.Second)); err != nil || !ok {
+		if ok, err := st.RecordPass(ctx, cluster.Scheduler, "b", 2, finished(t0.Add(54*time.Second))); err != nil || !ok {
 			t.Fatalf("the leader's pass: %v %v", ok, err)
 		}
 		term, ok, err := st.Term(ctx, cluster.Scheduler)
@@ -181,6 +181,64 @@ func TestMembersHandOver(t *testing.T) {
 		again := <-events
 		if again.id != "a" || again.fence != 3 || time.Since(handed) > lease {
 			t.Fatalf("after b shut down: %+v in %s", again, time.Since(handed))
+		}
+	})
+}
+
+func finished(at time.Time) cluster.PassReport {
+	return cluster.PassReport{StartedAt: at.Add(-time.Second), At: at, Finished: true}
+}
+
+// TestPassProgressIsShared: the leader's heartbeat writes a pass's start, its progress (at most
+// every Every, and never after the pass's end) and its end where every replica reads them; a
+// deposed leader's progress is refused. Both databases.
+func TestPassProgressIsShared(t *testing.T) {
+	testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+		ctx := context.Background()
+		st := storetest.Open(t, d).Cluster()
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		if _, ok, err := st.Lead(ctx, cluster.Scheduler, "a", now, now.Add(time.Hour)); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		a := &cluster.Member{Store: st, ID: "a", Lease: time.Hour}
+		hb := a.Heartbeat(1, 20*time.Millisecond)
+		hctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); hb.Run(hctx) }()
+		defer func() { stop(); <-done }()
+
+		term := func() cluster.Term {
+			t.Helper()
+			term, ok, err := a.Scheduler(ctx)
+			if err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			return term
+		}
+		hb.Started(ctx, now)
+		if r := term().Running; r == nil || !r.StartedAt.Equal(now) || r.Done != 0 || r.By != "a" {
+			t.Fatalf("after the start: %+v", r)
+		}
+		hb.Progress(now.Add(time.Second), 3, 10)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if r := term().Running; r != nil && r.Done == 3 && r.Known == 10 && r.ProgressAt.Equal(now.Add(time.Second)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("progress not written: %+v", term().Running)
+			}
+		}
+		hb.Progress(now.Add(2*time.Second), 4, 10)
+		hb.Finished(ctx, now, now.Add(3*time.Second), 10, 2)
+		time.Sleep(100 * time.Millisecond) // several of Run's ticks: none may write the pass under way again
+		got := term()
+		if got.Running != nil || !got.LastPassStartedAt.Equal(now) || !got.LastPassAt.Equal(now.Add(3*time.Second)) ||
+			got.LastPassUnlisted != 2 || got.LastPassBy != "a" {
+			t.Fatalf("after the end: %+v running %+v", got, got.Running)
+		}
+		// Another term: a's reports are refused.
+		if ok, err := st.RecordPass(ctx, cluster.Scheduler, "b", 1, cluster.PassReport{StartedAt: now, At: now}); err != nil || ok {
+			t.Fatalf("a pass of a replica that does not lead was recorded: %v %v", ok, err)
 		}
 	})
 }

@@ -412,7 +412,10 @@ type AWS struct {
 	EndpointURL  string       `yaml:"endpoint_url"`
 	Accounts     []AWSAccount `yaml:"accounts"`
 	Organization Organization `yaml:"organization"`
-	MaxRPS       float64      `yaml:"max_rps"`
+	// UserPath, when set, manages only the users under this IAM path (ListUsers' PathPrefix): set
+	// it to the path Keyward's IAM policy is scoped to (deploy/iam's UserPath, Terraform's user_path).
+	UserPath string  `yaml:"user_path"`
+	MaxRPS   float64 `yaml:"max_rps"`
 }
 
 // AWSAccount is a member account and the role Keyward assumes in it.
@@ -420,6 +423,8 @@ type AWSAccount struct {
 	ID         string `yaml:"id"`
 	RoleARN    string `yaml:"role_arn"`
 	ExternalID string `yaml:"external_id"`
+	// UserPath overrides aws.user_path for this account.
+	UserPath string `yaml:"user_path"`
 }
 
 // Organization configures account discovery through AWS Organizations.
@@ -443,7 +448,11 @@ type Rotation struct {
 	LeakDeleteAfter            Duration `yaml:"leak_delete_after"`
 	Concurrency                int      `yaml:"concurrency"`
 	Lease                      Duration `yaml:"lease"`
-	Rules                      []Rule   `yaml:"rules"`
+	// StallAfter is how long the scheduler may go without progress (a pass started, a user
+	// visited, a pass finished) before /healthz/rotation, status and the metrics call it stalled.
+	// 0: three intervals, at least a minute.
+	StallAfter Duration `yaml:"stall_after"`
+	Rules      []Rule   `yaml:"rules"`
 }
 
 // Rule overrides the policy for the users it matches (first matching rule wins; IAM tags win over
@@ -643,6 +652,12 @@ func (a AWS) validate(report func(key, format string, args ...any)) {
 		if a.RoleARN != "" && !strings.HasPrefix(a.RoleARN, "arn:aws") {
 			report(key+".role_arn", "want a role ARN such as arn:aws:iam::%s:role/keyward (got %q)", a.ID, a.RoleARN)
 		}
+		if !validIAMPath(a.UserPath) {
+			report(key+".user_path", "want an IAM path that starts and ends with / such as /ci/ (got %q)", a.UserPath)
+		}
+	}
+	if !validIAMPath(a.UserPath) {
+		report("aws.user_path", "want an IAM path that starts and ends with / such as /ci/ (got %q)", a.UserPath)
 	}
 	if len(a.Accounts) > 0 && a.Organization.RoleName != "" {
 		report("aws.organization.role_name", "set aws.accounts or aws.organization.role_name, not both")
@@ -651,6 +666,13 @@ func (a AWS) validate(report func(key, format string, args ...any)) {
 		report("aws.organization.external_id", "needs aws.organization.role_name")
 	}
 }
+
+// iamPathRe is IAM's path syntax: "/", or /-delimited segments of printable ASCII (IAM's docs:
+// "IAM identifiers", paths up to 512 characters).
+var iamPathRe = regexp.MustCompile(`^/([\x21-\x2E\x30-\x7E]+/)*$`)
+
+// validIAMPath says whether p is empty (no path) or an IAM path.
+func validIAMPath(p string) bool { return p == "" || (len(p) <= 512 && iamPathRe.MatchString(p)) }
 
 // validate checks the rotation policy's durations, concurrency and rules.
 func (r Rotation) validate(report func(key, format string, args ...any)) {

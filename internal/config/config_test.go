@@ -20,46 +20,6 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
-func TestParseDuration(t *testing.T) {
-	tests := []struct {
-		in   string
-		want time.Duration
-		err  string
-	}{
-		{in: "90d", want: 90 * 24 * time.Hour},
-		{in: "1d12h", want: 36 * time.Hour},
-		{in: "10m", want: 10 * time.Minute},
-		{in: "1.5h", want: 90 * time.Minute},
-		{in: "0s", want: 0},
-		{in: " 2d ", want: 48 * time.Hour},
-		{in: "", err: "empty duration"},
-		{in: "90", err: "use units"},
-		{in: "-1d", err: "negative"},
-		{in: "-5m", err: "negative"},
-		{in: "1.5d", err: "whole number"},
-		{in: "d", err: "whole number"},
-		{in: "99999999d", err: "too long"},
-		{in: "1dxyz", err: "use units"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := config.ParseDuration(tt.in)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("ParseDuration(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("ParseDuration(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
-			}
-			if back, err := config.ParseDuration(config.Duration(got).String()); err != nil || back != got {
-				t.Fatalf("String() of %v does not parse back: %q, %v", got, config.Duration(got).String(), err)
-			}
-		})
-	}
-}
-
 func TestDefaults(t *testing.T) {
 	cfg, err := config.Load(config.Source{Path: filepath.Join(t.TempDir(), "absent.yaml")})
 	if err != nil {
@@ -315,6 +275,13 @@ func TestProblems(t *testing.T) {
 			yaml: "vault:\n  driver: postgres\n  dsn_secret_arn: keyward/dsn\nrotation:\n  lease: 10m\naws:\n  organization:\n    external_id: x\n",
 			want: []string{`keyward.yaml:3: vault.dsn_secret_arn: want a Secrets Manager secret ARN`, "keyward.yaml:5: rotation.lease: want 1s to 5m",
 				"keyward.yaml:8: aws.organization.external_id: needs aws.organization.role_name"},
+		},
+		{
+			name:    "bad user paths",
+			yaml:    "aws:\n  user_path: ci\n",
+			environ: []string{`KEYWARD_AWS_ACCOUNTS=[{id: "123456789012", user_path: "/ci"}]`},
+			want: []string{`keyward.yaml:2: aws.user_path: want an IAM path that starts and ends with / such as /ci/ (got "ci")`,
+				`aws.accounts[0].user_path: want an IAM path that starts and ends with / such as /ci/ (got "/ci")`},
 		},
 		{
 			name: "bad endpoint",

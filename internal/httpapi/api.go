@@ -18,7 +18,7 @@ import (
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cluster"
-	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/duration"
 	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
@@ -46,6 +46,8 @@ type API struct {
 	Targets func(ctx context.Context) ([]rotation.IdentityTargets, error)
 	// Cluster, when set, says which replica leads the scheduler and when the last pass finished.
 	Cluster func(ctx context.Context) (cluster.Status, error)
+	// Scheduler, when set, judges the rotation scheduler by its progress (GET /v1/status's scheduler).
+	Scheduler func(ctx context.Context) (rotation.Health, error)
 	// Inventory is the stored inventory (GET /v1/inventory); Reports the compliance report.
 	Inventory inventory.Store
 	Reports   *report.Service
@@ -479,7 +481,7 @@ func (a *API) credentials(w http.ResponseWriter, r *http.Request, p *auth.Princi
 	case access.TypeSession:
 		d := access.DefaultSessionDuration
 		if v := q.Get("duration"); v != "" {
-			parsed, err := config.ParseDuration(v)
+			parsed, err := duration.Parse(v)
 			if err != nil || parsed < access.MinSessionDuration || parsed > access.MaxSessionDuration {
 				return badf("duration %q: want %s to %s, such as 1h", v, access.MinSessionDuration, access.MaxSessionDuration)
 			}
@@ -571,6 +573,13 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ *auth.Principal) 
 			targets = []rotation.IdentityTargets{}
 		}
 		doc["delivery"] = map[string]any{"identities": targets, "stale_targets": stale}
+	}
+	if a.Scheduler != nil {
+		h, err := a.Scheduler(r.Context())
+		if err != nil {
+			return err
+		}
+		doc["scheduler"] = h
 	}
 	if a.Cluster != nil {
 		st, err := a.Cluster(r.Context())

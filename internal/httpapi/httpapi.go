@@ -1,5 +1,6 @@
 // Package httpapi is Keyward's HTTP interface: the probes an orchestrator needs (GET /healthz, the
-// process runs; GET /readyz, it can do its work), GET /metrics, and the REST API under /v1. Every
+// process runs; GET /readyz, it can serve requests now), the rotation's own probe (GET
+// /healthz/rotation, for monitoring, never for routing), GET /metrics, and the REST API under /v1. Every
 // route declares the permission it needs where it is registered (see route); every error is an RFC
 // 9457 problem document.
 package httpapi
@@ -30,8 +31,8 @@ type Check struct {
 	Func func(ctx context.Context) error
 }
 
-// NotReady is a failed readiness check with its reason code (database, migrations, pass_overdue,
-// cloud_unavailable, notifications_stuck).
+// NotReady is a failed check with its reason code (readiness: database, migrations, signing_key;
+// the rotation's probe: scheduler_stalled, cloud_unavailable, notifications_stuck).
 type NotReady struct {
 	Reason string
 	Err    error
@@ -42,8 +43,12 @@ func (n *NotReady) Unwrap() error { return n.Err }
 
 // Options configure the handler.
 type Options struct {
-	Log    *slog.Logger
+	Log *slog.Logger
+	// Checks are readiness: can this replica serve requests now (GET /readyz).
 	Checks []Check
+	// RotationChecks are the background work's health (GET /healthz/rotation): passes making
+	// progress, the cloud listed, notices leaving. No orchestrator should route by them.
+	RotationChecks []Check
 	// Metrics, when set, are served at /metrics and told of every request.
 	Metrics *metrics.Metrics
 	// MetricsToken, when set, is the bearer token /metrics needs.
@@ -95,28 +100,10 @@ func newServer(o Options) *server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		return nil
 	})
-	s.route("GET /readyz", auth.Public, "Readiness: the database answers, passes happen, notifications leave", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		reasons := []string{}
-		for _, c := range o.Checks {
-			if err := c.Func(ctx); err != nil {
-				reason := c.Name
-				var nr *NotReady
-				if errors.As(err, &nr) {
-					reason = nr.Reason
-				}
-				reasons = append(reasons, reason)
-				o.Log.Warn("not ready", "request_id", RequestID(r.Context()), "check", c.Name, "reason", reason, "error", err.Error())
-			}
-		}
-		if len(reasons) > 0 {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reasons": reasons})
-			return nil
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-		return nil
-	})
+	s.route("GET /readyz", auth.Public, "Readiness: this replica can serve requests now (the database answers and is migrated, tokens can be signed)",
+		probe(o.Log, o.Checks, "ready", "not ready"))
+	s.route("GET /healthz/rotation", auth.Public, "The rotation's health, for monitoring (never for routing): the scheduler makes progress, the cloud is listed, notices leave",
+		probe(o.Log, o.RotationChecks, "ok", "unhealthy"))
 	if o.Metrics != nil && !o.MetricsElsewhere {
 		h := MetricsHandler(o.Metrics, o.MetricsToken)
 		s.route("GET /metrics", auth.Public, "Prometheus metrics (with server.metrics_token: that bearer token)", func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
@@ -134,6 +121,33 @@ func newServer(o Options) *server {
 	return s
 }
 
+// probe answers 200 {"status": ok} when every check passes, otherwise 503 {"status": bad,
+// "reasons": [...]} with reason codes only; the checks' words go to the log.
+func probe(log *slog.Logger, checks []Check, ok, bad string) func(http.ResponseWriter, *http.Request, *auth.Principal) error {
+	return func(w http.ResponseWriter, r *http.Request, _ *auth.Principal) error {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		reasons := []string{}
+		for _, c := range checks {
+			if err := c.Func(ctx); err != nil {
+				reason := c.Name
+				var nr *NotReady
+				if errors.As(err, &nr) {
+					reason = nr.Reason
+				}
+				reasons = append(reasons, reason)
+				log.Warn(bad, "request_id", RequestID(r.Context()), "path", r.URL.Path, "check", c.Name, "reason", reason, "error", err.Error())
+			}
+		}
+		if len(reasons) > 0 {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": bad, "reasons": reasons})
+			return nil
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": ok})
+		return nil
+	}
+}
+
 type requestIDKey struct{}
 
 // RequestID returns the id of the request ctx belongs to ("" outside one).
@@ -145,7 +159,7 @@ func RequestID(ctx context.Context) string {
 var requestIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // quiet routes are polled by machines: they are logged at debug level only.
-var quiet = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /metrics": true}
+var quiet = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /healthz/rotation": true, "GET /metrics": true}
 
 // observe gives every request an id (the caller's X-Request-Id when it is sane, otherwise a new one),
 // echoed in the response and carried in the context; then it logs the request and, with metrics,

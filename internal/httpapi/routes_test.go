@@ -34,6 +34,7 @@ var table = map[string][]int{
 	//                                   anon admin  adm-n  oper  audit member mem-n apikey
 	"GET /healthz":                       {200, 200, 200, 200, 200, 200, 200, 200},
 	"GET /readyz":                        {200, 200, 200, 200, 200, 200, 200, 200},
+	"GET /healthz/rotation":              {200, 200, 200, 200, 200, 200, 200, 200},
 	"GET /metrics":                       {200, 200, 200, 200, 200, 200, 200, 200},
 	"GET /.well-known/jwks.json":         {200, 200, 200, 200, 200, 200, 200, 200},
 	"GET /v1/openapi.json":               {200, 200, 200, 200, 200, 200, 200, 200},

@@ -48,6 +48,9 @@ type User struct {
 	Owners   string   `json:"owners,omitempty"` // the keyward:owner tag
 	// RootKeys counts the root user's active access keys (Root only).
 	RootKeys int `json:"root_keys,omitempty"`
+	// Denied names the action Keyward was refused reading this user: it is outside Keyward's
+	// permissions (a policy scoped to an IAM path), and what else is known of it is partial.
+	Denied string `json:"outside_permissions,omitempty"`
 }
 
 // Account is what was read of one account, and when.
@@ -156,6 +159,9 @@ func (r *Reader) account(ctx context.Context, id string, held map[string]vault.V
 	}
 	err := r.Cloud.ListUsers(ctx, id, func(cu cloud.User) error {
 		u, err := r.user(ctx, cu, report, held, teams)
+		if action, denied := cloud.DeniedAction(err); denied {
+			u.Denied, err = action, nil // reported, and the account's reading goes on
+		}
 		if err != nil {
 			return err
 		}
@@ -171,7 +177,10 @@ func (r *Reader) user(ctx context.Context, cu cloud.User, report map[string]clou
 	teams map[vault.Identity][]string) (User, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: cu.AccountID, UserName: cu.Name}
 	u := User{AccountID: cu.AccountID, Name: cu.Name, ARN: cu.ARN, Path: cu.Path, Tags: cu.Tags, Teams: teams[id],
-		Owners: cu.Tags[rotation.TagOwner], Keys: []Key{}}
+		Owners: cu.Tags[rotation.TagOwner], Keys: []Key{}, Denied: cu.Denied}
+	if cu.Denied != "" {
+		return u, nil
+	}
 	var groups []string
 	if r.Policy.ExemptGroup != "" {
 		g, err := r.Cloud.UserGroups(ctx, cu.AccountID, cu.Name)

@@ -24,7 +24,14 @@ type Metrics struct {
 	HTTPDuration     *prometheus.HistogramVec
 	Notifications    *prometheus.CounterVec // channel, outcome
 	LastPass         prometheus.Gauge
+	LastPassDuration prometheus.Gauge
 	PassUsers        *prometheus.GaugeVec // outcome
+	// The scheduler's heartbeat, set by the replica that leads it: a pass's start, each user it
+	// visits and its end move SchedulerProgress, so that a long pass is seen to make progress.
+	SchedulerProgress prometheus.Gauge
+	PassInProgress    prometheus.Gauge
+	PassDone          prometheus.Gauge
+	PassKnown         prometheus.Gauge
 }
 
 // KeyAge is the age of an identity's access key in one vault state. No label carries an access key
@@ -62,11 +69,22 @@ func New(src Sources) *Metrics {
 			Help: "Notification deliveries, by channel and outcome (sent, failed)."}, []string{"channel", "outcome"}),
 		LastPass: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_last_pass_timestamp_seconds",
 			Help: "When the last rotation pass finished (Unix time)."}),
+		LastPassDuration: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_last_pass_duration_seconds",
+			Help: "How long the last rotation pass took."}),
 		PassUsers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keyward_last_pass_users",
 			Help: "Users of the last rotation pass, by outcome (rotated, failed, blocked, held…)."}, []string{"outcome"}),
+		SchedulerProgress: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_scheduler_progress_timestamp_seconds",
+			Help: "When the rotation scheduler last made progress: a pass started, a user visited, a pass finished (Unix time; on the replica that leads)."}),
+		PassInProgress: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_pass_in_progress",
+			Help: "1 while this replica runs a rotation pass."}),
+		PassDone: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_pass_users_done",
+			Help: "Users the pass under way has visited."}),
+		PassKnown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyward_pass_users_known",
+			Help: "Users the pass under way has found so far (its listing goes on while it visits)."}),
 	}
 	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Rotations, m.RotationDuration, m.CloudCalls, m.HTTPRequests, m.HTTPDuration, m.Notifications, m.LastPass, m.PassUsers)
+		m.Rotations, m.RotationDuration, m.CloudCalls, m.HTTPRequests, m.HTTPDuration, m.Notifications, m.LastPass,
+		m.LastPassDuration, m.PassUsers, m.SchedulerProgress, m.PassInProgress, m.PassDone, m.PassKnown)
 	throttles := src.Throttles
 	if throttles == nil {
 		throttles = func() float64 { return 0 }
@@ -91,13 +109,37 @@ func (m *Metrics) Rotation(outcome string, took time.Duration) {
 // Gather returns the metrics as a scrape would read them.
 func (m *Metrics) Gather() ([]*dto.MetricFamily, error) { return m.registry.Gather() }
 
-// Pass records a finished pass's counts of users by outcome.
-func (m *Metrics) Pass(byOutcome map[string]int) {
-	m.LastPass.SetToCurrentTime()
+// PassStarted records the start of a pass.
+func (m *Metrics) PassStarted(at time.Time) {
+	m.SchedulerProgress.Set(unix(at))
+	m.PassInProgress.Set(1)
+	m.PassDone.Set(0)
+	m.PassKnown.Set(0)
+}
+
+// PassProgress records that the pass under way has visited done of the known users.
+func (m *Metrics) PassProgress(at time.Time, done, known int) {
+	m.SchedulerProgress.Set(unix(at))
+	m.PassDone.Set(float64(done))
+	m.PassKnown.Set(float64(known))
+}
+
+// PassStopped records that this replica runs no pass any more without one having finished (its
+// leadership lost, or shutdown).
+func (m *Metrics) PassStopped() { m.PassInProgress.Set(0) }
+
+// Pass records a finished pass (started at started, finished at at) and its users by outcome.
+func (m *Metrics) Pass(started, at time.Time, byOutcome map[string]int) {
+	m.LastPass.Set(unix(at))
+	m.SchedulerProgress.Set(unix(at))
+	m.LastPassDuration.Set(at.Sub(started).Seconds())
+	m.PassInProgress.Set(0)
 	for outcome, n := range byOutcome {
 		m.PassUsers.WithLabelValues(outcome).Set(float64(n))
 	}
 }
+
+func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // CloudCall counts a cloud call.
 func (m *Metrics) CloudCall(operation, outcome string) {

@@ -20,7 +20,8 @@ func TestAlertsUseExposedMetrics(t *testing.T) {
 		OutboxPending: func(context.Context) (float64, error) { return 0, nil },
 	})
 	m.Rotation("failed", time.Second)
-	m.Pass(map[string]int{"blocked": 1})
+	m.PassStarted(time.Now())
+	m.Pass(time.Now().Add(-time.Minute), time.Now(), map[string]int{"blocked": 1})
 	families, err := m.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -50,10 +50,11 @@ var (
 	Exempt            = Control{"keyward-exempt", "Keyward policy", "Exempt from rotation", Info, "Review the exemption; remove it when the key can be rotated."}
 	Unowned           = Control{"keyward-unowned", "Keyward policy", "Unmanaged key with no owner team", Medium, "Give the user a Keyward team (keyward team add) or a keyward:owner tag, or delete the key."}
 	NeverUsed         = Control{"keyward-never-used", "Keyward policy", "Key never used", Low, "Delete it if nothing needs it."}
+	OutsidePerms      = Control{"keyward-outside-permissions", "Keyward policy", "Outside Keyward's permissions", Medium, "Set aws.user_path to the path Keyward's IAM policy is scoped to (deploy/iam's UserPath), or grant the refused action."}
 )
 
 // Controls lists every control.
-var Controls = []Control{RootAccessKey, ConsoleWithoutMFA, UnusedCredentials, TwoActiveKeys, NotRotated, Overdue, Held, Blocked, Failing, Exempt, Unowned, NeverUsed}
+var Controls = []Control{RootAccessKey, ConsoleWithoutMFA, UnusedCredentials, TwoActiveKeys, NotRotated, Overdue, Held, Blocked, Failing, Exempt, Unowned, NeverUsed, OutsidePerms}
 
 // Finding is one control failed by one identity.
 type Finding struct {
@@ -173,6 +174,11 @@ func checkUser(f Facts, u inventory.User) []Finding {
 		if u.RootKeys > 0 {
 			c.add(RootAccessKey, "", fmt.Sprintf("%d active access key(s) on the root user", u.RootKeys))
 		}
+		return c.out
+	}
+	if u.Denied != "" {
+		// Keyward could not read this user: nothing else about it can be judged.
+		c.add(OutsidePerms, "", u.Denied+" was refused to Keyward for this user")
 		return c.out
 	}
 	c.credentials()

@@ -279,3 +279,84 @@ func TestOverviewByAge(t *testing.T) {
 		}
 	})
 }
+
+// TestPathScopedPermissions (issue 25 §2): Keyward's IAM policy is scoped to users under /ci/, as
+// deploy/iam's member policy with UserPath /ci/ is; the simulated cloud enforces it (a per-user call
+// about another user is refused, its tags cannot be listed). Without aws.user_path the pass still
+// rotates the /ci/ users, reports keyward-admin as outside Keyward's permissions (naming the refused
+// action) and lists the account without error; the plan, the inventory and the compliance report
+// say the same. With aws.user_path /ci/ (ListUsers' PathPrefix), keyward-admin is not listed at all.
+func TestPathScopedPermissions(t *testing.T) {
+	for _, userPath := range []string{"", "/ci/"} {
+		t.Run("user_path="+userPath, func(t *testing.T) {
+			testenv.ForEachDatabase(t, func(t *testing.T, d testenv.Database) {
+				w := newWorld(t, d)
+				w.cloud = sim.New(sim.WithClock(w.clock.Now), sim.WithPolicyPath("/ci/"), sim.WithUserPath(userPath))
+				w.engine.Cloud = w.cloud
+				now := w.clock.Now()
+				for _, u := range []struct{ name, path string }{{"deploy", "/ci/"}, {"build", "/ci/"}, {"keyward-admin", "/"}} {
+					w.cloud.AddUser(acctA, u.name, u.path, nil)
+					w.cloud.AddKey(acctA, u.name, now.Add(-100*day), cloud.KeyActive)
+				}
+				rep, err := w.engine.Pass(context.Background(), rotation.PassOptions{})
+				if err != nil || len(rep.Errors) > 0 || rep.Summary.Rotated != 2 {
+					t.Fatalf("user_path %q: pass %+v, %v", userPath, rep, err)
+				}
+				plans, errs := w.engine.PlanPass(context.Background(), rotation.PassOptions{})
+				if len(errs) > 0 {
+					t.Fatal(errs)
+				}
+				accounts := w.read()
+				svc := &report.Service{Inventory: w.db.Inventory(), Snapshots: w.db.Inventory(), Trail: audit.New(w.db.Audit(), w.clock.Now, nil),
+					Rotations: w.db.Rotations(), Vault: w.engine.Vault, Policy: w.engine.Policy, Now: w.clock.Now}
+				r, err := svc.Compliance(context.Background(), "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if userPath != "" {
+					listed := slices.DeleteFunc(slices.Clone(accounts[0].Users), func(u inventory.User) bool { return u.Root })
+					if rep.Summary.Scanned != 2 || len(plans) != 2 || len(listed) != 2 || findings(r, "keyward-admin") != nil {
+						t.Fatalf("with aws.user_path /ci/, keyward-admin was listed: %+v %+v", rep.Summary, plans)
+					}
+					return
+				}
+				if rep.Summary.Denied != 1 || rep.Summary.Failed != 0 {
+					t.Fatalf("summary: %+v", rep.Summary)
+				}
+				for _, res := range rep.Users {
+					if res.Identity.UserName == "keyward-admin" && (res.Outcome != rotation.Denied || !strings.Contains(res.Reason, "iam:ListUserTags")) {
+						t.Fatalf("keyward-admin's result: %+v", res)
+					}
+				}
+				for _, p := range plans {
+					if p.Identity.UserName == "keyward-admin" && (p.State != rotation.PlanDenied || !strings.Contains(p.Reason, "outside Keyward's permissions")) {
+						t.Fatalf("keyward-admin's plan: %+v", p)
+					}
+				}
+				var admin inventory.User
+				for _, u := range accounts[0].Users {
+					if u.Name == "keyward-admin" {
+						admin = u
+					}
+				}
+				if admin.Denied != "iam:ListUserTags" {
+					t.Fatalf("keyward-admin in the inventory: %+v", admin)
+				}
+				if got := findings(r, "keyward-admin"); !slices.Equal(got, []string{"keyward-outside-permissions"}) {
+					t.Fatalf("keyward-admin's findings: %v", got)
+				}
+				for _, f := range r.Findings {
+					if f.User == "keyward-admin" && !strings.Contains(f.Evidence, "iam:ListUserTags") {
+						t.Fatalf("the finding does not name the missing action: %+v", f)
+					}
+				}
+				// The rotated users' keys are what the policy allowed.
+				for _, u := range []string{"deploy", "build"} {
+					if n := len(w.cloud.Keys(acctA, u)); n != 2 {
+						t.Fatalf("%s holds %d keys after its rotation, want 2", u, n)
+					}
+				}
+			})
+		})
+	}
+}

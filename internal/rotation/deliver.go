@@ -81,12 +81,13 @@ func (v *visit) deliver(ctx context.Context) (ok bool, err error) {
 	if err := v.e.crashAt("deliver"); err != nil {
 		return false, err
 	}
-	failure := v.eachTarget(ctx, targets, payloads, deadline, "stage", v.e.Delivery.To.Stage)
+	moves := targetMoves{targets: targets, payloads: payloads, deadline: deadline}
+	failure := v.eachTarget(ctx, moves, "stage", v.e.Delivery.To.Stage)
 	if failure == nil {
 		if err := v.e.crashAt("staged"); err != nil {
 			return false, err
 		}
-		failure = v.eachTarget(ctx, targets, payloads, deadline, "publish", v.e.Delivery.To.Publish)
+		failure = v.eachTarget(ctx, moves, "publish", v.e.Delivery.To.Publish)
 	}
 	if errors.Is(failure, ErrCrashed) || errors.Is(failure, context.Canceled) {
 		return false, failure
@@ -101,13 +102,19 @@ func (v *visit) deliver(ctx context.Context) (ok bool, err error) {
 	return true, nil
 }
 
+// targetMoves are the targets of one delivery, each with its payload, and when trying must stop.
+type targetMoves struct {
+	targets  []delivery.Spec
+	payloads []delivery.Payload
+	deadline time.Time
+}
+
 // eachTarget runs one move on every target, trying a failing one again until the deadline. A target
 // that is not Keyward's, or that gives back other content, is not tried again.
-func (v *visit) eachTarget(ctx context.Context, targets []delivery.Spec, payloads []delivery.Payload, deadline time.Time,
-	move string, do func(context.Context, delivery.Spec, delivery.Payload) error) error {
-	for i, t := range targets {
+func (v *visit) eachTarget(ctx context.Context, m targetMoves, move string, do func(context.Context, delivery.Spec, delivery.Payload) error) error {
+	for i, t := range m.targets {
 		for try := 1; ; try++ {
-			err := do(ctx, t, payloads[i])
+			err := do(ctx, t, m.payloads[i])
 			if err == nil {
 				break
 			}
@@ -115,7 +122,7 @@ func (v *visit) eachTarget(ctx context.Context, targets []delivery.Spec, payload
 				return fmt.Errorf("%s: %w", move, err)
 			}
 			pause := backoff.Exponential(v.e.Delivery.retryInterval(), 30*time.Second, try)
-			if !v.e.now().Add(pause).Before(deadline) {
+			if !v.e.now().Add(pause).Before(m.deadline) {
 				return fmt.Errorf("%s: not done within %s: %w", move, v.e.Delivery.timeout(), err)
 			}
 			v.e.Log.Warn("delivery failed; trying again", "identity", v.id.String(), "target", t.Key(), "try", try, "error", err)

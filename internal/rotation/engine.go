@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/keyward/keyward/internal/backoff"
@@ -52,6 +53,9 @@ const (
 	Failed      Outcome = "failed"
 	Skipped     Outcome = "skipped" // nothing due, in progress elsewhere, or backing off after failures
 	Exempt      Outcome = "exempt"
+	// Denied: the user is outside Keyward's permissions (a call about it was refused); it is
+	// reported with the action that was refused, and the pass goes on.
+	Denied Outcome = "denied"
 )
 
 // Action is one thing done to one key.
@@ -131,6 +135,9 @@ type Engine struct {
 
 	// owners are the visited user's owners, in the copy of the engine a visit runs on (forUser).
 	owners []string
+	// denied remembers the users found outside Keyward's permissions, so that each is logged once
+	// (identity|action → true), not at every pass.
+	denied *sync.Map
 
 	// OnDemand runs the rotations asked for now (default: 4 at once, 10 minutes each); whoever runs
 	// the engine stops it before closing the database.
@@ -160,6 +167,7 @@ func New(e Engine) *Engine {
 	if e.LeaseTTL == 0 {
 		e.LeaseTTL = 5 * time.Minute
 	}
+	e.denied = &sync.Map{}
 	if e.VerifyInterval == 0 {
 		e.VerifyInterval = time.Second
 	}
@@ -250,4 +258,15 @@ func arnUser(arn string) string {
 		}
 	}
 	return ""
+}
+
+// reportDenied logs, once per process, a user found outside Keyward's permissions; status, the
+// inventory and the report say it at every look.
+func (e *Engine) reportDenied(id vault.Identity, action string) {
+	if e.denied == nil {
+		return
+	}
+	if _, seen := e.denied.LoadOrStore(id.String()+"|"+action, true); !seen {
+		e.Log.Warn("a user is outside Keyward's permissions: it is reported, not managed", "identity", id.String(), "refused", action)
+	}
 }

@@ -33,6 +33,7 @@ type Summary struct {
 	Failed      int `json:"failed"`
 	Skipped     int `json:"skipped"`
 	Exempt      int `json:"exempt"`
+	Denied      int `json:"denied"` // outside Keyward's permissions
 }
 
 // Report is the outcome of a pass: the counts, one result per user, and what could not be listed.
@@ -62,6 +63,8 @@ func (s *Summary) Add(o Outcome) {
 		s.Failed++
 	case Exempt:
 		s.Exempt++
+	case Denied:
+		s.Denied++
 	default:
 		s.Skipped++
 	}

@@ -48,6 +48,8 @@ func (p Plan) Outcome(now time.Time) Outcome {
 		return Held
 	case PlanError:
 		return Failed
+	case PlanDenied:
+		return Denied
 	}
 	if p.Due.IsZero() || p.Due.After(now) {
 		return Skipped
@@ -64,6 +66,9 @@ func (p Plan) Outcome(now time.Time) Outcome {
 func (e *Engine) Plan(ctx context.Context, u cloud.User, force bool) Plan {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	p := Plan{Identity: id, State: PlanOK, NextAction: NextNone}
+	if u.Denied != "" {
+		return p.failed(&cloud.DeniedError{Action: u.Denied, Doing: "list tags of " + u.Name, Err: cloud.ErrAccessDenied})
+	}
 	pol, exempt, err := e.policyFor(ctx, u)
 	if err != nil {
 		return p.failed(err)
@@ -142,6 +147,9 @@ type planState struct {
 
 func (p Plan) failed(err error) Plan {
 	p.State, p.Reason = PlanError, err.Error()
+	if action, denied := cloud.DeniedAction(err); denied {
+		p.State, p.Reason = PlanDenied, OutsidePermissions(action)
+	}
 	return p
 }
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/cloud"
-	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/duration"
 	"github.com/keyward/keyward/internal/vault"
 )
 
@@ -155,7 +155,7 @@ func (p Policy) For(u cloud.User, groups []string) (Policy, bool, error) {
 		if !ok {
 			continue
 		}
-		d, err := config.ParseDuration(v) // the configuration's syntax: 30d, 12h, 1d12h
+		d, err := duration.Parse(v) // the configuration's syntax: 30d, 12h, 1d12h
 		if err != nil || d <= 0 {
 			return p, false, fmt.Errorf("tag %s=%q on %s: want a positive duration such as 30d or 12h", tag, v, u.Name)
 		}

@@ -21,18 +21,26 @@ type Remedy struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// RemediateUnused deactivates the active keys that have not signed a request for olderThan (or, never
-// used, were made that long ago) and that Keyward may touch: never an exempt user's (safety rule 3),
-// never the current key of an identity Keyward manages (it rotates that one; a key unused that long
-// is listed with that reason), and a key Keyward does not manage only with includeUnmanaged. Each
-// deactivation is audited and told; with dryRun nothing is changed.
-func (e *Engine) RemediateUnused(ctx context.Context, olderThan time.Duration, includeUnmanaged, dryRun bool, actor string,
-	opts PassOptions) ([]Remedy, []string) {
+// Remediation asks for the unused keys to be deactivated.
+type Remediation struct {
+	OlderThan        time.Duration // unused (or, never used, made) at least this long ago
+	IncludeUnmanaged bool          // also keys Keyward does not manage
+	DryRun           bool          // say what would be done, change nothing
+	Actor            string        // who asks, for the audit trail
+	Pass             PassOptions   // which users, and progress
+}
+
+// RemediateUnused deactivates the active keys that have not signed a request for r.OlderThan (or,
+// never used, were made that long ago) and that Keyward may touch: never an exempt user's (safety
+// rule 3), never the current key of an identity Keyward manages (it rotates that one; a key unused
+// that long is listed with that reason), and a key Keyward does not manage only with
+// IncludeUnmanaged. Each deactivation is audited and told; with DryRun nothing is changed.
+func (e *Engine) RemediateUnused(ctx context.Context, r Remediation) ([]Remedy, []string) {
 	var out []Remedy
 	var errs []string
-	now := e.now()
+	now, opts := e.now(), r.Pass
 	listErrs := e.eachUser(ctx, opts, func(u cloud.User) {
-		got, err := e.remediateUser(ctx, u, now, olderThan, includeUnmanaged, dryRun, actor)
+		got, err := e.remediateUser(ctx, u, now, r)
 		out = append(out, got...)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s/%s: %v", u.AccountID, u.Name, err))
@@ -44,8 +52,7 @@ func (e *Engine) RemediateUnused(ctx context.Context, olderThan time.Duration, i
 	return out, append(errs, listErrs...)
 }
 
-func (e *Engine) remediateUser(ctx context.Context, u cloud.User, now time.Time, olderThan time.Duration, includeUnmanaged, dryRun bool,
-	actor string) ([]Remedy, error) {
+func (e *Engine) remediateUser(ctx context.Context, u cloud.User, now time.Time, req Remediation) ([]Remedy, error) {
 	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: u.AccountID, UserName: u.Name}
 	_, exempt, err := e.policyFor(ctx, u)
 	if err != nil {
@@ -79,7 +86,7 @@ func (e *Engine) remediateUser(ctx context.Context, u cloud.User, now time.Time,
 		if since.IsZero() {
 			since = k.CreatedAt
 		}
-		if now.Sub(since) < olderThan {
+		if now.Sub(since) < req.OlderThan {
 			continue
 		}
 		ver, managed := states[k.ID]
@@ -89,12 +96,12 @@ func (e *Engine) remediateUser(ctx context.Context, u cloud.User, now time.Time,
 			r.Reason = "the user is exempt from rotation: Keyward never touches its keys"
 		case managed && ver.State == vault.StateCurrent:
 			r.Reason = "the current key of an identity Keyward manages: it is rotated by policy; exempt or delete the user if nothing needs it"
-		case !managed && !includeUnmanaged:
+		case !managed && !req.IncludeUnmanaged:
 			r.Reason = "not managed by Keyward: give --include-unmanaged to deactivate it"
-		case dryRun:
+		case req.DryRun:
 			r.Action = "would_deactivate"
 		default:
-			if err := ue.deactivateUnused(ctx, id, k.ID, ver, managed, r.UnusedDays, actor); err != nil {
+			if err := ue.deactivateUnused(ctx, id, k.ID, ver, managed, r.UnusedDays, req.Actor); err != nil {
 				return out, err
 			}
 			r.Action = "deactivated"

@@ -30,7 +30,7 @@ func TestRemediateUnused(t *testing.T) {
 		e.Policy.DeactivateAfter = 365 * day // so that no pass deactivates the previous key first
 
 		// A dry run changes nothing.
-		dry, errs := e.RemediateUnused(context.Background(), 45*day, true, true, "cli:test", rotation.PassOptions{})
+		dry, errs := e.RemediateUnused(context.Background(), rotation.Remediation{OlderThan: 45 * day, IncludeUnmanaged: true, DryRun: true, Actor: "cli:test"})
 		if len(errs) != 0 {
 			t.Fatal(errs)
 		}
@@ -48,7 +48,7 @@ func TestRemediateUnused(t *testing.T) {
 			}
 		}
 
-		got, errs := e.RemediateUnused(context.Background(), 45*day, false, false, "cli:test", rotation.PassOptions{})
+		got, errs := e.RemediateUnused(context.Background(), rotation.Remediation{OlderThan: 45 * day, Actor: "cli:test"})
 		if len(errs) != 0 {
 			t.Fatal(errs)
 		}
@@ -74,7 +74,7 @@ func TestRemediateUnused(t *testing.T) {
 		w.checkInvariants("managed")
 
 		// With --include-unmanaged, the foreign keys go too.
-		got, _ = e.RemediateUnused(context.Background(), 45*day, true, false, "cli:test", rotation.PassOptions{})
+		got, _ = e.RemediateUnused(context.Background(), rotation.Remediation{OlderThan: 45 * day, IncludeUnmanaged: true, Actor: "cli:test"})
 		if w.keyStatus("foreign", foreign.ID) != cloud.KeyInactive {
 			t.Fatalf("include-unmanaged: %+v", got)
 		}

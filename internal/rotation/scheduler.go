@@ -9,13 +9,28 @@ import (
 	"github.com/keyward/keyward/internal/backoff"
 )
 
+// PassEvents are told of the scheduler's passes as they go; each may be nil. They are its
+// heartbeat: a pass under way reports each user it visits, so that a long pass is seen to make
+// progress (Passes.Health).
+type PassEvents struct {
+	Started  func(at time.Time)
+	Progress func(at time.Time, done, known int)
+	Finished func(started, at time.Time, rep Report, err error)
+}
+
 // Schedule runs a pass, waits Interval (±10% jitter, so that replicas and accounts do not fall into
 // step), and again, until ctx ends. One pass at a time; each is bounded by opts.Concurrency. A pass
 // cut short by ctx is abandoned safely: its rotations resume from their records at the next start.
-func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts PassOptions, after func(Report, error)) {
+func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts PassOptions, ev PassEvents) {
 	failures := 0 // passes in a row cut short, unable to list, or with visits interrupted (the database away)
+	if ev.Progress != nil {
+		opts.Progress = func(done, known int) { ev.Progress(e.now(), done, known) }
+	}
 	for {
 		start := e.now()
+		if ev.Started != nil {
+			ev.Started(start)
+		}
 		rep, err := e.Pass(ctx, opts)
 		if ctx.Err() != nil {
 			return
@@ -29,8 +44,8 @@ func (e *Engine) Schedule(ctx context.Context, interval time.Duration, opts Pass
 		if err != nil && !errors.Is(err, context.Canceled) {
 			e.Log.Error("pass stopped", "error", err)
 		}
-		if after != nil {
-			after(rep, err)
+		if ev.Finished != nil {
+			ev.Finished(start, e.now(), rep, err)
 		}
 		wait := time.Duration(float64(interval) * (0.9 + 0.2*rand.Float64()))
 		// A pass that could not finish is tried again soon, and less soon each time it fails again,

@@ -40,6 +40,9 @@ type visit struct {
 // visit was cut short (a hook, a cancelled context); a failed rotation is a Result, not an error.
 func (e *Engine) Visit(ctx context.Context, u cloud.User, opts VisitOptions) (Result, error) {
 	v := e.newVisit(u, opts)
+	if u.Denied != "" {
+		return v.result(&cloud.DeniedError{Action: u.Denied, Doing: "list tags of " + u.Name, Err: cloud.ErrAccessDenied})
+	}
 	pol, exempt, err := v.e.policyFor(ctx, u)
 	if err != nil {
 		return v.result(err)
@@ -115,6 +118,11 @@ func (v *visit) result(err error) (Result, error) {
 	}
 	if errors.Is(err, ErrCrashed) || errors.Is(err, context.Canceled) {
 		return v.res, err
+	}
+	if action, denied := cloud.DeniedAction(err); denied {
+		v.res.Outcome, v.res.Reason = Denied, OutsidePermissions(action)
+		v.e.reportDenied(v.id, action)
+		return v.res, nil
 	}
 	v.res.Outcome, v.res.Reason = Failed, err.Error()
 	v.res.Interrupted = v.e.Transient != nil && v.e.Transient(err)

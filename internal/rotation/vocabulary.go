@@ -37,6 +37,7 @@ const (
 	PlanExempt     PlanState = "exempt"
 	PlanUnmanaged  PlanState = "unmanaged"
 	PlanError      PlanState = "error"
+	PlanDenied     PlanState = "denied" // outside Keyward's permissions
 )
 
 // NextAction is what the engine will do next for a user.
@@ -58,3 +59,9 @@ const (
 	ReasonNoRoom           = "the user holds two keys and neither is an inactive key Keyward may delete"
 	ReasonNoRoomActive     = "the user holds two active keys: Keyward never deletes an active key to make room"
 )
+
+// OutsidePermissions is the reason given for a user Keyward may not manage: the action refused, and
+// what to change.
+func OutsidePermissions(action string) string {
+	return "outside Keyward's permissions: " + action + " was refused (set aws.user_path to the path deploy/iam's policy is scoped to, or grant the action)"
+}

@@ -81,14 +81,20 @@ func (s *Cluster) Resign(ctx context.Context, name, holder string) error {
 	})
 }
 
+// Scheduler returns the rotation scheduler's term (ok false: nobody ever led it).
+func (s *Cluster) Scheduler(ctx context.Context) (cluster.Term, bool, error) {
+	return s.Term(ctx, cluster.Scheduler)
+}
+
 // Term implements cluster.Store.
 func (s *Cluster) Term(ctx context.Context, name string) (cluster.Term, bool, error) {
 	t := cluster.Term{Name: name}
 	var since, expires int64
-	var lastAt sql.NullInt64
-	var lastBy sql.NullString
-	err := s.db.queryRow(ctx, `SELECT holder, fence, since, expires_at, last_pass_at, last_pass_by FROM leadership WHERE name = $1`, name).
-		Scan(&t.Holder, &t.Fence, &since, &expires, &lastAt, &lastBy)
+	var lastAt, lastStarted, unlisted, started, progress, done, known sql.NullInt64
+	var lastBy, by sql.NullString
+	err := s.db.queryRow(ctx, `SELECT holder, fence, since, expires_at, last_pass_at, last_pass_started_at, last_pass_by,
+		last_pass_unlisted, pass_started_at, pass_progress_at, pass_done, pass_known, pass_by FROM leadership WHERE name = $1`, name).
+		Scan(&t.Holder, &t.Fence, &since, &expires, &lastAt, &lastStarted, &lastBy, &unlisted, &started, &progress, &done, &known, &by)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, false, nil
 	}
@@ -96,15 +102,29 @@ func (s *Cluster) Term(ctx context.Context, name string) (cluster.Term, bool, er
 		return t, false, fmt.Errorf("read the %s leadership: %w", name, err)
 	}
 	t.Since, t.Expires, t.LastPassAt, t.LastPassBy = time.UnixMicro(since).UTC(), time.UnixMicro(expires).UTC(), fromMicros(lastAt), lastBy.String
+	t.LastPassStartedAt, t.LastPassUnlisted = fromMicros(lastStarted), int(unlisted.Int64)
+	if started.Valid {
+		t.Running = &cluster.Running{StartedAt: fromMicros(started), ProgressAt: fromMicros(progress), Done: int(done.Int64),
+			Known: int(known.Int64), By: by.String}
+	}
 	return t, true, nil
 }
 
-// PassFinished implements cluster.Store.
-func (s *Cluster) PassFinished(ctx context.Context, name, holder string, fence int64, at time.Time) (bool, error) {
+// RecordPass implements cluster.Store: a pass under way fills the pass_* columns; its end moves
+// them to last_pass_* and empties them.
+func (s *Cluster) RecordPass(ctx context.Context, name, holder string, fence int64, r cluster.PassReport) (bool, error) {
+	q := `UPDATE leadership SET pass_started_at = $1, pass_progress_at = $2, pass_done = $3, pass_known = $4, pass_by = $5
+		WHERE name = $6 AND holder = $5 AND fence = $7`
+	args := []any{micros(r.StartedAt), micros(r.At), r.Done, r.Known, holder, name, fence}
+	if r.Finished {
+		q = `UPDATE leadership SET last_pass_started_at = $1, last_pass_at = $2, last_pass_unlisted = $3, last_pass_by = $4,
+			pass_started_at = NULL, pass_progress_at = NULL, pass_done = NULL, pass_known = NULL, pass_by = NULL
+			WHERE name = $5 AND holder = $4 AND fence = $6`
+		args = []any{micros(r.StartedAt), micros(r.At), r.Unlisted, holder, name, fence}
+	}
 	var n int64
 	err := s.db.inTx(ctx, func(tx *Tx) error {
-		res, err := tx.exec(ctx, `UPDATE leadership SET last_pass_at = $1, last_pass_by = $2 WHERE name = $3 AND holder = $2 AND fence = $4`,
-			micros(at), holder, name, fence)
+		res, err := tx.exec(ctx, q, args...)
 		if err != nil {
 			return err
 		}

@@ -102,7 +102,7 @@ locals {
     "keyward-rotations-blocked"   = ["RotationsBlocked", "Maximum", 1, "GreaterThanOrEqualToThreshold", "notBreaching", "A user's rotation is blocked (two active keys Keyward cannot account for, or a key it may not touch)."]
     "keyward-keys-overdue"        = ["OverdueAccessKeys", "Maximum", 6, "GreaterThanOrEqualToThreshold", "notBreaching", "A current key is older than the policy allows, for six hours."]
     "keyward-notifications-stuck" = ["NotificationsPending", "Minimum", 3, "GreaterThanOrEqualToThreshold", "notBreaching", "Notices have waited in the outbox for three hours (a channel down or misconfigured)."]
-    "keyward-silent"              = ["RotationsSucceeded", "SampleCount", 3, "LessThanThreshold", "breaching", "No rotation pass has reported for three hours (Keyward down, or its database)."]
+    "keyward-silent"              = ["SchedulerProgress", "SampleCount", 3, "LessThanThreshold", "breaching", "The rotation scheduler has made no progress for three hours: no pass started, no user visited, no pass finished (Keyward down, no replica leading, a call hanging, or its database away). A long pass keeps its heartbeat coming."]
   }
 }
 

@@ -67,3 +67,8 @@ output "role_arn" {
   description = "The role Keyward assumes in this account."
   value       = aws_iam_role.keyward.arn
 }
+
+output "user_path" {
+  description = "The IAM path the role's policy is scoped to: set aws.user_path (or this account's aws.accounts[].user_path) to it."
+  value       = var.user_path
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,9 @@ type AccountConfig struct {
 	ID         string
 	RoleARN    string
 	ExternalID string
+	// UserPath, when set, lists only the users under this IAM path (ListUsers' PathPrefix): the
+	// path a least-privilege policy is scoped to (deploy/iam's UserPath). "": Options.UserPath.
+	UserPath string
 }
 
 // Options configures the provider.
@@ -47,6 +51,9 @@ type Options struct {
 	OrganizationRoleName string
 	// OrganizationExternalID is the external id the discovered accounts' roles require ("": none).
 	OrganizationExternalID string
+	// UserPath is the IAM path whose users are managed in every account that does not set its own
+	// ("" or "/": every user).
+	UserPath string
 	// MaxRPS is the client-side limit of requests per second to each account (default 5).
 	MaxRPS float64
 	Logger *slog.Logger
@@ -112,6 +119,15 @@ func throttleCode(err error) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// deniedAction names the IAM action of a refused call, from the SDK's operation ("iam:ListUserTags").
+func deniedAction(err error) string {
+	var op *smithy.OperationError
+	if errors.As(err, &op) {
+		return strings.ToLower(op.Service()) + ":" + op.Operation()
+	}
+	return "an action"
 }
 
 // Accounts implements cloud.Provider.
@@ -203,8 +219,45 @@ func (p *Provider) client(accountID string) *iam.Client {
 	return c
 }
 
+// userPath is the IAM path whose users are managed in an account.
+func (p *Provider) userPath(accountID string) string {
+	p.mu.Lock()
+	role := p.roles[accountID]
+	p.mu.Unlock()
+	if role.UserPath != "" {
+		return role.UserPath
+	}
+	return p.opts.UserPath
+}
+
+// deniedCodes are the error codes AWS services answer a call the caller's policies do not allow.
+var deniedCodes = map[string]bool{"AccessDenied": true, "AccessDeniedException": true, "UnauthorizedOperation": true}
+
+// credentialCodes are 403s that say the credentials themselves are wrong, not that they lack a
+// permission: never taken for a user outside Keyward's permissions.
+var credentialCodes = map[string]bool{"SignatureDoesNotMatch": true, "InvalidClientTokenId": true, "ExpiredToken": true,
+	"IncompleteSignature": true, "MissingAuthenticationToken": true, "InvalidAccessKeyId": true, "RequestExpired": true}
+
+// denied says whether err is a call the caller's policies refused: its code says so, or it is a 403
+// whose code is not about the credentials (an emulator, or a proxy, that answers 403 without a code).
+func denied(err error) bool {
+	var api smithy.APIError
+	code := ""
+	if errors.As(err, &api) {
+		code = api.ErrorCode()
+	}
+	if deniedCodes[code] {
+		return true
+	}
+	var resp *smithyhttp.ResponseError
+	return errors.As(err, &resp) && resp.HTTPStatusCode() == 403 && !credentialCodes[code]
+}
+
 // wrap translates an AWS error into the cloud package's errors, saying what was being done.
 func (p *Provider) wrap(doing string, err error) error {
+	if denied(err) {
+		return &cloud.DeniedError{Action: deniedAction(err), Doing: doing, Err: err}
+	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
@@ -225,7 +278,11 @@ func (p *Provider) wrap(doing string, err error) error {
 // ListUsers implements cloud.Provider with IAM's paginator.
 func (p *Provider) ListUsers(ctx context.Context, accountID string, fn func(cloud.User) error) error {
 	c := p.client(accountID)
-	pages := iam.NewListUsersPaginator(c, &iam.ListUsersInput{})
+	in := &iam.ListUsersInput{}
+	if path := p.userPath(accountID); path != "" && path != "/" {
+		in.PathPrefix = aws.String(path)
+	}
+	pages := iam.NewListUsersPaginator(c, in)
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
@@ -233,9 +290,12 @@ func (p *Provider) ListUsers(ctx context.Context, accountID string, fn func(clou
 		}
 		for _, u := range page.Users {
 			user := cloud.User{AccountID: accountID, Name: aws.ToString(u.UserName), Path: aws.ToString(u.Path), ARN: aws.ToString(u.Arn)}
-			// ListUsers does not return tags; the policy needs them, so ask per user.
+			// ListUsers does not return tags; the policy needs them, so ask per user. A user outside
+			// Keyward's permissions is passed on as such: it never fails the account's listing.
 			tags, err := p.userTags(ctx, c, user.Name)
-			if err != nil {
+			if action, denied := cloud.DeniedAction(err); denied {
+				user.Denied, tags = action, map[string]string{}
+			} else if err != nil {
 				return err
 			}
 			user.Tags = tags

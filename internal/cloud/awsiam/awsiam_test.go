@@ -311,3 +311,56 @@ func TestRateLimitPerAccount(t *testing.T) {
 		t.Fatalf("11 calls at 5 per second took %v: the limiter let them through", elapsed)
 	}
 }
+
+// TestUserPathAgainstMoto (issue 25 §2): with UserPath /ci/ the provider lists only the users under
+// it — ListUsers sends PathPrefix, as moto, which filters on it, shows; and a user whose tags
+// Keyward's credentials may not list is passed on with Denied naming the action, not as an error
+// that would fail the account's listing (moto evaluates the policy's actions).
+func TestUserPathAgainstMoto(t *testing.T) {
+	ctx := context.Background()
+	cfg := testenv.MotoWithAdmin(t, 0, nil)
+	admin := iam.NewFromConfig(cfg)
+	for _, u := range []struct{ name, path string }{{"deploy", "/ci/"}, {"build", "/ci/"}, {"payroll", "/apps/"}} {
+		if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String(u.name), Path: aws.String(u.path)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := func(p *awsiam.Provider) map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		if err := p.ListUsers(ctx, "123456789012", func(u cloud.User) error { out[u.Name] = u.Denied; return nil }); err != nil {
+			t.Fatalf("the listing failed: %v", err)
+		}
+		return out
+	}
+	got := listed(awsiam.New(cfg, awsiam.Options{UserPath: "/ci/", MaxRPS: 100}))
+	if len(got) != 2 || got["deploy"] != "" || got["build"] != "" {
+		t.Fatalf("with user_path /ci/: %v", got)
+	}
+	got = listed(awsiam.New(cfg, awsiam.Options{Accounts: []awsiam.AccountConfig{{ID: "123456789012", UserPath: "/apps/"}}, UserPath: "/ci/", MaxRPS: 100}))
+	if len(got) != 1 || got["payroll"] != "" {
+		t.Fatalf("with the account's own user_path /apps/: %v", got)
+	}
+
+	// A key that may list users but not their tags.
+	if _, err := admin.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("lister")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.PutUserPolicy(ctx, &iam.PutUserPolicyInput{UserName: aws.String("lister"), PolicyName: aws.String("list"),
+		PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iam:ListUsers","Resource":"*"}]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := admin.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String("lister")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := awsConfig(*cfg.BaseEndpoint, aws.ToString(k.AccessKey.AccessKeyId), aws.ToString(k.AccessKey.SecretAccessKey), "")
+	got = listed(awsiam.New(limited, awsiam.Options{MaxRPS: 100}))
+	if len(got) != 5 || got["payroll"] != "iam:ListUserTags" || got["deploy"] != "iam:ListUserTags" {
+		t.Fatalf("listing without iam:ListUserTags: %v", got)
+	}
+	_, err = awsiam.New(limited, awsiam.Options{MaxRPS: 100}).ListAccessKeys(ctx, "123456789012", "deploy")
+	if action, ok := cloud.DeniedAction(err); !ok || action != "iam:ListAccessKeys" || !errors.Is(err, cloud.ErrAccessDenied) {
+		t.Fatalf("a refused ListAccessKeys: %v (%q, %v)", err, action, ok)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Cloud struct {
 	sessions map[string]*session
 	calls    map[string]int
 	pages    int
+	// pathPrefix is what ListUsers is asked for (aws.user_path); policyPath the IAM path Keyward's
+	// credentials are limited to (deploy/iam's UserPath): a call about a user outside it is refused.
+	pathPrefix, policyPath string
 }
 
 type account struct {
@@ -84,6 +88,31 @@ func WithKeyDelay(d time.Duration) Option { return func(c *Cloud) { c.delay = d 
 
 // WithFault injects failures.
 func WithFault(f Fault) Option { return func(c *Cloud) { c.fault = f } }
+
+// WithUserPath lists only the users under path, as IAM's ListUsers with PathPrefix (aws.user_path).
+func WithUserPath(path string) Option { return func(c *Cloud) { c.pathPrefix = path } }
+
+// WithPolicyPath limits Keyward's permissions to the users under path, as deploy/iam's member policy
+// scoped to arn:aws:iam::*:user${UserPath}*: every per-user call about another user is refused
+// (cloud.DeniedError naming the IAM action), and its tags cannot be listed.
+func WithPolicyPath(path string) Option { return func(c *Cloud) { c.policyPath = path } }
+
+// iamActions are the per-user operations the policy path governs, by Provider method.
+var iamActions = map[string]string{"GetUser": "iam:GetUser", "UserGroups": "iam:ListGroupsForUser", "ListAccessKeys": "iam:ListAccessKeys",
+	"CreateAccessKey": "iam:CreateAccessKey", "SetAccessKeyStatus": "iam:UpdateAccessKey", "DeleteAccessKey": "iam:DeleteAccessKey",
+	"LoginProfile": "iam:GetLoginProfile", "MFADevices": "iam:ListMFADevices"}
+
+// outsidePolicy says whether a user is outside the policy path. Callers hold c.mu.
+func (c *Cloud) outsidePolicy(accountID, userName string) bool {
+	if c.policyPath == "" || userName == "" {
+		return false
+	}
+	a := c.accounts[accountID]
+	if a == nil || a.users[userName] == nil {
+		return false
+	}
+	return !strings.HasPrefix(a.users[userName].Path, c.policyPath)
+}
 
 // New returns an empty cloud.
 func New(opts ...Option) *Cloud {
@@ -168,6 +197,9 @@ func (c *Cloud) Pages() int {
 // enter counts a call and applies the injected fault. Callers hold c.mu.
 func (c *Cloud) enter(op, accountID, userName string) error {
 	c.calls[op]++
+	if action, ok := iamActions[op]; ok && c.outsidePolicy(accountID, userName) {
+		return &cloud.DeniedError{Action: action, Doing: op + " " + userName, Err: cloud.ErrAccessDenied}
+	}
 	if c.fault != nil {
 		if err := c.fault(op, accountID, userName); err != nil {
 			return fmt.Errorf("%s %s/%s: %w", op, accountID, userName, err)
@@ -261,7 +293,13 @@ func (c *Cloud) listUsersPage(accountID, marker string) ([]cloud.User, string, e
 		return nil, "", fmt.Errorf("account %s: %w", accountID, cloud.ErrNoSuchEntity)
 	}
 	c.pages++
-	names := slices.Sorted(maps.Keys(a.users))
+	var names []string
+	for n, u := range a.users {
+		if strings.HasPrefix(u.Path, c.pathPrefix) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
 	start := sort.SearchStrings(names, marker)
 	if marker != "" && start < len(names) && names[start] == marker {
 		start++
@@ -271,6 +309,9 @@ func (c *Cloud) listUsersPage(accountID, marker string) ([]cloud.User, string, e
 	for _, n := range names[start:end] {
 		u := a.users[n].User
 		u.Tags = maps.Clone(u.Tags)
+		if c.outsidePolicy(accountID, n) {
+			u.Tags, u.Denied = map[string]string{}, "iam:ListUserTags"
+		}
 		page = append(page, u)
 	}
 	next := ""

@@ -26,7 +26,11 @@ const (
 	MetricOldestKeyAge         = "OldestAccessKeyAgeDays"
 	MetricOverdue              = "OverdueAccessKeys"
 	MetricNotificationsPending = "NotificationsPending"
-	DimensionAccount           = "AccountId"
+	// MetricProgress is the scheduler's heartbeat: users visited, put at each pass's end and every
+	// minute while a pass runs. The keyward-silent alarm watches its sample count: a long pass keeps
+	// it coming; a scheduler that stopped does not.
+	MetricProgress   = "SchedulerProgress"
+	DimensionAccount = "AccountId"
 )
 
 // Account is what a pass saw of one account's current keys.
@@ -39,6 +43,7 @@ type Account struct {
 type Pass struct {
 	At                             time.Time
 	Rotated, Failed, Blocked, Held int
+	Visited                        int                // users the pass visited
 	Accounts                       map[string]Account // by account id
 	NotificationsPending           int
 }
@@ -64,6 +69,16 @@ func Client(cfg aws.Config) *cloudwatch.Client {
 	return cloudwatch.NewFromConfig(cfg, func(o *cloudwatch.Options) { o.Protocol = awsquery.New(schemas.GraniteServiceVersion20100801) })
 }
 
+// Heartbeat puts the scheduler's progress while a pass runs: visited users since the last beat.
+func (p *Publisher) Heartbeat(ctx context.Context, at time.Time, visited int) error {
+	_, err := p.client.PutMetricData(ctx, &cloudwatch.PutMetricDataInput{Namespace: aws.String(p.namespace), MetricData: []types.MetricDatum{{
+		MetricName: aws.String(MetricProgress), Value: aws.Float64(float64(visited)), Unit: types.StandardUnitCount, Timestamp: aws.Time(at.UTC())}}})
+	if err != nil {
+		return fmt.Errorf("cloudwatch PutMetricData to namespace %s: %w", p.namespace, err)
+	}
+	return nil
+}
+
 // Publish sends one pass's metrics, in as few calls as CloudWatch allows.
 func (p *Publisher) Publish(ctx context.Context, pass Pass) error {
 	at := aws.Time(pass.At.UTC())
@@ -73,7 +88,7 @@ func (p *Publisher) Publish(ctx context.Context, pass Pass) error {
 	}
 	data := []types.MetricDatum{
 		count(MetricRotated, pass.Rotated), count(MetricFailed, pass.Failed), count(MetricBlocked, pass.Blocked),
-		count(MetricHeld, pass.Held), count(MetricNotificationsPending, pass.NotificationsPending),
+		count(MetricHeld, pass.Held), count(MetricNotificationsPending, pass.NotificationsPending), count(MetricProgress, pass.Visited),
 	}
 	accounts := make([]string, 0, len(pass.Accounts))
 	overdue := 0

@@ -22,7 +22,7 @@ func TestPublish(t *testing.T) {
 	cfg := testenv.MotoAWSConfig(t, "us-east-1")
 	namespace := fmt.Sprintf("Keyward/test-%d", time.Now().UnixNano())
 	at := time.Now().Add(-time.Minute).Truncate(time.Second)
-	pass := awsmetrics.Pass{At: at, Rotated: 3, Failed: 1, Blocked: 2, NotificationsPending: 5, Accounts: map[string]awsmetrics.Account{}}
+	pass := awsmetrics.Pass{At: at, Rotated: 3, Failed: 1, Blocked: 2, Visited: 7, NotificationsPending: 5, Accounts: map[string]awsmetrics.Account{}}
 	for i := range 600 {
 		pass.Accounts[fmt.Sprintf("%012d", 100000000000+i)] = awsmetrics.Account{OldestKeyAge: time.Duration(i) * 24 * time.Hour, Overdue: i % 3}
 	}
@@ -44,7 +44,8 @@ func TestPublish(t *testing.T) {
 		return aws.ToFloat64(out.Datapoints[0].Maximum)
 	}
 	for name, want := range map[string]float64{awsmetrics.MetricRotated: 3, awsmetrics.MetricFailed: 1, awsmetrics.MetricBlocked: 2,
-		awsmetrics.MetricHeld: 0, awsmetrics.MetricNotificationsPending: 5, awsmetrics.MetricOverdue: 600 /* the total, for alarms */} {
+		awsmetrics.MetricHeld: 0, awsmetrics.MetricNotificationsPending: 5, awsmetrics.MetricOverdue: 600, /* the total, for alarms */
+		awsmetrics.MetricProgress: 7} {
 		if got := stat(name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
