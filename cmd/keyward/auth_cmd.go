@@ -69,10 +69,20 @@ func (a *app) accountManaged(provider cloud.Provider) func(ctx context.Context, 
 	}
 }
 
-// withAuth loads the configuration, opens the vault and the auth service, runs fn, and signs the
-// audit trail's new end (every command here changes who may do what).
+// withAuth loads the configuration, opens the vault (making it at first use) and the auth service,
+// runs fn, and signs the audit trail's new end (fn changes who may do what).
 func (a *app) withAuth(ctx context.Context, fn func(svc *auth.Service, v *vault.Vault, db *store.DB) error) error {
-	v, db, err := a.loadAndOpenVault(ctx, dbCreate)
+	return a.auth(ctx, dbCreate, fn)
+}
+
+// readAuth is withAuth for the commands that only read (the lists, demo totp): it never creates a
+// vault, and there is no new end of the trail to sign.
+func (a *app) readAuth(ctx context.Context, fn func(svc *auth.Service) error) error {
+	return a.auth(ctx, dbExisting, func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error { return fn(svc) })
+}
+
+func (a *app) auth(ctx context.Context, mode dbMode, fn func(svc *auth.Service, v *vault.Vault, db *store.DB) error) error {
+	v, db, err := a.loadAndOpenVault(ctx, mode)
 	if err != nil {
 		return err
 	}
@@ -84,7 +94,9 @@ func (a *app) withAuth(ctx context.Context, fn func(svc *auth.Service, v *vault.
 	if err := fn(svc, v, db); err != nil {
 		return authErr(err)
 	}
-	a.checkpoint(ctx, a.auditSigner(v), db)
+	if mode != dbExisting {
+		a.checkpoint(ctx, a.auditSigner(v), db)
+	}
 	return nil
 }
 
@@ -257,7 +269,7 @@ func (a *app) userListCommand() *cobra.Command {
 			if err := textOrJSON(output); err != nil {
 				return err
 			}
-			return a.withAuth(cmd.Context(), func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+			return a.readAuth(cmd.Context(), func(svc *auth.Service) error {
 				users, err := svc.Users(cmd.Context())
 				if err != nil {
 					return err
@@ -380,7 +392,7 @@ func (a *app) teamListCommand() *cobra.Command {
 			if err := textOrJSON(output); err != nil {
 				return err
 			}
-			return a.withAuth(cmd.Context(), func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+			return a.readAuth(cmd.Context(), func(svc *auth.Service) error {
 				teams, err := svc.Teams(cmd.Context())
 				if err != nil {
 					return err
@@ -451,9 +463,13 @@ func (a *app) apikeyCreateCommand() *cobra.Command {
 						Key string `json:"key"`
 					}{k, value.Reveal()})
 				}
-				_, err = fmt.Fprintf(a.stdout, "%s\nThis is API key %s (%s); it is shown only now. Send it as the X-API-Key header.\n",
-					value.Reveal(), k.Name, k.Role)
-				return err
+				// The key alone on standard output, so that `> ci.key` makes a file --api-key-file reads.
+				if _, err := fmt.Fprintln(a.stdout, value.Reveal()); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "This is API key %s (%s); it is shown only now. Send it as the X-API-Key header, or save it to a file for --api-key-file.\n",
+					k.Name, k.Role)
+				return nil
 			})
 		}),
 	}
@@ -493,7 +509,7 @@ func (a *app) apikeyListCommand() *cobra.Command {
 			if err := textOrJSON(output); err != nil {
 				return err
 			}
-			return a.withAuth(cmd.Context(), func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+			return a.readAuth(cmd.Context(), func(svc *auth.Service) error {
 				keys, err := svc.APIKeys(cmd.Context())
 				if err != nil {
 					return err

@@ -152,3 +152,21 @@ func TestBootstrapThenServeOverHTTPS(t *testing.T) {
 		}
 	})
 }
+
+// TestReadOnlyCommandsCreateNothing (issue 30 §3): in a directory with no vault, the commands that
+// only read — user list, team list, apikey list, demo totp — refuse, say so, and leave no
+// keyward.db or keyward.key behind (as vault list and status already did).
+func TestReadOnlyCommandsCreateNothing(t *testing.T) {
+	e := &env{dir: t.TempDir(), vars: baseVars()}
+	for _, args := range [][]string{{"user", "list"}, {"team", "list"}, {"apikey", "list"}, {"demo", "totp", "oscar"}, {"vault", "list"}} {
+		r := e.run(t, "", args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "a read-only command never creates one") || strings.Contains(r.stderr, `"msg":"applied migration"`) {
+			t.Errorf("%v: exit %d, %s", args, r.code, r.stderr)
+		}
+		for _, f := range []string{"keyward.db", "keyward.key"} {
+			if _, err := os.Stat(filepath.Join(e.dir, f)); err == nil {
+				t.Fatalf("%v made %s", args, f)
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -76,25 +77,35 @@ func (a *app) clientOptions(f credentialsFlags) (client.Options, error) {
 	if f.server == "" {
 		return o, fmt.Errorf("--server is required")
 	}
-	read := func(flag, path string) (secret.Value, error) {
+	read := func(flag, path string, valid func(string) bool, what string) (secret.Value, error) {
+		path = a.expandHome(path)
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return secret.Value{}, fmt.Errorf("%s: %w", flag, err)
 		}
-		v := strings.TrimSpace(string(b))
+		// The first line: a file written by `apikey create > ci.key` holds the key alone, and an
+		// editor may have added a final newline.
+		first, _, _ := strings.Cut(string(b), "\n")
+		v := strings.TrimSpace(first)
 		if v == "" {
-			return secret.Value{}, fmt.Errorf("%s %s: the file is empty", flag, path)
+			return secret.Value{}, fmt.Errorf("%s %s: the file's first line is empty", flag, path)
+		}
+		if !valid(v) {
+			return secret.Value{}, fmt.Errorf("%s %s: the first line is not %s", flag, path, what)
 		}
 		return secret.New(v), nil
 	}
+	isAPIKey := func(v string) bool { return strings.HasPrefix(v, "kw_") && !strings.ContainsFunc(v, unprintable) }
+	isToken := func(v string) bool { return strings.Count(v, ".") == 2 && !strings.ContainsFunc(v, unprintable) }
+	o.CAFile = a.expandHome(o.CAFile)
 	var err error
 	switch {
 	case f.apiKeyFile != "" && f.tokenFile != "":
 		return o, fmt.Errorf("give --api-key-file or --token-file, not both")
 	case f.apiKeyFile != "":
-		o.APIKey, err = read("--api-key-file", f.apiKeyFile)
+		o.APIKey, err = read("--api-key-file", f.apiKeyFile, isAPIKey, "an API key (kw_…, as keyward apikey create prints it)")
 	case f.tokenFile != "":
-		o.Token, err = read("--token-file", f.tokenFile)
+		o.Token, err = read("--token-file", f.tokenFile, isToken, "a token (three dot-separated parts, as POST /v1/auth/token returns it)")
 	default:
 		for _, kv := range a.environ {
 			if v, ok := strings.CutPrefix(kv, "KEYWARD_API_KEY="); ok && v != "" {
@@ -106,4 +117,25 @@ func (a *app) clientOptions(f credentialsFlags) (client.Options, error) {
 		}
 	}
 	return o, err
+}
+
+// unprintable is a rune no key or token holds: space, control characters, anything past ASCII.
+func unprintable(r rune) bool { return r <= ' ' || r > '~' }
+
+// expandHome expands a leading ~ or ~/ to the home directory, as a shell would have: the page and
+// the docs suggest paths such as ~/.keyward/ci.key, which a credential_process line does not expand.
+func (a *app) expandHome(path string) string {
+	if path != "~" && !strings.HasPrefix(path, "~/") {
+		return path
+	}
+	home := ""
+	for _, kv := range a.environ {
+		if v, ok := strings.CutPrefix(kv, "HOME="); ok {
+			home = v
+		}
+	}
+	if home == "" {
+		return path
+	}
+	return filepath.Join(home, strings.TrimPrefix(path, "~"))
 }

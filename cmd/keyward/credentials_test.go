@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,7 +19,8 @@ import (
 func consumer(t *testing.T, awsConfig string, name string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	cmd.Env = append(baseVars(), "AWS_CONFIG_FILE="+awsConfig, "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+	// HOME is the configuration's directory: a credential_process line's ~ is expanded there.
+	cmd.Env = append(baseVars(), "AWS_CONFIG_FILE="+awsConfig, "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "HOME="+filepath.Dir(awsConfig))
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
@@ -42,22 +42,26 @@ func TestCredentialProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.must(t, 0, "", "team", "add", "payments", "--iam-user", "payments-app", "--account", "123456789012")
-	created := e.must(t, 0, "", "apikey", "create", "--name", "ci", "--role", "member", "--team", "payments", "-o", "json")
-	var apiKey struct{ Key string }
-	if err := json.Unmarshal([]byte(created.stdout), &apiKey); err != nil {
-		t.Fatal(err)
+	// As the README says: `keyward apikey create … > ci.key` makes the file --api-key-file reads (the
+	// key alone on standard output, the explanation on standard error).
+	created := e.must(t, 0, "", "apikey", "create", "--name", "ci", "--role", "member", "--team", "payments")
+	apiKey := struct{ Key string }{strings.TrimSpace(created.stdout)}
+	if strings.Count(created.stdout, "\n") != 1 || !strings.HasPrefix(apiKey.Key, "kw_") || !strings.Contains(created.stderr, "shown only now") {
+		t.Fatalf("apikey create: stdout %q, stderr %q", created.stdout, created.stderr)
 	}
-	keyFile := filepath.Join(t.TempDir(), "ci.key")
-	if err := os.WriteFile(keyFile, []byte(apiKey.Key+"\n"), 0o600); err != nil {
+	home := t.TempDir()
+	keyFile := filepath.Join(home, "ci.key")
+	if err := os.WriteFile(keyFile, []byte(created.stdout), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := startServe(t, e)
 	server := "http://" + p.addr
 	moto := *w.admin.BaseEndpoint
 
-	awsConfig := filepath.Join(t.TempDir(), "config")
-	profile := fmt.Sprintf("[profile payments]\nregion = us-east-1\ncredential_process = %s credentials payments --server %s --api-key-file %s --type key\n",
-		binary, server, keyFile)
+	// The profile names the file with ~, which no shell expands for credential_process.
+	awsConfig := filepath.Join(home, "config")
+	profile := fmt.Sprintf("[profile payments]\nregion = us-east-1\ncredential_process = %s credentials payments --server %s --api-key-file ~/ci.key --type key\n",
+		binary, server)
 	if err := os.WriteFile(awsConfig, []byte(profile), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +73,17 @@ func TestCredentialProcess(t *testing.T) {
 		"import boto3; print(boto3.Session(profile_name='payments').client('sts', endpoint_url=%q).get_caller_identity()['Arn'])", moto))
 	if err != nil || !strings.HasSuffix(arn, ":user/payments-app") {
 		t.Fatalf("boto3 through credential_process: %v\n%s", err, arn)
+	}
+
+	// A file that is not an API key (the sentence of an older apikey create on its first line) is
+	// refused, naming the file and what it should hold.
+	bad := filepath.Join(home, "bad.key")
+	if err := os.WriteFile(bad, []byte("This is API key ci (member); it is shown only now.\n"+apiKey.Key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run(t, "", "credentials", "payments", "--server", server, "--api-key-file", bad); r.code == 0 ||
+		!strings.Contains(r.stderr, bad+": the first line is not an API key") || strings.Contains(r.stderr, apiKey.Key) {
+		t.Fatalf("a malformed key file: %d %s", r.code, r.stderr)
 	}
 
 	// Sessions: fetched twenty times (ten at once), made once. (moto's session credentials are

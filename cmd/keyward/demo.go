@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/internal/auth"
-	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
 
 	"github.com/keyward/keyward/internal/cloud"
@@ -195,7 +194,7 @@ func (a *app) demoCommand() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			return a.withAuth(ctx, func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+			return a.readAuth(ctx, func(svc *auth.Service) error {
 				code, err := svc.TOTPCode(ctx, args[0], time.Now())
 				if err != nil {
 					return err
