@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
+	"github.com/keyward/keyward/internal/vault"
 )
 
 // Kinds of credentials handed out, as the audit trail names them.
@@ -41,6 +42,13 @@ type SessionCredential struct {
 	Team string
 	cloud.Session
 	ParentKeyID string // the long-lived key it was made with (never handed out with it)
+	parent      int64  // that key's version number
+	identity    vault.Identity
+}
+
+// newerThan reports whether the session was made with a later key of c's identity than c.
+func (sc SessionCredential) newerThan(c Credential) bool {
+	return sc.identity == c.Identity && sc.parent > c.Number
 }
 
 // Sessions caches each team's session per duration asked for, until sessionMargin before it expires;
@@ -94,7 +102,10 @@ func (s *Service) session(ctx context.Context, c Credential, d time.Duration) (S
 		cache.mu.Lock()
 		defer cache.mu.Unlock()
 		got, ok := cache.cache[key]
-		return got, ok && got.ParentKeyID == c.AccessKeyID && s.now().Add(sessionMargin).Before(got.Expiration)
+		// A session of a newer key serves a reader that read the current key just before it changed,
+		// rather than that reader making a session of the older key and evicting the newer one.
+		current := got.ParentKeyID == c.AccessKeyID || got.newerThan(c)
+		return got, ok && current && s.now().Add(sessionMargin).Before(got.Expiration)
 	}
 	if got, ok := fresh(); ok {
 		return got, nil
@@ -109,16 +120,19 @@ func (s *Service) session(ctx context.Context, c Credential, d time.Duration) (S
 			return nil, failure(ErrCloudUnavailable, err, "team %s: the cloud did not make session credentials; try again later "+
 				"(operators find why in the log under this request's id)", c.Team)
 		}
-		got := SessionCredential{Team: c.Team, Session: sess, ParentKeyID: c.AccessKeyID}
+		got := SessionCredential{Team: c.Team, Session: sess, ParentKeyID: c.AccessKeyID, parent: c.Number, identity: c.Identity}
 		cache.mu.Lock()
 		defer cache.mu.Unlock()
 		if cache.cache == nil {
 			cache.cache = map[string]SessionCredential{}
 		}
 		for k, old := range cache.cache { // sessions of a replaced key, or expired, go
-			if (old.Team == c.Team && old.ParentKeyID != c.AccessKeyID) || !s.now().Before(old.Expiration) {
+			if (old.Team == c.Team && !old.newerThan(c) && old.ParentKeyID != c.AccessKeyID) || !s.now().Before(old.Expiration) {
 				delete(cache.cache, k)
 			}
+		}
+		if newer, ok := cache.cache[key]; ok && newer.newerThan(c) {
+			return newer, nil // a newer key's session was made meanwhile
 		}
 		cache.cache[key] = got
 		return got, nil
