@@ -174,6 +174,7 @@ func listOrNone(list []string) string {
 func (a *app) userMFACommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "mfa", Short: "Second factors"}
 	var output string
+	var replace bool
 	enroll := &cobra.Command{
 		Use:   "enroll NAME",
 		Short: "Give a user a new TOTP seed: prints the otpauth:// URI (and a QR code on a terminal) for an authenticator app",
@@ -183,6 +184,9 @@ func (a *app) userMFACommand() *cobra.Command {
 				return err
 			}
 			return a.withAuth(cmd.Context(), func(svc *auth.Service, _ *vault.Vault, _ *store.DB) error {
+				if u, err := svc.User(cmd.Context(), args[0]); err == nil && u.MFAEnrolled && !replace {
+					return usageErr("user %s already has an authenticator: give --replace to replace its seed (the codes of its current app stop working)", args[0])
+				}
 				uri, err := svc.EnrollMFA(cmd.Context(), cliActor(), args[0])
 				if err != nil {
 					return err
@@ -202,6 +206,7 @@ func (a *app) userMFACommand() *cobra.Command {
 		}),
 	}
 	enroll.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	enroll.Flags().BoolVar(&replace, "replace", false, "replace the seed of a user who already has an authenticator")
 	cmd.AddCommand(enroll)
 	return cmd
 }
@@ -311,8 +316,11 @@ func (a *app) defaultAccount(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("--account left out, and the cloud's accounts could not be listed: %w", err)
 		}
-		if len(accts) == 1 {
+		switch len(accts) {
+		case 1:
 			return accts[0].ID, nil
+		case 0:
+			return "", usageErr("--account is required: the cloud lists no account Keyward manages")
 		}
 	}
 	return "", usageErr("--account is required: Keyward manages more than one account")

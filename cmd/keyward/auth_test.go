@@ -74,6 +74,15 @@ func TestBootstrapThenServeOverHTTPS(t *testing.T) {
 		}
 		u, _ := url.Parse(enrolled.URI)
 		seed := u.Query().Get("secret")
+		// Enrolling again asks for --replace (issue 30 §7); the seed is unchanged until then.
+		if r := e.must(t, 2, "", "user", "mfa", "enroll", "bob"); !strings.Contains(r.stderr, "already has an authenticator: give --replace") {
+			t.Fatalf("a second enrolment without --replace: %s", r.stderr)
+		}
+		// A user without an authenticator: said plainly, without the vault's names.
+		if r := e.must(t, 2, "", "demo", "totp", "alice"); !strings.Contains(r.stderr, `user "alice" has no authenticator enrolled (keyward user mfa enroll alice)`) ||
+			strings.Contains(r.stderr, "totp:") {
+			t.Fatalf("demo totp of a user without MFA: %s", r.stderr)
+		}
 		r = e.must(t, 0, "", "apikey", "create", "--name", "ci", "--role", "member", "--team", "payments", "--cidr", "127.0.0.0/8", "--expires", "90d", "-o", "json")
 		var created struct{ Key string }
 		if err := json.Unmarshal([]byte(r.stdout), &created); err != nil || !strings.HasPrefix(created.Key, "kw_") {

@@ -25,6 +25,9 @@ func (a *app) configCommand() *cobra.Command {
 			} else if _, err := os.Stat(config.DefaultPath); err == nil {
 				where = config.DefaultPath
 			}
+			for _, w := range a.cfg.Warnings() {
+				fmt.Fprintf(a.stderr, "warning: %s\n", w)
+			}
 			_, err := fmt.Fprintf(a.stdout, "configuration OK (%s)\n", where)
 			return err
 		}),

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +23,7 @@ import (
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/secret"
 )
 
@@ -131,8 +136,8 @@ func (a *app) demoSeed(ctx context.Context, c *components) error {
 			return err
 		}
 	}
-	fmt.Fprintf(a.stdout, "\nThe web interface: http://%s/ui/\nSign in as (password, then the code of `keyward demo totp NAME --config %s`):\n",
-		a.cfg.Server.Listen, a.demoConfigPath)
+	fmt.Fprintf(a.stdout, "\nThe web interface: http://%s/ui/\nSign in as (password, then the code of `%s demo totp NAME --config %s`):\n",
+		a.cfg.Server.Listen, a.selfCommand(), a.demoConfigPath)
 	for _, p := range demoPeople {
 		pw := secret.New(randomWords())
 		if _, err := svc.AddUser(ctx, "cli:demo", p.name, p.role, p.teams, pw); err != nil {
@@ -205,4 +210,75 @@ func (a *app) demoCommand() *cobra.Command {
 		}),
 	})
 	return cmd
+}
+
+// demoTable prints, after each of the demo's passes, what changed: the pass's counts when it did
+// anything, and the rows of the identities whose state or next step changed (all of them the
+// first time); Enter prints the whole table.
+type demoTable struct {
+	a    *app
+	mu   sync.Mutex
+	last map[string]string // identity → what its row said
+	all  []rotation.Plan
+}
+
+func (d *demoTable) passed(s rotation.Summary, plans []rotation.Plan) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var changed []rotation.Plan
+	seen := make(map[string]string, len(plans))
+	for _, p := range plans {
+		row := fmt.Sprintf("%s|%s|%s|%s|%v", p.State, p.NextAction, p.NextKeyID, p.Reason, p.Due.Truncate(time.Second))
+		for _, k := range p.Keys {
+			row += "|" + k.AccessKeyID + string(k.Status) + string(k.State)
+		}
+		id := p.Identity.String()
+		seen[id] = row
+		if d.last == nil || d.last[id] != row {
+			changed = append(changed, p)
+		}
+	}
+	d.last, d.all = seen, plans
+	acted := s.Rotated+s.Deactivated+s.Deleted+s.Failed > 0
+	if !acted && len(changed) == 0 {
+		return
+	}
+	fmt.Fprintf(d.a.stdout, "\n%s pass: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d\n",
+		time.Now().Format(time.TimeOnly), s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed)
+	if len(changed) > 0 {
+		_ = d.a.printPlans(changed)
+	}
+}
+
+// onEnter prints the whole table each time a line is read, until in ends.
+func (d *demoTable) onEnter(in io.Reader) {
+	if in == nil {
+		return
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		d.mu.Lock()
+		_ = d.a.printPlans(d.all)
+		d.mu.Unlock()
+	}
+}
+
+// selfCommand is how to run this binary again from another terminal, as the demo's hints print it:
+// keyward when that is on PATH, the binary's own path when it is kept, and go run ./cmd/keyward from
+// a checkout run through go run (whose binary is deleted when it exits).
+func (a *app) selfCommand() string {
+	if _, err := exec.LookPath("keyward"); err == nil {
+		return "keyward"
+	}
+	exe, err := os.Executable()
+	if err == nil && !strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return exe
+	}
+	if _, err := os.Stat(filepath.Join("cmd", "keyward")); err == nil {
+		return "go run ./cmd/keyward"
+	}
+	if err == nil {
+		return exe
+	}
+	return "keyward"
 }

@@ -75,6 +75,7 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	environ        []string
+	serving        bool // serve runs: the simulated cloud is this process's
 
 	configPath string
 	logFormat  string

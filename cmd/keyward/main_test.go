@@ -128,6 +128,11 @@ func TestConfigCheck(t *testing.T) {
 		t.Fatalf("config check of the example: %q", r.stdout)
 	}
 	e.must(t, 0, "", "config", "check") // defaults only
+	// A deactivation sooner than a caching consumer's hourly refresh is valid, and warned of.
+	if r := e.with("KEYWARD_ROTATION_DEACTIVATE_AFTER=30m").must(t, 0, "", "config", "check"); !strings.Contains(r.stderr,
+		"warning: rotation.deactivate_after (30m0s) is shorter than an hour plus rotation.interval") || !strings.Contains(r.stdout, "configuration OK") {
+		t.Fatalf("config check with deactivate_after 30m: %q %q", r.stdout, r.stderr)
+	}
 
 	bad := filepath.Join(e.dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("server:\n  listen: 127.0.0.1:8080\nvault:\n  driver: sqlite\n  master_key:\n    sorce: file\n"), 0o600); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -39,6 +40,9 @@ func policyFrom(r config.Rotation) rotation.Policy {
 // provider returns the configured cloud.
 func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 	if a.cfg.Cloud == "sim" {
+		if !a.serving {
+			return nil, errSimOutsideServe
+		}
 		return sim.New(), nil
 	}
 	cfg, err := a.awsConfig(ctx)
@@ -53,6 +57,12 @@ func (a *app) provider(ctx context.Context) (cloud.Provider, error) {
 	}
 	return awsiam.New(cfg, opts), nil
 }
+
+// errSimOutsideServe: a command other than serve was pointed at the simulated cloud, which exists
+// only inside the serve process that made it (the demo's, with its ten users).
+var errSimOutsideServe = errors.New("cloud: sim is a simulated cloud that lives inside a running keyward serve (the demo's ten users are in the demo's " +
+	"process): this command cannot reach it. In the demo, use the web interface (/ui/) or the API (GET /v1/status, POST /v1/teams/TEAM/rotate), " +
+	"or the commands that read the vault: vault list, vault get, audit verify, user list, team list, apikey list, demo totp")
 
 // newEngine builds the rotation engine over an open vault and a cloud.
 // onDemandDeadline bounds a rotation asked for through the API; one cut off resumes from its records.

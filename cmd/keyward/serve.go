@@ -85,20 +85,20 @@ func (a *app) serveDemo(ctx context.Context) error {
 Policy in minutes: keys are replaced at %s, the old key deactivated %s later and deleted %s after that.
 Watch: ci-deploy and partner-acme are due now; legacy-erp's old key stays in use (held);
 break-glass is exempt; two-keys holds two active keys (blocked); fast-lane has a 2m tag.
-Vault: %s (its key: %s)
-Try, in another terminal:  keyward vault list --config %s
-                           keyward vault get ci-deploy --config %s
-Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look at.
+Vault: %[5]s (its key beside it)
+Try, in another terminal:  %[8]s vault list --config %[6]s
+                           %[8]s vault get ci-deploy --config %[6]s
+Health: http://%[7]s/healthz   Enter prints the whole table; Ctrl-C stops (the directory is kept).
+After each pass: what changed.
 
 `, demoAccount, cfg.Rotation.RotateAfter, cfg.Rotation.DeactivateAfter, cfg.Rotation.DeleteAfter,
-		cfg.Vault.DSN.Reveal(), cfg.Vault.MasterKey.File, cfgPath, cfgPath, cfg.Server.Listen)
+		cfg.Vault.DSN.Reveal(), cfgPath, cfg.Server.Listen, a.selfCommand())
 	var engine *rotation.Engine
+	table := &demoTable{a: a}
+	go table.onEnter(a.stdin)
 	after := func(rep rotation.Report, _ error) {
-		s := rep.Summary
-		fmt.Fprintf(a.stdout, "\n%s pass: rotated %d, deactivated %d, deleted %d, held %d, blocked %d, failed %d\n",
-			time.Now().Format(time.TimeOnly), s.Rotated, s.Deactivated, s.Deleted, s.Held, s.Blocked, s.Failed)
 		plans, _ := engine.PlanPass(context.Background(), rotation.PassOptions{})
-		_ = a.printPlans(plans)
+		table.passed(rep.Summary, plans)
 	}
 	return a.serve(ctx, c, func(e *rotation.Engine) func(rotation.Report, error) { engine = e; return after })
 }
@@ -106,8 +106,14 @@ Health: http://%s/healthz   Ctrl-C stops; the directory is kept for you to look 
 // serve runs the service. provider overrides the configured cloud (the demo's); afterPass, when set,
 // is given the engine and returns what to call after each pass.
 func (a *app) serve(ctx context.Context, provider cloud.Provider, afterPass func(*rotation.Engine) func(rotation.Report, error)) error {
+	a.serving = true
 	a.log.Info("configuration loaded", "cloud", a.cfg.Cloud, "vault_driver", a.cfg.Vault.Driver,
 		"key_source", a.cfg.Vault.MasterKey.Source, "listen", a.cfg.Server.Listen)
+	for _, w := range a.cfg.Warnings() {
+		if a.cfg.Cloud != "sim" { // the demo's policy in minutes is meant
+			a.log.Warn("configuration", "warning", w)
+		}
+	}
 	if a.cfg.Vault.Driver == store.SQLite {
 		if path := store.SQLitePath(a.cfg.Vault.DSN.Reveal()); path != ":memory:" {
 			release, err := lockSQLiteServe(path)

@@ -667,6 +667,20 @@ func (a AWS) validate(report func(key, format string, args ...any)) {
 	}
 }
 
+// Warnings are settings that are valid but likely to hurt: config check prints them, serve logs them.
+func (c Config) Warnings() []string {
+	var w []string
+	// Consumers that cache the key (AWS's aws-secretsmanager-caching refreshes every hour by default)
+	// keep reading the old key until they refresh: it must still be active by then.
+	if floor := time.Hour + c.Rotation.Interval.Std(); c.Rotation.DeactivateAfter.Std() < floor {
+		w = append(w, fmt.Sprintf("rotation.deactivate_after (%s) is shorter than an hour plus rotation.interval (%s): a consumer that caches "+
+			"the key for an hour (aws-secretsmanager-caching's default) will read a deactivated key; its refresh interval must be shorter "+
+			"than deactivate_after minus one interval, and it must refresh on an authentication error (README, \"Consumers\")",
+			c.Rotation.DeactivateAfter, Duration(floor)))
+	}
+	return w
+}
+
 // iamPathRe is IAM's path syntax: "/", or /-delimited segments of printable ASCII (IAM's docs:
 // "IAM identifiers", paths up to 512 characters).
 var iamPathRe = regexp.MustCompile(`^/([\x21-\x2E\x30-\x7E]+/)*$`)

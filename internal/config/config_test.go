@@ -277,6 +277,11 @@ func TestProblems(t *testing.T) {
 				"keyward.yaml:8: aws.organization.external_id: needs aws.organization.role_name"},
 		},
 		{
+			name: "every problem in one run",
+			yaml: "rotation:\n  interval: soon\nserver:\n  listen: nowhere\n",
+			want: []string{`keyward.yaml:2: rotation.interval`, `keyward.yaml:4: server.listen`},
+		},
+		{
 			name:    "bad user paths",
 			yaml:    "aws:\n  user_path: ci\n",
 			environ: []string{`KEYWARD_AWS_ACCOUNTS=[{id: "123456789012", user_path: "/ci"}]`},

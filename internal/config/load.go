@@ -95,9 +95,18 @@ func Load(src Source) (*Config, error) {
 	if cfg.Vault.MasterKey.Source == KeySourceEnv && cfg.Vault.MasterKey.Env != "" {
 		cfg.Vault.MasterKey.EnvValue = secret.New(env[cfg.Vault.MasterKey.Env])
 	}
-	if len(l.problems) == 0 {
-		cfg.validate(func(key, format string, args ...any) { l.report(l.whereOf(key), key, format, args...) })
+	// Every problem in one run: the values that could not be read keep their defaults, and the
+	// checks across fields run anyway, except on a key already reported (its default would be
+	// judged, not what was written).
+	read := map[string]bool{}
+	for _, p := range l.problems {
+		read[p.Key] = true
 	}
+	cfg.validate(func(key, format string, args ...any) {
+		if !read[key] {
+			l.report(l.whereOf(key), key, format, args...)
+		}
+	})
 	if len(l.problems) > 0 {
 		return nil, &Error{Problems: l.problems}
 	}

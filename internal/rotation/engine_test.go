@@ -723,3 +723,23 @@ func TestNotices(t *testing.T) {
 		}
 	})
 }
+
+// TestForcedRotationBlockedSaysWhen (issue 30 §7): a second forced rotation right after the first
+// finds the previous key still active; it is blocked, and the reason says what to do and when a
+// rotation can happen by itself (the previous key's deactivation: deactivate_after after it was
+// replaced).
+func TestForcedRotationBlockedSaysWhen(t *testing.T) {
+	w := newWorld(t, sqlite(t))
+	w.addUser("app", 10*day, nil)
+	if r := w.visit("app", true); r.Outcome != rotation.Rotated {
+		t.Fatalf("first forced rotation: %+v", r)
+	}
+	replaced := w.clock.Now()
+	w.clock.Add(time.Minute)
+	r := w.visit("app", true)
+	when := replaced.Add(w.policy.DeactivateAfter).UTC().Format(time.RFC3339)
+	if r.Outcome != rotation.Blocked || !strings.Contains(r.Reason, "move what still uses the old key") ||
+		!strings.Contains(r.Reason, "A new rotation can happen once the previous key") || !strings.Contains(r.Reason[:len(r.Reason)-1], when[:16]) {
+		t.Fatalf("second forced rotation: %+v (want the time %s)", r, when)
+	}
+}

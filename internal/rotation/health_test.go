@@ -55,3 +55,17 @@ func TestSchedulerHealthIsProgress(t *testing.T) {
 		})
 	}
 }
+
+// TestSummaryCountsEveryKeyRetired (issue 30 §7): a visit that deletes a retired key to make room
+// and then rotates counts one rotation and one deletion (the trail's key.deleted), not only its
+// outcome; a planned deletion (no actions yet) counts its key.
+func TestSummaryCountsEveryKeyRetired(t *testing.T) {
+	var s rotation.Summary
+	s.Add(rotation.Result{Outcome: rotation.Rotated, Actions: []rotation.Action{{Kind: rotation.KindDeleted, KeyID: "AKIAOLD"},
+		{Kind: rotation.KindCreated, KeyID: "AKIANEW"}, {Kind: rotation.KindPromoted, KeyID: "AKIANEW"}}})
+	s.Add(rotation.Result{Outcome: rotation.Deactivated, Actions: []rotation.Action{{Kind: rotation.KindDeactivated, KeyID: "AKIAPREV"}}})
+	s.Add(rotation.Result{Outcome: rotation.Deleted}) // a plan's
+	if s != (rotation.Summary{Scanned: 3, Rotated: 1, Deactivated: 1, Deleted: 2}) {
+		t.Fatalf("summary %+v", s)
+	}
+}

@@ -26,8 +26,8 @@ type PassOptions struct {
 type Summary struct {
 	Scanned     int `json:"scanned"`
 	Rotated     int `json:"rotated"`
-	Deactivated int `json:"deactivated"`
-	Deleted     int `json:"deleted"`
+	Deactivated int `json:"deactivated"` // keys deactivated
+	Deleted     int `json:"deleted"`     // keys deleted
 	Held        int `json:"held"`
 	Blocked     int `json:"blocked"`
 	Failed      int `json:"failed"`
@@ -45,16 +45,16 @@ type Report struct {
 	Interrupted int `json:"interrupted,omitempty"`
 }
 
-// Add counts one outcome.
-func (s *Summary) Add(o Outcome) {
+// Add counts one visit: its user's outcome, and every key it deactivated or deleted — a visit does
+// more than its outcome says (a rotation may first delete a retired key to make room, or retire an
+// old one), so Deactivated and Deleted count keys, the rest users. A planned visit (a dry run) has
+// no actions: its outcome counts its key.
+func (s *Summary) Add(r Result) {
 	s.Scanned++
-	switch o {
+	switch r.Outcome {
 	case Rotated:
 		s.Rotated++
-	case Deactivated:
-		s.Deactivated++
-	case Deleted:
-		s.Deleted++
+	case Deactivated, Deleted:
 	case Held:
 		s.Held++
 	case Blocked:
@@ -68,6 +68,23 @@ func (s *Summary) Add(o Outcome) {
 	default:
 		s.Skipped++
 	}
+	deactivated, deleted := 0, 0
+	for _, a := range r.Actions {
+		switch a.Kind {
+		case KindDeactivated:
+			deactivated++
+		case KindDeleted, KindDeletedOrphan:
+			deleted++
+		}
+	}
+	if r.Outcome == Deactivated {
+		deactivated = max(deactivated, 1)
+	}
+	if r.Outcome == Deleted {
+		deleted = max(deleted, 1)
+	}
+	s.Deactivated += deactivated
+	s.Deleted += deleted
 }
 
 // Pass visits every managed user of every account once, Concurrency at a time. A user that fails
@@ -162,7 +179,7 @@ func (p *pass) start(ctx context.Context, u cloud.User) error {
 		}
 		if err == nil {
 			p.rep.Users = append(p.rep.Users, res)
-			p.rep.Summary.Add(res.Outcome)
+			p.rep.Summary.Add(res)
 			if res.Interrupted {
 				p.rep.Interrupted++
 			}

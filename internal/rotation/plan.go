@@ -254,7 +254,7 @@ func (e *Engine) DryRun(ctx context.Context, opts PassOptions) Report {
 			res.Actions = []Action{{Kind: Would(p.NextAction), KeyID: p.NextKeyID}}
 		}
 		rep.Users = append(rep.Users, res)
-		rep.Summary.Add(res.Outcome)
+		rep.Summary.Add(res)
 	}
 	return rep
 }

@@ -432,7 +432,7 @@ func (v *visit) makeRoom(ctx context.Context, ks keyState) (blocked bool, err er
 		}
 	}
 	if room == nil {
-		v.res.Outcome, v.res.Reason = Blocked, noRoomReason(ks.keys)
+		v.res.Outcome, v.res.Reason = Blocked, noRoomReason(ks.keys)+v.roomAt(ks)
 		return true, e.record(ctx, e.event(ActionBlocked, id, audit.Success, "reason", v.res.Reason))
 	}
 	if err := e.Cloud.DeleteAccessKey(ctx, id.AccountID, id.UserName, room.ID); err != nil && !errors.Is(err, cloud.ErrNoSuchEntity) {
@@ -451,6 +451,20 @@ func (v *visit) makeRoom(ctx context.Context, ks keyState) (blocked bool, err er
 	}
 	v.res.did(KindDeleted, room.ID)
 	return false, nil
+}
+
+// roomAt says when there will be room for a new key by itself: once Keyward's previous key is
+// deactivated (deactivate_after after its replacement, later while it is still in use). "" when
+// the keys in the way are not Keyward's to retire.
+func (v *visit) roomAt(ks keyState) string {
+	for _, ver := range ks.versions {
+		if ver.State == vault.StatePrevious && !ver.PreviousAt.IsZero() {
+			at := ver.PreviousAt.Add(v.pol.DeactivateAfter)
+			return fmt.Sprintf(". A new rotation can happen once the previous key %s is deactivated, at %s at the earliest (deactivate_after %s after its replacement; later while it is still in use)",
+				ver.AccessKeyID, at.UTC().Format(time.RFC3339), v.pol.DeactivateAfter)
+		}
+	}
+	return ""
 }
 
 // emergencyRoom makes room for the replacement of a leaked current key when the user also holds a

@@ -54,10 +54,10 @@ const (
 
 // Reasons a visit and a plan give alike.
 const (
-	ReasonTwoUnknownActive = "the user holds two active keys that Keyward does not know: import the one in use"
+	ReasonTwoUnknownActive = "the user holds two active keys that Keyward does not know: import the one in use (keyward vault import) and deactivate the other, or exempt the user"
 	ReasonNoActiveKey      = "the user has no active key"
-	ReasonNoRoom           = "the user holds two keys and neither is an inactive key Keyward may delete"
-	ReasonNoRoomActive     = "the user holds two active keys: Keyward never deletes an active key to make room"
+	ReasonNoRoom           = "the user holds two keys and neither is an inactive key Keyward may delete: delete the one Keyward did not retire, or allow it with rotation.delete_foreign_inactive_after"
+	ReasonNoRoomActive     = "the user holds two active keys: Keyward never deletes an active key to make room; move what still uses the old key to the current one (Keyward deactivates it once unused for rotation.quiet_period), deactivate it yourself, or set rotation.force_deactivate"
 )
 
 // OutsidePermissions is the reason given for a user Keyward may not manage: the action refused, and
