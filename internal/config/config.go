@@ -675,7 +675,7 @@ func (c Config) Warnings() []string {
 	if floor := time.Hour + c.Rotation.Interval.Std(); c.Rotation.DeactivateAfter.Std() < floor {
 		w = append(w, fmt.Sprintf("rotation.deactivate_after (%s) is shorter than an hour plus rotation.interval (%s): a consumer that caches "+
 			"the key for an hour (aws-secretsmanager-caching's default) will read a deactivated key; its refresh interval must be shorter "+
-			"than deactivate_after minus one interval, and it must refresh on an authentication error (README, \"Consumers\")",
+			"than deactivate_after minus one interval, and it must refresh on an authentication error (docs/DEPLOY.md, \"Consumers\")",
 			c.Rotation.DeactivateAfter, Duration(floor)))
 	}
 	return w
