@@ -27,6 +27,20 @@ if [ -z "${KEYWARD_TEST_POSTGRES_DSN:-}" ] || [ -z "${KEYWARD_TEST_MOTO_URL:-}" 
   fi
 fi
 
+# The web pages are checked with axe-core in the browser tests (internal/testenv/axe.go); npm puts
+# the pinned release under .cache/ (git ignores it).
+axe=.cache/axe-core/node_modules/axe-core/axe.min.js
+if [ -z "${KEYWARD_TEST_AXE:-}" ] && [ ! -f "$axe" ]; then
+  echo "== installing axe-core (npm)"
+  if ! npm install --silent --no-audit --no-fund --prefix .cache/axe-core axe-core@4.14.1 >/dev/null; then
+    if [ "$require" = 1 ]; then
+      echo "could not install axe-core with npm, and KEYWARD_TEST_REQUIRE_SERVICES=1" >&2
+      exit 1
+    fi
+    echo "warning: could not install axe-core: its checks will skip" >&2
+  fi
+fi
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then

@@ -269,6 +269,30 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 	if err != nil {
 		return 0, err
 	}
+	return s.rotateNow(ctx, "team "+t.Name, t.Identity, u)
+}
+
+// RotateIdentity is Rotate for any identity Keyward manages, a team's or not (operators and
+// admins: rotating is theirs on every identity; members rotate nothing).
+func (s *Service) RotateIdentity(ctx context.Context, p *auth.Principal, id vault.Identity) (int64, error) {
+	if err := p.Authorize(auth.Rotate, ""); err != nil {
+		return 0, err
+	}
+	u, err := s.Engine.Cloud.GetUser(ctx, id.AccountID, id.UserName)
+	if errors.Is(err, cloud.ErrNoSuchEntity) {
+		return 0, failure(ErrUnavailable, nil, "IAM user %s does not exist", id)
+	} else if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, failure(ErrCloudUnavailable, err, "the cloud did not answer when asked for IAM user %s; try again later", id)
+	}
+	return s.rotateNow(ctx, "IAM user "+id.String(), id, u)
+}
+
+// rotateNow forces a rotation of u (whose vault identity is id) on the on-demand runner; what names
+// it in errors.
+func (s *Service) rotateNow(ctx context.Context, what string, id vault.Identity, u cloud.User) (int64, error) {
 	started := make(chan int64, 1)
 	finished := make(chan rotation.Result, 1)
 	opts := rotation.VisitOptions{Force: true, OnBegin: func(r rotation.Record) {
@@ -277,12 +301,12 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 		default:
 		}
 	}}
-	err = s.Engine.OnDemand.Go(onDemandWait, func(ctx context.Context) {
+	err := s.Engine.OnDemand.Go(onDemandWait, func(ctx context.Context) {
 		var res rotation.Result
 		var err error
 		// A team without a current key gets its first one; whether it has one is metadata: no secret
 		// is opened for it.
-		versions, verr := s.Vault.VersionsOf(ctx, t.Identity)
+		versions, verr := s.Vault.VersionsOf(ctx, id)
 		if verr == nil && !slices.ContainsFunc(versions, func(v vault.Version) bool { return v.State == vault.StateCurrent }) {
 			res, err = s.Engine.Provision(ctx, u, opts)
 		} else {
@@ -306,10 +330,10 @@ func (s *Service) Rotate(ctx context.Context, p *auth.Principal, teamName string
 		default:
 		}
 		if res.Outcome == rotation.Failed {
-			return 0, failure(ErrCloudUnavailable, errors.New(res.Reason), "team %s: the rotation could not begin; try again later "+
-				"(operators find why in the log under this request's id)", t.Name)
+			return 0, failure(ErrCloudUnavailable, errors.New(res.Reason), "%s: the rotation could not begin; try again later "+
+				"(operators find why in the log under this request's id)", what)
 		}
-		return 0, failure(ErrUnavailable, nil, "team %s: %s", t.Name, orOutcome(res))
+		return 0, failure(ErrUnavailable, nil, "%s: %s", what, orOutcome(res))
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}

@@ -117,6 +117,8 @@ func newServer(o Options) *server {
 	if o.UI != nil {
 		s.mux.Handle("/ui/", o.UI)
 		s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
+		s.mux.Handle("GET /favicon.ico", o.UI)
+		s.mux.Handle("GET /robots.txt", o.UI)
 	}
 	return s
 }

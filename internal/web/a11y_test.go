@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/chromedp/cdproto/browser"
@@ -89,6 +90,9 @@ func TestKeyboard(t *testing.T) {
 		if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
 			t.Errorf("%s: unlabelled %v, %d bytes", page, bad, size)
 		}
+		if v := testenv.Axe(t, ctx); len(v) > 0 {
+			t.Errorf("%s: axe-core finds %d violations:\n%s", page, len(v), strings.Join(v, "\n"))
+		}
 	}
 
 	// A member reveals the team's key without a mouse.
@@ -99,6 +103,29 @@ func TestKeyboard(t *testing.T) {
 	if err := chromedp.Do(mctx, chromedp.Focus(chromedp.CSS(`form[action="/ui/teams/payments/reveal"] button`)), chromedp.KeyEvent(kb.Enter),
 		chromedp.WaitVisible(chromedp.CSS("#secret"))); err != nil {
 		t.Fatalf("revealing with the keyboard: %v", err)
+	}
+	if v := testenv.Axe(t, mctx); len(v) > 0 {
+		t.Errorf("a member's revealed key: axe-core finds:\n%s", strings.Join(v, "\n"))
+	}
+	for _, page := range []string{"/ui/", "/ui/mfa"} {
+		if err := chromedp.Do(mctx, chromedp.Navigate(s.srv.URL+page), chromedp.WaitVisible(chromedp.CSS("main h1"))); err != nil {
+			t.Fatal(err)
+		}
+		if v := testenv.Axe(t, mctx); len(v) > 0 {
+			t.Errorf("a member's %s: axe-core finds:\n%s", page, strings.Join(v, "\n"))
+		}
+	}
+	lctx := testenv.Browser(t)
+	if err := chromedp.Do(lctx, chromedp.Navigate(s.srv.URL+"/ui/login"), chromedp.WaitVisible(chromedp.CSS("main h1"))); err != nil {
+		t.Fatal(err)
+	}
+	if v := testenv.Axe(t, lctx); len(v) > 0 {
+		t.Errorf("the sign-in page: axe-core finds:\n%s", strings.Join(v, "\n"))
+	}
+	if err := chromedp.Do(mctx, chromedp.Navigate(s.srv.URL+"/ui/"), chromedp.WaitVisible(chromedp.CSS("main h1")),
+		chromedp.Focus(chromedp.CSS(`form[action="/ui/teams/payments/reveal"] button`)), chromedp.KeyEvent(kb.Enter),
+		chromedp.WaitVisible(chromedp.CSS("#secret"))); err != nil {
+		t.Fatal(err)
 	}
 	// …and copies it: the Copy button puts the secret itself on the clipboard.
 	for _, name := range []string{"clipboard-read", "clipboard-write"} {
@@ -122,5 +149,22 @@ func TestKeyboard(t *testing.T) {
 	missed, unmarked := tabWalk(t, mctx)
 	if len(missed) > 0 || len(unmarked) > 0 {
 		t.Errorf("the reveal page: Tab never reaches %q; no visible focus on %q", missed, unmarked)
+	}
+}
+
+// TestAxeFindsViolations: the axe-core check can fail — a page with an image without a text
+// alternative and a button whose name does not contain its label is reported.
+func TestAxeFindsViolations(t *testing.T) {
+	ctx := testenv.Browser(t)
+	page := `<!doctype html><html lang="en"><head><title>bad</title></head><body><main><h1>Bad</h1>` +
+		`<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><button aria-label="Delete everything">Rotate now</button></main></body></html>`
+	if err := chromedp.Do(ctx, chromedp.Navigate("data:text/html,"+url.PathEscape(page))); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(testenv.Axe(t, ctx), "\n")
+	for _, rule := range []string{"image-alt", "label-content-name-mismatch"} {
+		if !strings.Contains(got, rule+":") {
+			t.Errorf("axe-core did not report %s:\n%s", rule, got)
+		}
 	}
 }

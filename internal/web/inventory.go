@@ -116,6 +116,27 @@ func (u *UI) rotateNow(w http.ResponseWriter, r *http.Request, s *signedIn) erro
 	return nil
 }
 
+// rotateIdentityNow starts a rotation of any managed identity's key (operators, admins), a team's
+// or not, and shows its progress.
+func (u *UI) rotateIdentityNow(w http.ResponseWriter, r *http.Request, s *signedIn) error {
+	id := vault.Identity{Cloud: vault.CloudAWS, AccountID: r.PathValue("account"), UserName: r.PathValue("user")}
+	if err := id.Validate(); err != nil {
+		u.render(w, r, http.StatusBadRequest, "error", s, map[string]any{"Title": "Bad identity", "Message": err.Error()})
+		return nil
+	}
+	if r.PostFormValue("confirm") != "yes" {
+		u.render(w, r, http.StatusOK, "confirm", s, map[string]any{"Title": "Confirm", "What": "Rotate the key of " + id.UserName + " in " + id.AccountID + " now",
+			"ActionURL": "/ui/identities/" + url.PathEscape(id.AccountID) + "/" + url.PathEscape(id.UserName) + "/rotate"})
+		return nil
+	}
+	n, err := u.Access.RotateIdentity(r.Context(), s.principal, id)
+	if err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/ui/rotations/"+strconv.FormatInt(n, 10), http.StatusSeeOther)
+	return nil
+}
+
 // rotationPage shows a rotation's progress; it refreshes itself until the rotation is finished.
 func (u *UI) rotationPage(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	n, err := strconv.ParseInt(r.PathValue("id"), 10, 64)

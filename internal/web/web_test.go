@@ -1,8 +1,11 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"image/png"
 	"io"
 	"log/slog"
 	"net/http"
@@ -617,19 +620,14 @@ func TestInventoryAndRotateNow(t *testing.T) {
 	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
 		t.Fatalf("inventory page: unlabelled %v, %d bytes", bad, size)
 	}
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`form[action="/ui/teams/payments/rotate"] button`)), chromedp.WaitVisible(chromedp.CSS("#confirm")),
-		chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("dd[role=status]"))); err != nil {
+	if v := testenv.Axe(t, ctx); len(v) > 0 {
+		t.Errorf("inventory page: axe-core finds:\n%s", strings.Join(v, "\n"))
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`form[action="/ui/identities/`+account+`/payments-app/rotate"] button`)), chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("#outcome"))); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if got := text(t, ctx, "dd[role=status]"); strings.HasPrefix(got, "rotated") {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the rotation did not finish: %q", got)
-		}
-		time.Sleep(500 * time.Millisecond)
-		_ = chromedp.Do(ctx, chromedp.Reload())
-	}
+	waitRotated(t, ctx)
 	shot(t, ctx, "rotation")
 	if bad, size := unlabelled(t, ctx); len(bad) > 0 || size > 200<<10 {
 		t.Fatalf("rotation page: unlabelled %v, %d bytes", bad, size)
@@ -641,6 +639,17 @@ func TestInventoryAndRotateNow(t *testing.T) {
 		t.Fatalf("history: %s", body)
 	}
 	shot(t, ctx, "history")
+	// An identity no team owns is rotated from its own page, by an operator.
+	s.cloud.AddUser(account, "legacy-app", "/", nil)
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/identities/"+account+"/legacy-app"), chromedp.WaitVisible(chromedp.CSS("h2")),
+		chromedp.Click(chromedp.CSS(`main form[action$="/legacy-app/rotate"] button`)), chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("#outcome"))); err != nil {
+		t.Fatal(err)
+	}
+	waitRotated(t, ctx)
+	if v := testenv.Axe(t, ctx); len(v) > 0 {
+		t.Errorf("rotation page: axe-core finds:\n%s", strings.Join(v, "\n"))
+	}
 	// A state filter that matches nothing; a bad one is refused.
 	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/ui/inventory?state=blocked"), chromedp.WaitVisible(chromedp.CSS("tbody"))); err != nil {
 		t.Fatal(err)
@@ -656,6 +665,20 @@ func TestInventoryAndRotateNow(t *testing.T) {
 	}
 }
 
+// waitRotated reloads a rotation's page until it says the rotation finished with a new key.
+func waitRotated(t *testing.T, ctx context.Context) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if got := text(t, ctx, "#outcome"); strings.HasPrefix(got, "rotated") {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the rotation did not finish: %q", got)
+		}
+		time.Sleep(500 * time.Millisecond)
+		_ = chromedp.Do(ctx, chromedp.Reload())
+	}
+}
+
 // Every page names its permission where it is registered, and the table of them is as meant: the
 // pages of a secret or an action need what the API's routes of the same need.
 func TestPagePermissions(t *testing.T) {
@@ -665,7 +688,7 @@ func TestPagePermissions(t *testing.T) {
 	want := map[string]auth.Permission{
 		"GET /ui/login": auth.Public, "POST /ui/login": auth.Public, "GET /ui/sso": auth.Public, "GET /ui/sso/callback": auth.Public, "POST /ui/logout": auth.Authenticated, "GET /ui/{$}": auth.Authenticated,
 		"POST /ui/teams/{team}/reveal": auth.ReadCredentials, "GET /ui/inventory": auth.ReadInventory,
-		"GET /ui/identities/{account}/{user}": auth.ReadInventory, "POST /ui/teams/{team}/rotate": auth.Rotate,
+		"GET /ui/identities/{account}/{user}": auth.ReadInventory, "POST /ui/teams/{team}/rotate": auth.Rotate, "POST /ui/identities/{account}/{user}/rotate": auth.Rotate,
 		"GET /ui/rotations/{id}": auth.Rotate, "GET /ui/mfa": auth.Authenticated, "POST /ui/mfa": auth.Authenticated,
 		"GET /ui/audit": auth.ReadAudit, "GET /ui/audit/verify": auth.ReadAudit, "GET /ui/audit/export": auth.ReadAudit,
 		"GET /ui/reports": auth.ReadReports, "GET /ui/reports/compliance.html": auth.ReadReports,
@@ -721,5 +744,38 @@ func TestRevealSessionOnly(t *testing.T) {
 	recs, _, _ := s.trail.Find(ctx, audit.Filter{Action: "key.read", Limit: 10})
 	if len(recs) != 1 || recs[0].Detail["type"] != "session" || recs[0].Detail["via"] != "web" {
 		t.Fatalf("read records: %+v", recs)
+	}
+}
+
+// TestFaviconAndRobots: /favicon.ico is an icon a browser can show (an ICO holding a 32×32 PNG), and
+// robots.txt keeps every crawler out.
+func TestFaviconAndRobots(t *testing.T) {
+	s := newSite(t)
+	res, err := http.Get(s.srv.URL + "/favicon.ico")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ico, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "image/x-icon" || len(ico) < 22 ||
+		!bytes.Equal(ico[:6], []byte{0, 0, 1, 0, 1, 0}) {
+		t.Fatalf("favicon: %d %q, %d bytes", res.StatusCode, res.Header.Get("Content-Type"), len(ico))
+	}
+	size, offset := binary.LittleEndian.Uint32(ico[14:]), binary.LittleEndian.Uint32(ico[18:])
+	if int(offset+size) != len(ico) {
+		t.Fatalf("favicon: entry says %d bytes at %d of %d", size, offset, len(ico))
+	}
+	img, err := png.Decode(bytes.NewReader(ico[offset:]))
+	if err != nil || img.Bounds().Dx() != 32 || img.Bounds().Dy() != 32 {
+		t.Fatalf("favicon's image: %v", err)
+	}
+	res, err = http.Get(s.srv.URL + "/robots.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || string(body) != "User-agent: *\nDisallow: /\n" {
+		t.Fatalf("robots.txt: %d %q", res.StatusCode, body)
 	}
 }
