@@ -249,6 +249,25 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	_, _ = w.Write([]byte(buf.String()))
 }
 
+// age says how long d is in the largest whole unit that fits, in words ("1 minute", "3 days").
+func age(d time.Duration) string {
+	plural := func(n int, unit string) string {
+		if n == 1 {
+			return "1 " + unit
+		}
+		return fmt.Sprintf("%d %ss", n, unit)
+	}
+	switch {
+	case d >= 48*time.Hour:
+		return plural(int(d/(24*time.Hour)), "day")
+	case d >= time.Hour:
+		return plural(int(d/time.Hour), "hour")
+	case d >= time.Minute:
+		return plural(int(d/time.Minute), "minute")
+	}
+	return "under a minute"
+}
+
 // parsePages parses each page with the layout.
 func parsePages() map[string]*template.Template {
 	funcs := template.FuncMap{
@@ -256,16 +275,12 @@ func parsePages() map[string]*template.Template {
 			if t.IsZero() {
 				return "—"
 			}
-			d := time.Since(t)
-			switch {
-			case d >= 48*time.Hour:
-				return fmt.Sprintf("%d days", int(d/(24*time.Hour)))
-			case d >= time.Hour:
-				return fmt.Sprintf("%d hours", int(d/time.Hour))
-			}
-			return fmt.Sprintf("%d minutes", int(d/time.Minute))
+			return age(time.Since(t))
 		},
-		"date":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"date": func(t time.Time) template.HTML {
+			return template.HTML(`<time datetime="` + t.UTC().Format(time.RFC3339) + `">` + t.UTC().Format("2006-01-02 15:04 UTC") + `</time>`)
+		},
+		"past":   func(t time.Time) bool { return !t.IsZero() && t.Before(time.Now()) },
 		"since":  func(d time.Duration) time.Time { return time.Now().Add(-d) },
 		"reveal": func(v secret.Value) string { return v.Reveal() },
 		"qr":     qrSVG,

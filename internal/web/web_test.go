@@ -533,6 +533,10 @@ func TestAuditorAndAdmin(t *testing.T) {
 	if err := s.signIn(actx, "ada", s.code("ada")); err != nil {
 		t.Fatal(err)
 	}
+	// An administrator in no team is told where she adds people to teams, not to ask an administrator.
+	if home := text(t, actx, "main"); !strings.Contains(home, "Administration") || strings.Contains(home, "an administrator adds you") {
+		t.Errorf("the admin's home page: %s", home)
+	}
 	if err := chromedp.Do(actx, chromedp.Navigate(s.srv.URL+"/ui/admin"), chromedp.WaitVisible(chromedp.CSS("#u-name")),
 		chromedp.SendKeys(chromedp.CSS("#u-name"), "nina"), chromedp.SendKeys(chromedp.CSS("#u-teams"), "search"),
 		chromedp.SendKeys(chromedp.CSS("#u-password"), "a long enough password"),
