@@ -405,16 +405,20 @@ func UnmarshalDetail(s string) (map[string]string, error) {
 
 // Filter selects records for Find. Empty fields match everything.
 type Filter struct {
-	After        int64 // records after this number (paging: the last number of the previous page)
-	Limit        int   // at most this many (default 100)
+	After int64 // records after this number (paging: the last number of the previous page)
+	// Newest lists the newest records first; Before then pages: records before this number (the
+	// last number of the previous page), 0 for the newest.
+	Newest       bool
+	Before       int64
+	Limit        int // at most this many (default 100)
 	Since, Until time.Time
 	Actor        string
 	Action       string // an action, or a prefix ending in '.' ("auth.")
 	Target       string
 }
 
-// Find returns a page of the records f selects, in order, and the number to pass as After for the
-// next page (0 when this one is the last). The store filters: a page costs what it returns.
+// Find returns a page of the records f selects, in order (newest first with f.Newest), and the
+// number to pass as After (Before) for the next page (0 when this one is the last). The store filters: a page costs what it returns.
 func (t *Trail) Find(ctx context.Context, f Filter) ([]Record, int64, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100

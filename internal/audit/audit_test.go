@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -381,41 +382,50 @@ func TestFindFiltersInTheStore(t *testing.T) {
 			for _, action := range []string{"", "auth.", "key.read", "access."} {
 				for _, target := range []string{"", "aws:1:y"} {
 					for _, window := range [][2]time.Duration{{}, {20 * time.Second, 70 * time.Second}} {
-						f := audit.Filter{Actor: actor, Action: action, Target: target, Limit: 4}
-						if window[1] > 0 {
-							f.Since, f.Until = start.Add(window[0]), start.Add(window[1])
+						for _, newest := range []bool{false, true} {
+							f := audit.Filter{Actor: actor, Action: action, Target: target, Limit: 4, Newest: newest}
+							if window[1] > 0 {
+								f.Since, f.Until = start.Add(window[0]), start.Add(window[1])
+							}
+							var want, got []int64
+							for _, r := range all {
+								if match(f, r) {
+									want = append(want, r.Seq)
+								}
+							}
+							if newest {
+								slices.Reverse(want)
+							}
+							for page := 0; ; page++ {
+								recs, next, err := w.trail.Find(ctx, f)
+								if err != nil {
+									t.Fatal(err)
+								}
+								for _, r := range recs {
+									got = append(got, r.Seq)
+								}
+								if next == 0 {
+									break
+								}
+								if page > 100 {
+									t.Fatal("paging does not end")
+								}
+								if newest {
+									f.Before = next
+								} else {
+									f.After = next
+								}
+							}
+							if fmt.Sprint(got) != fmt.Sprint(want) {
+								t.Errorf("%+v: got %v, want %v", f, got, want)
+							}
+							n++
 						}
-						var want, got []int64
-						for _, r := range all {
-							if match(f, r) {
-								want = append(want, r.Seq)
-							}
-						}
-						for page := 0; ; page++ {
-							recs, next, err := w.trail.Find(ctx, f)
-							if err != nil {
-								t.Fatal(err)
-							}
-							for _, r := range recs {
-								got = append(got, r.Seq)
-							}
-							if next == 0 {
-								break
-							}
-							if page > 100 {
-								t.Fatal("paging does not end")
-							}
-							f.After = next
-						}
-						if fmt.Sprint(got) != fmt.Sprint(want) {
-							t.Errorf("%+v: got %v, want %v", f, got, want)
-						}
-						n++
 					}
 				}
 			}
 		}
-		if n != 32 {
+		if n != 64 {
 			t.Fatalf("%d combinations", n)
 		}
 	})

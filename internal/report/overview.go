@@ -61,9 +61,9 @@ type OverviewQuery struct {
 
 // OverviewPage is one page of the overview, with the total and every current key's age.
 type OverviewPage struct {
-	Rows    []Row
-	Total   int
-	AgeDays []int // of every current key matching the filters, for the histogram
+	Rows  []Row
+	Total int
+	Ages  []time.Duration // of every current key matching the filters, for the histogram
 }
 
 // RotationStates is the store's bulk view of rotations (see store.Rotations.States).
@@ -144,9 +144,9 @@ func (s *Service) overviewByAge(ctx context.Context, q OverviewQuery, teamsOf ma
 	if err != nil {
 		return OverviewPage{}, err
 	}
-	out := OverviewPage{AgeDays: make([]int, 0, len(created))}
+	out := OverviewPage{Ages: make([]time.Duration, 0, len(created))}
 	for _, c := range created {
-		out.AgeDays = append(out.AgeDays, int(now.Sub(c)/(24*time.Hour)))
+		out.Ages = append(out.Ages, now.Sub(c))
 	}
 	for _, id := range ids {
 		row := s.row(versions[id], now, f.open, f.failed, f.held, f.blocked)
@@ -248,10 +248,10 @@ func pageOf(rows []Row, q OverviewQuery) OverviewPage {
 			kept = append(kept, r)
 		}
 	}
-	out := OverviewPage{Total: len(kept), AgeDays: []int{}}
+	out := OverviewPage{Total: len(kept), Ages: []time.Duration{}}
 	for _, r := range kept {
 		if r.CurrentAge > 0 {
-			out.AgeDays = append(out.AgeDays, int(r.CurrentAge/(24*time.Hour)))
+			out.Ages = append(out.Ages, r.CurrentAge)
 		}
 	}
 	slices.SortStableFunc(kept, func(a, b Row) int {

@@ -91,6 +91,8 @@ type Report struct {
 	KeyAges         []int      `json:"key_ages_days"` // every active key's age, for the histogram
 	Controls        []Control  `json:"controls"`
 	History         []Summary  `json:"history,omitempty"`
+
+	ages []time.Duration // KeyAges to the second, for the HTML report's chart
 }
 
 // PolicyDays is the policy's deadlines, in days, for the histogram.
@@ -98,6 +100,12 @@ type PolicyDays struct {
 	RotateAfter     float64 `json:"rotate_after_days"`
 	DeactivateAfter float64 `json:"deactivate_after_days"`
 	DeleteAfter     float64 `json:"delete_after_days"`
+}
+
+// chart is the policy's deadlines for the age chart.
+func (p PolicyDays) chart() ChartPolicy {
+	d := func(days float64) time.Duration { return time.Duration(days * float64(day)) }
+	return ChartPolicy{RotateAfter: d(p.RotateAfter), DeactivateAfter: d(p.DeactivateAfter), DeleteAfter: d(p.DeleteAfter)}
 }
 
 // Facts are what the report is built from.
@@ -137,6 +145,7 @@ func Build(f Facts) Report {
 			for _, k := range u.Keys {
 				if k.Status == string(cloud.KeyActive) {
 					r.KeyAges = append(r.KeyAges, int(f.Now.Sub(k.CreatedAt)/day))
+					r.ages = append(r.ages, f.Now.Sub(k.CreatedAt))
 				}
 			}
 		}

@@ -265,8 +265,8 @@ func TestOverviewByAge(t *testing.T) {
 		for _, r := range pg.Rows {
 			names = append(names, r.Identity.UserName+"/"+r.State)
 		}
-		if pg.Total != 26 || len(pg.AgeDays) != 25 || strings.Join(names, " ") != "svc-04/ok svc-03/ok svc-02/ok svc-01/ok svc-00/ok break-glass/exempt" {
-			t.Fatalf("page 3 by age: total %d, %d ages, %v", pg.Total, len(pg.AgeDays), names)
+		if pg.Total != 26 || len(pg.Ages) != 25 || strings.Join(names, " ") != "svc-04/ok svc-03/ok svc-02/ok svc-01/ok svc-00/ok break-glass/exempt" {
+			t.Fatalf("page 3 by age: total %d, %d ages, %v", pg.Total, len(pg.Ages), names)
 		}
 		young, err := svc.Overview(ctx, report.OverviewQuery{Asc: true, Limit: 2}, nil)
 		if err != nil || young.Rows[0].Identity.UserName != "svc-00" || young.Rows[1].Identity.UserName != "svc-01" {

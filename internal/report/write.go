@@ -53,59 +53,16 @@ func WriteCSV(w io.Writer, r Report) error {
 	return cw.Error()
 }
 
-// bar is one bar of the age histogram.
-type bar struct {
-	Label         string
-	Count         int
-	X, Y, W, H    int
-	LabelX, TextY int
-}
-
-// line is a policy deadline drawn across the histogram.
-type line struct {
-	Label string
-	X     int
-}
-
-// Histogram is the template data of an SVG histogram of key ages (days) against the policy's
-// deadlines: Bars, Lines, W, H.
-func Histogram(ages []int, p PolicyDays) map[string]any {
-	bars, lines, w, h := histogram(Report{KeyAges: ages, Policy: p})
-	return map[string]any{"Bars": bars, "Lines": lines, "W": w, "H": h, "BaseY": h - 24, "AxisY": h - 38, "MidX": w / 2}
-}
-
-// histogram lays the active keys' ages out in buckets of 15 days (the last one open-ended), with
-// the policy's deadlines as lines.
-func histogram(r Report) (bars []bar, lines []line, width, height int) {
-	const bucket, buckets, barW, gap, plotH = 15, 13, 36, 6, 160
-	counts := make([]int, buckets)
-	for _, d := range r.KeyAges {
-		counts[min(max(d, 0)/bucket, buckets-1)]++
-	}
-	top := 1
-	for _, c := range counts {
-		top = max(top, c)
-	}
-	for i, c := range counts {
-		h := c * plotH / top
-		label := fmt.Sprintf("%d–%d", i*bucket, (i+1)*bucket)
-		if i == buckets-1 {
-			label = fmt.Sprintf("%d+", i*bucket)
-		}
-		x := 40 + i*(barW+gap)
-		bars = append(bars, bar{Label: label, Count: c, X: x, Y: 20 + plotH - h, W: barW, H: h, LabelX: x + barW/2, TextY: 20 + plotH - h - 4})
-	}
-	dayX := func(d float64) int { return 40 + int(d/bucket*float64(barW+gap)) }
-	p := r.Policy
-	for _, l := range []struct {
-		name string
-		d    float64
-	}{{"rotate", p.RotateAfter}, {"deactivate", p.RotateAfter + p.DeactivateAfter}, {"delete", p.RotateAfter + p.DeactivateAfter + p.DeleteAfter}, {"CIS 90d", 90}} {
-		if l.d > 0 && l.d < bucket*buckets {
-			lines = append(lines, line{Label: l.name, X: dayX(l.d)})
+// chartOf lays out the report's chart: its ages to the second when it was built here, else
+// (a report read back from JSON) its whole days.
+func chartOf(r Report) AgeChart {
+	ages := r.ages
+	if ages == nil {
+		for _, d := range r.KeyAges {
+			ages = append(ages, time.Duration(d)*day)
 		}
 	}
-	return bars, lines, 40 + buckets*(barW+gap) + 20, plotH + 60
+	return NewAgeChart(ages, r.Policy.chart())
 }
 
 // page is the HTML report: one self-contained page (inline CSS and SVG), readable offline and printable.
@@ -127,13 +84,14 @@ svg text{font:11px system-ui,sans-serif}
 <p class="muted">Generated {{when .R.GeneratedAt}} from the inventory read {{when .R.InventoryReadAt}} · accounts {{range $i, $a := .R.Accounts}}{{if $i}}, {{end}}{{$a}}{{end}}</p>
 <p><span class="big">{{printf "%.1f" .R.Summary.Percent}}%</span> of users compliant — {{.R.Summary.Compliant}} of {{.R.Summary.Users}} with no finding of medium severity or worse.</p>
 <h2>Ages of active keys</h2>
-<svg role="img" aria-label="Histogram of active access key ages in days" width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}">
-{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="#3b6ea5"><title>{{.Count}} keys aged {{.Label}} days</title></rect>
-<text x="{{.LabelX}}" y="{{.TextY}}" text-anchor="middle">{{.Count}}</text>
-<text x="{{.LabelX}}" y="{{$.BaseY}}" text-anchor="middle">{{.Label}}</text>
-{{end}}{{range .Lines}}<line x1="{{.X}}" y1="10" x2="{{.X}}" y2="{{$.AxisY}}" stroke="#9b1c1c" stroke-dasharray="4 3"/><text x="{{.X}}" y="10" fill="#9b1c1c">{{.Label}}</text>
-{{end}}<text x="{{$.MidX}}" y="{{$.H}}" text-anchor="middle" dy="-4">age in days</text>
-</svg>
+{{with .C}}<svg role="img" aria-label="Histogram of active access key ages, with the policy's deadlines" width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}">
+<line x1="40" y1="{{.AxisY}}" x2="{{.W}}" y2="{{.AxisY}}" stroke="#8894a0"/>
+{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="#3b6ea5"><title>{{.Count}} keys aged {{.Label}}</title></rect>
+{{if .Count}}<text x="{{.LabelX}}" y="{{.TextY}}" text-anchor="middle">{{.Count}}</text>{{end}}
+{{end}}{{range .Ticks}}<text x="{{.X}}" y="{{$.C.BaseY}}">{{.Label}}</text>
+{{end}}{{range .Lines}}<line x1="{{.X}}" y1="{{.TextY}}" x2="{{.X}}" y2="{{$.C.AxisY}}" stroke="#9b1c1c" stroke-dasharray="4 3"/><text x="{{.TextX}}" y="{{.TextY}}" text-anchor="{{.Anchor}}" fill="#9b1c1c">{{.Label}}</text>
+{{end}}<text x="{{.MidX}}" y="{{.H}}" text-anchor="middle" dy="-4">{{.Unit}}</text>
+</svg>{{end}}
 <h2>Controls</h2>
 <table><tr><th>Control</th><th>Source</th><th>Severity</th><th>Findings</th><th>Remedy</th></tr>
 {{range .R.Controls}}<tr><td>{{.Title}}</td><td>{{.Source}}</td><td><span class="sev {{.Severity}}">{{.Severity}}</span></td><td>{{index $.R.Summary.ByControl .ID}}</td><td>{{.Remedy}}</td></tr>
@@ -150,7 +108,5 @@ svg text{font:11px system-ui,sans-serif}
 
 // WriteHTML writes the report as one self-contained HTML page.
 func WriteHTML(w io.Writer, r Report) error {
-	bars, lines, width, height := histogram(r)
-	return page.Execute(w, map[string]any{"R": r, "Bars": bars, "Lines": lines, "W": width, "H": height,
-		"BaseY": height - 24, "AxisY": height - 38, "MidX": width / 2})
+	return page.Execute(w, map[string]any{"R": r, "C": chartOf(r)})
 }

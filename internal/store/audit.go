@@ -206,6 +206,9 @@ func (s *Audit) Find(ctx context.Context, f audit.Filter) ([]audit.Record, int64
 		}
 		where = append(where, cond)
 	}
+	if f.Newest && f.Before > 0 && (to == 0 || f.Before < to) {
+		to = f.Before
+	}
 	if to > 0 {
 		add("seq < ?", to)
 	}
@@ -223,8 +226,12 @@ func (s *Audit) Find(ctx context.Context, f audit.Filter) ([]audit.Record, int64
 	}
 	limit := f.Limit
 	args = append(args, limit+1)
+	order := "seq"
+	if f.Newest {
+		order = "seq DESC"
+	}
 	query := `SELECT ` + auditColumns + ` FROM audit_events WHERE ` + strings.Join(where, " AND ") +
-		fmt.Sprintf(" ORDER BY seq LIMIT $%d", len(args))
+		fmt.Sprintf(" ORDER BY %s LIMIT $%d", order, len(args))
 	rows, err := s.db.query(ctx, query, args...)
 	recs, err := collect(rows, err, scanAudit)
 	if err != nil {

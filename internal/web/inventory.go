@@ -61,8 +61,8 @@ func (u *UI) inventoryPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		return "/ui/inventory?" + v.Encode()
 	}
 	data := map[string]any{"Title": "Inventory", "Page": pg, "Q": oq, "PageNo": pageNo, "States": report.OverviewStates,
-		"Hist": report.Histogram(pg.AgeDays, report.PolicyDays{RotateAfter: u.Reports.Policy.RotateAfter.Hours() / 24,
-			DeactivateAfter: u.Reports.Policy.DeactivateAfter.Hours() / 24, DeleteAfter: u.Reports.Policy.DeleteAfter.Hours() / 24}),
+		"Hist": report.NewAgeChart(pg.Ages, report.ChartPolicy{RotateAfter: u.Reports.Policy.RotateAfter,
+			DeactivateAfter: u.Reports.Policy.DeactivateAfter, DeleteAfter: u.Reports.Policy.DeleteAfter}),
 		"SortAge":  link("sort", "", "asc", map[bool]string{true: "", false: "1"}[oq.Sort != "name" && !oq.Asc], "page", ""),
 		"SortName": link("sort", "name", "asc", map[bool]string{true: "", false: "1"}[oq.Sort == "name" && oq.Asc], "page", "")}
 	if oq.Offset+inventoryPageSize < pg.Total {
@@ -92,11 +92,10 @@ func (u *UI) historyPage(w http.ResponseWriter, r *http.Request, s *signedIn) er
 			return err
 		}
 	}
-	events, _, err := u.Trail.Find(r.Context(), audit.Filter{Target: id.String(), Limit: 200})
+	events, _, err := u.Trail.Find(r.Context(), audit.Filter{Target: id.String(), Limit: 200, Newest: true})
 	if err != nil {
 		return err
 	}
-	slices.Reverse(events)
 	u.render(w, r, http.StatusOK, "history", s, map[string]any{"Title": "History of " + id.UserName, "Identity": id, "Rotations": recs, "Events": events})
 	return nil
 }

@@ -23,12 +23,21 @@ import (
 func auditFilter(r *http.Request) (audit.Filter, error) {
 	q := r.URL.Query()
 	f := audit.Filter{Actor: q.Get("actor"), Action: q.Get("action"), Target: q.Get("target"), Limit: 50}
-	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return f, fmt.Errorf("after %q: want a record number", v)
+	switch order := q.Get("order"); order {
+	case "", "newest":
+		f.Newest = true
+	case "oldest":
+	default:
+		return f, fmt.Errorf("order %q: want newest or oldest", order)
+	}
+	for name, dst := range map[string]*int64{"after": &f.After, "before": &f.Before} {
+		if v := q.Get(name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return f, fmt.Errorf("%s %q: want a record number", name, v)
+			}
+			*dst = n
 		}
-		f.After = n
 	}
 	for name, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
 		if v := q.Get(name); v != "" {
@@ -45,6 +54,20 @@ func auditFilter(r *http.Request) (audit.Filter, error) {
 	return f, nil
 }
 
+// withParam is q encoded with name set to value ("" removes it); q itself is unchanged.
+func withParam(q url.Values, name, value string) string {
+	c := make(url.Values, len(q)+1)
+	for k, v := range q {
+		c[k] = v
+	}
+	if value == "" {
+		c.Del(name)
+	} else {
+		c.Set(name, value)
+	}
+	return c.Encode()
+}
+
 // auditPage shows a page of the trail, filtered.
 func (u *UI) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	f, err := auditFilter(r)
@@ -57,14 +80,15 @@ func (u *UI) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn) erro
 		return err
 	}
 	q := r.URL.Query()
+	q.Del("after")
+	q.Del("before")
 	nextURL := ""
 	if next > 0 {
-		q.Set("after", strconv.FormatInt(next, 10))
-		nextURL = "/ui/audit?" + q.Encode()
+		nextURL = "/ui/audit?" + withParam(q, map[bool]string{true: "before", false: "after"}[f.Newest], strconv.FormatInt(next, 10))
 	}
-	q.Del("after")
 	u.render(w, r, http.StatusOK, "audit", s, map[string]any{"Title": "Audit trail", "Records": recs, "Next": nextURL,
-		"Filter": f, "Query": q, "Export": "/ui/audit/export?" + q.Encode(), "Since": q.Get("since"), "Until": q.Get("until")})
+		"Filter": f, "Query": q, "Export": "/ui/audit/export?" + withParam(q, "order", ""), "Since": q.Get("since"), "Until": q.Get("until"),
+		"Toggle": "/ui/audit?" + withParam(q, "order", map[bool]string{true: "oldest", false: "newest"}[f.Newest])})
 	return nil
 }
 
@@ -85,10 +109,10 @@ func (u *UI) auditVerify(w http.ResponseWriter, r *http.Request, s *signedIn) er
 	}
 	nextURL := ""
 	if next > 0 {
-		nextURL = "/ui/audit?after=" + strconv.FormatInt(next, 10)
+		nextURL = "/ui/audit?before=" + strconv.FormatInt(next, 10)
 	}
 	u.render(w, r, http.StatusOK, "audit", s, map[string]any{"Title": "Audit trail", "Records": recs, "Next": nextURL, "Filter": f,
-		"Verified": true, "Report": rep, "Export": "/ui/audit/export"})
+		"Verified": true, "Report": rep, "Export": "/ui/audit/export", "Toggle": "/ui/audit?order=oldest"})
 	return nil
 }
 
@@ -99,6 +123,7 @@ func (u *UI) auditExport(w http.ResponseWriter, r *http.Request, _ *signedIn) er
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return nil
 	}
+	f.Newest, f.Before = false, 0 // an export is in the trail's order, as a verifier reads it
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Content-Disposition", `attachment; filename="keyward-audit.jsonl"`)
 	w.Header().Set("Cache-Control", "no-store")

@@ -204,8 +204,26 @@ func (u *UI) reveal(w http.ResponseWriter, r *http.Request, s *signedIn) error {
 	default:
 		data["KeyID"], data["Secret"], data["Expires"] = c.AccessKeyID, c.SecretAccessKey, c.Expiration
 	}
+	if data["Admins"], err = u.adminNames(r.Context()); err != nil {
+		return err
+	}
 	u.render(w, r, http.StatusOK, "reveal", s, data)
 	return nil
+}
+
+// adminNames are the enabled administrators: whom a member asks for an API key.
+func (u *UI) adminNames(ctx context.Context) ([]string, error) {
+	users, err := u.Auth.Users(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, us := range users {
+		if us.Role == auth.RoleAdmin && us.DisabledAt.IsZero() {
+			names = append(names, us.Name)
+		}
+	}
+	return names, nil
 }
 
 // serverURL is this server's address, for the credential_process line.

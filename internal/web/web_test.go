@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -173,6 +174,15 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return got
 }
 
+func value(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	got, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS(sel)))
+	if err != nil {
+		t.Fatalf("value of %s: %v", sel, err)
+	}
+	return got
+}
+
 // shot writes a screenshot of the page for a reviewer (KEYWARD_SCREENSHOTS, or a folder under the
 // system's temporary directory); not committed.
 func shot(t *testing.T, ctx context.Context, name string) {
@@ -213,6 +223,11 @@ func TestSignInRevealSignOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	shot(t, ctx, "reveal")
+	// The credential_process line needs an API key: the page says whom to ask and what they run.
+	if help, cmd := text(t, ctx, "#apikey-help"), value(t, ctx, "#apikey-cmd"); !strings.Contains(help, "ask ada") ||
+		cmd != "keyward apikey create payments-mia --role member --team payments --expires 90d > payments.key" {
+		t.Errorf("whom to ask for an API key: %q, %q", help, cmd)
+	}
 	got, _ := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#secret")))
 	cur, err := s.vault.Current(context.Background(), vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "payments-app"})
 	if err != nil || got != cur.SecretAccessKey.Reveal() {
@@ -481,6 +496,23 @@ func TestAuditorAndAdmin(t *testing.T) {
 	}
 	if body := text(t, ctx, "tbody"); !strings.Contains(body, "auth.login") || !strings.Contains(body, "user:otto") {
 		t.Fatalf("the audit page: %s", body)
+	}
+	// Newest first, with a link to the other order.
+	seqs := func() []int {
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[[]int](`[...document.querySelectorAll("tbody tr td:first-child")].map(td => +td.textContent)`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := seqs(); len(got) < 2 || !slices.IsSortedFunc(got, func(a, b int) int { return b - a }) {
+		t.Fatalf("the audit page is not newest first: %v", got)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href*="order=oldest"]`)), chromedp.WaitVisible(chromedp.CSS(`a[href*="order=newest"]`))); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(); len(got) < 2 || !slices.IsSorted(got) || got[0] != 1 {
+		t.Fatalf("oldest first: %v", got)
 	}
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`a[href="/ui/audit/verify"]`)), chromedp.WaitVisible(chromedp.CSS("p.ok, p.error"))); err != nil {
 		t.Fatal(err)
