@@ -61,7 +61,7 @@ func TestNarrowAndWideScreens(t *testing.T) {
 		{"admin", "/ui/mfa", nil},
 		{"member", "/ui/", nil}, {"member", "/ui/", reveal},
 	}
-	for _, width := range []int64{390, 1366} {
+	for _, width := range []int64{360, 390, 1366} {
 		for _, v := range visits {
 			c := ctx
 			if v.ctxName == "member" {
