@@ -183,6 +183,9 @@ func (s *Service) changed(ctx context.Context, change func(ctx context.Context) 
 // checkTeams checks that every team exists.
 func (s *Service) checkTeams(ctx context.Context, teams []string) error {
 	for _, t := range teams {
+		if err := ValidateName("team", t); err != nil {
+			return err
+		}
 		if _, err := s.store.Team(ctx, t); errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("team %q: %w", t, ErrNotFound)
 		} else if err != nil {
@@ -408,8 +411,9 @@ func (s *Service) AddTeam(ctx context.Context, actor string, t Team) (Team, erro
 			return Team{}, fmt.Errorf("team %q: cannot tell whether Keyward manages account %s: %w", t.Name, t.Identity.AccountID, err)
 		}
 		if !ok {
-			return Team{}, invalid("team %q: account %s is not one Keyward manages (aws.accounts, or the organization's accounts)",
-				t.Name, t.Identity.AccountID)
+			// Like a team that does not exist for a new user: what the request names is not there (404).
+			return Team{}, fmt.Errorf("team %q: account %s is not one Keyward manages (aws.accounts, or the organization's accounts): %w",
+				t.Name, t.Identity.AccountID, ErrNotFound)
 		}
 	}
 	t.CreatedAt, t.Members = s.now().UTC(), []string{}

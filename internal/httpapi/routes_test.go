@@ -220,7 +220,7 @@ func TestProblemDocuments(t *testing.T) {
 		{"POST", "/v1/users", f.creds["admin"], map[string]any{"name": "admin", "role": "member", "password": password.Reveal()}, 409, "already exists"},
 		{"POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "x", "iam_user": "u", "account_id": "12"}, 400, `account id "12": want 12 digits`},
 		{"POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "k", "role": "member", "cidrs": []string{"10.0.0.0/33"}}, 400, `body.cidrs[0]: "10.0.0.0/33"`},
-		{"POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "x", "iam_user": "u", "account_id": "999999999999"}, 400, "account 999999999999 is not one Keyward manages"},
+		{"POST", "/v1/teams", f.creds["admin"], map[string]any{"name": "x", "iam_user": "u", "account_id": "999999999999"}, 404, "account 999999999999 is not one Keyward manages"},
 		{"POST", "/v1/apikeys", f.creds["admin"], map[string]any{"name": "k", "role": "member", "expires": "soon"}, 400, `body.expires "soon"`},
 		{"GET", "/v1/teams/payments/credentials?format=yaml", f.creds["member"], nil, 400, `format "yaml"`},
 		{"GET", "/v1/rotations/abc", f.creds["admin"], nil, 400, `rotation id "abc"`},
