@@ -225,7 +225,7 @@ func TestSignInRevealSignOut(t *testing.T) {
 	shot(t, ctx, "reveal")
 	// The credential_process line needs an API key: the page says whom to ask and what they run.
 	if help, cmd := text(t, ctx, "#apikey-help"), value(t, ctx, "#apikey-cmd"); !strings.Contains(help, "ask ada") ||
-		cmd != "keyward apikey create payments-mia --role member --team payments --expires 90d > payments.key" {
+		cmd != "keyward apikey create --name payments-mia --role member --team payments --expires 90d > payments.key" {
 		t.Errorf("whom to ask for an API key: %q, %q", help, cmd)
 	}
 	got, _ := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#secret")))
