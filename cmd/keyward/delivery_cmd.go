@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -14,6 +15,8 @@ import (
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/delivery/awsdelivery"
+	"github.com/keyward/keyward/internal/delivery/github"
+	"github.com/keyward/keyward/internal/delivery/host"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
@@ -22,14 +25,21 @@ import (
 // destination is where delivery targets are written: AWS for the aws cloud, memory for the
 // simulated one (the demo's).
 func (a *app) destination(ctx context.Context) (delivery.Destination, error) {
+	onHost := host.New(a.log, os.Getenv("PATH"), os.Getenv("HOME"))
+	to := delivery.ByKind{delivery.CredentialsFile: onHost, delivery.Exec: onHost,
+		delivery.GitHubActions: github.New(a.log)}
 	if a.cfg.Cloud == "sim" {
-		return delivery.NewMemory(), nil
+		mem := delivery.NewMemory()
+		to[delivery.SecretsManager], to[delivery.SSMParameter] = mem, mem
+		return to, nil
 	}
 	cfg, err := a.awsConfig(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return awsdelivery.New(cfg), nil
+	aws := awsdelivery.New(cfg)
+	to[delivery.SecretsManager], to[delivery.SSMParameter] = aws, aws
+	return to, nil
 }
 
 // deliveryRouter says which targets each identity has, from the configuration and the user's tag.
@@ -122,6 +132,11 @@ func (a *app) deliver(ctx context.Context, opts rotation.PassOptions, repair boo
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+		for _, c := range checks {
+			if c.Note != "" {
+				fmt.Fprintf(a.stdout, "%s %s: %s\n", c.Identity, c.Target, c.Note)
+			}
 		}
 	}
 	var bad []string

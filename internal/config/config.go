@@ -108,7 +108,9 @@ type Delivery struct {
 	Targets []DeliveryTarget `yaml:"targets"`
 }
 
-// DeliveryTarget is a secret or parameter for the identities it matches.
+// DeliveryTarget is a place the key of the identities it matches is put: a secret or parameter
+// (secrets_manager, ssm_parameter), GitHub Actions secrets (github_actions), a profile of a
+// credentials file (credentials_file), or a command (exec).
 type DeliveryTarget struct {
 	Match    DeliveryMatch `yaml:"match"`
 	Kind     string        `yaml:"kind"`
@@ -117,6 +119,38 @@ type DeliveryTarget struct {
 	KMSKeyID string        `yaml:"kms_key_id"`
 	Region   string        `yaml:"region"`
 	Adopt    bool          `yaml:"adopt"`
+
+	// github_actions
+	Repository           string         `yaml:"repository"`
+	Environment          string         `yaml:"environment"`
+	Organization         string         `yaml:"organization"`
+	Visibility           string         `yaml:"visibility"`
+	SelectedRepositories []string       `yaml:"selected_repositories"`
+	Names                DeliveryNames  `yaml:"names"`
+	BaseURL              string         `yaml:"base_url"`
+	TokenFile            string         `yaml:"token_file"`
+	TokenEnv             string         `yaml:"token_env"`
+	TokenEnvValue        secret.Value   `yaml:"-"` // the variable TokenEnv names, read at load time
+	AppID                int64          `yaml:"app_id"`
+	InstallationID       int64          `yaml:"installation_id"`
+	PrivateKeyFile       string         `yaml:"private_key_file"`
+
+	// credentials_file
+	Path    string   `yaml:"path"`
+	Profile string   `yaml:"profile"`
+	Run     []string `yaml:"run"`
+
+	// exec
+	Command []string `yaml:"command"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// DeliveryNames are the secret names of a CI system's target: two (access_key_id and
+// secret_access_key, by default AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or json alone.
+type DeliveryNames struct {
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"`
+	JSON            string `yaml:"json"`
 }
 
 // DeliveryMatch selects identities: every field set must match.
@@ -128,8 +162,50 @@ type DeliveryMatch struct {
 
 // Target is the delivery package's form of the target.
 func (t DeliveryTarget) Target() delivery.Target {
-	return delivery.Target{Match: delivery.Match{Team: t.Match.Team, User: t.Match.User, Account: t.Match.Account},
+	d := delivery.Target{Match: delivery.Match{Team: t.Match.Team, User: t.Match.User, Account: t.Match.Account},
 		Kind: delivery.Kind(t.Kind), Name: t.Name, Format: delivery.Format(t.Format), KMSKeyID: t.KMSKeyID, Region: t.Region, Adopt: t.Adopt}
+	switch d.Kind {
+	case delivery.GitHubActions:
+		d.GitHub = &delivery.GitHubTarget{Repository: t.Repository, Environment: t.Environment, Organization: t.Organization,
+			Visibility: t.Visibility, SelectedRepositories: t.SelectedRepositories, BaseURL: t.BaseURL,
+			Names: delivery.SecretNames{AccessKeyID: t.Names.AccessKeyID, SecretAccessKey: t.Names.SecretAccessKey, JSON: t.Names.JSON},
+			Auth: delivery.GitHubAuth{TokenFile: t.TokenFile, Token: t.TokenEnvValue, AppID: t.AppID, InstallationID: t.InstallationID,
+				PrivateKeyFile: t.PrivateKeyFile}}
+	case delivery.CredentialsFile:
+		d.File = &delivery.FileTarget{Path: t.Path, Profile: t.Profile, Run: t.Run}
+	case delivery.Exec:
+		d.Exec = &delivery.ExecTarget{Command: t.Command, Timeout: t.Timeout.Std()}
+	}
+	return d
+}
+
+// deliveryFields are the fields a target's problems are reported under, in order.
+var deliveryFields = []string{"match", "kind", "name", "format", "kms_key_id", "region", "adopt", "repository", "environment",
+	"organization", "visibility", "selected_repositories", "names", "base_url", "token_file", "app_id", "path", "profile",
+	"run", "command", "timeout"}
+
+// otherKindsFields are the settings of one kind each: set on a target of another kind, they are a
+// mistake (say, path on a github_actions target).
+var otherKindsFields = map[string]string{"repository": "github_actions", "environment": "github_actions", "organization": "github_actions",
+	"visibility": "github_actions", "selected_repositories": "github_actions", "names": "github_actions", "base_url": "github_actions",
+	"token_file": "github_actions", "token_env": "github_actions", "app_id": "github_actions", "installation_id": "github_actions",
+	"private_key_file": "github_actions", "path": "credentials_file", "profile": "credentials_file", "run": "credentials_file",
+	"command": "exec", "timeout": "exec"}
+
+// setFields names the kind-specific fields the target sets.
+func (t DeliveryTarget) setFields() []string {
+	var set []string
+	for field, on := range map[string]bool{"repository": t.Repository != "", "environment": t.Environment != "",
+		"organization": t.Organization != "", "visibility": t.Visibility != "", "selected_repositories": len(t.SelectedRepositories) > 0,
+		"names": t.Names != DeliveryNames{}, "base_url": t.BaseURL != "", "token_file": t.TokenFile != "", "token_env": t.TokenEnv != "",
+		"app_id": t.AppID != 0, "installation_id": t.InstallationID != 0, "private_key_file": t.PrivateKeyFile != "",
+		"path": t.Path != "", "profile": t.Profile != "", "run": len(t.Run) > 0, "command": len(t.Command) > 0, "timeout": t.Timeout != 0} {
+		if on {
+			set = append(set, field)
+		}
+	}
+	slices.Sort(set)
+	return set
 }
 
 // validate checks the timeout and every target, naming the key at fault.
@@ -137,16 +213,38 @@ func (d Delivery) validate(report func(key, format string, args ...any)) {
 	if d.Timeout < Duration(time.Second) || d.Timeout > Duration(4*time.Minute) {
 		report("delivery.timeout", "want 1s to 4m, within the rotation lease of 5m (got %s)", d.Timeout)
 	}
+	names := map[string]int{}
 	for i, t := range d.Targets {
 		key := fmt.Sprintf("delivery.targets[%d]", i)
 		problems := t.Target().Check()
-		for _, field := range []string{"match", "kind", "name", "format", "kms_key_id", "region"} {
+		for _, field := range deliveryFields {
 			if msg, ok := problems[field]; ok {
 				report(key+"."+field, "%s", msg)
 			}
 		}
+		for _, field := range t.setFields() {
+			if kind := otherKindsFields[field]; kind != t.Kind {
+				report(key+"."+field, "a setting of %s targets, not of %s", kind, t.Kind)
+			}
+		}
+		if t.TokenEnv != "" && t.TokenEnvValue.IsZero() {
+			report(key+".token_env", "environment variable %s is not set", t.TokenEnv)
+		}
 		if t.Match.Account != "" && !accountRe.MatchString(t.Match.Account) {
 			report(key+".match.account", "want 12 digits (got %q)", t.Match.Account)
+		}
+		// Two identities may not share one secret: the second's rotation would overwrite the first's
+		// key. A target names one identity's secret when its name has {user} or {account}{user}, or
+		// its match selects one user or one team.
+		if len(problems) == 0 {
+			spec := t.Target().Sample()
+			if j, dup := names[spec]; dup {
+				report(key, "names the same place as delivery.targets[%d] (%s): two identities' keys would overwrite each other", j, spec)
+			}
+			names[spec] = i
+			if !t.Target().OneIdentity() {
+				report(key+".match", "matches several users but names one place (%s): use {user} in its name, or match one user or team", spec)
+			}
 		}
 	}
 }

@@ -95,6 +95,11 @@ func Load(src Source) (*Config, error) {
 	if cfg.Vault.MasterKey.Source == KeySourceEnv && cfg.Vault.MasterKey.Env != "" {
 		cfg.Vault.MasterKey.EnvValue = secret.New(env[cfg.Vault.MasterKey.Env])
 	}
+	for i, t := range cfg.Delivery.Targets {
+		if t.TokenEnv != "" && env[t.TokenEnv] != "" {
+			cfg.Delivery.Targets[i].TokenEnvValue = secret.New(env[t.TokenEnv])
+		}
+	}
 	// Every problem in one run: the values that could not be read keep their defaults, and the
 	// checks across fields run anyway, except on a key already reported (its default would be
 	// judged, not what was written).

@@ -31,7 +31,7 @@ const (
 )
 
 // Kinds lists every kind, for messages.
-var Kinds = []Kind{SecretsManager, SSMParameter}
+var Kinds = []Kind{SecretsManager, SSMParameter, GitHubActions, CredentialsFile, Exec}
 
 // Spec is one target of one identity, its name resolved.
 type Spec struct {
@@ -41,10 +41,21 @@ type Spec struct {
 	Format   Format
 	KMSKeyID string // encrypts a secret Keyward creates; "" for the service's default key
 	Adopt    bool   // write to a secret Keyward did not create
+
+	// The settings of the other kinds, their variables filled in (one of them, by Kind).
+	GitHub *GitHubTarget
+	File   *FileTarget
+	Exec   *ExecTarget
 }
 
-// Key names the target in records, status and messages: kind, region and name.
-func (s Spec) Key() string { return string(s.Kind) + ":" + s.Region + ":" + s.Name }
+// Key names the target in records, status and messages: kind, region and name (kind and name for
+// the kinds that have no region).
+func (s Spec) Key() string {
+	if !s.Kind.versioned() {
+		return string(s.Kind) + ":" + s.Name
+	}
+	return string(s.Kind) + ":" + s.Region + ":" + s.Name
+}
 
 // Payload is what a target is given: a key rendered in the target's format, and the token that makes
 // the writing of it idempotent.
@@ -52,13 +63,15 @@ type Payload struct {
 	Token   string // a UUID derived from what is delivered (Token)
 	KeyID   string
 	Content secret.Value
+	// Secret is the secret access key alone, for the targets that write the key's two halves apart.
+	Secret secret.Value
 }
 
 // NewPayload renders a credential in the spec's format, with a token derived from the rotation
 // (or repair) that delivers it: the same delivery always sends the same request.
 func NewPayload(s Spec, c vault.Credential, origin string) Payload {
 	return Payload{Token: Token(origin, s.Key(), c.AccessKeyID), KeyID: c.AccessKeyID,
-		Content: s.Format.Render(c.AccessKeyID, c.SecretAccessKey)}
+		Content: s.Format.Render(c.AccessKeyID, c.SecretAccessKey), Secret: c.SecretAccessKey}
 }
 
 // Token derives a version-4-shaped UUID from its parts: Secrets Manager's ClientRequestToken, which
@@ -79,6 +92,12 @@ func Token(parts ...string) string {
 type Held struct {
 	KeyID   string       // "" when the target does not exist or holds no key
 	Content secret.Value // the value itself
+	// Unreadable, when set, says why the value cannot be read back (GitHub never returns a secret;
+	// a command keeps what it was given): what the target holds is then judged from Keyward's own
+	// delivery record, and UpdatedAt (zero: the target is missing, or cannot say).
+	Unreadable string
+	UpdatedAt  time.Time
+	Missing    bool // with Unreadable: the target does not exist
 }
 
 // Destination writes targets of one or more kinds. Every method is idempotent; errors never carry a
@@ -100,6 +119,63 @@ type Destination interface {
 	// Forget removes the label "previous" from the value holding keyID, if it has it: the key was
 	// deleted. Nothing else is removed.
 	Forget(ctx context.Context, s Spec, keyID string) error
+}
+
+// ByKind is a Destination made of one per kind.
+type ByKind map[Kind]Destination
+
+var _ Destination = ByKind(nil)
+
+func (b ByKind) of(s Spec) (Destination, error) {
+	if d := b[s.Kind]; d != nil {
+		return d, nil
+	}
+	return nil, fmt.Errorf("%s: no destination writes %s targets here", s.Key(), s.Kind)
+}
+
+// Stage implements Destination.
+func (b ByKind) Stage(ctx context.Context, s Spec, p Payload) error {
+	d, err := b.of(s)
+	if err != nil {
+		return err
+	}
+	return d.Stage(ctx, s, p)
+}
+
+// Publish implements Destination.
+func (b ByKind) Publish(ctx context.Context, s Spec, p Payload) error {
+	d, err := b.of(s)
+	if err != nil {
+		return err
+	}
+	return d.Publish(ctx, s, p)
+}
+
+// Withdraw implements Destination.
+func (b ByKind) Withdraw(ctx context.Context, s Spec, p Payload, old *Payload) error {
+	d, err := b.of(s)
+	if err != nil {
+		return err
+	}
+	return d.Withdraw(ctx, s, p, old)
+}
+
+// Current implements Destination.
+func (b ByKind) Current(ctx context.Context, s Spec) (Held, error) {
+	d, err := b.of(s)
+	if err != nil {
+		return Held{}, err
+	}
+	return d.Current(ctx, s)
+}
+
+// Forget implements Destination.
+func (b ByKind) Forget(ctx context.Context, s Spec, keyID string) error {
+	d, err := b.of(s)
+	if err != nil {
+		return err
+	}
+	return d.Forget(ctx, s, keyID)
 }
 
 // Put stages p in a target and publishes it: both moves at once, outside a rotation (a target that

@@ -30,7 +30,15 @@ type Target struct {
 	KMSKeyID string
 	Region   string
 	Adopt    bool
+
+	// The settings of the kinds that are not AWS's (one of them, by Kind).
+	GitHub *GitHubTarget
+	File   *FileTarget
+	Exec   *ExecTarget
 }
+
+// versioned says whether the kind keeps versions of a value (AWS's) and is named by Name.
+func (k Kind) versioned() bool { return k == SecretsManager || k == SSMParameter }
 
 // TagDeliverTo is the IAM user tag that adds targets to one identity: space-separated kind:name
 // items, such as "secrets_manager:ci/payments ssm_parameter:/ci/payments" (format json, the default
@@ -60,10 +68,29 @@ func (t Target) Check() map[string]string {
 		}
 	}
 	if !slices.Contains(Kinds, t.Kind) {
-		p["kind"] = fmt.Sprintf("unknown kind %q: want %s or %s", t.Kind, SecretsManager, SSMParameter)
+		p["kind"] = fmt.Sprintf("unknown kind %q: want one of %s", t.Kind, kindList())
+		return p
 	}
 	if t.Format != "" && !slices.Contains(Formats, t.Format) {
 		p["format"] = fmt.Sprintf("unknown format %q: want json, env or ini", t.Format)
+	}
+	if !t.Kind.versioned() {
+		t.checkKind(p)
+		for field, v := range map[string]string{"format": string(t.Format), "kms_key_id": t.KMSKeyID, "region": t.Region} {
+			if v != "" {
+				p[field] = fmt.Sprintf("not a setting of %s targets", t.Kind)
+			}
+		}
+		if t.Adopt {
+			p["adopt"] = fmt.Sprintf("not a setting of %s targets", t.Kind)
+		}
+		if t.Name != "" && t.Kind != Exec {
+			p["name"] = fmt.Sprintf("not a setting of %s targets (their own fields name them)", t.Kind)
+		}
+		if err := t.checkVariables(); err != nil {
+			p["match"] = err.Error()
+		}
+		return p
 	}
 	if t.Name == "" {
 		p["name"] = "must be set, such as keyward/{account}/{user}"
@@ -79,8 +106,60 @@ func (t Target) Check() map[string]string {
 	return p
 }
 
+// Sample is the target's key with its variables left in place ({account}, {user}, {team}): two
+// targets with the same sample write to the same place.
+func (t Target) Sample() string {
+	keep := strings.NewReplacer("{account}", "{account}", "{user}", "{user}", "{team}", "{team}")
+	if t.Kind.versioned() {
+		return (Spec{Kind: t.Kind, Region: t.Region, Name: t.Name}).Key()
+	}
+	return t.fill(keep).Key()
+}
+
+// OneIdentity says whether the target can only ever hold one identity's key: its place is named
+// after the user ({user}), or it matches one team or one user by name.
+func (t Target) OneIdentity() bool {
+	return strings.Contains(t.Sample(), "{user}") || t.Match.Team != "" ||
+		(t.Match.User != "" && !strings.ContainsAny(t.Match.User, `*?[\`))
+}
+
+// kindList names every kind, for messages.
+func kindList() string {
+	names := make([]string, len(Kinds))
+	for i, k := range Kinds {
+		names[i] = string(k)
+	}
+	return strings.Join(names, ", ")
+}
+
+// checkVariables checks that a kind's settings use {team} only with match.team.
+func (t Target) checkVariables() error {
+	var fields []string
+	switch {
+	case t.GitHub != nil:
+		fields = []string{t.GitHub.Repository, t.GitHub.Organization, t.GitHub.Environment}
+	case t.File != nil:
+		fields = []string{t.File.Path, t.File.Profile}
+	}
+	for _, f := range append(fields, t.Name) {
+		if err := (Target{Match: t.Match, Name: f}).checkVariablesOf(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkName checks the template's variables and, with sample values in place, its characters.
 func (t Target) checkName() error {
+	if err := t.checkVariablesOf(); err != nil {
+		return err
+	}
+	_, err := t.render(vault.Identity{AccountID: "123456789012", UserName: "user"}, "team")
+	return err
+}
+
+// checkVariablesOf checks the variables of t.Name.
+func (t Target) checkVariablesOf() error {
 	for _, v := range templateVar.FindAllString(t.Name, -1) {
 		switch v {
 		case "{account}", "{user}":
@@ -92,8 +171,7 @@ func (t Target) checkName() error {
 			return fmt.Errorf("%q: unknown variable %s (want {account}, {user} or {team})", t.Name, v)
 		}
 	}
-	_, err := t.render(vault.Identity{AccountID: "123456789012", UserName: "user"}, "team")
-	return err
+	return nil
 }
 
 // render fills the name in for one identity and checks it is a valid name of its kind.
@@ -134,13 +212,18 @@ func (r *Router) For(ctx context.Context, id vault.Identity, tags map[string]str
 	var specs []Spec
 	seen := map[string]bool{}
 	add := func(t Target, team string) error {
-		name, err := t.render(id, team)
-		if err != nil {
-			return fmt.Errorf("delivery target %s: %w", t.Name, err)
-		}
-		s := Spec{Kind: t.Kind, Name: name, Region: t.Region, Format: t.Format, KMSKeyID: t.KMSKeyID, Adopt: t.Adopt}
-		if s.Region == "" {
-			s.Region = r.DefaultRegion
+		var s Spec
+		if t.Kind.versioned() {
+			name, err := t.render(id, team)
+			if err != nil {
+				return fmt.Errorf("delivery target %s: %w", t.Name, err)
+			}
+			s = Spec{Kind: t.Kind, Name: name, Region: t.Region, Format: t.Format, KMSKeyID: t.KMSKeyID, Adopt: t.Adopt}
+			if s.Region == "" {
+				s.Region = r.DefaultRegion
+			}
+		} else {
+			s = t.fill(strings.NewReplacer("{account}", id.AccountID, "{user}", id.UserName, "{team}", team))
 		}
 		if s.Format == "" {
 			s.Format = JSON
@@ -193,7 +276,7 @@ func ParseDeliverTo(tag string) ([]Target, error) {
 	for _, item := range strings.Fields(tag) {
 		kind, name, ok := strings.Cut(item, ":")
 		t := Target{Kind: Kind(kind), Name: name, Match: Match{User: "*"}}
-		if !ok || !slices.Contains(Kinds, t.Kind) {
+		if !ok || !slices.Contains(Kinds, t.Kind) || !t.Kind.versioned() {
 			return nil, fmt.Errorf("tag %s: %q: want kind:name with kind %s or %s", TagDeliverTo, item, SecretsManager, SSMParameter)
 		}
 		if strings.ContainsAny(name, "{}") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/delivery"
@@ -19,6 +20,9 @@ type TargetCheck struct {
 	Stale    bool           `json:"stale"`                        // it does not hold the current key, secret included
 	Repaired bool           `json:"repaired,omitempty"`
 	Error    string         `json:"error,omitempty"` // it could not be read (or repaired); never a secret
+	// Note says how a target that cannot be read back was judged: from Keyward's own delivery
+	// record and the time the target says it was last written.
+	Note string `json:"note,omitempty"`
 }
 
 // CheckDeliveries reads every target of every user opts selects and compares what it holds with the
@@ -59,14 +63,25 @@ func (e *Engine) checkUser(ctx context.Context, u cloud.User, repair bool) ([]Ta
 	} else if err != nil {
 		return nil, err
 	}
+	records, err := e.Delivery.Records.Deliveries(ctx, v.id)
+	if err != nil {
+		return nil, err
+	}
+	recorded := map[string]delivery.Record{}
+	for _, r := range records {
+		recorded[r.Target] = r
+	}
 	out := make([]TargetCheck, len(targets))
 	var repaired []delivery.Spec
 	for i, t := range targets {
 		c := TargetCheck{Identity: v.id, Target: t.Key(), Want: cur.AccessKeyID}
 		held, err := e.Delivery.To.Current(ctx, t)
-		if err != nil {
+		switch {
+		case err != nil:
 			c.Stale, c.Error = true, err.Error()
-		} else {
+		case held.Unreadable != "":
+			judgeUnreadable(&c, held, recorded[t.Key()])
+		default:
 			c.Held = held.KeyID
 			c.Stale = !held.Content.Equal(t.Format.Render(cur.AccessKeyID, cur.SecretAccessKey))
 		}
@@ -86,6 +101,34 @@ func (e *Engine) checkUser(ctx context.Context, u cloud.User, repair bool) ([]Ta
 	return out, e.Store.Atomically(ctx, func(ctx context.Context) error {
 		return e.recordDeliveries(ctx, v.id, repaired, cur.AccessKeyID, "reason", "repair")
 	})
+}
+
+// writtenSince is how much later than Keyward's delivery a target may say it was written (clocks
+// differ) before the write is taken for someone else's.
+const writtenSince = time.Minute
+
+// judgeUnreadable judges a target that cannot be read back from Keyward's record of what it gave it
+// and the time the target says it was last written: stale when the record names another key, or
+// none, or when the target is missing or was written after Keyward's delivery.
+func judgeUnreadable(c *TargetCheck, held delivery.Held, rec delivery.Record) {
+	c.Held = rec.AccessKeyID
+	how := held.Unreadable + "; judged from Keyward's delivery record"
+	switch {
+	case rec.AccessKeyID == "":
+		c.Stale, c.Note = true, how+": never delivered"
+	case rec.AccessKeyID != c.Want:
+		c.Stale, c.Note = true, fmt.Sprintf("%s: last given %s", how, rec.AccessKeyID)
+	case held.Missing:
+		c.Stale, c.Note = true, how+": the target is missing"
+	case !held.UpdatedAt.IsZero() && held.UpdatedAt.After(rec.DeliveredAt.Add(writtenSince)):
+		c.Stale, c.Note = true, fmt.Sprintf("%s: written at %s, after Keyward's delivery at %s — by someone else",
+			how, held.UpdatedAt.UTC().Format(time.RFC3339), rec.DeliveredAt.UTC().Format(time.RFC3339))
+	case !held.UpdatedAt.IsZero():
+		c.Note = fmt.Sprintf("%s: given %s at %s, last written at %s", how, rec.AccessKeyID,
+			rec.DeliveredAt.UTC().Format(time.RFC3339), held.UpdatedAt.UTC().Format(time.RFC3339))
+	default:
+		c.Note = fmt.Sprintf("%s: given %s at %s", how, rec.AccessKeyID, rec.DeliveredAt.UTC().Format(time.RFC3339))
+	}
 }
 
 // IdentityTargets is one identity's delivery targets and what each holds, as recorded.

@@ -122,6 +122,10 @@ func (v *visit) eachTarget(ctx context.Context, m targetMoves, move string, do f
 				return fmt.Errorf("%s: %w", move, err)
 			}
 			pause := backoff.Exponential(v.e.Delivery.retryInterval(), 30*time.Second, try)
+			var limited interface{ RetryAfter() time.Duration }
+			if errors.As(err, &limited) { // a rate limit says when to come back
+				pause = max(pause, limited.RetryAfter())
+			}
 			if !v.e.now().Add(pause).Before(m.deadline) {
 				return fmt.Errorf("%s: not done within %s: %w", move, v.e.Delivery.timeout(), err)
 			}
