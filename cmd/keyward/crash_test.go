@@ -69,12 +69,18 @@ type motoWorld struct {
 
 func newMotoWorld(t *testing.T, extraVars ...string) *motoWorld {
 	t.Helper()
+	return newMotoWorldOn(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}, extraVars...)
+}
+
+// newMotoWorldOn is newMotoWorld on a database of the test's choice.
+func newMotoWorldOn(t *testing.T, db testenv.Database, extraVars ...string) *motoWorld {
+	t.Helper()
 	admin := testenv.MotoWithAdmin(t, 0, nil)
 	creds, err := admin.Credentials.Retrieve(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}).with(append([]string{
+	e := newEnv(t, db).with(append([]string{
 		"AWS_ACCESS_KEY_ID=" + creds.AccessKeyID, "AWS_SECRET_ACCESS_KEY=" + creds.SecretAccessKey,
 		"KEYWARD_AWS_REGION=us-east-1", "KEYWARD_AWS_ENDPOINT_URL=" + *admin.BaseEndpoint, "KEYWARD_AWS_MAX_RPS=200",
 		"KEYWARD_ROTATION_VERIFY_INTERVAL=50ms",

@@ -26,6 +26,9 @@ import (
 // simulated one (the demo's).
 func (a *app) destination(ctx context.Context) (delivery.Destination, error) {
 	onHost := host.New(a.log, os.Getenv("PATH"), os.Getenv("HOME"))
+	if faultHook != nil { // the crash tests: a kill between a credentials file's temporary write and its rename
+		onHost.BeforeRename = func() { _ = faultHook("credentials_file.rename") }
+	}
 	to := delivery.ByKind{delivery.CredentialsFile: onHost, delivery.Exec: onHost,
 		delivery.GitHubActions: github.New(a.log)}
 	if a.cfg.Cloud == "sim" {

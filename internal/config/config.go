@@ -121,19 +121,19 @@ type DeliveryTarget struct {
 	Adopt    bool          `yaml:"adopt"`
 
 	// github_actions
-	Repository           string         `yaml:"repository"`
-	Environment          string         `yaml:"environment"`
-	Organization         string         `yaml:"organization"`
-	Visibility           string         `yaml:"visibility"`
-	SelectedRepositories []string       `yaml:"selected_repositories"`
-	Names                DeliveryNames  `yaml:"names"`
-	BaseURL              string         `yaml:"base_url"`
-	TokenFile            string         `yaml:"token_file"`
-	TokenEnv             string         `yaml:"token_env"`
-	TokenEnvValue        secret.Value   `yaml:"-"` // the variable TokenEnv names, read at load time
-	AppID                int64          `yaml:"app_id"`
-	InstallationID       int64          `yaml:"installation_id"`
-	PrivateKeyFile       string         `yaml:"private_key_file"`
+	Repository           string        `yaml:"repository"`
+	Environment          string        `yaml:"environment"`
+	Organization         string        `yaml:"organization"`
+	Visibility           string        `yaml:"visibility"`
+	SelectedRepositories []string      `yaml:"selected_repositories"`
+	Names                DeliveryNames `yaml:"names"`
+	BaseURL              string        `yaml:"base_url"`
+	TokenFile            string        `yaml:"token_file"`
+	TokenEnv             string        `yaml:"token_env"`
+	TokenEnvValue        secret.Value  `yaml:"-"` // the variable TokenEnv names, read at load time
+	AppID                int64         `yaml:"app_id"`
+	InstallationID       int64         `yaml:"installation_id"`
+	PrivateKeyFile       string        `yaml:"private_key_file"`
 
 	// credentials_file
 	Path    string   `yaml:"path"`

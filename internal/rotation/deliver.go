@@ -110,7 +110,8 @@ type targetMoves struct {
 }
 
 // eachTarget runs one move on every target, trying a failing one again until the deadline. A target
-// that is not Keyward's, or that gives back other content, is not tried again.
+// that is not Keyward's, that gives back other content, or whose refusal is permanent (a permission
+// missing) is not tried again.
 func (v *visit) eachTarget(ctx context.Context, m targetMoves, move string, do func(context.Context, delivery.Spec, delivery.Payload) error) error {
 	for i, t := range m.targets {
 		for try := 1; ; try++ {
@@ -118,7 +119,9 @@ func (v *visit) eachTarget(ctx context.Context, m targetMoves, move string, do f
 			if err == nil {
 				break
 			}
-			if errors.Is(err, context.Canceled) || errors.Is(err, delivery.ErrNotOurs) || errors.Is(err, delivery.ErrMismatch) {
+			var permanent interface{ Permanent() bool } // a refusal only a person can lift (a permission)
+			if errors.Is(err, context.Canceled) || errors.Is(err, delivery.ErrNotOurs) || errors.Is(err, delivery.ErrMismatch) ||
+				(errors.As(err, &permanent) && permanent.Permanent()) {
 				return fmt.Errorf("%s: %w", move, err)
 			}
 			pause := backoff.Exponential(v.e.Delivery.retryInterval(), 30*time.Second, try)

@@ -275,6 +275,12 @@ func (e *HTTPError) Error() string {
 // RetryAfter is how long to wait before trying again: set for rate limits.
 func (e *HTTPError) RetryAfter() time.Duration { return e.Wait }
 
+// Permanent says that trying again will not help: GitHub refused the token, the permission or the
+// content (4xx other than a rate limit or a timeout), and only a person can change that.
+func (e *HTTPError) Permanent() bool {
+	return e.Wait == 0 && e.Status >= 400 && e.Status < 500 && e.Status != http.StatusRequestTimeout
+}
+
 // call sends one request and decodes the answer into out (when not nil).
 func (d *Destination) call(ctx context.Context, sc scope, method, path string, body, out any) error {
 	token, err := d.token(ctx, sc)
