@@ -78,6 +78,7 @@ aws_secret_access_key = other-secret
 type hostWorld struct {
 	*motoWorld
 	gh        *testenv.GitHub
+	gl        *testenv.GitLab
 	dir       string
 	credsFile string
 	taken     string // what alice's command was given, one JSON document a line
@@ -90,7 +91,10 @@ func newHostWorld(t *testing.T, db testenv.Database, extra ...string) *hostWorld
 	gh.AddRepo("acme/deploy", "production")
 	gh.AddToken("ghp_keywardtest0001", testenv.GitHubToken{Sees: []string{"repos/acme/deploy"}, Write: true})
 	gh.AddToken("ghp_readonly0001", testenv.GitHubToken{Sees: []string{"repos/acme/deploy"}})
-	for name, content := range map[string]string{"token": "ghp_keywardtest0001\n", "readonly": "ghp_readonly0001\n", "credentials": otherProfiles,
+	gl := testenv.NewGitLab(t)
+	gl.AddProject("acme/mobile")
+	gl.AddToken("glpat-keywardtest0001", testenv.GitLabToken{Sees: []string{"acme"}, Maintainer: true})
+	for name, content := range map[string]string{"token": "ghp_keywardtest0001\n", "gitlab-token": "glpat-keywardtest0001\n", "readonly": "ghp_readonly0001\n", "credentials": otherProfiles,
 		"take-key": "#!/bin/sh\ncat >> " + filepath.Join(dir, "taken") + "\necho >> " + filepath.Join(dir, "taken") + "\n",
 		"refuse":   "#!/bin/sh\necho \"vendor API said no to $(cat)\"\nexit 3\n",
 		"hang":     "#!/bin/sh\nsleep 20\n"} {
@@ -106,11 +110,12 @@ func newHostWorld(t *testing.T, db testenv.Database, extra ...string) *hostWorld
 		`{match: {user: alice}, kind: credentials_file, path: "%[1]s/credentials", profile: app}, `+
 		`{match: {user: alice}, kind: exec, name: vendor, command: ["%[1]s/take-key", "--vendor", "acme"], timeout: 10s}, `+
 		`{match: {user: bob}, kind: github_actions, repository: acme/deploy, environment: production, base_url: "%[2]s", token_file: "%[1]s/token"}, `+
+		`{match: {user: bob}, kind: gitlab_ci, project: acme/mobile, environment_scope: production, protected: true, base_url: "%[3]s", token_file: "%[1]s/gitlab-token"}, `+
 		`{match: {user: carol}, kind: exec, name: refusing-vendor, command: ["%[1]s/refuse"]}, `+
 		`{match: {user: erin}, kind: exec, name: hanging-vendor, command: ["%[1]s/hang"], timeout: 1s}, `+
-		`{match: {user: dave}, kind: github_actions, repository: acme/deploy, base_url: "%[2]s", token_file: "%[1]s/readonly"}]`, dir, gh.URL)
+		`{match: {user: dave}, kind: github_actions, repository: acme/deploy, base_url: "%[2]s", token_file: "%[1]s/readonly"}]`, dir, gh.URL, gl.URL)
 	w := newMotoWorldOn(t, db, append([]string{targets, "KEYWARD_DELIVERY_TIMEOUT=1s"}, extra...)...)
-	return &hostWorld{motoWorld: w, gh: gh, dir: dir, credsFile: filepath.Join(dir, "credentials"), taken: filepath.Join(dir, "taken")}
+	return &hostWorld{motoWorld: w, gh: gh, gl: gl, dir: dir, credsFile: filepath.Join(dir, "credentials"), taken: filepath.Join(dir, "taken")}
 }
 
 // TestDeliveryToHostsAndGitHub rotates with the real binary against moto (signatures checked):
@@ -169,9 +174,14 @@ func TestDeliveryToHostsAndGitHub(t *testing.T) {
 			t.Fatalf("GitHub holds %s, the vault %s", id.Value, k.AccessKeyId)
 		}
 		keyWorks(t, endpoint, key{id.Value, sec.Value}, "bob")
+		glID, _ := w.gl.Variable("acme/mobile", "AWS_ACCESS_KEY_ID", "production")
+		glSecret, _ := w.gl.Variable("acme/mobile", "AWS_SECRET_ACCESS_KEY", "production")
+		if glID.Value != k.AccessKeyId || glSecret.Value != k.SecretAccessKey || !glSecret.Masked || !glSecret.Protected {
+			t.Fatalf("GitLab holds %+v, the vault %s", glID, k.AccessKeyId)
+		}
 
 		check := w.env.must(t, 0, "", "deliver", "--check", "--user", "alice", "--user", "bob")
-		for _, want := range []string{"credentials_file:" + w.credsFile + "[app]", "exec:vendor", "github_actions:acme/deploy/environments/production",
+		for _, want := range []string{"credentials_file:" + w.credsFile + "[app]", "exec:vendor", "github_actions:acme/deploy/environments/production", "gitlab_ci:projects/acme/mobile@production",
 			"GitHub never returns a secret's value; judged from Keyward's delivery record: given " + k.AccessKeyId,
 			"a command keeps what it is given"} {
 			if !strings.Contains(check.stdout, want) {
@@ -208,6 +218,22 @@ func TestDeliveryToHostsAndGitHub(t *testing.T) {
 		}
 		if _, written := w.gh.Secret("repos/acme/deploy", "AWS_ACCESS_KEY_ID"); written {
 			t.Fatal("a token without the permission wrote a secret")
+		}
+
+		// Bad configuration is refused by config check, naming the field.
+		for conf, want := range map[string]string{
+			`[{match: {user: alice}, kind: github_actions, repository: acme/deploy, path: /tmp/x, token_file: /t}]`:             "delivery.targets[0].path: a setting of credentials_file targets, not of github_actions",
+			`[{match: {user: "*"}, kind: gitlab_ci, project: acme/mobile, token_file: /t}]`:                                     "delivery.targets[0].match: matches several users but names one place",
+			`[{match: {user: a}, kind: exec, command: [x]}, {match: {user: b}, kind: exec, command: [y], name: x}]`:             "delivery.targets[1]: names the same place as delivery.targets[0]",
+			`[{match: {user: alice}, kind: github_actions, repository: "not a repo", token_file: /t}]`:                          "delivery.targets[0].repository",
+			`[{match: {user: alice}, kind: gitlab_ci, project: acme/mobile, token_env: NO_SUCH_VARIABLE}]`:                      "delivery.targets[0].token_env: environment variable NO_SUCH_VARIABLE is not set",
+			`[{match: {user: alice}, kind: credentials_file, path: relative/credentials}]`:                                      "delivery.targets[0].path",
+			`[{match: {user: alice}, kind: github_actions, repository: a/b, token_file: /t, names: {access_key_id: GITHUB_X}}]`: "delivery.targets[0].names",
+		} {
+			r := w.env.with("KEYWARD_DELIVERY_TARGETS="+conf).run(t, "", "config", "check")
+			if r.code != 2 || !strings.Contains(r.stderr, want) {
+				t.Errorf("config check of %s: exit %d, want %q in\n%s", conf, r.code, want, r.stderr)
+			}
 		}
 		logs := w.env.must(t, 0, "", "audit", "export").stdout
 		if strings.Contains(logs, k.SecretAccessKey) || strings.Contains(r.stdout+r.stderr, k.SecretAccessKey) {

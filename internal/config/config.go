@@ -135,6 +135,13 @@ type DeliveryTarget struct {
 	InstallationID       int64         `yaml:"installation_id"`
 	PrivateKeyFile       string        `yaml:"private_key_file"`
 
+	// gitlab_ci (with names, base_url, token_file and token_env)
+	Project          string `yaml:"project"`
+	Group            string `yaml:"group"`
+	Masked           *bool  `yaml:"masked"`
+	Protected        bool   `yaml:"protected"`
+	EnvironmentScope string `yaml:"environment_scope"`
+
 	// credentials_file
 	Path    string   `yaml:"path"`
 	Profile string   `yaml:"profile"`
@@ -171,6 +178,10 @@ func (t DeliveryTarget) Target() delivery.Target {
 			Names: delivery.SecretNames{AccessKeyID: t.Names.AccessKeyID, SecretAccessKey: t.Names.SecretAccessKey, JSON: t.Names.JSON},
 			Auth: delivery.GitHubAuth{TokenFile: t.TokenFile, Token: t.TokenEnvValue, AppID: t.AppID, InstallationID: t.InstallationID,
 				PrivateKeyFile: t.PrivateKeyFile}}
+	case delivery.GitLabCI:
+		d.GitLab = &delivery.GitLabTarget{Project: t.Project, Group: t.Group, Masked: t.Masked == nil || *t.Masked, Protected: t.Protected,
+			EnvironmentScope: t.EnvironmentScope, BaseURL: t.BaseURL, TokenFile: t.TokenFile, Token: t.TokenEnvValue,
+			Names: delivery.SecretNames{AccessKeyID: t.Names.AccessKeyID, SecretAccessKey: t.Names.SecretAccessKey, JSON: t.Names.JSON}}
 	case delivery.CredentialsFile:
 		d.File = &delivery.FileTarget{Path: t.Path, Profile: t.Profile, Run: t.Run}
 	case delivery.Exec:
@@ -181,16 +192,31 @@ func (t DeliveryTarget) Target() delivery.Target {
 
 // deliveryFields are the fields a target's problems are reported under, in order.
 var deliveryFields = []string{"match", "kind", "name", "format", "kms_key_id", "region", "adopt", "repository", "environment",
-	"organization", "visibility", "selected_repositories", "names", "base_url", "token_file", "app_id", "path", "profile",
-	"run", "command", "timeout"}
+	"organization", "visibility", "selected_repositories", "project", "group", "names", "base_url", "token_file", "app_id", "path",
+	"profile", "run", "command", "timeout"}
 
-// otherKindsFields are the settings of one kind each: set on a target of another kind, they are a
-// mistake (say, path on a github_actions target).
-var otherKindsFields = map[string]string{"repository": "github_actions", "environment": "github_actions", "organization": "github_actions",
-	"visibility": "github_actions", "selected_repositories": "github_actions", "names": "github_actions", "base_url": "github_actions",
-	"token_file": "github_actions", "token_env": "github_actions", "app_id": "github_actions", "installation_id": "github_actions",
-	"private_key_file": "github_actions", "path": "credentials_file", "profile": "credentials_file", "run": "credentials_file",
-	"command": "exec", "timeout": "exec"}
+// kindsOfField are the kinds each kind-specific setting belongs to: set on a target of another
+// kind, it is a mistake (say, path on a github_actions target).
+var kindsOfField = func() map[string][]string {
+	const gh, gl = "github_actions", "gitlab_ci"
+	m := map[string][]string{}
+	for kinds, fields := range map[[2]string][]string{
+		{gh}:                 {"repository", "environment", "organization", "visibility", "selected_repositories", "app_id", "installation_id", "private_key_file"},
+		{gh, gl}:             {"names", "base_url", "token_file", "token_env"},
+		{gl}:                 {"project", "group", "masked", "protected", "environment_scope"},
+		{"credentials_file"}: {"path", "profile", "run"},
+		{"exec"}:             {"command", "timeout"},
+	} {
+		for _, f := range fields {
+			for _, k := range kinds {
+				if k != "" {
+					m[f] = append(m[f], k)
+				}
+			}
+		}
+	}
+	return m
+}()
 
 // setFields names the kind-specific fields the target sets.
 func (t DeliveryTarget) setFields() []string {
@@ -199,7 +225,9 @@ func (t DeliveryTarget) setFields() []string {
 		"organization": t.Organization != "", "visibility": t.Visibility != "", "selected_repositories": len(t.SelectedRepositories) > 0,
 		"names": t.Names != DeliveryNames{}, "base_url": t.BaseURL != "", "token_file": t.TokenFile != "", "token_env": t.TokenEnv != "",
 		"app_id": t.AppID != 0, "installation_id": t.InstallationID != 0, "private_key_file": t.PrivateKeyFile != "",
-		"path": t.Path != "", "profile": t.Profile != "", "run": len(t.Run) > 0, "command": len(t.Command) > 0, "timeout": t.Timeout != 0} {
+		"path": t.Path != "", "profile": t.Profile != "", "run": len(t.Run) > 0, "command": len(t.Command) > 0, "timeout": t.Timeout != 0,
+		"project": t.Project != "", "group": t.Group != "", "masked": t.Masked != nil, "protected": t.Protected,
+		"environment_scope": t.EnvironmentScope != ""} {
 		if on {
 			set = append(set, field)
 		}
@@ -223,8 +251,8 @@ func (d Delivery) validate(report func(key, format string, args ...any)) {
 			}
 		}
 		for _, field := range t.setFields() {
-			if kind := otherKindsFields[field]; kind != t.Kind {
-				report(key+"."+field, "a setting of %s targets, not of %s", kind, t.Kind)
+			if kinds := kindsOfField[field]; !slices.Contains(kinds, t.Kind) {
+				report(key+"."+field, "a setting of %s targets, not of %s", strings.Join(kinds, " and "), t.Kind)
 			}
 		}
 		if t.TokenEnv != "" && t.TokenEnvValue.IsZero() {

@@ -18,6 +18,8 @@ const (
 	// GitHubActions is a pair of GitHub Actions secrets (or one JSON secret) of a repository, an
 	// environment or an organisation.
 	GitHubActions Kind = "github_actions"
+	// GitLabCI is a pair of GitLab CI/CD variables (or one JSON variable) of a project or a group.
+	GitLabCI Kind = "gitlab_ci"
 	// CredentialsFile is a profile of an AWS shared credentials file on the host Keyward runs on.
 	CredentialsFile Kind = "credentials_file"
 	// Exec is a command given the key as JSON on its standard input.
@@ -48,6 +50,20 @@ type GitHubAuth struct {
 	AppID          int64
 	InstallationID int64
 	PrivateKeyFile string
+}
+
+// GitLabTarget says which CI/CD variables hold the key. Exactly one of Project and Group (a path
+// such as group/sub/project, or a numeric id) is set.
+type GitLabTarget struct {
+	Project          string
+	Group            string
+	Names            SecretNames
+	Masked           bool // masked in job logs (Keyward's default: true)
+	Protected        bool
+	EnvironmentScope string // "*" for every environment
+	BaseURL          string // https://gitlab.com, or a self-managed GitLab's root
+	TokenFile        string
+	Token            secret.Value // from the environment variable the configuration names
 }
 
 // SecretNames are the names the key is written under: two secrets (AccessKeyID and
@@ -88,7 +104,10 @@ var (
 	ghOrg        = regexp.MustCompile(`^[A-Za-z0-9-]{1,39}$`)
 	ghSecretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,254}$`)
 	ghEnvName    = regexp.MustCompile(`^[^/\\:;,'"<>|?*]{1,255}$`)
-	iniProfile   = regexp.MustCompile(`^[A-Za-z0-9_.@+-]{1,64}$`)
+	// GitLab: a namespace path or a numeric id; variable keys are letters, digits and _ (255 at most).
+	glPath     = regexp.MustCompile(`^([0-9]+|[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*)$`)
+	glKey      = regexp.MustCompile(`^[A-Za-z0-9_]{1,255}$`)
+	iniProfile = regexp.MustCompile(`^[A-Za-z0-9_.@+-]{1,64}$`)
 )
 
 // checkKind adds the problems of the kind's own settings, each under its field's name.
@@ -96,6 +115,8 @@ func (t Target) checkKind(p map[string]string) {
 	switch t.Kind {
 	case GitHubActions:
 		t.checkGitHub(p)
+	case GitLabCI:
+		t.checkGitLab(p)
 	case CredentialsFile:
 		f := t.File
 		if f == nil || f.Path == "" {
@@ -155,19 +176,11 @@ func (t Target) checkGitHub(p map[string]string) {
 			p["selected_repositories"] = fmt.Sprintf("%q: want owner/name", r)
 		}
 	}
-	n := g.Names
-	switch {
-	case n.JSON != "" && (n.AccessKeyID != "" || n.SecretAccessKey != ""):
-		p["names"] = "set json alone, or access_key_id and secret_access_key"
-	case n.JSON == "" && (n.AccessKeyID == "") != (n.SecretAccessKey == ""):
-		p["names"] = "set both access_key_id and secret_access_key (or json alone)"
-	}
-	for _, name := range []string{n.AccessKeyID, n.SecretAccessKey, n.JSON} {
-		if name != "" && (!ghSecretName.MatchString(name) || strings.HasPrefix(strings.ToUpper(name), "GITHUB_")) {
-			p["names"] = fmt.Sprintf("%q is not a GitHub secret name: letters, digits and _, not starting with a digit or GITHUB_", name)
-		}
-	}
-	if g.BaseURL != "" && !strings.HasPrefix(g.BaseURL, "https://") && !strings.HasPrefix(g.BaseURL, "http://127.0.0.1") && !strings.HasPrefix(g.BaseURL, "http://localhost") {
+	checkNames(p, g.Names, func(n string) bool {
+		return ghSecretName.MatchString(n) && !strings.HasPrefix(strings.ToUpper(n), "GITHUB_")
+	},
+		"a GitHub secret name: letters, digits and _, not starting with a digit or GITHUB_")
+	if g.BaseURL != "" && !okBaseURL(g.BaseURL) {
 		p["base_url"] = fmt.Sprintf("%q: want https:// (http only on loopback)", g.BaseURL)
 	}
 	a := g.Auth
@@ -181,6 +194,50 @@ func (t Target) checkGitHub(p map[string]string) {
 	case !app && !token:
 		p["token_file"] = "set token_file or token_env (a fine-grained token with Secrets: write), or a GitHub App"
 	}
+}
+
+func (t Target) checkGitLab(p map[string]string) {
+	g := t.GitLab
+	if g == nil {
+		g = &GitLabTarget{}
+	}
+	switch {
+	case g.Project == "" && g.Group == "":
+		p["project"] = "set project (a path such as acme/deploy, or its id) or group"
+	case g.Project != "" && g.Group != "":
+		p["group"] = "set project or group, not both"
+	case g.Project != "" && !templateOK(g.Project, glPath):
+		p["project"] = fmt.Sprintf("%q: want a project's path (group/name) or id", g.Project)
+	case g.Group != "" && !templateOK(g.Group, glPath):
+		p["group"] = fmt.Sprintf("%q: want a group's path or id", g.Group)
+	}
+	checkNames(p, g.Names, glKey.MatchString, "a GitLab variable key: letters, digits and _")
+	if g.BaseURL != "" && !okBaseURL(g.BaseURL) {
+		p["base_url"] = fmt.Sprintf("%q: want https:// (http only on loopback)", g.BaseURL)
+	}
+	if g.TokenFile == "" && g.Token.IsZero() {
+		p["token_file"] = "set token_file or token_env (a token with the api scope, of a Maintainer)"
+	}
+}
+
+// checkNames checks a pair of names, or a JSON name alone, against a kind's rule.
+func checkNames(p map[string]string, n SecretNames, ok func(string) bool, rule string) {
+	switch {
+	case n.JSON != "" && (n.AccessKeyID != "" || n.SecretAccessKey != ""):
+		p["names"] = "set json alone, or access_key_id and secret_access_key"
+	case n.JSON == "" && (n.AccessKeyID == "") != (n.SecretAccessKey == ""):
+		p["names"] = "set both access_key_id and secret_access_key (or json alone)"
+	}
+	for _, name := range []string{n.AccessKeyID, n.SecretAccessKey, n.JSON} {
+		if name != "" && !ok(name) {
+			p["names"] = fmt.Sprintf("%q is not %s", name, rule)
+		}
+	}
+}
+
+func okBaseURL(u string) bool {
+	return strings.HasPrefix(u, "https://") || strings.HasPrefix(u, "http://127.0.0.1") || strings.HasPrefix(u, "http://localhost") ||
+		strings.HasPrefix(u, "http://[::1]")
 }
 
 // templateOK says whether s, its variables filled with sample values, matches re.
@@ -217,6 +274,24 @@ func (t Target) fill(r *strings.Replacer) Spec {
 		}
 		s.File = &f
 		s.Name = f.Path + "[" + f.Profile + "]"
+	case GitLabCI:
+		g := *t.GitLab
+		g.Project, g.Group = r.Replace(g.Project), r.Replace(g.Group)
+		g.Names = g.Names.WithDefaults()
+		if g.BaseURL == "" {
+			g.BaseURL = "https://gitlab.com"
+		}
+		if g.EnvironmentScope == "" {
+			g.EnvironmentScope = "*"
+		}
+		s.GitLab = &g
+		s.Name = "projects/" + g.Project
+		if g.Group != "" {
+			s.Name = "groups/" + g.Group
+		}
+		if g.EnvironmentScope != "*" {
+			s.Name += "@" + g.EnvironmentScope
+		}
 	case Exec:
 		e := *t.Exec
 		if e.Timeout == 0 {

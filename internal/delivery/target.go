@@ -33,6 +33,7 @@ type Target struct {
 
 	// The settings of the kinds that are not AWS's (one of them, by Kind).
 	GitHub *GitHubTarget
+	GitLab *GitLabTarget
 	File   *FileTarget
 	Exec   *ExecTarget
 }
