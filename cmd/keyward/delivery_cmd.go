@@ -18,6 +18,7 @@ import (
 	"github.com/keyward/keyward/internal/delivery/github"
 	"github.com/keyward/keyward/internal/delivery/gitlab"
 	"github.com/keyward/keyward/internal/delivery/host"
+	"github.com/keyward/keyward/internal/delivery/kube"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/store"
 	"github.com/keyward/keyward/internal/vault"
@@ -31,7 +32,7 @@ func (a *app) destination(ctx context.Context) (delivery.Destination, error) {
 		onHost.BeforeRename = func() { _ = faultHook("credentials_file.rename") }
 	}
 	to := delivery.ByKind{delivery.CredentialsFile: onHost, delivery.Exec: onHost,
-		delivery.GitHubActions: github.New(a.log), delivery.GitLabCI: gitlab.New(a.log)}
+		delivery.GitHubActions: github.New(a.log), delivery.GitLabCI: gitlab.New(a.log), delivery.KubernetesSecret: kube.New(a.log)}
 	if a.cfg.Cloud == "sim" {
 		mem := delivery.NewMemory()
 		to[delivery.SecretsManager], to[delivery.SSMParameter] = mem, mem

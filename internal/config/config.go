@@ -142,6 +142,12 @@ type DeliveryTarget struct {
 	Protected        bool   `yaml:"protected"`
 	EnvironmentScope string `yaml:"environment_scope"`
 
+	// kubernetes_secret (with name and adopt)
+	Namespace  string        `yaml:"namespace"`
+	Keys       DeliveryNames `yaml:"keys"`
+	Kubeconfig string        `yaml:"kubeconfig"`
+	Restart    []string      `yaml:"restart"`
+
 	// credentials_file
 	Path    string   `yaml:"path"`
 	Profile string   `yaml:"profile"`
@@ -182,6 +188,9 @@ func (t DeliveryTarget) Target() delivery.Target {
 		d.GitLab = &delivery.GitLabTarget{Project: t.Project, Group: t.Group, Masked: t.Masked == nil || *t.Masked, Protected: t.Protected,
 			EnvironmentScope: t.EnvironmentScope, BaseURL: t.BaseURL, TokenFile: t.TokenFile, Token: t.TokenEnvValue,
 			Names: delivery.SecretNames{AccessKeyID: t.Names.AccessKeyID, SecretAccessKey: t.Names.SecretAccessKey, JSON: t.Names.JSON}}
+	case delivery.KubernetesSecret:
+		d.Kube = &delivery.KubeTarget{Namespace: t.Namespace, Kubeconfig: t.Kubeconfig, Restart: t.Restart,
+			Keys: delivery.SecretNames{AccessKeyID: t.Keys.AccessKeyID, SecretAccessKey: t.Keys.SecretAccessKey, JSON: t.Keys.JSON}}
 	case delivery.CredentialsFile:
 		d.File = &delivery.FileTarget{Path: t.Path, Profile: t.Profile, Run: t.Run}
 	case delivery.Exec:
@@ -192,8 +201,8 @@ func (t DeliveryTarget) Target() delivery.Target {
 
 // deliveryFields are the fields a target's problems are reported under, in order.
 var deliveryFields = []string{"match", "kind", "name", "format", "kms_key_id", "region", "adopt", "repository", "environment",
-	"organization", "visibility", "selected_repositories", "project", "group", "names", "base_url", "token_file", "app_id", "path",
-	"profile", "run", "command", "timeout"}
+	"organization", "visibility", "selected_repositories", "project", "group", "names", "base_url", "token_file", "app_id",
+	"namespace", "keys", "kubeconfig", "restart", "path", "profile", "run", "command", "timeout"}
 
 // kindsOfField are the kinds each kind-specific setting belongs to: set on a target of another
 // kind, it is a mistake (say, path on a github_actions target).
@@ -201,11 +210,12 @@ var kindsOfField = func() map[string][]string {
 	const gh, gl = "github_actions", "gitlab_ci"
 	m := map[string][]string{}
 	for kinds, fields := range map[[2]string][]string{
-		{gh}:                 {"repository", "environment", "organization", "visibility", "selected_repositories", "app_id", "installation_id", "private_key_file"},
-		{gh, gl}:             {"names", "base_url", "token_file", "token_env"},
-		{gl}:                 {"project", "group", "masked", "protected", "environment_scope"},
-		{"credentials_file"}: {"path", "profile", "run"},
-		{"exec"}:             {"command", "timeout"},
+		{gh}:                  {"repository", "environment", "organization", "visibility", "selected_repositories", "app_id", "installation_id", "private_key_file"},
+		{gh, gl}:              {"names", "base_url", "token_file", "token_env"},
+		{gl}:                  {"project", "group", "masked", "protected", "environment_scope"},
+		{"kubernetes_secret"}: {"namespace", "keys", "kubeconfig", "restart"},
+		{"credentials_file"}:  {"path", "profile", "run"},
+		{"exec"}:              {"command", "timeout"},
 	} {
 		for _, f := range fields {
 			for _, k := range kinds {
@@ -227,7 +237,8 @@ func (t DeliveryTarget) setFields() []string {
 		"app_id": t.AppID != 0, "installation_id": t.InstallationID != 0, "private_key_file": t.PrivateKeyFile != "",
 		"path": t.Path != "", "profile": t.Profile != "", "run": len(t.Run) > 0, "command": len(t.Command) > 0, "timeout": t.Timeout != 0,
 		"project": t.Project != "", "group": t.Group != "", "masked": t.Masked != nil, "protected": t.Protected,
-		"environment_scope": t.EnvironmentScope != ""} {
+		"environment_scope": t.EnvironmentScope != "", "namespace": t.Namespace != "", "keys": t.Keys != DeliveryNames{},
+		"kubeconfig": t.Kubeconfig != "", "restart": len(t.Restart) > 0} {
 		if on {
 			set = append(set, field)
 		}

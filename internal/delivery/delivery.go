@@ -31,7 +31,7 @@ const (
 )
 
 // Kinds lists every kind, for messages.
-var Kinds = []Kind{SecretsManager, SSMParameter, GitHubActions, GitLabCI, CredentialsFile, Exec}
+var Kinds = []Kind{SecretsManager, SSMParameter, GitHubActions, GitLabCI, KubernetesSecret, CredentialsFile, Exec}
 
 // Spec is one target of one identity, its name resolved.
 type Spec struct {
@@ -45,6 +45,7 @@ type Spec struct {
 	// The settings of the other kinds, their variables filled in (one of them, by Kind).
 	GitHub *GitHubTarget
 	GitLab *GitLabTarget
+	Kube   *KubeTarget
 	File   *FileTarget
 	Exec   *ExecTarget
 }

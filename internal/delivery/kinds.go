@@ -20,6 +20,8 @@ const (
 	GitHubActions Kind = "github_actions"
 	// GitLabCI is a pair of GitLab CI/CD variables (or one JSON variable) of a project or a group.
 	GitLabCI Kind = "gitlab_ci"
+	// KubernetesSecret is a Kubernetes Secret, and the workloads to restart when it changes.
+	KubernetesSecret Kind = "kubernetes_secret"
 	// CredentialsFile is a profile of an AWS shared credentials file on the host Keyward runs on.
 	CredentialsFile Kind = "credentials_file"
 	// Exec is a command given the key as JSON on its standard input.
@@ -66,6 +68,17 @@ type GitLabTarget struct {
 	Token            secret.Value // from the environment variable the configuration names
 }
 
+// KubeTarget is a Secret (its name is the target's Name), the keys of its data that hold the key,
+// and the workloads to restart when they change (deployment/NAME, statefulset/NAME,
+// daemonset/NAME, in the Secret's namespace).
+type KubeTarget struct {
+	Namespace  string
+	Name       string
+	Keys       SecretNames
+	Kubeconfig string // "" for the in-cluster configuration
+	Restart    []string
+}
+
 // SecretNames are the names the key is written under: two secrets (AccessKeyID and
 // SecretAccessKey), or JSON alone ({"AccessKeyId", "SecretAccessKey"} in one secret).
 type SecretNames struct {
@@ -105,9 +118,14 @@ var (
 	ghSecretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,254}$`)
 	ghEnvName    = regexp.MustCompile(`^[^/\\:;,'"<>|?*]{1,255}$`)
 	// GitLab: a namespace path or a numeric id; variable keys are letters, digits and _ (255 at most).
-	glPath     = regexp.MustCompile(`^([0-9]+|[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*)$`)
-	glKey      = regexp.MustCompile(`^[A-Za-z0-9_]{1,255}$`)
-	iniProfile = regexp.MustCompile(`^[A-Za-z0-9_.@+-]{1,64}$`)
+	glPath = regexp.MustCompile(`^([0-9]+|[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*)$`)
+	glKey  = regexp.MustCompile(`^[A-Za-z0-9_]{1,255}$`)
+	// Kubernetes: DNS-1123 names (namespaces: labels), data keys of [-._a-zA-Z0-9].
+	k8sName     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	k8sLabel    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	k8sDataKey  = regexp.MustCompile(`^[-._a-zA-Z0-9]{1,253}$`)
+	k8sWorkload = regexp.MustCompile(`^(deployment|statefulset|daemonset)/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	iniProfile  = regexp.MustCompile(`^[A-Za-z0-9_.@+-]{1,64}$`)
 )
 
 // checkKind adds the problems of the kind's own settings, each under its field's name.
@@ -117,6 +135,8 @@ func (t Target) checkKind(p map[string]string) {
 		t.checkGitHub(p)
 	case GitLabCI:
 		t.checkGitLab(p)
+	case KubernetesSecret:
+		t.checkKube(p)
 	case CredentialsFile:
 		f := t.File
 		if f == nil || f.Path == "" {
@@ -220,6 +240,25 @@ func (t Target) checkGitLab(p map[string]string) {
 	}
 }
 
+func (t Target) checkKube(p map[string]string) {
+	k := t.Kube
+	if k == nil {
+		k = &KubeTarget{}
+	}
+	if !templateOK(k.Namespace, k8sLabel) {
+		p["namespace"] = fmt.Sprintf("%q: want a namespace (lower-case letters, digits and -)", k.Namespace)
+	}
+	if !templateOK(t.Name, k8sName) {
+		p["name"] = fmt.Sprintf("%q: want the Secret's name (lower-case letters, digits, - and .)", t.Name)
+	}
+	checkNames(p, k.Keys, k8sDataKey.MatchString, "a Secret's data key: letters, digits, -, _ and .")
+	for _, w := range k.Restart {
+		if !k8sWorkload.MatchString(w) {
+			p["restart"] = fmt.Sprintf("%q: want deployment/NAME, statefulset/NAME or daemonset/NAME", w)
+		}
+	}
+}
+
 // checkNames checks a pair of names, or a JSON name alone, against a kind's rule.
 func checkNames(p map[string]string, n SecretNames, ok func(string) bool, rule string) {
 	switch {
@@ -292,6 +331,12 @@ func (t Target) fill(r *strings.Replacer) Spec {
 		if g.EnvironmentScope != "*" {
 			s.Name += "@" + g.EnvironmentScope
 		}
+	case KubernetesSecret:
+		k := *t.Kube
+		k.Namespace, k.Name = r.Replace(k.Namespace), r.Replace(t.Name)
+		k.Keys = k.Keys.WithDefaults()
+		s.Kube, s.Adopt = &k, t.Adopt
+		s.Name = k.Namespace + "/" + k.Name
 	case Exec:
 		e := *t.Exec
 		if e.Timeout == 0 {

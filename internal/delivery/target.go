@@ -34,6 +34,7 @@ type Target struct {
 	// The settings of the kinds that are not AWS's (one of them, by Kind).
 	GitHub *GitHubTarget
 	GitLab *GitLabTarget
+	Kube   *KubeTarget
 	File   *FileTarget
 	Exec   *ExecTarget
 }
@@ -82,10 +83,10 @@ func (t Target) Check() map[string]string {
 				p[field] = fmt.Sprintf("not a setting of %s targets", t.Kind)
 			}
 		}
-		if t.Adopt {
+		if t.Adopt && t.Kind != KubernetesSecret {
 			p["adopt"] = fmt.Sprintf("not a setting of %s targets", t.Kind)
 		}
-		if t.Name != "" && t.Kind != Exec {
+		if t.Name != "" && t.Kind != Exec && t.Kind != KubernetesSecret {
 			p["name"] = fmt.Sprintf("not a setting of %s targets (their own fields name them)", t.Kind)
 		}
 		if err := t.checkVariables(); err != nil {

@@ -94,7 +94,11 @@ func (g *GitLab) AddGroup(path string) int64 {
 }
 
 // AddToken makes a token.
-func (g *GitLab) AddToken(token string, t GitLabToken) { g.mu.Lock(); g.tokens[token] = t; g.mu.Unlock() }
+func (g *GitLab) AddToken(token string, t GitLabToken) {
+	g.mu.Lock()
+	g.tokens[token] = t
+	g.mu.Unlock()
+}
 
 // FailNext makes the next n requests fail with status, message and headers.
 func (g *GitLab) FailNext(n, status int, message string, headers map[string]string) {
@@ -382,4 +386,3 @@ func (g *GitLab) updateVariable(w http.ResponseWriter, r *http.Request, root, ke
 	*found[0] = *v
 	ghJSON(w, http.StatusOK, found[0])
 }
-
