@@ -64,8 +64,10 @@ func (c *soakConsumer) note(format string, args ...any) {
 }
 
 // TestContinuitySoak rotates one identity again and again against moto (signatures checked) while
-// four consumers use its key — two read Secrets Manager's AWSCURRENT, one runs keyward credentials
-// --type key, one --type session — and serve is SIGKILLed at random times. It asserts: no call with a
+// six consumers use its key — two read Secrets Manager's AWSCURRENT, one the Actions secrets of a
+// repository on the GitHub test server (as a workflow's job does when it starts), one a profile of
+// a credentials file, one runs keyward credentials --type key, one --type session — and serve is
+// SIGKILLed at random times. It asserts: no call with a
 // key IAM reported inactive or deleted at that moment (moto itself accepts inactive keys, so each
 // call is checked against IAM), no call failing after one re-read, no key alive longer than its
 // policy allows plus a pass (and the time serve was down), one STS call per session lifetime, and
@@ -78,11 +80,22 @@ func TestContinuitySoak(t *testing.T) {
 	}
 	ctx := context.Background()
 	port := testenv.FreePort(t)
+	// A GitHub repository's Actions secrets and a credentials file on this host hold the key too.
+	gh := testenv.NewGitHub(t)
+	gh.AddRepo("acme/soak")
+	gh.AddToken("ghp_soak0001", testenv.GitHubToken{Sees: []string{"repos/acme/soak"}, Write: true})
+	dir := t.TempDir()
+	credsFile, ghToken := filepath.Join(dir, "credentials"), filepath.Join(dir, "github-token")
+	if err := os.WriteFile(ghToken, []byte("ghp_soak0001\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	w := newMotoWorld(t, "KEYWARD_CLOUD=aws", `KEYWARD_AWS_ACCOUNTS=[{id: "123456789012"}]`,
 		"KEYWARD_SERVER_LISTEN=127.0.0.1:"+strconv.Itoa(port),
 		"KEYWARD_ROTATION_ROTATE_AFTER=3s", "KEYWARD_ROTATION_DEACTIVATE_AFTER=1s", "KEYWARD_ROTATION_DELETE_AFTER=1s",
 		"KEYWARD_ROTATION_QUIET_PERIOD=1s", "KEYWARD_ROTATION_INTERVAL=500ms", "KEYWARD_ROTATION_VERIFY_TIMEOUT=10s",
-		`KEYWARD_DELIVERY_TARGETS=[{match: {team: soak}, kind: secrets_manager, name: "keyward/{account}/{user}"}]`,
+		`KEYWARD_DELIVERY_TARGETS=[{match: {team: soak}, kind: secrets_manager, name: "keyward/{account}/{user}"}, `+
+			`{match: {team: soak}, kind: github_actions, repository: acme/soak, base_url: "`+gh.URL+`", token_file: "`+ghToken+`"}, `+
+			`{match: {team: soak}, kind: credentials_file, path: "`+credsFile+`", profile: soak}]`,
 		"KEYWARD_SERVER_RATE_LIMIT_PER_IP=0", "KEYWARD_SERVER_RATE_LIMIT_PER_PRINCIPAL=0")
 	e := w.env
 	const user, secretName = "soak-app", "keyward/123456789012/soak-app"
@@ -142,7 +155,35 @@ func TestContinuitySoak(t *testing.T) {
 			return soakCred{keyID: d.AccessKeyId, secret: d.SecretAccessKey, token: d.SessionToken}, nil
 		}
 	}
+	// A workflow reads both Actions secrets when its job starts; a daemon reads its profile.
+	fromGitHub := func() (soakCred, error) {
+		id, okID := gh.Secret("repos/acme/soak", "AWS_ACCESS_KEY_ID")
+		sec, okSecret := gh.Secret("repos/acme/soak", "AWS_SECRET_ACCESS_KEY")
+		if !okID || !okSecret {
+			return soakCred{}, fmt.Errorf("the Actions secrets are not there yet")
+		}
+		return soakCred{keyID: id.Value, secret: sec.Value}, nil
+	}
+	fromFile := func() (soakCred, error) {
+		raw, err := os.ReadFile(credsFile)
+		if err != nil {
+			return soakCred{}, err
+		}
+		var c soakCred
+		for _, line := range strings.Split(string(raw), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			switch strings.TrimSpace(k) {
+			case "aws_access_key_id":
+				c.keyID = strings.TrimSpace(v)
+			case "aws_secret_access_key":
+				c.secret = strings.TrimSpace(v)
+			}
+		}
+		return c, nil
+	}
 	consumers := []*soakConsumer{
+		{name: "github-actions", read: fromGitHub, useIt: true},
+		{name: "credentials-file", read: fromFile, useIt: true},
 		{name: "secretsmanager-1", read: fromSecret, useIt: true},
 		{name: "secretsmanager-2", read: fromSecret, useIt: true},
 		{name: "credentials-key", read: fromKeyward("key"), useIt: true},
