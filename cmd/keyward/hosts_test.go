@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -180,6 +181,13 @@ func TestDeliveryToHostsAndGitHub(t *testing.T) {
 			t.Fatalf("GitLab holds %+v, the vault %s", glID, k.AccessKeyId)
 		}
 
+		st := w.env.must(t, 0, "", "status", "--output", "json").stdout
+		for _, target := range []string{"github_actions:acme/deploy/environments/production", "gitlab_ci:projects/acme/mobile@production",
+			"credentials_file:" + w.credsFile + "[app]", "exec:vendor"} {
+			if !regexp.MustCompile(regexp.QuoteMeta(`"target":"`+target+`","access_key_id":"`) + `AKIA[A-Z0-9]+","delivered_at":"[^"]+","holds_current":true`).MatchString(st) {
+				t.Fatalf("status does not show %s holding the current key:\n%s", target, st)
+			}
+		}
 		check := w.env.must(t, 0, "", "deliver", "--check", "--user", "alice", "--user", "bob")
 		for _, want := range []string{"credentials_file:" + w.credsFile + "[app]", "exec:vendor", "github_actions:acme/deploy/environments/production", "gitlab_ci:projects/acme/mobile@production",
 			"GitHub never returns a secret's value; judged from Keyward's delivery record: given " + k.AccessKeyId,
@@ -246,25 +254,40 @@ func TestDeliveryToHostsAndGitHub(t *testing.T) {
 // and its rename, and at each step of delivery: the file is whole (the old profile, or the new
 // one), and the next pass finishes the rotation with every target holding the vault's key.
 func TestKillDuringHostDelivery(t *testing.T) {
-	for _, point := range []string{"credentials_file.rename", "deliver", "staged", "delivered"} {
-		t.Run(point, func(t *testing.T) {
-			w := newHostWorld(t, testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")})
-			w.addUsers(t, "alice", "bob")
-			w.env.killedAt(t, point, "rotate", "--once", "--user", "alice", "--user", "bob", "--force")
-			raw, _ := os.ReadFile(w.credsFile)
-			if !strings.HasPrefix(string(raw), otherProfiles) {
-				t.Fatalf("the credentials file after a kill at %s:\n%s", point, raw)
-			}
-			w.env.must(t, 0, "", "rotate", "--once")
-			profileWorks(t, *w.admin.BaseEndpoint, w.credsFile, "app", "alice")
-			if left, _ := filepath.Glob(filepath.Join(w.dir, ".keyward-tmp-*")); len(left) != 0 {
-				t.Fatalf("temporary files left after recovery: %v", left)
-			}
-			bob := w.env.vaultKey(t, "bob")
-			if id, _ := w.gh.Secret("repos/acme/deploy/environments/production", "AWS_ACCESS_KEY_ID"); id.Value != bob.AccessKeyId {
-				t.Fatalf("bob's secret after recovery holds %q, the vault %s", id.Value, bob.AccessKeyId)
-			}
-			w.env.must(t, 0, "", "deliver", "--check", "--user", "alice", "--user", "bob")
-		})
+	// Every point on SQLite; on PostgreSQL the two whose recovery reads what the database recorded
+	// of the delivery (the others are the same steps of the engine, and each kill costs seconds).
+	points := map[string][]string{"sqlite": {"credentials_file.rename", "deliver", "staged", "delivered"},
+		"postgres": {"credentials_file.rename", "staged"}}
+	for _, driver := range []string{"sqlite", "postgres"} {
+		for _, point := range points[driver] {
+			t.Run(driver+"/"+point, func(t *testing.T) {
+				db := testenv.Database{Driver: "sqlite", DSN: filepath.Join(t.TempDir(), "k.db")}
+				if driver == "postgres" {
+					db = testenv.Database{Driver: "postgres", DSN: testenv.PostgresDSN(t)}
+				}
+				killDuringHostDelivery(t, db, point)
+			})
+		}
 	}
+}
+
+// killDuringHostDelivery is one kill of TestKillDuringHostDelivery.
+func killDuringHostDelivery(t *testing.T, db testenv.Database, point string) {
+	w := newHostWorld(t, db)
+	w.addUsers(t, "alice", "bob")
+	w.env.killedAt(t, point, "rotate", "--once", "--user", "alice", "--user", "bob", "--force")
+	raw, _ := os.ReadFile(w.credsFile)
+	if !strings.HasPrefix(string(raw), otherProfiles) {
+		t.Fatalf("the credentials file after a kill at %s:\n%s", point, raw)
+	}
+	w.env.must(t, 0, "", "rotate", "--once")
+	profileWorks(t, *w.admin.BaseEndpoint, w.credsFile, "app", "alice")
+	if left, _ := filepath.Glob(filepath.Join(w.dir, ".keyward-tmp-*")); len(left) != 0 {
+		t.Fatalf("temporary files left after recovery: %v", left)
+	}
+	bob := w.env.vaultKey(t, "bob")
+	if id, _ := w.gh.Secret("repos/acme/deploy/environments/production", "AWS_ACCESS_KEY_ID"); id.Value != bob.AccessKeyId {
+		t.Fatalf("bob's secret after recovery holds %q, the vault %s", id.Value, bob.AccessKeyId)
+	}
+	w.env.must(t, 0, "", "deliver", "--check", "--user", "alice", "--user", "bob")
 }
