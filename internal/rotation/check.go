@@ -131,6 +131,31 @@ func judgeUnreadable(c *TargetCheck, held delivery.Held, rec delivery.Record) {
 	}
 }
 
+// TargetsOf is one identity's delivery targets and what each was last given, as recorded (no call
+// to a target): for the identity's page.
+func (e *Engine) TargetsOf(ctx context.Context, id vault.Identity) ([]delivery.TargetState, error) {
+	if e.Delivery == nil {
+		return nil, nil
+	}
+	records, err := e.Delivery.Records.Deliveries(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	versions, err := e.Vault.VersionsOf(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	current := ""
+	if cur := currentVersion(versions); cur != nil {
+		current = cur.AccessKeyID
+	}
+	specs, err := e.Delivery.Router.For(ctx, id, nil)
+	if err != nil {
+		return nil, err
+	}
+	return delivery.States(specs, records, current), nil
+}
+
 // IdentityTargets is one identity's delivery targets and what each holds, as recorded.
 type IdentityTargets struct {
 	Identity     vault.Identity         `json:"identity"`

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyward/keyward/internal/audit"
 	"github.com/keyward/keyward/internal/auth"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/report"
 	"github.com/keyward/keyward/internal/rotation"
 	"github.com/keyward/keyward/internal/vault"
@@ -96,7 +97,14 @@ func (u *UI) historyPage(w http.ResponseWriter, r *http.Request, s *signedIn) er
 	if err != nil {
 		return err
 	}
-	u.render(w, r, http.StatusOK, "history", s, map[string]any{"Title": "History of " + id.UserName, "Identity": id, "Rotations": recs, "Events": events})
+	var targets []delivery.TargetState
+	if u.Access != nil && u.Access.Engine != nil {
+		if targets, err = u.Access.Engine.TargetsOf(r.Context(), id); err != nil {
+			return err
+		}
+	}
+	u.render(w, r, http.StatusOK, "history", s, map[string]any{"Title": "History of " + id.UserName, "Identity": id, "Rotations": recs,
+		"Events": events, "Targets": targets})
 	return nil
 }
 

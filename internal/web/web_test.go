@@ -28,6 +28,7 @@ import (
 	"github.com/keyward/keyward/internal/auth"
 	"github.com/keyward/keyward/internal/cloud"
 	"github.com/keyward/keyward/internal/cloud/sim"
+	"github.com/keyward/keyward/internal/delivery"
 	"github.com/keyward/keyward/internal/httpapi"
 	"github.com/keyward/keyward/internal/inventory"
 	"github.com/keyward/keyward/internal/report"
@@ -90,7 +91,9 @@ func newSiteOn(t testing.TB, d testenv.Database) *site {
 		s.cloud.AddUser(account, u, "/", nil)
 	}
 	engine := rotation.New(rotation.Engine{Cloud: s.cloud, Vault: s.vault, Store: s.db.Rotations(), Owner: "test", Log: log, Audit: s.trail,
-		Policy: rotation.DefaultPolicy(), VerifyInterval: time.Millisecond})
+		Policy: rotation.DefaultPolicy(), VerifyInterval: time.Millisecond,
+		Delivery: &rotation.Delivery{To: delivery.NewMemory(), Records: s.db.Deliveries(), Router: &delivery.Router{DefaultRegion: "eu-west-1",
+			Targets: []delivery.Target{{Match: delivery.Match{User: "payments-app"}, Kind: delivery.SecretsManager, Name: "keyward/{user}"}}}}})
 	for _, team := range []string{"payments", "search"} {
 		if _, err := s.svc.AddTeam(ctx, "cli:test", auth.Team{Name: team, Identity: vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: team + "-app"}}); err != nil {
 			t.Fatal(err)
@@ -673,6 +676,15 @@ func TestInventoryAndRotateNow(t *testing.T) {
 	}
 	if body := text(t, ctx, "main"); !strings.Contains(body, "rotated") || !strings.Contains(body, "key.rotated") {
 		t.Fatalf("history: %s", body)
+	}
+	// The identity's delivery target holds the new key.
+	cur, err := s.vault.Current(context.Background(), vault.Identity{Cloud: vault.CloudAWS, AccountID: account, UserName: "payments-app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if targets := text(t, ctx, "#targets"); !strings.Contains(targets, "secrets_manager:eu-west-1:keyward/payments-app") ||
+		!strings.Contains(targets, cur.AccessKeyID) || !strings.Contains(targets, "yes") {
+		t.Fatalf("the identity's delivery targets: %s", targets)
 	}
 	shot(t, ctx, "history")
 	// An identity no team owns is rotated from its own page, by an operator.

@@ -46,13 +46,10 @@ func New(log *slog.Logger) *Destination {
 	return &Destination{Log: log, Client: &http.Client{Timeout: 30 * time.Second}}
 }
 
-// GitLab's masking rules (app/models/concerns/ci/maskable.rb): a raw variable's value is one line of
-// 8 or more characters with no white space; a variable GitLab expands must also keep to the Base64
-// alphabet and @ : . ~ - _.
-var (
-	maskRaw      = regexp.MustCompile(`^\S{8,}$`)
-	maskExpanded = regexp.MustCompile(`^[a-zA-Z0-9_+=/@:.~-]{8,}$`)
-)
+// maskRaw is GitLab's masking rule for a raw variable (app/models/concerns/ci/maskable.rb): one line
+// of 8 or more characters with no white space. Keyward writes every variable raw; a variable GitLab
+// expands would also have to keep to the Base64 alphabet and @ : . ~ - _.
+var maskRaw = regexp.MustCompile(`^\S{8,}$`)
 
 // MaskError says that a value cannot be masked, and why; nothing was written.
 type MaskError struct {
