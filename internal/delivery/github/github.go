@@ -143,7 +143,7 @@ func (d *Destination) Current(ctx context.Context, s delivery.Spec) (delivery.He
 			UpdatedAt time.Time `json:"updated_at"`
 		}
 		err := d.call(ctx, sc, http.MethodGet, sc.secrets()+"/"+name, nil, &meta)
-		var he *HTTPError
+		var he *delivery.RefusedError
 		if errors.As(err, &he) && he.Status == http.StatusNotFound {
 			held.Missing, held.UpdatedAt = true, time.Time{}
 			return held, nil
@@ -250,37 +250,6 @@ func (d *Destination) selectedIDs(ctx context.Context, sc scope) ([]int64, error
 	return ids, nil
 }
 
-// HTTPError is GitHub's refusal: its status, its message, and what to do.
-type HTTPError struct {
-	Target  string
-	Method  string
-	Path    string
-	Status  int
-	Message string // GitHub's own message ("Bad credentials", "Not Found", …)
-	Hint    string
-	Wait    time.Duration // a rate limit's wait (retry-after, or until x-ratelimit-reset)
-}
-
-func (e *HTTPError) Error() string {
-	s := fmt.Sprintf("%s: GitHub answered %s %s with %d", e.Target, e.Method, e.Path, e.Status)
-	if e.Message != "" {
-		s += " (" + e.Message + ")"
-	}
-	if e.Hint != "" {
-		s += ": " + e.Hint
-	}
-	return s
-}
-
-// RetryAfter is how long to wait before trying again: set for rate limits.
-func (e *HTTPError) RetryAfter() time.Duration { return e.Wait }
-
-// Permanent says that trying again will not help: GitHub refused the token, the permission or the
-// content (4xx other than a rate limit or a timeout), and only a person can change that.
-func (e *HTTPError) Permanent() bool {
-	return e.Wait == 0 && e.Status >= 400 && e.Status < 500 && e.Status != http.StatusRequestTimeout
-}
-
 // call sends one request and decodes the answer into out (when not nil).
 func (d *Destination) call(ctx context.Context, sc scope, method, path string, body, out any) error {
 	token, err := d.token(ctx, sc)
@@ -324,13 +293,13 @@ func setHeaders(req *http.Request, auth string) {
 	}
 }
 
-// refusal turns an answer of 300 or more into an HTTPError that says what is missing.
+// refusal turns an answer of 300 or more into a RefusedError that says what is missing.
 func (d *Destination) refusal(sc scope, method, path string, resp *http.Response, raw []byte) error {
 	var msg struct {
 		Message string `json:"message"`
 	}
 	_ = json.Unmarshal(raw, &msg)
-	e := &HTTPError{Target: sc.spec.Key(), Method: method, Path: path, Status: resp.StatusCode, Message: msg.Message}
+	e := &delivery.RefusedError{Service: "GitHub", Target: sc.spec.Key(), Method: method, Path: path, Status: resp.StatusCode, Message: msg.Message}
 	if wait, limited := rateLimited(resp, d.Now()); limited {
 		e.Wait = wait
 		e.Hint = fmt.Sprintf("rate limited; trying again in %s", wait.Round(time.Second))
@@ -394,15 +363,7 @@ func (d *Destination) token(ctx context.Context, sc scope) (secret.Value, error)
 	a := sc.g.Auth
 	switch {
 	case a.TokenFile != "":
-		raw, err := os.ReadFile(a.TokenFile)
-		if err != nil {
-			return secret.Value{}, fmt.Errorf("read token_file: %w", err)
-		}
-		t := strings.TrimSpace(strings.SplitN(string(raw), "\n", 2)[0])
-		if t == "" {
-			return secret.Value{}, fmt.Errorf("token_file %s is empty", a.TokenFile)
-		}
-		return secret.New(t), nil
+		return delivery.TokenFromFile(a.TokenFile)
 	case !a.Token.IsZero():
 		return a.Token, nil
 	}
@@ -448,7 +409,7 @@ func (d *Destination) installationToken(ctx context.Context, sc scope) (secret.V
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusCreated {
-		e := d.refusal(sc, http.MethodPost, path, resp, raw).(*HTTPError)
+		e := d.refusal(sc, http.MethodPost, path, resp, raw).(*delivery.RefusedError)
 		if e.Wait == 0 {
 			e.Hint = fmt.Sprintf("GitHub would not make a token for installation %d of App %d: check app_id, installation_id and private_key_file", a.InstallationID, a.AppID)
 		}

@@ -176,7 +176,7 @@ func TestRefusals(t *testing.T) {
 				tc.before()
 			}
 			err := d.Publish(ctx, tc.spec, newKey)
-			var he *github.HTTPError
+			var he *delivery.RefusedError
 			if !errors.As(err, &he) || he.Status != tc.status || !strings.Contains(err.Error(), tc.want) || he.RetryAfter() != tc.wait {
 				t.Fatalf("got %v (%+v)", err, he)
 			}

@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -149,7 +148,7 @@ func (d *Destination) Current(ctx context.Context, s delivery.Spec) (delivery.He
 		}
 		var v variable
 		err := d.call(ctx, t, http.MethodGet, t.root()+"/variables/"+url.PathEscape(name)+"?"+scopeFilter(t.g), nil, &v)
-		var he *HTTPError
+		var he *delivery.RefusedError
 		if errors.As(err, &he) && he.Status == http.StatusNotFound {
 			return delivery.Held{}, nil
 		}
@@ -197,7 +196,7 @@ func (d *Destination) write(ctx context.Context, t target, p delivery.Payload) e
 		v := variable{Key: kv[0], Value: kv[1], VariableType: "env_var", Protected: t.g.Protected, Masked: t.g.Masked, Raw: true,
 			EnvironmentScope: t.g.EnvironmentScope}
 		err := d.call(ctx, t, http.MethodPut, t.root()+"/variables/"+url.PathEscape(kv[0])+"?"+scopeFilter(t.g), v, nil)
-		var he *HTTPError
+		var he *delivery.RefusedError
 		if errors.As(err, &he) && he.Status == http.StatusNotFound && strings.Contains(he.Message, "Variable") {
 			err = d.call(ctx, t, http.MethodPost, t.root()+"/variables", v, nil)
 		}
@@ -206,34 +205,6 @@ func (d *Destination) write(ctx context.Context, t target, p delivery.Payload) e
 		}
 	}
 	return nil
-}
-
-// HTTPError is GitLab's refusal: its status, its message, and what to do.
-type HTTPError struct {
-	Target, Method, Path string
-	Status               int
-	Message              string
-	Hint                 string
-	Wait                 time.Duration
-}
-
-func (e *HTTPError) Error() string {
-	s := fmt.Sprintf("%s: GitLab answered %s %s with %d", e.Target, e.Method, e.Path, e.Status)
-	if e.Message != "" {
-		s += " (" + e.Message + ")"
-	}
-	if e.Hint != "" {
-		s += ": " + e.Hint
-	}
-	return s
-}
-
-// RetryAfter is how long to wait before trying again: set for rate limits.
-func (e *HTTPError) RetryAfter() time.Duration { return e.Wait }
-
-// Permanent says that trying again will not help (4xx but a rate limit or a timeout).
-func (e *HTTPError) Permanent() bool {
-	return e.Wait == 0 && e.Status >= 400 && e.Status < 500 && e.Status != http.StatusRequestTimeout
 }
 
 func (d *Destination) call(ctx context.Context, t target, method, path string, body, out any) error {
@@ -273,7 +244,7 @@ func (d *Destination) call(ctx context.Context, t target, method, path string, b
 	return nil
 }
 
-// refusal turns an answer of 300 or more into an HTTPError that says what is missing. GitLab's
+// refusal turns an answer of 300 or more into a RefusedError that says what is missing. GitLab's
 // message is a string ("404 Project Not Found") or, for a validation, fields with their problems
 // ({"value": ["is invalid"]}); neither quotes a value.
 func refusal(t target, method, path string, resp *http.Response, raw []byte) error {
@@ -295,7 +266,7 @@ func refusal(t target, method, path string, resp *http.Response, raw []byte) err
 		}
 		msg = strings.Join(parts, "; ")
 	}
-	e := &HTTPError{Target: t.spec.Key(), Method: method, Path: path, Status: resp.StatusCode, Message: msg}
+	e := &delivery.RefusedError{Service: "GitLab", Target: t.spec.Key(), Method: method, Path: path, Status: resp.StatusCode, Message: msg}
 	if resp.StatusCode == http.StatusTooManyRequests {
 		e.Wait = time.Minute
 		if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && n >= 0 {
@@ -329,13 +300,5 @@ func (d *Destination) token(t target) (secret.Value, error) {
 	if !t.g.Token.IsZero() {
 		return t.g.Token, nil
 	}
-	raw, err := os.ReadFile(t.g.TokenFile)
-	if err != nil {
-		return secret.Value{}, fmt.Errorf("read token_file: %w", err)
-	}
-	tok := strings.TrimSpace(strings.SplitN(string(raw), "\n", 2)[0])
-	if tok == "" {
-		return secret.Value{}, fmt.Errorf("token_file %s is empty", t.g.TokenFile)
-	}
-	return secret.New(tok), nil
+	return delivery.TokenFromFile(t.g.TokenFile)
 }

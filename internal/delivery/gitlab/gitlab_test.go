@@ -147,7 +147,7 @@ func TestRefusals(t *testing.T) {
 				tc.before()
 			}
 			err := d.Publish(ctx, tc.spec, newKey)
-			var he *gitlab.HTTPError
+			var he *delivery.RefusedError
 			if !errors.As(err, &he) || he.Status != tc.status || !strings.Contains(err.Error(), tc.want) || he.Permanent() != tc.permanent {
 				t.Fatalf("got %v", err)
 			}
