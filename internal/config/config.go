@@ -206,27 +206,18 @@ var deliveryFields = []string{"match", "kind", "name", "format", "kms_key_id", "
 
 // kindsOfField are the kinds each kind-specific setting belongs to: set on a target of another
 // kind, it is a mistake (say, path on a github_actions target).
-var kindsOfField = func() map[string][]string {
-	const gh, gl = "github_actions", "gitlab_ci"
-	m := map[string][]string{}
-	for kinds, fields := range map[[2]string][]string{
-		{gh}:                  {"repository", "environment", "organization", "visibility", "selected_repositories", "app_id", "installation_id", "private_key_file"},
-		{gh, gl}:              {"names", "base_url", "token_file", "token_env"},
-		{gl}:                  {"project", "group", "masked", "protected", "environment_scope"},
-		{"kubernetes_secret"}: {"namespace", "keys", "kubeconfig", "restart"},
-		{"credentials_file"}:  {"path", "profile", "run"},
-		{"exec"}:              {"command", "timeout"},
-	} {
-		for _, f := range fields {
-			for _, k := range kinds {
-				if k != "" {
-					m[f] = append(m[f], k)
-				}
-			}
-		}
-	}
-	return m
-}()
+var kindsOfField = map[string][]string{
+	"repository": {"github_actions"}, "environment": {"github_actions"}, "organization": {"github_actions"},
+	"visibility": {"github_actions"}, "selected_repositories": {"github_actions"}, "app_id": {"github_actions"},
+	"installation_id": {"github_actions"}, "private_key_file": {"github_actions"},
+	"names": {"github_actions", "gitlab_ci"}, "base_url": {"github_actions", "gitlab_ci"},
+	"token_file": {"github_actions", "gitlab_ci"}, "token_env": {"github_actions", "gitlab_ci"},
+	"project": {"gitlab_ci"}, "group": {"gitlab_ci"}, "masked": {"gitlab_ci"}, "protected": {"gitlab_ci"},
+	"environment_scope": {"gitlab_ci"},
+	"namespace":         {"kubernetes_secret"}, "keys": {"kubernetes_secret"}, "kubeconfig": {"kubernetes_secret"}, "restart": {"kubernetes_secret"},
+	"path": {"credentials_file"}, "profile": {"credentials_file"}, "run": {"credentials_file"},
+	"command": {"exec"}, "timeout": {"exec"},
+}
 
 // setFields names the kind-specific fields the target sets.
 func (t DeliveryTarget) setFields() []string {

@@ -113,34 +113,9 @@ func NewAgeChart(ages []time.Duration, p ChartPolicy) AgeChart {
 	c.W = chartLeft + n*pitch + 20
 	dayX := func(d time.Duration) int { return chartLeft + int(float64(d)/float64(step)*float64(pitch)) }
 
-	// Deadline labels: each on the first row where it does not touch a label already placed.
-	var rowsEnd []int
-	for _, d := range deadlines {
-		if d.at <= 0 || d.at >= step*time.Duration(n-1) {
-			continue
-		}
-		x := dayX(d.at)
-		l := Deadline{Label: d.name, X: x, TextX: x + 2, Anchor: "start"}
-		w := len(d.name) * charW
-		if l.TextX+w > c.W {
-			l.TextX, l.Anchor = x-2, "end"
-		}
-		start := l.TextX
-		if l.Anchor == "end" {
-			start -= w
-		}
-		row := 0
-		for row < len(rowsEnd) && rowsEnd[row]+4 > start {
-			row++
-		}
-		if row == len(rowsEnd) {
-			rowsEnd = append(rowsEnd, 0)
-		}
-		rowsEnd[row] = start + w
-		l.TextY = 11 + row*chartRowH
-		c.Lines = append(c.Lines, l)
-	}
-	c.Top = 16 + len(rowsEnd)*chartRowH
+	lines, rows := placeDeadlines(deadlines, step*time.Duration(n-1), dayX, c.W)
+	c.Lines = lines
+	c.Top = 16 + rows*chartRowH
 	c.AxisY = c.Top + chartPlotH
 	c.BaseY = c.AxisY + 14
 	c.H = c.BaseY + 22
@@ -165,6 +140,40 @@ func NewAgeChart(ages []time.Duration, p ChartPolicy) AgeChart {
 		}
 	}
 	return c
+}
+
+// placeDeadlines lays out the deadlines drawn before last (x from dayX, in a drawing of width w):
+// each label on the first row where it does not touch a label already placed, anchored at its
+// end where it would leave the drawing. It returns the lines and how many rows they take.
+func placeDeadlines(deadlines []mark, last time.Duration, dayX func(time.Duration) int, w int) ([]Deadline, int) {
+	var lines []Deadline
+	var rowsEnd []int
+	for _, d := range deadlines {
+		if d.at <= 0 || d.at >= last {
+			continue
+		}
+		x := dayX(d.at)
+		l := Deadline{Label: d.name, X: x, TextX: x + 2, Anchor: "start"}
+		width := len(d.name) * charW
+		if l.TextX+width > w {
+			l.TextX, l.Anchor = x-2, "end"
+		}
+		start := l.TextX
+		if l.Anchor == "end" {
+			start -= width
+		}
+		row := 0
+		for row < len(rowsEnd) && rowsEnd[row]+4 > start {
+			row++
+		}
+		if row == len(rowsEnd) {
+			rowsEnd = append(rowsEnd, 0)
+		}
+		rowsEnd[row] = start + width
+		l.TextY = 11 + row*chartRowH
+		lines = append(lines, l)
+	}
+	return lines, len(rowsEnd)
 }
 
 // unitName is the axis's unit for buckets of step.
