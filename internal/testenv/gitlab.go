@@ -196,22 +196,10 @@ func (g *GitLab) serve(w http.ResponseWriter, r *http.Request) {
 		glError(w, http.StatusNotFound, "404 Not Found")
 		return
 	}
-	kind, rawID := m[1], m[2]
-	ident, _ := url.PathUnescape(rawID)
-	all := g.projects
-	what := "Project"
-	if kind == "groups" {
-		all, what = g.groups, "Group"
-	}
-	var path string
-	var id int64
-	for p, i := range all {
-		if p == ident || strconv.FormatInt(i, 10) == ident {
-			path, id = p, i
-		}
-	}
-	if path == "" || !seesPath(tok, path) {
-		glError(w, http.StatusNotFound, "404 "+what+" Not Found")
+	kind := m[1]
+	path, id, ok := g.find(kind, m[2])
+	if !ok || !seesPath(tok, path) {
+		glError(w, http.StatusNotFound, "404 "+map[string]string{"projects": "Project", "groups": "Group"}[kind]+" Not Found")
 		return
 	}
 	root := fmt.Sprintf("%s/%d", kind, id)
@@ -244,6 +232,21 @@ func (g *GitLab) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		glError(w, http.StatusMethodNotAllowed, "405 Method Not Allowed")
 	}
+}
+
+// find looks a project or group up by its URL-encoded path or its id.
+func (g *GitLab) find(kind, rawID string) (path string, id int64, ok bool) {
+	ident, _ := url.PathUnescape(rawID)
+	all := g.projects
+	if kind == "groups" {
+		all = g.groups
+	}
+	for p, i := range all {
+		if p == ident || strconv.FormatInt(i, 10) == ident {
+			return p, i, true
+		}
+	}
+	return "", 0, false
 }
 
 func seesPath(tok GitLabToken, path string) bool {
